@@ -1,0 +1,232 @@
+// Reproduces the equations of Ho et al. 2020 (DDPM) that the library implements, each
+// beside an independent check (a closed form computed another way, or Monte Carlo with its
+// standard error), and the published schedule numbers. Exits non-zero if any check fails.
+//
+//   ddpm_equations [--samples N] [--seed S] [--help]
+#include <diffusion/ddpm.hpp>
+
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <numbers>
+#include <string>
+#include <vector>
+
+namespace {
+
+// SplitMix64 + Box–Muller: a small seeded normal source for the Monte Carlo checks.
+class normal_source {
+ public:
+  explicit normal_source(std::uint64_t seed) : s_(seed) {}
+  double normal() {
+    if (have_) {
+      have_ = false;
+      return cached_;
+    }
+    const double r = std::sqrt(-2.0 * std::log(uniform())), th = 2.0 * std::numbers::pi * uniform();
+    cached_ = r * std::sin(th);
+    have_ = true;
+    return r * std::cos(th);
+  }
+
+ private:
+  double uniform() {
+    std::uint64_t z = (s_ += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    return (static_cast<double>(z >> 11) + 0.5) * 0x1.0p-53;
+  }
+  std::uint64_t s_;
+  double cached_ = 0.0;
+  bool have_ = false;
+};
+
+int failures = 0;
+
+// One row of the table: what is checked, the library's value, the independent value,
+// and the allowed difference (with where it comes from).
+void row(const char* eq, const std::string& what, double lib, double check, double tol, const char* how) {
+  const double diff = std::abs(lib - check);
+  const bool ok = diff <= tol;
+  if (!ok) ++failures;
+  std::printf("%-9s %-44s %15.9g %15.9g %9.2e %9.2e  %-4s %s\n", eq, what.c_str(), lib, check, diff, tol,
+              ok ? "pass" : "FAIL", how);
+}
+
+void header(const char* title) { std::printf("\n%s\n", title); }
+
+struct moments {
+  double mean;
+  double var;
+};
+moments sample_moments(const std::vector<double>& x) {
+  double m = 0;
+  for (double v : x) m += v;
+  m /= static_cast<double>(x.size());
+  double s = 0;
+  for (double v : x) s += (v - m) * (v - m);
+  return {m, s / static_cast<double>(x.size() - 1)};
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::size_t samples = 200000;
+  std::uint64_t seed = 20200619;  // DDPM's arXiv date
+  for (int i = 1; i < argc; ++i) {
+    if (!std::strcmp(argv[i], "--help") || !std::strcmp(argv[i], "-h")) {
+      std::printf(
+          "usage: ddpm_equations [--samples N] [--seed S]\n"
+          "Checks DDPM (Ho et al. 2020) Eq. 2, 4, 6-7, the eps/x0/v/score relations and the\n"
+          "published schedule numbers against independent computations. Monte Carlo checks use\n"
+          "N samples (default 200000) and a 5-standard-error tolerance. Exit status 1 on failure.\n");
+      return 0;
+    }
+    if (!std::strcmp(argv[i], "--samples") && i + 1 < argc) {
+      samples = std::strtoull(argv[++i], nullptr, 10);
+    } else if (!std::strcmp(argv[i], "--seed") && i + 1 < argc) {
+      seed = std::strtoull(argv[++i], nullptr, 10);
+    } else {
+      std::fprintf(stderr, "ddpm_equations: unknown argument '%s' (try --help)\n", argv[i]);
+      return 2;
+    }
+  }
+  if (samples < 100) {
+    std::fprintf(stderr, "ddpm_equations: --samples %zu must be >= 100\n", samples);
+    return 2;
+  }
+
+  using namespace diffusion;
+  const std::vector<double> betas = linear_betas(1000, 1e-4, 0.02);  // DDPM §4
+  const noise_schedule s(betas);
+  normal_source rng(seed);
+  const double n = static_cast<double>(samples);
+  std::printf("DDPM (Ho et al. 2020), linear schedule 1e-4..0.02, T = 1000; code index i = paper t - 1.\n");
+  std::printf("Monte Carlo: %zu samples, seed %llu, tolerance 5 standard errors.\n", samples,
+              static_cast<unsigned long long>(seed));
+  std::printf("\n%-9s %-44s %15s %15s %9s %9s  %-4s %s\n", "equation", "quantity", "library", "check", "|diff|", "tol",
+              "", "check is");
+
+  header("Forward process");
+  {
+    // Eq. 4 closes Eq. 2: alpha_bar_t = prod (1 - beta_s), here as a long double running product.
+    long double prod = 1.0L;
+    for (std::size_t i = 0; i < 500; ++i) prod *= 1.0L - static_cast<long double>(betas[i]);
+    row("Eq. 4", "alpha_bar at t = 500", s[499].alpha_bar, static_cast<double>(prod), 1e-15,
+        "long double product");
+    // Eq. 2 iterated by Monte Carlo: x_t = sqrt(1 - beta) x_{t-1} + sqrt(beta) z from x_0 = 0.5.
+    const double x0 = 0.5;
+    std::vector<double> x(samples, x0);
+    for (std::size_t i = 0; i < 250; ++i) {
+      const double a = std::sqrt(1.0 - betas[i]), b = std::sqrt(betas[i]);
+      for (double& xi : x) xi = a * xi + b * rng.normal();
+    }
+    const auto m = sample_moments(x);
+    const auto q = q_marginal(s, 249);
+    row("Eq. 2->4", "mean of x_250 after 250 steps of Eq. 2", q.mean_coef * x0, m.mean, 5 * std::sqrt(q.variance / n),
+        "Monte Carlo");
+    row("Eq. 2->4", "variance of x_250", q.variance, m.var, 5 * q.variance * std::sqrt(2 / (n - 1)), "Monte Carlo");
+    // Eq. 4 sampled with q_sample matches its own moments.
+    std::vector<double> x0s(samples, x0), eps(samples), xt(samples);
+    for (double& e : eps) e = rng.normal();
+    q_sample(s, 749, x0s, eps, xt);
+    const auto m2 = sample_moments(xt);
+    const auto q2 = q_marginal(s, 749);
+    row("Eq. 4", "mean of q_sample at t = 750", q2.mean_coef * x0, m2.mean, 5 * std::sqrt(q2.variance / n),
+        "Monte Carlo");
+  }
+
+  header("Posterior q(x_{t-1} | x_t, x_0)");
+  {
+    // Eq. 6-7 against Bayes' rule in precision form, long double, from the raw betas:
+    // 1/var = alpha_t/beta_t + 1/(1 - ab_{t-1}), mean = var (sqrt(alpha_t) x_t / beta_t + sqrt(ab_{t-1}) x_0 / (1 - ab_{t-1})).
+    for (std::size_t i : {1u, 10u, 500u, 999u}) {
+      long double ab_prev = 1.0L;
+      for (std::size_t k = 0; k < i; ++k) ab_prev *= 1.0L - static_cast<long double>(betas[k]);
+      const long double beta = betas[i], alpha = 1.0L - beta;
+      const long double var = 1.0L / (alpha / beta + 1.0L / (1.0L - ab_prev));
+      const long double c0 = var * std::sqrt(ab_prev) / (1.0L - ab_prev), ct = var * std::sqrt(alpha) / beta;
+      const auto p = posterior(s, i);
+      const std::string t = " at t = " + std::to_string(i + 1);
+      row("Eq. 7", "beta_tilde" + t, p.variance, static_cast<double>(var), 1e-14 * p.variance, "Bayes, precision form");
+      row("Eq. 7", "mu_tilde coefficient of x_0" + t, p.coef_x0, static_cast<double>(c0), 1e-14 * p.coef_x0,
+          "Bayes, precision form");
+      row("Eq. 7", "mu_tilde coefficient of x_t" + t, p.coef_xt, static_cast<double>(ct), 1e-14 * p.coef_xt,
+          "Bayes, precision form");
+    }
+    // Monte Carlo: draw x_{t-1} ~ q(.|x_0) and x_t ~ q(x_t|x_{t-1}); the residual of x_{t-1}
+    // against mu_tilde(x_t, x_0) must have mean 0 and variance beta_tilde.
+    const std::size_t i = 99;
+    const double x0 = -0.3;
+    const auto q_prev = q_marginal(s, i - 1);
+    const auto p = posterior(s, i);
+    std::vector<double> resid(samples);
+    for (double& r : resid) {
+      const double xp = q_prev.mean_coef * x0 + q_prev.std * rng.normal();
+      const double xt = std::sqrt(1.0 - betas[i]) * xp + std::sqrt(betas[i]) * rng.normal();
+      r = xp - (p.coef_x0 * x0 + p.coef_xt * xt);
+    }
+    const auto m = sample_moments(resid);
+    row("Eq. 6", "mean of x_99 - mu_tilde(x_100, x_0)", 0.0, m.mean, 5 * std::sqrt(p.variance / n), "Monte Carlo");
+    row("Eq. 6", "variance of x_99 - mu_tilde = beta_tilde_100", p.variance, m.var,
+        5 * p.variance * std::sqrt(2 / (n - 1)), "Monte Carlo");
+  }
+
+  header("Parameterizations at t = 500 (x_t = sqrt(ab) x_0 + sqrt(1-ab) eps)");
+  {
+    const std::size_t t = 499;
+    const double x0v = 0.7, epsv = -1.2;
+    std::vector<double> x0{x0v}, eps{epsv}, xt(1), out(1), v(1);
+    q_sample(s, t, x0, eps, xt);
+    // A conversion out = a x_t + b in is exact to u(|a x_t| + |b in|) per rounding; x_t itself
+    // carries one more. Tolerance: 4 such roundings (u = 2^-53).
+    auto tol = [&](prediction from, prediction to, double in) {
+      const auto k = conversion_coefficients(s, t, from, to);
+      return 4 * 0x1p-53 * (std::abs(k.a * xt[0]) + std::abs(k.b * in));
+    };
+    convert_prediction(s, t, prediction::epsilon, prediction::sample, xt, eps, out);
+    row("Eq. 15", "x_0 recovered from eps", out[0], x0v, tol(prediction::epsilon, prediction::sample, epsv),
+        "the x_0 that made x_t");
+    convert_prediction(s, t, prediction::sample, prediction::epsilon, xt, x0, out);
+    row("", "eps recovered from x_0", out[0], epsv, tol(prediction::sample, prediction::epsilon, x0v),
+        "the eps that made x_t");
+    velocity_target(s, t, x0, eps, v);
+    const double c = std::sqrt(static_cast<double>(s[t].alpha_bar)), d = std::sqrt(1.0 - s[t].alpha_bar);
+    row("v", "v = sqrt(ab) eps - sqrt(1-ab) x_0", v[0], c * epsv - d * x0v, 4 * 0x1p-53 * (c * 1.2 + d * 0.7),
+        "formula with libm sqrt");
+    convert_prediction(s, t, prediction::v, prediction::sample, xt, v, out);
+    row("v", "x_0 recovered from v", out[0], x0v, tol(prediction::v, prediction::sample, v[0]),
+        "the x_0 that made x_t");
+    // score = -eps / sqrt(1 - ab) is the gradient of log q(x_t | x_0) (Eq. 4 density): central difference.
+    convert_prediction(s, t, prediction::epsilon, prediction::score, xt, eps, out);
+    auto logq = [&](double x) { return -(x - c * x0v) * (x - c * x0v) / (2 * (1 - s[t].alpha_bar)); };
+    const double h = 1e-4;
+    row("score", "score = -eps/sqrt(1-ab) = d/dx log q(x_t|x_0)", out[0], (logq(xt[0] + h) - logq(xt[0] - h)) / (2 * h),
+        1e-9, "central difference");
+  }
+
+  header("Published numbers (float64; SPEC.md, Lin et al. 2023 Table 1)");
+  {
+    row("DDPM", "linear: alpha_bar_T", s[999].alpha_bar, 4.03583e-5, 0.5e-10, "published, 6 digits");
+    row("DDPM", "linear: sqrt(alpha_bar_T)", s[999].sqrt_alpha_bar, 0.006353, 0.5e-6, "Lin et al. Table 1");
+    row("iDDPM", "linear: beta_tilde at t = 2", s[1].posterior_variance, 5.4531877e-5, 0.5e-12, "published");
+    row("iDDPM", "linear: clipped log beta_tilde at t = 1", s[0].posterior_log_variance_clipped, -9.8167251, 0.5e-7,
+        "published");
+    const noise_schedule sd(scaled_linear_betas(1000, 0.00085, 0.012));
+    row("LDM", "scaled_linear: sqrt(alpha_bar_T)", sd[999].sqrt_alpha_bar, 0.068265, 0.5e-6, "Lin et al. Table 1");
+    row("LDM", "scaled_linear: SNR_T", sd[999].snr, 0.0046819, 0.5e-7, "Lin et al. Table 1");
+    row("LDM", "scaled_linear: sigma_max", sd[999].sigma, 14.614641, 0.5e-6, "k-diffusion / diffusers");
+    row("LDM", "scaled_linear: sigma_min", sd[0].sigma, 0.0291672, 0.5e-7, "k-diffusion / diffusers");
+    const noise_schedule cs(cosine_betas(1000));
+    row("iDDPM", "cosine: beta at t = 1", cs[0].beta, 4.12842e-5, 0.5e-10, "published");
+    row("iDDPM", "cosine: alpha_bar_T", cs[999].alpha_bar, 2.428767e-9, 0.5e-15, "published");
+    const noise_schedule z(rescale_zero_terminal_snr(scaled_linear_betas(1000)));
+    row("Lin+23", "zero-SNR scaled_linear: SNR_T", z[999].snr, 0.0, 0.0, "exactly 0 by construction");
+  }
+
+  std::printf("\n%s: %d check(s) failed\n", failures ? "FAILED" : "all checks passed", failures);
+  return failures ? 1 : 0;
+}

@@ -1,0 +1,16 @@
+/// @file
+/// @brief The whole public API of the library: include this one header.
+///
+/// @code
+/// #include <diffusion/ddpm.hpp>
+/// @endcode
+#pragma once
+
+#include "betas.hpp"
+#include "config.hpp"
+#include "gaussian.hpp"
+#include "kernels.hpp"
+#include "schedule.hpp"
+#include "sigmas.hpp"
+#include "tensor.hpp"
+#include "timesteps.hpp"

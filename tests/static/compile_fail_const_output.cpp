@@ -1,0 +1,9 @@
+// Must NOT compile: the output buffer is const.
+#include <diffusion/gaussian.hpp>
+#include <vector>
+int main() {
+  const diffusion::noise_schedule s(diffusion::linear_betas(10, 0.1, 0.2));
+  std::vector<float> x0(4), noise(4);
+  const std::vector<float> out(4);
+  diffusion::q_sample(s, 0, x0, noise, out);
+}
