@@ -44,6 +44,8 @@
 
 /// @}
 
+/// @brief Everything public in the library: schedules, the forward process and posterior,
+/// parameterizations, timesteps, tensors and kernels.
 namespace diffusion {
 
 /// @ingroup config

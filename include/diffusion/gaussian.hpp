@@ -117,7 +117,7 @@ void q_sample(const noise_schedule& s, std::size_t t, const X0& x0, const E& noi
   kernels::affine2(static_cast<T>(st.sqrt_alpha_bar), a, static_cast<T>(st.sqrt_one_minus_alpha_bar), e, o);
 }
 
-/// @brief Batched @ref q_sample: row b of the tensors uses timestep `timesteps[b]` (training, Algorithm 1).
+/// @brief Batched q_sample(): row b of the tensors uses timestep `timesteps[b]` (training, Algorithm 1).
 /// @throws std::out_of_range naming the first bad timestep; std::invalid_argument if the batch
 ///         size does not divide the tensor size or sizes differ.
 template <timestep_range R, tensor X0, tensor E, mutable_tensor Out>
@@ -140,7 +140,12 @@ void q_sample(const noise_schedule& s, const R& timesteps, const X0& x0, const E
 
 /// @brief The velocity target \f$v = \sqrt{\bar\alpha_t}\,\varepsilon - \sqrt{1-\bar\alpha_t}\,x_0\f$
 /// (Salimans & Ho 2022, §4; diffusers `get_velocity`).
+/// @param[in] s schedule.
+/// @param[in] t 0-based step.
+/// @param[in] x0 data.
+/// @param[in] noise ε, same size.
 /// @param[out] v result; may alias x0 or noise.
+/// @throws std::out_of_range if t ≥ T; std::invalid_argument if sizes differ or are 0.
 template <tensor X0, tensor E, mutable_tensor Out>
 void velocity_target(const noise_schedule& s, std::size_t t, const X0& x0, const E& noise, Out&& v) {
   static_assert(detail::same_value_v<X0, E> && detail::same_value_v<X0, Out>,
@@ -230,7 +235,11 @@ inline gaussian_posterior skip_posterior(const noise_schedule& sched, std::size_
 }
 
 /// @brief The posterior mean \f$\tilde\mu = c_0\,x_0 + c_t\,x_t\f$ of a @ref gaussian_posterior, element-wise.
+/// @param[in] p the posterior (from posterior() or skip_posterior()).
+/// @param[in] x0 data (or a prediction of it).
+/// @param[in] xt the noisy sample, same size.
 /// @param[out] mean may alias x0 or xt.
+/// @throws std::invalid_argument if sizes differ or are 0.
 template <tensor X0, tensor XT, mutable_tensor Out>
 void posterior_mean(const gaussian_posterior& p, const X0& x0, const XT& xt, Out&& mean) {
   static_assert(detail::same_value_v<X0, XT> && detail::same_value_v<X0, Out>,
@@ -350,6 +359,10 @@ inline affine_coefficients conversion_coefficients(const noise_schedule& s, std:
 
 /// @brief Converts a prediction of one kind to another at step t: \f$out = a\,x_t + b\,in\f$
 /// with @ref conversion_coefficients.
+/// @param[in] s schedule.
+/// @param[in] t 0-based step.
+/// @param[in] from the kind of `in`.
+/// @param[in] to the kind of `out`.
 /// @param[in] xt the noisy input x_t the prediction was made from.
 /// @param[in] in the prediction, kind `from`.
 /// @param[out] out the prediction, kind `to`; may alias xt or in.

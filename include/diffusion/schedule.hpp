@@ -67,8 +67,7 @@ struct schedule_step {
 /// Validation: the betas must be finite and in (0, 1); the last one may be exactly 1,
 /// which gives a zero terminal SNR schedule (Lin et al. 2023; DDPM-TF's "jsd").
 ///
-/// Example:
-/// @snippet readme_example.cpp readme
+/// Example: `examples/ddpm_equations.cpp`.
 class noise_schedule {
  public:
   /// @brief Builds the tables from betas (copied).
@@ -118,6 +117,7 @@ class noise_schedule {
     return {steps_[i].alpha_bar, alpha_bar_lo_[i]};
   }
 
+  /// Two schedules are equal when they were built from the same betas.
   friend bool operator==(const noise_schedule& a, const noise_schedule& b) { return a.betas_ == b.betas_; }
 
  private:

@@ -144,7 +144,7 @@ inline double t_to_sigma(const noise_schedule& s, double t) {
   return std::exp(a + w * (b - a));
 }
 
-/// @brief Inverse of @ref t_to_sigma: the fractional 0-based timestep whose log-σ
+/// @brief Inverse of t_to_sigma(): the fractional 0-based timestep whose log-σ
 /// interpolation gives σ (k-diffusion `DiscreteSchedule.sigma_to_t`, without its clamp).
 /// @param[in] s the schedule (σ is increasing in t).
 /// @param[in] sigma σ ∈ [σ_0, σ_max], where σ_max is the largest finite σ of the schedule.

@@ -68,15 +68,19 @@ concept contiguous_real_range = std::ranges::contiguous_range<T> && std::ranges:
 template <class R>
   requires detail::contiguous_real_range<R> && (!detail::eigen_dense_like<R>)
 struct tensor_traits<R> {
+  /// Pointer to the first element.
   static auto data(R& r) { return std::ranges::data(r); }
+  /// Pointer to the first element (read-only).
   static auto data(const R& r) { return std::ranges::data(r); }
+  /// Number of elements.
   static std::size_t size(const R& r) { return static_cast<std::size_t>(std::ranges::size(r)); }
 };
 
-/// Dense Eigen objects with contiguous storage (checked at run time by @ref as_span).
+/// Dense Eigen objects with contiguous storage (checked at run time by as_span()).
 template <class E>
   requires detail::eigen_dense_like<E>
 struct tensor_traits<E> {
+  /// Throws std::invalid_argument unless the storage is contiguous.
   static void check(const E& e) {
     const bool contiguous = e.size() == 0 || (e.innerStride() == 1 && (e.outerSize() <= 1 || e.outerStride() == e.innerSize()));
     if (!contiguous)
@@ -86,8 +90,11 @@ struct tensor_traits<E> {
                                                       detail::to_text(static_cast<long long>(e.outerStride())) +
                                                       "); evaluate it into a Matrix or Array first");
   }
+  /// Pointer to the first element, after the contiguity check.
   static auto data(E& e) { return (check(e), e.data()); }
+  /// Pointer to the first element (read-only), after the contiguity check.
   static auto data(const E& e) { return (check(e), e.data()); }
+  /// Number of elements.
   static std::size_t size(const E& e) { return static_cast<std::size_t>(e.size()); }
 };
 

@@ -61,7 +61,9 @@ class timestep_sequence {
   }
   /// The timesteps, descending.
   [[nodiscard]] std::span<const std::size_t> values() const noexcept { return t_; }
+  /// Iterator to the first (largest) timestep.
   [[nodiscard]] auto begin() const noexcept { return t_.begin(); }
+  /// Iterator past the last (smallest) timestep.
   [[nodiscard]] auto end() const noexcept { return t_.end(); }
 
   /// @brief The timestep visited after position k, or `std::nullopt` after the last
@@ -83,6 +85,7 @@ class timestep_sequence {
     return previous(static_cast<std::size_t>(it - t_.begin()));
   }
 
+  /// Equal lists over the same T.
   friend bool operator==(const timestep_sequence&, const timestep_sequence&) = default;
 
  private:
@@ -90,7 +93,7 @@ class timestep_sequence {
   std::size_t num_train_;
 };
 
-/// @brief How @ref inference_timesteps places N steps in [0, T−1] (diffusers' `timestep_spacing`;
+/// @brief How inference_timesteps() places N steps in [0, T−1] (diffusers' `timestep_spacing`;
 /// Lin et al. 2023 Table 2 compares them).
 enum class timestep_spacing {
   /// `round(linspace(0, T−1, N))`, reversed: includes both T−1 and 0.

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs, on Debian 12, whatever the project needs that is missing: the compiler and
+# CMake, the fixed dependencies (Eigen 3.4, xsimd 8.1 with xtl, Catch2 2.13, Google
+# Benchmark 1.7), Doxygen with a local MathJax, and clang with libFuzzer for the fuzz
+# target. Installs nothing that is already there; runs apt-get update only when needed.
+# Run as root (or with sudo available).
+set -euo pipefail
+
+packages=(
+  g++ make cmake
+  libeigen3-dev libxsimd-dev xtl-dev
+  catch2 libbenchmark-dev
+  doxygen libjs-mathjax
+  clang libclang-rt-14-dev
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+
+if ((${#missing[@]} == 0)); then
+  echo "install-deps: all ${#packages[@]} packages present"
+  exit 0
+fi
+
+sudo_cmd=()
+if [[ $(id -u) -ne 0 ]]; then
+  command -v sudo >/dev/null || { echo "install-deps: run as root (missing: ${missing[*]})" >&2; exit 1; }
+  sudo_cmd=(sudo)
+fi
+echo "install-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+"${sudo_cmd[@]}" apt-get update -qq
+"${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
