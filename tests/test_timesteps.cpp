@@ -4,6 +4,7 @@
 
 #include <diffusion/timesteps.hpp>
 
+#include <cstdint>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -121,7 +122,9 @@ TEST_CASE("malformed or impossible spacing strings raise clear errors", "[timest
                     Contains("num_steps = 11") && Contains("[1, 10]"));
   CHECK_THROWS_WITH(diffusion::inference_timesteps(10, 0, diffusion::timestep_spacing::trailing), Contains("num_steps = 0"));
   CHECK_THROWS_WITH(diffusion::inference_timesteps(1000, 1000, diffusion::timestep_spacing::leading, 1),
-                    Contains("gives timestep 1000"));
+                    Contains("gives timestep 999 + 1"));
+  CHECK_THROWS_AS(diffusion::inference_timesteps(1000, 2, diffusion::timestep_spacing::leading, SIZE_MAX),
+                  std::invalid_argument);
 }
 
 TEST_CASE("timestep_sequence validates user lists and reads the previous step from the list", "[timesteps]") {

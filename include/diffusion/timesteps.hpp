@@ -138,12 +138,12 @@ inline timestep_sequence inference_timesteps(std::size_t num_train_timesteps, st
     }
     case timestep_spacing::leading: {
       const std::size_t ratio = T / N;
-      const std::size_t top = (N - 1) * ratio + steps_offset;
-      if (top >= T)
+      const std::size_t base = (N - 1) * ratio;  // < T
+      if (steps_offset >= T - base)             // base + steps_offset >= T, without wrapping around
         detail::throw_invalid(where, "leading spacing with steps_offset = " + detail::to_text(steps_offset) +
                                          " and num_steps = " + detail::to_text(N) + " gives timestep " +
-                                         detail::to_text(top) + ", outside the allowed range [0, " +
-                                         detail::to_text(T) + ")");
+                                         detail::to_text(base) + " + " + detail::to_text(steps_offset) +
+                                         ", outside the allowed range [0, " + detail::to_text(T) + ")");
       for (std::size_t i = 0; i < N; ++i) t[N - 1 - i] = i * ratio + steps_offset;
       break;
     }
