@@ -6,10 +6,14 @@
 /// @endcode
 #pragma once
 
+#include "analytic.hpp"
 #include "betas.hpp"
 #include "config.hpp"
+#include "denoiser.hpp"
+#include "distributions.hpp"
 #include "gaussian.hpp"
 #include "kernels.hpp"
+#include "losses.hpp"
 #include "schedule.hpp"
 #include "sigmas.hpp"
 #include "tensor.hpp"
