@@ -12,6 +12,7 @@
 #include <limits>
 #include <map>
 #include <numbers>
+#include <span>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -114,6 +115,18 @@ class normal_source {
   std::uint64_t s_;
   double cached_ = 0.0;
   bool have_ = false;
+};
+
+/// A seeded noise source with the library's fill(sample, step, offset, span) shape, built on
+/// normal_source, so tests share no generator code with the library.
+struct test_noise {
+  std::uint64_t seed;
+  template <class T>
+  void fill(std::uint64_t sample, std::uint64_t step, std::uint64_t offset, std::span<T> out) const {
+    normal_source g(seed ^ (sample * 0x9E3779B97F4A7C15ull) ^ (step * 0xD1B54A32D192ED03ull));
+    for (std::uint64_t k = 0; k < offset; ++k) (void)g.normal();
+    for (auto& v : out) v = static_cast<T>(g.normal());
+  }
 };
 
 }  // namespace test

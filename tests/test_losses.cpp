@@ -360,18 +360,6 @@ TEST_CASE("bad loss inputs raise, and non-finite inputs are reported, never prop
 }
 
 namespace {
-// A seeded noise source with the library's fill(sample, step, offset, span) shape, written
-// here so the test shares no generator code with the library.
-struct test_noise {
-  std::uint64_t seed;
-  template <class T>
-  void fill(std::uint64_t sample, std::uint64_t step, std::uint64_t offset, std::span<T> out) const {
-    test::normal_source g(seed ^ (sample * 0x9E3779B97F4A7C15ull) ^ (step * 0xD1B54A32D192ED03ull));
-    for (std::uint64_t k = 0; k < offset; ++k) (void)g.normal();
-    for (auto& v : out) v = static_cast<T>(g.normal());
-  }
-};
-
 // The exact denoiser plus the true reverse log-variance as a "learned" variance block.
 struct exact_with_variance {
   const diffusion::gaussian_data* g;
@@ -401,7 +389,7 @@ TEST_CASE("the whole-bound loop averages to the closed-form bound; with the true
   std::vector<double> x0(rows * 2);
   for (std::size_t b = 0; b < rows; ++b)
     for (std::size_t k = 0; k < 2; ++k) x0[b * 2 + k] = g.mean()[k] + g.stddev()[k] * rng.normal();
-  test_noise noise{99};
+  test::test_noise noise{99};
   const diffusion::vlb_options cont{.variance = variance_type::learned,
                                     .decoder = diffusion::vlb_options::decoder_kind::continuous};
   exact_with_variance model{&g, &s};

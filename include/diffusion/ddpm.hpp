@@ -14,6 +14,8 @@
 #include "gaussian.hpp"
 #include "kernels.hpp"
 #include "losses.hpp"
+#include "sampler_ddpm.hpp"
+#include "sampling.hpp"
 #include "schedule.hpp"
 #include "sigmas.hpp"
 #include "tensor.hpp"

@@ -15,6 +15,8 @@
 #include <concepts>
 #include <cstddef>
 #include <span>
+#include <string>
+#include <string_view>
 #include <type_traits>
 #include <utility>
 
@@ -90,6 +92,21 @@ inline double fixed_log_variance(const noise_schedule& s, std::size_t t, varianc
   }
   detail::throw_invalid("diffusion::fixed_log_variance", "variance type is learned; the model provides it");
 }
+
+namespace detail {
+/// Throws std::invalid_argument at the first learned_range output outside [−1, 1].
+template <class T>
+void check_learned_range(std::string_view where, variance_type v, std::span<const T> var_out) {
+  if (v != variance_type::learned_range) return;
+  for (std::size_t k = 0; k < var_out.size(); ++k) {
+    const double x = static_cast<double>(var_out[k]);
+    if (!(x >= -1.0 && x <= 1.0))
+      throw_invalid(where, "variance output[" + to_text(k) + "] = " + to_text(x) +
+                               " is outside the allowed range [-1, 1] of learned_range");
+  }
+}
+
+}  // namespace detail
 
 /// @brief A model made of a prediction kind and a callable
 /// `f(const denoiser_input<T, Context>&, std::span<T> out)`.

@@ -201,17 +201,6 @@ double vlb_element(const reverse_step_coefficients& r, std::size_t t, const vlb_
   return nll;
 }
 
-template <class T>
-void check_learned_range(std::string_view where, variance_type v, std::span<const T> var_out) {
-  if (v != variance_type::learned_range) return;
-  for (std::size_t k = 0; k < var_out.size(); ++k) {
-    const double x = static_cast<double>(var_out[k]);
-    if (!(x >= -1.0 && x <= 1.0))
-      throw_invalid(where, "variance output[" + to_text(k) + "] = " + to_text(x) +
-                               " is outside the allowed range [-1, 1] of learned_range");
-  }
-}
-
 }  // namespace detail
 
 /// @brief One term of the variational bound for one sample at 0-based step t (DDPM Eq. 5;

@@ -1,0 +1,352 @@
+/// @file
+/// @brief DDPM ancestral sampling (Ho et al. 2020, Algorithm 2) and DDIM (Song et al. 2021)
+/// with η, its deterministic inversion, on full or respaced timestep sequences.
+#pragma once
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string_view>
+#include <vector>
+
+#include "config.hpp"
+#include "denoiser.hpp"
+#include "gaussian.hpp"
+#include "kernels.hpp"
+#include "sampling.hpp"
+#include "schedule.hpp"
+#include "tensor.hpp"
+#include "timesteps.hpp"
+
+/// @defgroup sampler_ddpm DDPM and DDIM samplers
+/// @brief Ancestral sampling (DDPM Algorithm 2), DDIM with η (Song et al. 2021, Eq. 12), DDIM inversion.
+/// @{
+
+namespace diffusion {
+
+/// @brief The hooks every sampling loop accepts: a step callback, caller-owned work buffers
+/// (to avoid even the one allocation at the start of a call), and the conditioning context.
+template <real_scalar T, class Context = no_context>
+struct sampler_hooks {
+  step_callback<T> on_step{};                ///< Called after every step; may cancel.
+  sampler_workspace<T>* workspace = nullptr;  ///< Reused buffers, or null to allocate once per call.
+  const Context* context = nullptr;          ///< Passed to every model call.
+};
+
+/// @brief Options of @ref ddpm_sample.
+struct ddpm_options {
+  /// The reverse variance σ_t² (DDPM §3.2: β̃_t or β_t; learned types read the model's variance block).
+  variance_type variance = variance_type::fixed_small;
+  /// x̂₀ clipping or dynamic thresholding before the posterior mean (none in Algorithm 2).
+  x0_processing x0{};
+  /// Timesteps to visit (descending); empty = all T. Other lists respace the schedule (improved DDPM §4).
+  std::optional<timestep_sequence> timesteps{};
+  /// Stream index of row 0 in the noise source.
+  std::uint64_t first_sample = 0;
+  /// Draw x_T ~ N(0, I) into x first; false: x already holds x_T.
+  bool draw_initial_noise = true;
+  /// Scan every model output for NaN/±∞.
+  bool check_finite = true;
+};
+
+/// @brief One DDPM ancestral step for all rows at step j of a (possibly respaced) schedule:
+/// \f$\hat x_0\f$ from the model output, optional clip/threshold, then
+/// \f$x_{j-1} = \tilde\mu_j(x_j, \hat x_0) + \sigma_j z\f$ with no noise at j = 0 (DDPM Algorithm 2, Eq. 11 for ε).
+///
+/// @param[in] s the sampling schedule (respaced or full).
+/// @param[in] j 0-based step in `s`.
+/// @param[in] kind what the model output predicts.
+/// @param[in] v the reverse variance.
+/// @param[in] proc x̂₀ post-processing.
+/// @param[in] x rows × n, the state x_j.
+/// @param[in] model_out rows × width (width = n, or 2n for a learned variance).
+/// @param[in] z rows × n normal noise (ignored at j = 0).
+/// @param[out] x0 rows × n: the processed x̂₀.
+/// @param[out] x_next rows × n: x_{j−1}; may alias x.
+/// @param[in,out] scratch n elements (dynamic thresholding).
+/// @pre sizes agree (asserted); learned_range outputs in [−1, 1] (asserted).
+template <real_scalar T>
+void ddpm_step(const noise_schedule& s, std::size_t j, prediction kind, variance_type v, const x0_processing& proc,
+               std::span<const T> x, std::span<const T> model_out, std::span<const T> z, std::span<T> x0,
+               std::span<T> x_next, std::span<T> scratch) {
+  const std::size_t n = scratch.size(), rows = x.size() / n;
+  const std::size_t width = learns_variance(v) ? 2 * n : n;
+  DIFFUSION_ASSERT(model_out.size() == rows * width && x0.size() == x.size() && x_next.size() == x.size());
+  const schedule_step& st = s[j];
+  const affine_coefficients to_x0 = conversion_coefficients(s, j, kind, prediction::sample);
+  const T c0 = static_cast<T>(st.posterior_mean_coef_x0), ct = static_cast<T>(st.posterior_mean_coef_xt);
+  const double fixed_lv = learns_variance(v) ? 0.0 : fixed_log_variance(s, j, v);
+  const double log_beta = std::log(st.beta), log_bt = st.posterior_log_variance_clipped;
+  for (std::size_t b = 0; b < rows; ++b) {
+    const auto xb = x.subspan(b * n, n);
+    const auto ob = model_out.subspan(b * width, n);
+    const auto x0b = x0.subspan(b * n, n);
+    kernels::affine2(static_cast<T>(to_x0.a), xb, static_cast<T>(to_x0.b), ob, x0b);
+    detail::process_x0_row(proc, x0b, scratch);
+    auto xn = x_next.subspan(b * n, n);
+    for (std::size_t k = 0; k < n; ++k) {
+      const T mean = std::fma(c0, x0b[k], ct * xb[k]);
+      if (j == 0) {
+        xn[k] = mean;
+        continue;
+      }
+      double lv = fixed_lv;
+      if (v == variance_type::learned) lv = static_cast<double>(model_out[b * width + n + k]);
+      else if (v == variance_type::learned_range) {
+        const double f = 0.5 * (static_cast<double>(model_out[b * width + n + k]) + 1.0);
+        DIFFUSION_ASSERT(f >= 0.0 && f <= 1.0);
+        lv = f * log_beta + (1.0 - f) * log_bt;
+      }
+      xn[k] = std::fma(static_cast<T>(std::exp(0.5 * lv)), z[b * n + k], mean);
+    }
+  }
+}
+
+/// @brief DDPM ancestral sampling (Ho et al. 2020, Algorithm 2): from x_T ~ N(0, I), for each
+/// visited timestep call the model, form \f$p_\theta(x_{t-1}|x_t)\f$ and draw from it; the result
+/// overwrites `x`.
+///
+/// With `opt.timesteps` the schedule is respaced onto them (β'_j = 1 − ᾱ_{τ_j}/ᾱ_{τ_{j−1}},
+/// improved DDPM `SpacedDiffusion`) and the model is called with the original τ_j. The noise of
+/// the k-th step (k = 0 first) of row b is stream (first_sample + b, k).
+/// @param[in] s the training schedule.
+/// @param[in] model a denoiser (2n outputs per row for a learned variance).
+/// @param[in,out] x rows × n: x_T in (or drawn), x₀ out.
+/// @param[in] rows batch size.
+/// @param[in] noise the noise source.
+/// @param[in] opt options.
+/// @param[in] hooks callback, workspace, context.
+/// @return whether it completed, steps and model calls.
+/// @throws std::invalid_argument for bad sizes or options; std::domain_error for non-finite model output.
+template <class Model, mutable_tensor X, class Noise, class Context = no_context>
+sample_result ddpm_sample(const noise_schedule& s, Model& model, X&& x, std::size_t rows, Noise& noise,
+                          const ddpm_options& opt = {},
+                          const sampler_hooks<tensor_value_t<X>, Context>& hooks = {}) {
+  using T = tensor_value_t<X>;
+  static_assert(denoiser<Model, T, Context>, "ddpm_sample: Model must be a diffusion::denoiser for this element type");
+  constexpr std::string_view where = "diffusion::ddpm_sample";
+  auto xs = as_mutable_span(x);
+  const std::size_t n = detail::sampler_rows(where, xs.size(), rows);
+  detail::check_x0_processing(where, opt.x0);
+  const std::size_t width = learns_variance(opt.variance) ? 2 * n : n;
+  std::optional<respaced_schedule> resp;
+  if (opt.timesteps) resp = respace(s, *opt.timesteps);
+  const noise_schedule& ss = resp ? resp->schedule : s;
+  sampler_workspace<T> local;
+  sampler_workspace<T>& ws = hooks.workspace ? *hooks.workspace : local;
+  ws.reserve(rows, n, width);
+  if (opt.draw_initial_noise) detail::fill_initial_noise(noise, opt.first_sample, xs, rows, n);
+  sample_result result{};
+  const std::size_t K = ss.size();
+  for (std::size_t k = 0; k < K; ++k) {
+    const std::size_t j = K - 1 - k;
+    const double tau = static_cast<double>(resp ? resp->timestep_map[j] : j);
+    std::fill_n(ws.timesteps.begin(), rows, tau);
+    std::fill_n(ws.sigmas.begin(), rows, ss[j].sigma);
+    const denoiser_input<T, Context> in{xs, std::span<const double>(ws.timesteps).first(rows),
+                                        std::span<const double>(ws.sigmas).first(rows), hooks.context};
+    auto out = std::span<T>(ws.model_out).first(rows * width);
+    model(in, out);
+    ++result.model_calls;
+    if (opt.check_finite) detail::check_model_output<T>(where, out, width, k, tau);
+    if (opt.variance == variance_type::learned_range)
+      for (std::size_t b = 0; b < rows; ++b)
+        detail::check_learned_range<T>(where, opt.variance, std::span<const T>(out).subspan(b * width + n, n));
+    auto z = std::span<T>(ws.aux).first(rows * n);
+    if (j > 0) detail::fill_step_noise(noise, opt.first_sample, k, z, rows, n);
+    auto x0 = std::span<T>(ws.x0).first(rows * n);
+    ddpm_step<T>(ss, j, model.predicts(), opt.variance, opt.x0, xs, out, z, x0, xs, std::span<T>(ws.scratch).first(n));
+    ++result.steps;
+    if (hooks.on_step && !hooks.on_step(step_info<T>{k + 1, K, tau, ss[j].sigma, xs, x0})) {
+      result.completed = false;
+      break;
+    }
+  }
+  return result;
+}
+
+/// @brief Options of @ref ddim_sample.
+struct ddim_options {
+  /// η ≥ 0: 0 is deterministic DDIM, 1 has DDPM's posterior variance (Song et al. 2021, Eq. 16).
+  double eta = 0.0;
+  /// The ᾱ after the last visited timestep.
+  enum class final_alpha {
+    one,         ///< ᾱ = 1 (diffusers `set_alpha_to_one = True`): the output is x̂₀.
+    first_step,  ///< ᾱ at step 0 (`False`, Stable Diffusion's setting): the output stays at that noise level.
+  };
+  /// Which final ᾱ.
+  final_alpha final = final_alpha::one;
+  /// Recompute ε̂ from the processed x̂₀ (diffusers `use_clipped_model_output`).
+  bool use_clipped_model_output = false;
+  /// x̂₀ clipping or dynamic thresholding.
+  x0_processing x0{};
+  /// Stream index of row 0.
+  std::uint64_t first_sample = 0;
+  /// Draw x_T ~ N(0, I) into x first.
+  bool draw_initial_noise = true;
+  /// Scan every model output for NaN/±∞.
+  bool check_finite = true;
+};
+
+/// @brief One DDIM step from timestep t to p (Song et al. 2021, Eq. 12):
+/// \f$x_p = \sqrt{\bar\alpha_p}\,\hat x_0 + \sqrt{1-\bar\alpha_p-\sigma^2}\,\hat\varepsilon + \sigma z\f$ with
+/// \f$\sigma^2 = \eta^2\,\frac{1-\bar\alpha_p}{1-\bar\alpha_t}\left(1 - \frac{\bar\alpha_t}{\bar\alpha_p}\right)\f$, the skip-posterior
+/// variance (@ref skip_posterior) times η². `p = std::nullopt` means the final step with ᾱ_p = 1.
+/// @param[in] s schedule.
+/// @param[in] t the current 0-based timestep.
+/// @param[in] p the target 0-based timestep (p < t, or p = t = 0 for the `first_step` final), or none for ᾱ_p = 1.
+/// @param[in] eta η ≥ 0.
+/// @param[in] kind model output kind; @param[in] proc x̂₀ processing;
+/// @param[in] use_clipped_model_output recompute ε̂ from the processed x̂₀.
+/// @param[in] x rows × n; @param[in] model_out rows × n; @param[in] z noise (ignored when σ = 0);
+/// @param[out] x0 processed x̂₀; @param[out] x_next may alias x; @param[in,out] scratch n elements.
+template <real_scalar T>
+void ddim_step(const noise_schedule& s, std::size_t t, std::optional<std::size_t> p, double eta, prediction kind,
+               const x0_processing& proc, bool use_clipped_model_output, std::span<const T> x,
+               std::span<const T> model_out, std::span<const T> z, std::span<T> x0, std::span<T> x_next,
+               std::span<T> scratch) {
+  const std::size_t n = scratch.size(), rows = x.size() / n;
+  const schedule_step& st = s[t];
+  const double ab_p = p ? s[*p].alpha_bar : 1.0, om_p = p ? s[*p].one_minus_alpha_bar : 0.0;
+  const double var = (p && *p < t) ? skip_posterior(s, t, *p).variance : 0.0;
+  const double sigma = eta * std::sqrt(var);
+  const double dir = std::sqrt(std::max(om_p - sigma * sigma, 0.0));
+  const affine_coefficients to_x0 = conversion_coefficients(s, t, kind, prediction::sample);
+  const affine_coefficients to_eps = conversion_coefficients(s, t, kind, prediction::epsilon);
+  const T cx = static_cast<T>(std::sqrt(ab_p)), ce = static_cast<T>(dir), cz = static_cast<T>(sigma);
+  const bool recompute = use_clipped_model_output && (proc.clip || proc.threshold);
+  const T re_a = static_cast<T>(1.0 / st.sqrt_one_minus_alpha_bar);  // eps = (x - sqrt(ab) x0) / sqrt(1 - ab)
+  const T re_b = static_cast<T>(-st.sqrt_alpha_bar / st.sqrt_one_minus_alpha_bar);
+  for (std::size_t b = 0; b < rows; ++b) {
+    const auto xb = x.subspan(b * n, n), ob = model_out.subspan(b * n, n);
+    const auto x0b = x0.subspan(b * n, n);
+    auto xn = x_next.subspan(b * n, n);
+    kernels::affine2(static_cast<T>(to_x0.a), xb, static_cast<T>(to_x0.b), ob, x0b);
+    detail::process_x0_row(proc, x0b, scratch);
+    for (std::size_t k = 0; k < n; ++k) {
+      const T eps = recompute ? std::fma(re_a, xb[k], re_b * x0b[k])
+                              : std::fma(static_cast<T>(to_eps.a), xb[k], static_cast<T>(to_eps.b) * ob[k]);
+      T v = std::fma(cx, x0b[k], ce * eps);
+      if (sigma > 0.0) v = std::fma(cz, z[b * n + k], v);
+      xn[k] = v;
+    }
+  }
+}
+
+/// @brief DDIM sampling (Song et al. 2021) over a strictly decreasing timestep list.
+///
+/// With η = 0 this integrates the probability-flow ODE; it is Euler's method in σ-space
+/// (Karras et al. 2022, §3), first order. The next timestep is read from the list (never
+/// t − T/N). The noise of the k-th step of row b is stream (first_sample + b, k).
+/// @param[in] s the training schedule; @param[in] model the denoiser (n outputs per row);
+/// @param[in,out] x rows × n; @param[in] rows batch size; @param[in] noise the source (used for
+/// x_T and when η > 0); @param[in] steps the timesteps; @param[in] opt options; @param[in] hooks callback etc.
+/// @throws std::invalid_argument for η < 0 or NaN, bad sizes, or `steps` of another T.
+template <class Model, mutable_tensor X, class Noise, class Context = no_context>
+sample_result ddim_sample(const noise_schedule& s, Model& model, X&& x, std::size_t rows, Noise& noise,
+                          const timestep_sequence& steps, const ddim_options& opt = {},
+                          const sampler_hooks<tensor_value_t<X>, Context>& hooks = {}) {
+  using T = tensor_value_t<X>;
+  static_assert(denoiser<Model, T, Context>, "ddim_sample: Model must be a diffusion::denoiser for this element type");
+  constexpr std::string_view where = "diffusion::ddim_sample";
+  if (!(opt.eta >= 0.0 && std::isfinite(opt.eta)))
+    detail::throw_invalid(where, "eta = " + detail::to_text(opt.eta) + " is outside the allowed range [0, inf)");
+  if (steps.num_train_timesteps() != s.size())
+    detail::throw_invalid(where, "steps.num_train_timesteps() = " + detail::to_text(steps.num_train_timesteps()) +
+                                     " differs from the schedule's size " + detail::to_text(s.size()));
+  auto xs = as_mutable_span(x);
+  const std::size_t n = detail::sampler_rows(where, xs.size(), rows);
+  detail::check_x0_processing(where, opt.x0);
+  sampler_workspace<T> local;
+  sampler_workspace<T>& ws = hooks.workspace ? *hooks.workspace : local;
+  ws.reserve(rows, n, n);
+  if (opt.draw_initial_noise) detail::fill_initial_noise(noise, opt.first_sample, xs, rows, n);
+  sample_result result{};
+  const std::size_t K = steps.size();
+  for (std::size_t k = 0; k < K; ++k) {
+    const std::size_t t = steps[k];
+    std::optional<std::size_t> p = steps.previous(k);
+    if (!p && opt.final == ddim_options::final_alpha::first_step) p = 0;
+    std::fill_n(ws.timesteps.begin(), rows, static_cast<double>(t));
+    std::fill_n(ws.sigmas.begin(), rows, s[t].sigma);
+    const denoiser_input<T, Context> in{xs, std::span<const double>(ws.timesteps).first(rows),
+                                        std::span<const double>(ws.sigmas).first(rows), hooks.context};
+    auto out = std::span<T>(ws.model_out).first(rows * n);
+    model(in, out);
+    ++result.model_calls;
+    if (opt.check_finite) detail::check_model_output<T>(where, out, n, k, static_cast<double>(t));
+    auto z = std::span<T>(ws.aux).first(rows * n);
+    if (opt.eta > 0.0 && p && *p < t) detail::fill_step_noise(noise, opt.first_sample, k, z, rows, n);
+    auto x0 = std::span<T>(ws.x0).first(rows * n);
+    ddim_step<T>(s, t, p, opt.eta, model.predicts(), opt.x0, opt.use_clipped_model_output, xs, out, z, x0, xs,
+                 std::span<T>(ws.scratch).first(n));
+    ++result.steps;
+    if (hooks.on_step && !hooks.on_step(step_info<T>{k + 1, K, static_cast<double>(t), s[t].sigma, xs, x0})) {
+      result.completed = false;
+      break;
+    }
+  }
+  return result;
+}
+
+/// @brief DDIM inversion (Song et al. 2021 §4.3; diffusers `DDIMInverseScheduler`): the η = 0 map
+/// run forward, image → noise, visiting `steps` in increasing order: from x at level s (ᾱ = 1 for
+/// the data before the first step) to \f$x_t = \sqrt{\bar\alpha_t}\hat x_0 + \sqrt{1-\bar\alpha_t}\hat\varepsilon\f$,
+/// with the model evaluated at the current level (its first call at the first visited timestep).
+/// @param[in] s schedule; @param[in] model denoiser; @param[in,out] x rows × n: x₀ in, x_T out;
+/// @param[in] rows batch size; @param[in] steps timesteps (visited in reverse of their order);
+/// @param[in] hooks callback etc.
+template <class Model, mutable_tensor X, class Context = no_context>
+sample_result ddim_invert(const noise_schedule& s, Model& model, X&& x, std::size_t rows, const timestep_sequence& steps,
+                          const sampler_hooks<tensor_value_t<X>, Context>& hooks = {}) {
+  using T = tensor_value_t<X>;
+  static_assert(denoiser<Model, T, Context>, "ddim_invert: Model must be a diffusion::denoiser for this element type");
+  constexpr std::string_view where = "diffusion::ddim_invert";
+  if (steps.num_train_timesteps() != s.size())
+    detail::throw_invalid(where, "steps.num_train_timesteps() = " + detail::to_text(steps.num_train_timesteps()) +
+                                     " differs from the schedule's size " + detail::to_text(s.size()));
+  auto xs = as_mutable_span(x);
+  const std::size_t n = detail::sampler_rows(where, xs.size(), rows);
+  sampler_workspace<T> local;
+  sampler_workspace<T>& ws = hooks.workspace ? *hooks.workspace : local;
+  ws.reserve(rows, n, n);
+  sample_result result{};
+  const std::size_t K = steps.size();
+  for (std::size_t k = 0; k < K; ++k) {
+    // Visit ascending: the model is evaluated at the current level `cur` (the previous target),
+    // the first time at the lowest visited timestep, as diffusers' inverse scheduler does.
+    const std::size_t t = steps[K - 1 - k];
+    const std::size_t cur = k == 0 ? t : steps[K - k];
+    std::fill_n(ws.timesteps.begin(), rows, static_cast<double>(cur));
+    std::fill_n(ws.sigmas.begin(), rows, s[cur].sigma);
+    const denoiser_input<T, Context> in{xs, std::span<const double>(ws.timesteps).first(rows),
+                                        std::span<const double>(ws.sigmas).first(rows), hooks.context};
+    auto out = std::span<T>(ws.model_out).first(rows * n);
+    model(in, out);
+    ++result.model_calls;
+    detail::check_model_output<T>(where, out, n, k, static_cast<double>(cur));
+    const affine_coefficients to_x0 = k == 0 ? affine_coefficients{1.0, 0.0} : conversion_coefficients(s, cur, model.predicts(), prediction::sample);
+    const affine_coefficients to_eps = conversion_coefficients(s, cur, model.predicts(), prediction::epsilon);
+    auto x0 = std::span<T>(ws.x0).first(rows * n);
+    const T cx = static_cast<T>(s[t].sqrt_alpha_bar), ce = static_cast<T>(s[t].sqrt_one_minus_alpha_bar);
+    for (std::size_t i = 0; i < rows * n; ++i) {
+      // At the first step x is the data itself (ᾱ = 1): x̂₀ = x, and ε̂ comes from the model at t.
+      const T xh = k == 0 ? xs[i] : std::fma(static_cast<T>(to_x0.a), xs[i], static_cast<T>(to_x0.b) * out[i]);
+      const T eh = std::fma(static_cast<T>(to_eps.a), xs[i], static_cast<T>(to_eps.b) * out[i]);
+      x0[i] = xh;
+      xs[i] = std::fma(cx, xh, ce * eh);
+    }
+    ++result.steps;
+    if (hooks.on_step && !hooks.on_step(step_info<T>{k + 1, K, static_cast<double>(t), s[t].sigma, xs, x0})) {
+      result.completed = false;
+      break;
+    }
+  }
+  return result;
+}
+
+}  // namespace diffusion
+
+/// @}

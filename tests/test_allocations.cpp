@@ -1,0 +1,57 @@
+// Sampling loops allocate nothing per step: global operator new is replaced by a counting
+// one, and the callback records the count after every step (into preallocated storage).
+#include <catch2/catch.hpp>
+
+#include <diffusion/analytic.hpp>
+#include <diffusion/sampler_ddpm.hpp>
+
+#include <atomic>
+#include <cstdlib>
+#include <new>
+#include <vector>
+
+#include "support.hpp"
+
+namespace {
+std::atomic<std::size_t> allocations{0};
+}
+
+void* operator new(std::size_t size) {
+  ++allocations;
+  if (void* p = std::malloc(size ? size : 1)) return p;
+  throw std::bad_alloc();
+}
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+
+TEST_CASE("DDPM and DDIM loops allocate nothing per step", "[samplers][allocation]") {
+  const diffusion::noise_schedule s(diffusion::linear_betas(1000));
+  diffusion::gaussian_data g({0.1, 0.2, 0.3, 0.4}, {1.0, 0.5, 0.25, 0.1});
+  test::test_noise noise{3};
+  const auto seq = diffusion::inference_timesteps(1000, 50, diffusion::timestep_spacing::trailing);
+  std::vector<float> x(4 * 16);
+  std::vector<std::size_t> counts;
+  counts.reserve(200);
+  diffusion::sampler_workspace<float> ws;
+  diffusion::sampler_hooks<float> hooks{
+      .on_step = [&](const diffusion::step_info<float>&) {
+        counts.push_back(allocations.load());
+        return true;
+      },
+      .workspace = &ws};
+  diffusion::ddpm_sample(s, g, x, 16, noise, {.x0 = {.threshold = true}, .timesteps = seq}, hooks);
+  REQUIRE(counts.size() == 50);
+  CHECK(counts.front() == counts.back());
+  counts.clear();
+  diffusion::ddim_sample(s, g, x, 16, noise, seq, {.eta = 0.5}, hooks);
+  REQUIRE(counts.size() == 50);
+  CHECK(counts.front() == counts.back());
+  counts.clear();
+  diffusion::ddim_invert(s, g, x, 16, seq, hooks);
+  REQUIRE(counts.size() == 50);
+  CHECK(counts.front() == counts.back());
+  // With a reused workspace, a second whole call allocates only what respacing needs.
+  const std::size_t before = allocations.load();
+  diffusion::ddim_sample(s, g, x, 16, noise, seq, {}, diffusion::sampler_hooks<float>{.workspace = &ws});
+  CHECK(allocations.load() == before);
+}
