@@ -26,15 +26,6 @@
 
 namespace diffusion {
 
-/// @brief The hooks every sampling loop accepts: a step callback, caller-owned work buffers
-/// (to avoid even the one allocation at the start of a call), and the conditioning context.
-template <real_scalar T, class Context = no_context>
-struct sampler_hooks {
-  step_callback<T> on_step{};                ///< Called after every step; may cancel.
-  sampler_workspace<T>* workspace = nullptr;  ///< Reused buffers, or null to allocate once per call.
-  const Context* context = nullptr;          ///< Passed to every model call.
-};
-
 /// @brief Options of @ref ddpm_sample.
 struct ddpm_options {
   /// The reverse variance σ_t² (DDPM §3.2: β̃_t or β_t; learned types read the model's variance block).

@@ -108,6 +108,15 @@ struct sampler_workspace {
   }
 };
 
+/// @brief The hooks every sampling loop accepts: a step callback, caller-owned work buffers
+/// (to avoid even the one allocation at the start of a call), and the conditioning context.
+template <real_scalar T, class Context = no_context>
+struct sampler_hooks {
+  step_callback<T> on_step{};                ///< Called after every step; may cancel.
+  sampler_workspace<T>* workspace = nullptr;  ///< Reused buffers, or null to allocate once per call.
+  const Context* context = nullptr;          ///< Passed to every model call.
+};
+
 namespace detail {
 
 /// Validates x and rows; returns n (elements per row).
