@@ -15,6 +15,7 @@
 #include "kernels.hpp"
 #include "losses.hpp"
 #include "sampler_ddpm.hpp"
+#include "sampler_karras.hpp"
 #include "sampling.hpp"
 #include "schedule.hpp"
 #include "sigmas.hpp"

@@ -91,7 +91,9 @@ struct sampler_workspace {
   std::vector<T> model_out;       ///< rows × width (width = n, or 2n for learned variance).
   std::vector<T> x0;              ///< rows × n: x̂₀.
   std::vector<T> aux;             ///< rows × n: noise, or a second state for two-stage samplers.
-  std::vector<T> aux2;            ///< rows × n: a third state (Heun, DPM-Solver++ history).
+  std::vector<T> aux2;            ///< rows × n: a third state (Heun's second point).
+  std::vector<T> aux3;            ///< rows × n: a fourth state (Heun's second slope, DPM-Solver++'s history).
+  std::vector<T> model_in;        ///< rows × n: the scaled model input of sigma_space_model.
   std::vector<double> timesteps;  ///< rows.
   std::vector<double> sigmas;     ///< rows.
   std::vector<T> scratch;         ///< n: quantiles.
@@ -102,6 +104,8 @@ struct sampler_workspace {
     x0.resize(rows * n);
     aux.resize(rows * n);
     aux2.resize(rows * n);
+    aux3.resize(rows * n);
+    model_in.resize(rows * n);
     timesteps.resize(rows);
     sigmas.resize(rows);
     scratch.resize(n);
@@ -210,13 +214,13 @@ class sigma_space_model {
   /// @param[in] x rows of the σ-space state.
   /// @param[in] sigmas one σ per row, finite and > 0.
   /// @param[out] x0 rows of x̂₀.
-  /// @param[in,out] ws work buffers (model_out, aux2, timesteps, sigmas are used).
+  /// @param[in,out] ws work buffers (model_in, model_out, timesteps, sigmas are used).
   /// @param[in] context conditioning passed to the model.
   template <real_scalar T, class Context = no_context>
   void operator()(std::span<const T> x, std::span<const double> sigmas, std::span<T> x0, sampler_workspace<T>& ws,
                   const Context* context = nullptr) {
     const std::size_t rows = sigmas.size(), n = x.size() / rows;
-    auto xin = std::span<T>(ws.aux2).first(x.size());
+    auto xin = std::span<T>(ws.model_in).first(x.size());
     for (std::size_t b = 0; b < rows; ++b) {
       const double sg = sigmas[b], cin = 1.0 / std::sqrt(1.0 + sg * sg);
       ws.timesteps[b] = schedule_ ? sigma_to_t(*schedule_, sg) : sg;
