@@ -3,8 +3,8 @@
 /// "churn"), Euler ancestral, Heun (Algorithm 2), and DPM-Solver++(2M) (Lu et al. 2022).
 ///
 /// All integrate the probability-flow ODE \f$dx/d\sigma = (x - D(x;\sigma))/\sigma\f$ (Karras Eq. 4 with
-/// σ(t) = t) on a descending σ list whose last entry may be 0 (@ref karras_sigmas), with a
-/// denoiser D in σ-space (@ref sigma_space_model). The churn prologue and the ancestral split
+/// σ(t) = t) on a descending σ list whose last entry may be 0 (karras_sigmas()), with a
+/// denoiser D in σ-space (`sigma_space_model`). The churn prologue and the ancestral split
 /// are written once, here, and shared. Noise: step i of row b uses stream (first_sample + b, i);
 /// the initial \f$x = \sigma_0 z\f$ uses stream step `initial_noise_step`.
 #pragma once
