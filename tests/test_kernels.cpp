@@ -8,7 +8,7 @@
 #include <limits>
 #include <vector>
 
-TEMPLATE_TEST_CASE("affine2 is within u(|by| + |result|) of the exact value", "[kernels]", float, double) {
+TEMPLATE_TEST_CASE("affine2 is within its stated rounding bound of the exact value", "[kernels]", float, double) {
   using T = TestType;
   const double u = static_cast<double>(std::numeric_limits<T>::epsilon()) / 2;
   const T a = static_cast<T>(0.7310585786300049), b = static_cast<T>(-1.3862943611198906);
@@ -23,9 +23,15 @@ TEMPLATE_TEST_CASE("affine2 is within u(|by| + |result|) of the exact value", "[
       diffusion::kernels::affine2(a, xs, b, ys, std::span<T>(out.data() + offset, n));
       for (std::size_t k = 0; k < n; ++k) {
         const long double exact = static_cast<long double>(a) * xs[k] + static_cast<long double>(b) * ys[k];
-        const double bound = u * (std::abs(static_cast<double>(b) * static_cast<double>(ys[k])) + std::abs(static_cast<double>(exact)));
+        const double ax = std::abs(static_cast<double>(a) * static_cast<double>(xs[k]));
+        const double by = std::abs(static_cast<double>(b) * static_cast<double>(ys[k]));
+#if defined(__FMA__) || defined(__ARM_FEATURE_FMA)
+        const double bound = u * (by + std::abs(static_cast<double>(exact)));  // fma(a, x, fl(b y))
+#else
+        const double bound = u * (ax + 2 * by);  // fl(fl(a x) + fl(b y))
+#endif
         INFO("n = " << n << " offset = " << offset << " k = " << k);
-        CHECK(std::abs(static_cast<double>(out[offset + k] - exact)) <= bound * 1.0000001);
+        CHECK(std::abs(static_cast<double>(static_cast<long double>(out[offset + k]) - exact)) <= bound * 1.0000001);
       }
       // In place over x gives the same bits.
       std::vector<T> x2 = x;

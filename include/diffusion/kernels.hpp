@@ -20,15 +20,28 @@
 
 namespace diffusion::kernels {
 
-/// @brief \f$out_k = a\,x_k + b\,y_k\f$, evaluated as `fma(a, x, b*y)` in T.
+/// @brief \f$a x + c\f$ with one rounding where the target has a fused multiply-add
+/// (`__FMA__`, e.g. `-march=native` on x86-64), two roundings otherwise: a portable build must
+/// not call `std::fma`, which is a slow software routine without the instruction.
+template <real_scalar T>
+constexpr T madd(T a, T x, T c) noexcept {
+#if defined(__FMA__) || defined(__ARM_FEATURE_FMA)
+  return std::fma(a, x, c);
+#else
+  return a * x + c;
+#endif
+}
+
+/// @brief \f$out_k = a\,x_k + b\,y_k\f$, evaluated as `madd(a, x, b*y)` in T.
 ///
-/// Error: with exact a, b, \f$|out - (ax + by)| \le u(|by| + |ax + by|)\f$, u the unit roundoff of T.
+/// Error: with exact a, b, \f$|out - (ax + by)| \le u(|ax| + 2|by|)\f$ without FMA and
+/// \f$u(|by| + |ax + by|)\f$ with it; in both cases at most \f$2u(|ax| + |by|)\f$, u the unit roundoff of T.
 /// @pre all three spans have the same size (asserted).
 template <real_scalar T>
 void affine2(T a, std::span<const T> x, T b, std::span<const T> y, std::span<T> out) noexcept {
   DIFFUSION_ASSERT(x.size() == out.size() && y.size() == out.size());
   const std::size_t n = out.size();
-  for (std::size_t k = 0; k < n; ++k) out[k] = std::fma(a, x[k], b * y[k]);
+  for (std::size_t k = 0; k < n; ++k) out[k] = madd(a, x[k], b * y[k]);
 }
 
 /// @brief \f$out_k = a\,x_k\f$.

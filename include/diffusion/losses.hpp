@@ -120,6 +120,8 @@ struct reverse_step_coefficients {
   double fixed_log_var;       // when the variance is fixed
   double log_beta, log_beta_tilde_clipped;  // for learned_range
   double true_log_var;        // log β̃ (−∞ at t = 0) for the KL
+  double fixed_w;             // e^{−ℓ} for a fixed variance
+  double fixed_kl_const;      // expm1(d) − d, d = log β̃ − ℓ, for a fixed variance at t ≥ 1
 };
 
 inline reverse_step_coefficients reverse_coefficients(const noise_schedule& s, std::size_t t, prediction kind,
@@ -133,6 +135,8 @@ inline reverse_step_coefficients reverse_coefficients(const noise_schedule& s, s
   r.log_beta = std::log(st.beta);
   r.log_beta_tilde_clipped = st.posterior_log_variance_clipped;
   r.true_log_var = t == 0 ? -std::numeric_limits<double>::infinity() : std::log(st.posterior_variance);
+  r.fixed_w = std::exp(-r.fixed_log_var);
+  r.fixed_kl_const = t == 0 ? 0.0 : detail::expm1_minus_x(r.true_log_var - r.fixed_log_var);
   return r;
 }
 
@@ -171,7 +175,12 @@ double vlb_element(const reverse_step_coefficients& r, std::size_t t, const vlb_
   if (t > 0) {
     // KL(q(x_{t-1}|x_t,x0) || N(mean, e^lv)) = 0.5 (expm1(d) - d + (mu~ - mean)^2 e^{-lv}), d = log b~ - lv.
     const double mu = r.c0 * x0 + r.ct * xt;
-    const double diff = mu - mean, w = std::exp(-lv);
+    const double diff = mu - mean;
+    if (!learns_variance(opt.variance)) {  // the variance part is a per-row constant
+      if (dm) *dm = -diff * r.fixed_w * dmean_dout;
+      return 0.5 * (r.fixed_kl_const + diff * diff * r.fixed_w);
+    }
+    const double w = std::exp(-lv);
     const double d = r.true_log_var - lv;
     if (dm) *dm = -diff * w * dmean_dout;
     if (dv) *dv = 0.5 * (-std::expm1(d) - diff * diff * w) * dlog_dv;

@@ -77,20 +77,24 @@ void ddpm_step(const noise_schedule& s, std::size_t j, prediction kind, variance
     kernels::affine2(static_cast<T>(to_x0.a), xb, static_cast<T>(to_x0.b), ob, x0b);
     detail::process_x0_row(proc, x0b, scratch);
     auto xn = x_next.subspan(b * n, n);
-    for (std::size_t k = 0; k < n; ++k) {
-      const T mean = std::fma(c0, x0b[k], ct * xb[k]);
-      if (j == 0) {
-        xn[k] = mean;
-        continue;
+    if (j == 0 || !learns_variance(v)) {
+      // Fixed variance: one standard deviation for the whole row (no noise at j = 0).
+      const T sd = j == 0 ? T(0) : static_cast<T>(std::exp(0.5 * fixed_lv));
+      for (std::size_t k = 0; k < n; ++k) {
+        const T mean = kernels::madd(c0, x0b[k], ct * xb[k]);
+        xn[k] = j == 0 ? mean : kernels::madd(sd, z[b * n + k], mean);
       }
-      double lv = fixed_lv;
-      if (v == variance_type::learned) lv = static_cast<double>(model_out[b * width + n + k]);
-      else if (v == variance_type::learned_range) {
-        const double f = 0.5 * (static_cast<double>(model_out[b * width + n + k]) + 1.0);
+      continue;
+    }
+    for (std::size_t k = 0; k < n; ++k) {
+      const T mean = kernels::madd(c0, x0b[k], ct * xb[k]);
+      double lv = static_cast<double>(model_out[b * width + n + k]);
+      if (v == variance_type::learned_range) {
+        const double f = 0.5 * (lv + 1.0);
         DIFFUSION_ASSERT(f >= 0.0 && f <= 1.0);
         lv = f * log_beta + (1.0 - f) * log_bt;
       }
-      xn[k] = std::fma(static_cast<T>(std::exp(0.5 * lv)), z[b * n + k], mean);
+      xn[k] = kernels::madd(static_cast<T>(std::exp(0.5 * lv)), z[b * n + k], mean);
     }
   }
 }
@@ -217,10 +221,10 @@ void ddim_step(const noise_schedule& s, std::size_t t, std::optional<std::size_t
     kernels::affine2(static_cast<T>(to_x0.a), xb, static_cast<T>(to_x0.b), ob, x0b);
     detail::process_x0_row(proc, x0b, scratch);
     for (std::size_t k = 0; k < n; ++k) {
-      const T eps = recompute ? std::fma(re_a, xb[k], re_b * x0b[k])
-                              : std::fma(static_cast<T>(to_eps.a), xb[k], static_cast<T>(to_eps.b) * ob[k]);
-      T v = std::fma(cx, x0b[k], ce * eps);
-      if (sigma > 0.0) v = std::fma(cz, z[b * n + k], v);
+      const T eps = recompute ? kernels::madd(re_a, xb[k], re_b * x0b[k])
+                              : kernels::madd(static_cast<T>(to_eps.a), xb[k], static_cast<T>(to_eps.b) * ob[k]);
+      T v = kernels::madd(cx, x0b[k], ce * eps);
+      if (sigma > 0.0) v = kernels::madd(cz, z[b * n + k], v);
       xn[k] = v;
     }
   }
@@ -324,10 +328,10 @@ sample_result ddim_invert(const noise_schedule& s, Model& model, X&& x, std::siz
     const T cx = static_cast<T>(s[t].sqrt_alpha_bar), ce = static_cast<T>(s[t].sqrt_one_minus_alpha_bar);
     for (std::size_t i = 0; i < rows * n; ++i) {
       // At the first step x is the data itself (ᾱ = 1): x̂₀ = x, and ε̂ comes from the model at t.
-      const T xh = k == 0 ? xs[i] : std::fma(static_cast<T>(to_x0.a), xs[i], static_cast<T>(to_x0.b) * out[i]);
-      const T eh = std::fma(static_cast<T>(to_eps.a), xs[i], static_cast<T>(to_eps.b) * out[i]);
+      const T xh = k == 0 ? xs[i] : kernels::madd(static_cast<T>(to_x0.a), xs[i], static_cast<T>(to_x0.b) * out[i]);
+      const T eh = kernels::madd(static_cast<T>(to_eps.a), xs[i], static_cast<T>(to_eps.b) * out[i]);
       x0[i] = xh;
-      xs[i] = std::fma(cx, xh, ce * eh);
+      xs[i] = kernels::madd(cx, xh, ce * eh);
     }
     ++result.steps;
     if (hooks.on_step && !hooks.on_step(step_info<T>{k + 1, K, static_cast<double>(t), s[t].sigma, xs, x0})) {

@@ -176,7 +176,7 @@ sample_result karras_sample(karras_method method, SigmaModel& D, X&& x, std::siz
       if (s_hat > s_i) {
         detail::fill_step_noise(noise, opt.first_sample, i, z, rows, n);
         const T c = static_cast<T>(std::sqrt((s_hat - s_i) * (s_hat + s_i)) * opt.s_noise);
-        for (std::size_t k = 0; k < m; ++k) xs[k] = std::fma(c, z[k], xs[k]);
+        for (std::size_t k = 0; k < m; ++k) xs[k] = kernels::madd(c, z[k], xs[k]);
       }
     }
     denoise(xs, s_hat, i);
@@ -191,7 +191,7 @@ sample_result karras_sample(karras_method method, SigmaModel& D, X&& x, std::siz
         if (a.sigma_up > 0.0) {
           detail::fill_step_noise(noise, opt.first_sample, i, z, rows, n);
           const T c = static_cast<T>(a.sigma_up * opt.s_noise);
-          for (std::size_t k = 0; k < m; ++k) xs[k] = std::fma(c, z[k], xs[k]);
+          for (std::size_t k = 0; k < m; ++k) xs[k] = kernels::madd(c, z[k], xs[k]);
         }
         break;
       }
@@ -204,14 +204,14 @@ sample_result karras_sample(karras_method method, SigmaModel& D, X&& x, std::siz
         const T inv = static_cast<T>(1.0 / s_hat), dt = static_cast<T>(s_next - s_hat);
         for (std::size_t k = 0; k < m; ++k) {
           z[k] = (xs[k] - den[k]) * inv;
-          x2[k] = std::fma(dt, z[k], xs[k]);
+          x2[k] = kernels::madd(dt, z[k], xs[k]);
         }
         denoise(x2, s_next, i);
         ++result.model_calls;
         const T inv2 = static_cast<T>(1.0 / s_next), half_dt = static_cast<T>(0.5 * (s_next - s_hat));
         for (std::size_t k = 0; k < m; ++k) {
           const T d2 = (x2[k] - den[k]) * inv2;
-          xs[k] = std::fma(half_dt, z[k] + d2, xs[k]);
+          xs[k] = kernels::madd(half_dt, z[k] + d2, xs[k]);
         }
         break;
       }
@@ -225,7 +225,7 @@ sample_result karras_sample(karras_method method, SigmaModel& D, X&& x, std::siz
           const double h = std::log(s_i) - std::log(s_next), r = h_last / h;
           const T a = static_cast<T>(1.0 + 1.0 / (2.0 * r)), b = static_cast<T>(-1.0 / (2.0 * r));
           const T cx = static_cast<T>(ratio), cd = static_cast<T>(-em);
-          for (std::size_t k = 0; k < m; ++k) xs[k] = std::fma(cx, xs[k], cd * std::fma(a, den[k], b * hist[k]));
+          for (std::size_t k = 0; k < m; ++k) xs[k] = kernels::madd(cx, xs[k], cd * kernels::madd(a, den[k], b * hist[k]));
         }
         if (s_next > 0.0) h_last = std::log(s_i) - std::log(s_next);
         std::copy(den.begin(), den.end(), hist.begin());
