@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <numbers>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -80,7 +81,8 @@ int main(int argc, char** argv) {
     if (!std::strcmp(argv[i], "--help") || !std::strcmp(argv[i], "-h")) {
       std::printf(
           "usage: ddpm_equations [--samples N] [--seed S]\n"
-          "Checks DDPM (Ho et al. 2020) Eq. 2, 4, 6-7, the eps/x0/v/score relations and the\n"
+          "Checks DDPM (Ho et al. 2020) Eq. 2, 4, 5, 6-7, 8, 11, 12, 13, 14, Algorithms 1-2, the\n"
+          "eps/x0/v/score relations and the\n"
           "published schedule numbers against independent computations. Monte Carlo checks use\n"
           "N samples (default 200000) and a 5-standard-error tolerance. Exit status 1 on failure.\n");
       return 0;
@@ -208,6 +210,98 @@ int main(int argc, char** argv) {
         1e-9, "central difference");
   }
 
+  header("Variational bound and losses on Gaussian data x0 ~ N(0.3, 0.4^2) (exact denoiser)");
+  {
+    const gaussian_data g({0.3}, {0.4});
+    // Eq. 8: with a fixed variance, L_{t-1} = E[|mu~ - mu_theta|^2 / (2 sigma^2)] + C; here for one
+    // draw, C = 0.5 (expm1(d) - d), d = log beta~ - log sigma^2 (fixed_large).
+    const std::size_t t = 300;
+    const double x0v = 0.1, epsv = 0.8;
+    std::vector<double> x0{x0v}, eps{epsv}, xt(1), out(1);
+    q_sample(s, t, x0, eps, xt);
+    out[0] = 0.9 * epsv;  // some imperfect model
+    const double lv = fixed_log_variance(s, t, variance_type::fixed_large);
+    const double kl = vlb_term(s, t, x0, xt, out, prediction::epsilon, {.variance = variance_type::fixed_large});
+    // Eq. 11: mu_theta = (x_t - beta_t / sqrt(1 - ab_t) eps_theta) / sqrt(alpha_t), written out here.
+    const auto& st = s[t];
+    const double mu_theta = (xt[0] - st.beta / st.sqrt_one_minus_alpha_bar * out[0]) / st.sqrt_alpha;
+    const double mu_tilde = st.posterior_mean_coef_x0 * x0v + st.posterior_mean_coef_xt * xt[0];
+    const double dvar = std::log(st.posterior_variance) - lv;
+    const double eq8 = (mu_tilde - mu_theta) * (mu_tilde - mu_theta) / (2 * std::exp(lv)) + 0.5 * (std::expm1(dvar) - dvar);
+    row("Eq. 8, 11", "L_{t-1} at t = 301, fixed_large", kl, eq8, 1e-12 * eq8, "Eq. 8 with Eq. 11's mean");
+    // Eq. 12: the same KL is lambda_t |eps - eps_theta|^2 + C.
+    const double lam = vlb_weight(s, t, variance_type::fixed_large);
+    row("Eq. 12", "L_{t-1} = lambda_t |eps - eps_theta|^2 + C", kl,
+        lam * (epsv - out[0]) * (epsv - out[0]) + 0.5 * (std::expm1(dvar) - dvar), 1e-9 * kl, "Eq. 12 weight");
+    // Eq. 13: the discretized decoder is a probability distribution on the 256-level grid.
+    double total = 0;
+    for (int k = 0; k < 256; ++k)
+      total += std::exp(discretized_gaussian_log_likelihood(-1.0 + 2.0 * k / 255.0, 0.123, std::log(0.01)));
+    row("Eq. 13", "sum of p(x0|x1) over the 8-bit grid", total, 1.0, 1e-12, "normalization");
+    // Eq. 14 and Algorithm 1: E over (x0, eps) of |eps - eps_theta(x_t, t)|^2 for the exact
+    // eps_theta is Var[eps | x_t] = ab s^2 / (ab s^2 + 1 - ab).
+    const std::size_t t14 = 499;
+    const auto& s14 = s[t14];
+    double m = 0, m2 = 0;
+    std::vector<double> a(1), e(1), x(1), pred(1);
+    const double tsv = static_cast<double>(t14), sg = s14.sigma;
+    for (std::size_t i = 0; i < samples; ++i) {
+      a[0] = 0.3 + 0.4 * rng.normal();
+      e[0] = rng.normal();
+      q_sample(s, t14, a, e, x);
+      g(denoiser_input<double>{x, std::span<const double>(&tsv, 1), std::span<const double>(&sg, 1)}, std::span<double>(pred));
+      const double l = simple_loss(s, t14, a, e, pred, prediction::epsilon);
+      m += l;
+      m2 += l * l;
+    }
+    m /= n;
+    const double sd14 = std::sqrt((m2 / n - m * m) / (n - 1));
+    const double var_eps = s14.alpha_bar * 0.16 / (s14.alpha_bar * 0.16 + s14.one_minus_alpha_bar);
+    row("Eq. 14", "E L_simple at t = 500, optimal eps_theta", var_eps, m, 5 * sd14, "Monte Carlo");
+    // Eq. 5: the whole bound with the true reverse variances telescopes to NLL + prior mismatch.
+    double bound = g.expected_prior_term(s, 0) + g.expected_decoder_nll(s, 0, std::log(g.true_reverse_variance(s, 0, 0)));
+    for (std::size_t k = 1; k < 1000; ++k) bound += g.expected_kl_term(s, k, 0, std::log(g.true_reverse_variance(s, k, 0)));
+    row("Eq. 5", "L_T + sum L_{t-1} + L_0 (true variance), nats", bound, g.nll(0) + g.prior_mismatch(s, 0), 1e-9,
+        "NLL + KL(q(x_T)||p(x_T))");
+    // Score matching: the exact eps_theta of Gaussian data, through -eps/sqrt(1-ab), is the score
+    // of the noisy marginal N(sqrt(ab) mu, ab s^2 + 1 - ab).
+    const double xq = 0.45;
+    g(denoiser_input<double>{std::span<const double>(&xq, 1), std::span<const double>(&tsv, 1), std::span<const double>(&sg, 1)},
+      std::span<double>(pred));
+    const double marginal_var = s14.alpha_bar * 0.16 + s14.one_minus_alpha_bar;
+    row("Eq. 12", "score -eps_theta/sqrt(1-ab) = grad log q_t(x_t)", -pred[0] / s14.sqrt_one_minus_alpha_bar,
+        -(xq - s14.sqrt_alpha_bar * 0.3) / marginal_var, 1e-14, "Gaussian marginal");
+  }
+
+  header("Algorithm 2 on Gaussian data (50 respaced steps, fixed_large)");
+  {
+    const double mu = 0.3, sd = 0.4;
+    gaussian_data g({mu}, {sd});
+    const auto seq = inference_timesteps(1000, 50, timestep_spacing::trailing);
+    std::vector<double> x(samples);
+    struct mc_noise {  // the example's own seeded source, in the library's noise-source shape
+      std::uint64_t seed;
+      void fill(std::uint64_t sample, std::uint64_t step, std::uint64_t, std::span<double> out) const {
+        normal_source r(seed ^ (sample * 0x9E3779B97F4A7C15ull) ^ (step * 0xD1B54A32D192ED03ull));
+        for (auto& v : out) v = r.normal();
+      }
+    } noise{seed};
+    ddpm_sample(s, g, x, samples, noise, {.variance = variance_type::fixed_large, .timesteps = seq});
+    // The chain is linear-Gaussian here: its exact output law by recursion.
+    const noise_schedule ss = respace(s, seq).schedule;
+    double m = 0.0, v = 1.0;
+    for (std::size_t j = ss.size(); j-- > 0;) {
+      const auto& st = ss[j];
+      const double c = st.sqrt_alpha_bar, k = c * sd * sd / (st.alpha_bar * sd * sd + st.one_minus_alpha_bar);
+      const double A = st.posterior_mean_coef_x0 * k + st.posterior_mean_coef_xt, B = st.posterior_mean_coef_x0 * (mu - k * c * mu);
+      m = A * m + B;
+      v = A * A * v + (j > 0 ? std::exp(fixed_log_variance(ss, j, variance_type::fixed_large)) : 0.0);
+    }
+    const auto mm = sample_moments(x);
+    row("Alg. 2", "mean of the samples", m, mm.mean, 5 * std::sqrt(v / n), "exact law of the chain");
+    row("Alg. 2", "variance of the samples", v, mm.var, 5 * v * std::sqrt(2 / (n - 1)), "exact law of the chain");
+  }
+
   header("Published numbers (float64; SPEC.md, Lin et al. 2023 Table 1)");
   {
     row("DDPM", "linear: alpha_bar_T", s[999].alpha_bar, 4.03583e-5, 0.5e-10, "published, 6 digits");
@@ -223,6 +317,11 @@ int main(int argc, char** argv) {
     const noise_schedule cs(cosine_betas(1000));
     row("iDDPM", "cosine: beta at t = 1", cs[0].beta, 4.12842e-5, 0.5e-10, "published");
     row("iDDPM", "cosine: alpha_bar_T", cs[999].alpha_bar, 2.428767e-9, 0.5e-15, "published");
+    std::vector<double> grid(256);
+    for (std::size_t k = 0; k < 256; ++k) grid[k] = -1.0 + 2.0 * static_cast<double>(k) / 255.0;
+    row("DDPM §4", "L_T, linear, uniform 8-bit data (bits/dim)", to_bits(prior_term(s, grid)), 1e-5, 0.3e-5,
+        "published: ~1e-5");
+    row("Lin+23", "cosine: sqrt(alpha_bar_T)", cs[999].sqrt_alpha_bar, std::sqrt(2.428767e-9), 0.5e-9, "from SPEC ab_T");
     const noise_schedule z(rescale_zero_terminal_snr(scaled_linear_betas(1000)));
     row("Lin+23", "zero-SNR scaled_linear: SNR_T", z[999].snr, 0.0, 0.0, "exactly 0 by construction");
   }
