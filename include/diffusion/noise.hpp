@@ -1,0 +1,744 @@
+/// @file
+/// @brief Counter-based Gaussian noise: the Philox4x32-10 block function, the
+/// @ref diffusion::philox_normal source (Box–Muller over Philox uniforms) and the
+/// @ref diffusion::noise_source concept.
+///
+/// Customization point: any type `S` with
+/// @code
+/// s.fill(sample, step, offset, std::span<float>(...));   // std::uint64_t sample, step, offset
+/// s.fill(sample, step, offset, std::span<double>(...));
+/// @endcode
+/// is a @ref diffusion::noise_source. It writes the normals `offset, offset+1, ...` of
+/// the stream named by (sample, step). Samplers take the noise as an explicit argument
+/// of such a type; there is no hidden global generator.
+///
+/// Dependencies: config.hpp, tensor.hpp, the standard library and xsimd only (the
+/// "noise" layer includes no other diffusion header).
+#pragma once
+
+#include <algorithm>
+#include <array>
+#include <bit>
+#include <cmath>
+#include <concepts>
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <type_traits>
+#include <utility>
+
+#include <xsimd/xsimd.hpp>
+
+#include "config.hpp"
+#include "tensor.hpp"
+
+/// Forces inlining of the transform's building blocks: their values must stay in
+/// registers across the whole chain (a call would pass every batch through memory).
+#if defined(__GNUC__) || defined(__clang__)
+#define DIFFUSION_NOISE_INLINE inline __attribute__((always_inline))
+#elif defined(_MSC_VER)
+#define DIFFUSION_NOISE_INLINE __forceinline
+#else
+#define DIFFUSION_NOISE_INLINE inline
+#endif
+
+/// @defgroup noise Noise
+/// @brief Counter-based random numbers: Philox4x32-10 and normals that are a pure
+/// function of (seed, sample, step, index).
+/// @{
+
+namespace diffusion {
+
+/// @brief A source of standard normal noise addressed by (sample, step, index).
+///
+/// `s.fill(sample, step, offset, out)` writes the normals with indices
+/// `offset, ..., offset + out.size() - 1` of the stream (sample, step) into `out`, for
+/// `out` a `std::span<float>` and a `std::span<double>`. A counter-based source such as
+/// @ref philox_normal makes every value a pure function of its address, so a sampler
+/// gives the same result whatever the batching, chunking or thread split.
+template <class S>
+concept noise_source = requires(S& source, std::uint64_t index, std::span<float> f, std::span<double> d) {
+  source.fill(index, index, index, f);
+  source.fill(index, index, index, d);
+};
+
+namespace detail {
+
+inline constexpr std::uint32_t philox_m0 = 0xD2511F53u;  // Salmon et al. 2011, Philox4x32 multipliers
+inline constexpr std::uint32_t philox_m1 = 0xCD9E8D57u;
+inline constexpr std::uint32_t philox_w0 = 0x9E3779B9u;  // Weyl key increments (golden ratio, √3 − 1)
+inline constexpr std::uint32_t philox_w1 = 0xBB67AE85u;
+inline constexpr int philox_rounds = 10;
+
+/// One Philox4x32 round in place:
+/// (c0, c1, c2, c3) ← (hi(M1·c2) ⊕ c1 ⊕ k0, lo(M1·c2), hi(M0·c0) ⊕ c3 ⊕ k1, lo(M0·c0)).
+constexpr void philox_round(std::uint32_t& c0, std::uint32_t& c1, std::uint32_t& c2, std::uint32_t& c3,
+                            std::uint32_t k0, std::uint32_t k1) noexcept {
+  const std::uint64_t p0 = std::uint64_t{philox_m0} * c0;
+  const std::uint64_t p1 = std::uint64_t{philox_m1} * c2;
+  c0 = static_cast<std::uint32_t>(p1 >> 32) ^ c1 ^ k0;
+  c1 = static_cast<std::uint32_t>(p1);
+  c2 = static_cast<std::uint32_t>(p0 >> 32) ^ c3 ^ k1;
+  c3 = static_cast<std::uint32_t>(p0);
+}
+
+}  // namespace detail
+
+/// @brief The Philox4x32-10 block function (Salmon, Moraes, Dror, Shaw 2011, "Parallel
+/// random numbers: as easy as 1, 2, 3", SC11, §4.2).
+///
+/// Ten rounds of
+/// \f[ (c_0, c_1, c_2, c_3) \leftarrow \bigl(\mathrm{hi}(M_1 c_2) \oplus c_1 \oplus k_0,\;
+///     \mathrm{lo}(M_1 c_2),\; \mathrm{hi}(M_0 c_0) \oplus c_3 \oplus k_1,\; \mathrm{lo}(M_0 c_0)\bigr) \f]
+/// with \f$M_0 = \mathtt{D2511F53}_{16}\f$, \f$M_1 = \mathtt{CD9E8D57}_{16}\f$, hi/lo the
+/// upper/lower 32 bits of the 64-bit product, and the key bumped by
+/// \f$(\mathtt{9E3779B9}_{16}, \mathtt{BB67AE85}_{16})\f$ (mod \f$2^{32}\f$) between rounds.
+/// Tested against the Random123 known-answer vectors (tests/test_noise.cpp).
+/// @param[in] counter the 128-bit counter, word 0 first.
+/// @param[in] key the 64-bit key, word 0 first.
+/// @return the four 32-bit output words.
+[[nodiscard]] constexpr std::array<std::uint32_t, 4> philox4x32_10(std::array<std::uint32_t, 4> counter,
+                                                                   std::array<std::uint32_t, 2> key) noexcept {
+  for (int round = 0; round < detail::philox_rounds; ++round) {
+    detail::philox_round(counter[0], counter[1], counter[2], counter[3], key[0], key[1]);
+    key[0] += detail::philox_w0;
+    key[1] += detail::philox_w1;
+  }
+  return counter;
+}
+
+namespace detail {
+
+// ---------------------------------------------------------------------------------------
+// The normal transform, written once over a "lane" type V: float, double, or an
+// xsimd::batch of either. Both the scalar and the SIMD path execute exactly the same
+// IEEE operations (+, −, ×, ÷, √, fused or unfused multiply–add, bit operations), so
+// their results are bit-identical. Every product that feeds a sum is written as
+// madd(), never as a*b + c, so compiler contraction (-ffp-contract) cannot make the
+// two paths differ.
+
+/// Whether xsimd's fma is a fused instruction for the batch architecture of this build.
+/// When it is, madd() is fused in the scalar path as well; otherwise both use a·b + c.
+#if XSIMD_WITH_FMA3_SSE || XSIMD_WITH_FMA3_AVX || XSIMD_WITH_FMA3_AVX2 || XSIMD_WITH_FMA4 || XSIMD_WITH_AVX512F || \
+    XSIMD_WITH_NEON || XSIMD_WITH_NEON64
+inline constexpr bool noise_fused_madd = true;
+#else
+inline constexpr bool noise_fused_madd = false;
+#endif
+
+/// Whether xsimd offers a batch of T in this build (no double batches on 32-bit NEON).
+#if defined(XSIMD_NO_SUPPORTED_ARCHITECTURE)
+template <class T>
+inline constexpr bool noise_has_batch = false;
+#else
+template <class T>
+inline constexpr bool noise_has_batch = std::is_same_v<T, float> || !(XSIMD_WITH_NEON && !XSIMD_WITH_NEON64);
+#endif
+
+/// N independent batches that act as one value: each operation is applied to all N
+/// before the next one, so the N dependency chains interleave instruction by instruction
+/// (the transform is latency-bound with one chain). Lane results are those of B.
+template <class B, std::size_t N>
+struct lane_group {
+  using batch_type = B;
+  B v[N];
+
+  lane_group() = default;
+  explicit(false) lane_group(typename B::value_type x) noexcept {  // broadcast, like B's own constructor
+    for (auto& e : v) e = B(x);
+  }
+  template <class F, class... G>
+  DIFFUSION_NOISE_INLINE static auto map(F f, const G&... g) noexcept {
+    return map_each(std::make_index_sequence<N>{}, f, g...);
+  }
+
+ private:
+  template <std::size_t I, class F, class... G>
+  DIFFUSION_NOISE_INLINE static auto at(F f, const G&... g) noexcept {
+    return f(g.v[I]...);
+  }
+  template <std::size_t... I, class F, class... G>
+  DIFFUSION_NOISE_INLINE static auto map_each(std::index_sequence<I...>, F f, const G&... g) noexcept {
+    lane_group<decltype(f(g.v[0]...)), N> r;
+    ((r.v[I] = at<I>(f, g...)), ...);
+    return r;
+  }
+
+ public:
+#define DIFFUSION_NOISE_GROUP_OP(op)                                                                        \
+  DIFFUSION_NOISE_INLINE friend lane_group operator op(const lane_group& a, const lane_group& b) noexcept { \
+    return map([](const B& x, const B& y) { return x op y; }, a, b);                                        \
+  }
+  DIFFUSION_NOISE_GROUP_OP(+)
+  DIFFUSION_NOISE_GROUP_OP(-)
+  DIFFUSION_NOISE_GROUP_OP(*)
+  DIFFUSION_NOISE_GROUP_OP(/)
+  DIFFUSION_NOISE_GROUP_OP(&)
+  DIFFUSION_NOISE_GROUP_OP(|)
+  DIFFUSION_NOISE_GROUP_OP(^)
+#undef DIFFUSION_NOISE_GROUP_OP
+  DIFFUSION_NOISE_INLINE friend lane_group operator>>(const lane_group& a, int n) noexcept {
+    return map([n](const B& x) { return x >> n; }, a);
+  }
+  DIFFUSION_NOISE_INLINE friend lane_group operator<<(const lane_group& a, int n) noexcept {
+    return map([n](const B& x) { return x << n; }, a);
+  }
+};
+
+template <class V>
+struct noise_lane;
+template <>
+struct noise_lane<float> {
+  using scalar = float;
+  using bits = std::uint32_t;
+  static constexpr int kind = 0;  // scalar
+};
+template <>
+struct noise_lane<double> {
+  using scalar = double;
+  using bits = std::uint64_t;
+  static constexpr int kind = 0;
+};
+template <class T, class A>
+struct noise_lane<xsimd::batch<T, A>> {
+  using scalar = T;
+  using bits = xsimd::batch<typename noise_lane<T>::bits, A>;
+  static constexpr int kind = 1;  // one xsimd batch
+};
+template <class B, std::size_t N>
+struct noise_lane<lane_group<B, N>> {
+  using scalar = typename noise_lane<B>::scalar;
+  using bits = lane_group<typename noise_lane<B>::bits, N>;
+  static constexpr int kind = 2;  // a group of batches
+};
+
+/// Constants of the transform for one precision. Polynomial coefficients are minimax
+/// (Remez, 60 digits, mpmath) fits rounded to T; the levelled errors are quoted.
+template <class T>
+struct noise_constants;
+
+template <>
+struct noise_constants<float> {
+  static constexpr int mantissa_bits = 23;
+  static constexpr std::uint32_t mantissa_mask = 0x007FFFFFu;
+  static constexpr std::uint32_t one_bits = 0x3F800000u;        // 1.0f
+  static constexpr std::uint32_t sqrt_half_bits = 0x3F3504F3u;  // nearest float to √½
+  static constexpr std::uint32_t two_pow_p_bits = 0x4B000000u;  // 2^23
+  static constexpr float exponent_offset = 0x1p23f + 127.0f;    // 2^23 + bias
+  static constexpr int uniform_shift = 9;                       // m = top 23 bits of a 32-bit word
+  static constexpr float uniform_offset = 1.0f - 0x1p-24f;      // (1 + m·2^-23) − this = (2m+1)·2^-24
+  static constexpr std::uint32_t eighth_turn = 0x20000000u;     // 2^29: half a quadrant of u
+  static constexpr std::uint32_t quadrant_mask = 0x001FFFFFu;   // 2^21 − 1
+  static constexpr float half_ulp = 0x1p-24f;                   // 2^-(p+1)
+  static constexpr std::uint32_t sign_bit = 0x80000000u;
+  static constexpr float ln2_hi = 0x1.62p-1f;      // k·ln2_hi exact for |k| < 2^15
+  static constexpr float ln2_lo = 0x1.c85fep-10f;  // ln 2 − ln2_hi
+  // sin(2πf)/f ≈ S(f²) = s0 + f²·S'(f²), |f| ≤ 1/8; relative error 3.2e-9. s0 = sin_hi + sin_lo.
+  static constexpr float sin_hi = 0x1.921fb6p+2f, sin_lo = -0x1.a32bdp-23f;
+  static constexpr std::array<float, 3> sin_poly{-0x1.4abbbap+5f, 0x1.465e92p+6f, -0x1.2d9302p+6f};
+  // (cos(2πf) − 1)/f² ≈ C(f²), |f| ≤ 1/8; error in cos 6.4e-11.
+  static constexpr std::array<float, 4> cos_poly{-0x1.3bd3ccp+4f, 0x1.03c1dep+6f, -0x1.55c5ep+6f, 0x1.d9d57ep+5f};
+  // (2 atanh(s)/s − 2)/s² ≈ P(s²), |s| ≤ (√2−1)/(√2+1); error in ln(1+f) relative 8.1e-10.
+  static constexpr std::array<float, 3> log_poly{0x1.55557ap-1f, 0x1.995ebap-2f, 0x1.31e2f2p-2f};
+};
+
+template <>
+struct noise_constants<double> {
+  static constexpr int mantissa_bits = 52;
+  static constexpr std::uint64_t mantissa_mask = 0x000FFFFFFFFFFFFFull;
+  static constexpr std::uint64_t one_bits = 0x3FF0000000000000ull;
+  static constexpr std::uint64_t sqrt_half_bits = 0x3FE6A09E667F3BCDull;
+  static constexpr std::uint64_t two_pow_p_bits = 0x4330000000000000ull;  // 2^52
+  static constexpr double exponent_offset = 0x1p52 + 1023.0;
+  static constexpr int uniform_shift = 12;
+  static constexpr double uniform_offset = 1.0 - 0x1p-53;
+  static constexpr std::uint64_t eighth_turn = 0x2000000000000000ull;    // 2^61
+  static constexpr std::uint64_t quadrant_mask = 0x0003FFFFFFFFFFFFull;  // 2^50 − 1
+  static constexpr double half_ulp = 0x1p-53;
+  static constexpr std::uint64_t sign_bit = 0x8000000000000000ull;
+  static constexpr double ln2_hi = 0x1.62e42p-1;  // 25 significant bits: k·ln2_hi exact for |k| < 2^28
+  static constexpr double ln2_lo = 0x1.fdf473de6af28p-22;
+  // relative error 3.3e-18
+  static constexpr double sin_hi = 0x1.921fb54442d18p+2, sin_lo = 0x1.02644f254497fp-52;
+  static constexpr std::array<double, 6> sin_poly{-0x1.4abbce625be41p+5, 0x1.466bc677587p+6,    -0x1.32d2cce2d5361p+6,
+                                                  0x1.50782fca38c0ep+5,  -0x1.e30063a031f57p+3, 0x1.e3eed5d16d705p+1};
+  // error in cos 3.9e-20
+  static constexpr std::array<double, 7> cos_poly{-0x1.3bd3cc9be45dep+4, 0x1.03c1f081b5aaep+6,  -0x1.55d3c7e3c928p+6,
+                                                  0x1.e1f5068367b18p+5,  -0x1.a6d1ec7e0b368p+4, 0x1.f9cc40ac768b5p+2,
+                                                  -0x1.b263c33cd3134p+0};
+  // error in ln(1+f) relative 1.2e-18
+  static constexpr std::array<double, 7> log_poly{0x1.5555555555592p-1, 0x1.999999997fdb7p-2, 0x1.24924941f124fp-2,
+                                                  0x1.c71c52095d16fp-3, 0x1.74663ee86e841p-3, 0x1.39a1bab73fcacp-3,
+                                                  0x1.2f0563862e5fdp-3};
+};
+
+template <class V>
+DIFFUSION_NOISE_INLINE typename noise_lane<V>::bits to_bits(const V& x) noexcept {
+  if constexpr (noise_lane<V>::kind == 2)
+    return V::map([](const auto& b) { return to_bits(b); }, x);
+  else if constexpr (noise_lane<V>::kind == 1)
+    return xsimd::bitwise_cast<typename noise_lane<V>::bits>(x);
+  else
+    return std::bit_cast<typename noise_lane<V>::bits>(x);
+}
+
+template <class V>
+DIFFUSION_NOISE_INLINE V from_bits(const typename noise_lane<V>::bits& b) noexcept {
+  if constexpr (noise_lane<V>::kind == 2)
+    return noise_lane<V>::bits::map([](const auto& x) { return from_bits<typename V::batch_type>(x); }, b);
+  else if constexpr (noise_lane<V>::kind == 1)
+    return xsimd::bitwise_cast<V>(b);
+  else
+    return std::bit_cast<V>(b);
+}
+
+/// a·b + c: one fused operation when the build's batches have a fused FMA, else a
+/// rounded product and a rounded sum — the same in the scalar and the SIMD path.
+template <class V>
+DIFFUSION_NOISE_INLINE V madd(const V& a, const V& b, const V& c) noexcept {
+  if constexpr (noise_lane<V>::kind == 2)
+    return V::map([](const auto& x, const auto& y, const auto& z) { return madd(x, y, z); }, a, b, c);
+  else if constexpr (!noise_fused_madd)
+    return a * b + c;
+  else if constexpr (noise_lane<V>::kind == 1)
+    return xsimd::fma(a, b, c);
+  else
+    return std::fma(a, b, c);
+}
+
+/// c − a·b, with the same rounding rule as madd.
+template <class V>
+DIFFUSION_NOISE_INLINE V nmadd(const V& a, const V& b, const V& c) noexcept {
+  if constexpr (noise_lane<V>::kind == 2)
+    return V::map([](const auto& x, const auto& y, const auto& z) { return nmadd(x, y, z); }, a, b, c);
+  else if constexpr (!noise_fused_madd)
+    return c - a * b;
+  else if constexpr (noise_lane<V>::kind == 1)
+    return xsimd::fnma(a, b, c);
+  else
+    return std::fma(-a, b, c);
+}
+
+template <class V>
+DIFFUSION_NOISE_INLINE V sqrt_lane(const V& x) noexcept {
+  if constexpr (noise_lane<V>::kind == 2)
+    return V::map([](const auto& y) { return sqrt_lane(y); }, x);
+  else if constexpr (noise_lane<V>::kind == 1)
+    return xsimd::sqrt(x);
+  else
+    return std::sqrt(x);
+}
+
+template <class V, class T, std::size_t N, std::size_t... I>
+DIFFUSION_NOISE_INLINE V horner_each(const V& x, const std::array<T, N>& c, std::index_sequence<I...>) noexcept {
+  V p(c[N - 1]);
+  ((p = madd(p, x, V(c[N - 2 - I]))), ...);  // p = p·x + c[i], i = N−2, ..., 0
+  return p;
+}
+
+template <class V, class T, std::size_t N>
+DIFFUSION_NOISE_INLINE V horner(const V& x, const std::array<T, N>& c) noexcept {
+  return horner_each(x, c, std::make_index_sequence<N - 1>{});
+}
+
+/// Natural logarithm of a positive normal number (the transform only needs (0, 1)).
+/// x = 2^k·m, m ∈ [√½, √2), f = m − 1 (exact), s = f/(2 + f), z = s²:
+/// ln x = k ln 2 + f − s·(f − z·P(z)), since 2 atanh(s) = ln(1 + f) and f − 2s = s·f.
+template <class V>
+DIFFUSION_NOISE_INLINE V log_positive(V x) noexcept {
+  using T = typename noise_lane<V>::scalar;
+  using K = noise_constants<T>;
+  using U = typename noise_lane<V>::bits;
+  const U t = to_bits(x) + U(K::one_bits - K::sqrt_half_bits);
+  // k = biased exponent of t − bias, made exact in floating point without a conversion.
+  const V k = from_bits<V>((t >> K::mantissa_bits) | U(K::two_pow_p_bits)) - V(K::exponent_offset);
+  const V f = from_bits<V>((t & U(K::mantissa_mask)) + U(K::sqrt_half_bits)) - V(T(1));
+  const V s = f / (V(T(2)) + f);
+  const V z = s * s;
+  const V log1p_f = nmadd(s, nmadd(z, horner(z, K::log_poly), f), f);
+  return madd(k, V(K::ln2_hi), madd(k, V(K::ln2_lo), log1p_f));
+}
+
+/// All ones in the lanes of an unsigned word whose top bit is set, zero elsewhere.
+template <class U>
+DIFFUSION_NOISE_INLINE U top_bit_mask(const U& x) noexcept {
+  if constexpr (requires { typename U::batch_type; }) {  // lane_group
+    return U::map([](const auto& y) { return top_bit_mask(y); }, x);
+  } else if constexpr (std::is_same_v<U, std::uint32_t>) {
+    return std::bit_cast<std::uint32_t>(std::bit_cast<std::int32_t>(x) >> 31);  // arithmetic shift (C++20)
+  } else if constexpr (std::is_same_v<U, std::uint64_t>) {
+    return std::uint64_t{0} - (x >> 63);
+  } else if constexpr (std::is_same_v<typename U::value_type, std::uint32_t>) {
+    using signed_batch = xsimd::batch<std::int32_t, typename U::arch_type>;
+    return xsimd::bitwise_cast<U>(xsimd::bitwise_cast<signed_batch>(x) >> 31);
+  } else {
+    return U(std::uint64_t{0}) - (x >> 63);  // AVX2 has no 64-bit arithmetic shift
+  }
+}
+
+/// The uniform of a word w: u(w) = (2m + 1)·2^−(p+1) with m = w >> (W − p) its top p bits
+/// (W = 32, p = 23 for float; W = 64, p = 52 for double), computed exactly as
+/// (1 + m·2^−p) − (1 − 2^−(p+1)). u ∈ [2^−(p+1), 1 − 2^−(p+1)]: never 0 or 1.
+template <class V>
+DIFFUSION_NOISE_INLINE V uniform_from_word(typename noise_lane<V>::bits w) noexcept {
+  using T = typename noise_lane<V>::scalar;
+  using K = noise_constants<T>;
+  using U = typename noise_lane<V>::bits;
+  return from_bits<V>((w >> K::uniform_shift) | U(K::one_bits)) - V(K::uniform_offset);
+}
+
+/// sin 2πu and cos 2πu for u = u(w) (see uniform_from_word), with an exact reduction done
+/// on the integer word: t = w + 2^(W−3) (mod 2^W) has q = round(4u) mod 4 in its top two
+/// bits, and with j = (t >> (W − p)) mod 2^(p−2) the remainder is
+/// f = u − q/4 = (2j − 2^(p−2) + 1)·2^−(p+1) = ((1 + j·2^−p) − 9/8) + 2^−(p+1), |f| < 1/8.
+/// Then sin 2πf = f·S(f²), cos 2πf = 1 + f²·C(f²), and the quadrant swaps and negates.
+template <class V>
+DIFFUSION_NOISE_INLINE void sincos_2pi_word(typename noise_lane<V>::bits w, V& sin_out, V& cos_out) noexcept {
+  using T = typename noise_lane<V>::scalar;
+  using K = noise_constants<T>;
+  using U = typename noise_lane<V>::bits;
+  const U t = w + U(K::eighth_turn);
+  const V f = (from_bits<V>(((t >> K::uniform_shift) & U(K::quadrant_mask)) | U(K::one_bits)) - V(T(1.125))) +
+              V(K::half_ulp);  // both steps exact
+  const V y = f * f;
+  // f·(s0 + y·S'(y)) with s0 split in two, so its rounding does not reach the result.
+  const V s = madd(f, V(K::sin_hi), f * madd(y, horner(y, K::sin_poly), V(K::sin_lo)));
+  const V c = madd(y, horner(y, K::cos_poly), V(T(1)));
+  // q mod 4 = 0, 1, 2, 3: (sin, cos) = (s, c), (c, −s), (−s, −c), (−c, s). Bit 0 of q
+  // (bit W−2 of t) swaps; bit 1 of q (t's sign bit) negates sin; bit 1 of q + 1 negates cos.
+  const U sign(K::sign_bit);
+  const U t2 = t << 1;
+  const U sb = to_bits(s), cb = to_bits(c);
+  const U swap = (sb ^ cb) & top_bit_mask(t2);
+  sin_out = from_bits<V>(sb ^ swap ^ (t & sign));
+  cos_out = from_bits<V>(cb ^ swap ^ ((t ^ t2) & sign));
+}
+
+/// Box–Muller from two words: z0 = r cos 2πu(w1), z1 = r sin 2πu(w1), r = √(−2 ln u(w0)).
+template <class V>
+DIFFUSION_NOISE_INLINE void box_muller(typename noise_lane<V>::bits radius_word,
+                                       typename noise_lane<V>::bits angle_word, V& z0, V& z1) noexcept {
+  using T = typename noise_lane<V>::scalar;
+  const V r = sqrt_lane(log_positive(uniform_from_word<V>(radius_word)) * V(T(-2)));
+  V s, c;
+  sincos_2pi_word<V>(angle_word, s, c);
+  z0 = r * c;
+  z1 = r * s;
+}
+
+template <class T>
+inline constexpr std::size_t normals_per_block = std::is_same_v<T, float> ? 4 : 2;
+
+// ---------------------------------------------------------------------------------------
+// Philox on xsimd batches of 64-bit lanes: one block per lane, each 32-bit word in the
+// low half of a lane (the high half holds garbage that never reaches a low half: the
+// multiply reads only low halves, and ⊕ and >> 32 keep it out).
+
+/// (x mod 2^32)·m in every 64-bit lane: the widening 32×32→64-bit multiply of Philox.
+/// xsimd 8.1 has no such operation (its 64-bit multiply is a three-multiply emulation,
+/// and GCC vectorizes the plain-C++ form into widen/narrow shuffles), so on x86 the one
+/// instruction that computes exactly this (PMULUDQ) is applied to the batch's register
+/// (batch ↔ register conversion is public xsimd API); elsewhere a per-lane loop. All
+/// variants give the same exact integers.
+template <class A>
+DIFFUSION_NOISE_INLINE xsimd::batch<std::uint64_t, A> mul_lo32(const xsimd::batch<std::uint64_t, A>& x,
+                                                               std::uint32_t m) noexcept {
+  using batch = xsimd::batch<std::uint64_t, A>;
+  [[maybe_unused]] constexpr std::size_t bytes = sizeof(typename batch::register_type);
+#if defined(__AVX512F__)
+  if constexpr (bytes == 64) return batch(_mm512_mul_epu32(x, _mm512_set1_epi64(m)));
+#endif
+#if defined(__AVX2__)
+  if constexpr (bytes == 32) return batch(_mm256_mul_epu32(x, _mm256_set1_epi64x(m)));
+#endif
+#if defined(__SSE2__) || defined(_M_X64)
+  if constexpr (bytes == 16) return batch(_mm_mul_epu32(x, _mm_set1_epi64x(m)));
+#endif
+  alignas(64) std::uint64_t v[batch::size];
+  x.store_aligned(v);
+  for (auto& e : v) e = (e & 0xFFFFFFFFu) * m;
+  return batch::load_aligned(v);
+}
+
+/// One general Philox round on a batch of blocks (the same round as the scalar one).
+template <class B>
+DIFFUSION_NOISE_INLINE void philox_round(B& c0, B& c1, B& c2, B& c3, const B& k0, const B& k1) noexcept {
+  const B p0 = mul_lo32(c0, philox_m0);
+  const B p1 = mul_lo32(c2, philox_m1);
+  c0 = (p1 >> 32) ^ c1 ^ k0;
+  c1 = p1;
+  c2 = (p0 >> 32) ^ c3 ^ k1;
+  c3 = p0;
+}
+
+/// Batches of blocks per SIMD chunk, processed together for instruction-level
+/// parallelism: more would spill registers (measured on AVX2: 2 best for float, 4 for double).
+template <class T>
+inline constexpr std::size_t noise_chunk_groups = std::is_same_v<T, float> ? 2 : 4;
+
+/// Blocks per SIMD chunk.
+template <class T>
+inline constexpr std::size_t noise_chunk_blocks = noise_chunk_groups<T>* xsimd::batch<std::uint64_t>::size;
+
+/// The SIMD Philox of one fill. Within a chunk only the low counter word varies (the
+/// chunk never crosses a multiple of 2^32 blocks; fill checks), so the words that
+/// depend only on (block high word, sample, step, key) in rounds 0–2 are computed once
+/// in scalar code: round 0 multiplies one vector word instead of two, round 1 one.
+template <class B>
+struct philox_simd_plan {
+  std::array<std::uint32_t, philox_rounds> k0{}, k1{};  // round keys
+  std::array<B, philox_rounds> k0_lanes, k1_lanes;
+  std::uint64_t m1_sample;  // M1·lo32(sample): round 0's product of the constant word
+  std::uint32_t step;
+
+  philox_simd_plan(std::array<std::uint32_t, 2> key, std::uint64_t sample, std::uint64_t step_index) noexcept
+      : m1_sample(std::uint64_t{philox_m1} * static_cast<std::uint32_t>(sample)),
+        step(static_cast<std::uint32_t>(step_index)) {
+    for (std::size_t r = 0; r < static_cast<std::size_t>(philox_rounds); ++r) {
+      k0[r] = key[0];
+      k1[r] = key[1];
+      k0_lanes[r] = B(key[0]);
+      k1_lanes[r] = B(key[1]);
+      key[0] += philox_w0;
+      key[1] += philox_w1;
+    }
+  }
+
+  /// Philox4x32-10 of the counters (L + lane, H, sample, step) for `Groups` batches of
+  /// blocks, L = low + g·lanes for batch g; the words are left in c0..c3 (low halves).
+  template <std::size_t Groups>
+  DIFFUSION_NOISE_INLINE void run(std::uint32_t low, std::uint32_t high, B (&c0)[Groups], B (&c1)[Groups],
+                                  B (&c2)[Groups], B (&c3)[Groups]) const noexcept {
+    run(std::make_index_sequence<Groups>{}, low, high, c0, c1, c2, c3);
+  }
+
+ private:
+  template <std::size_t Groups, std::size_t... G>
+  DIFFUSION_NOISE_INLINE void run(std::index_sequence<G...>, std::uint32_t low, std::uint32_t high, B (&c0)[Groups],
+                                  B (&c1)[Groups], B (&c2)[Groups], B (&c3)[Groups]) const noexcept {
+    alignas(64) static constexpr std::uint64_t iota[8] = {0, 1, 2, 3, 4, 5, 6, 7};
+    constexpr std::size_t lanes = B::size;
+    // Round 0: words 0, 1 are shared by all lanes; round 1: word 3 is.
+    const std::uint32_t a0 = static_cast<std::uint32_t>(m1_sample >> 32) ^ high ^ k0[0];
+    const std::uint32_t a1 = static_cast<std::uint32_t>(m1_sample);
+    const std::uint64_t q0 = std::uint64_t{philox_m0} * a0;
+    const B x20(step ^ k1[0]), x01(a1 ^ k0[1]), x21(static_cast<std::uint32_t>(q0 >> 32) ^ k1[1]),
+        x22(static_cast<std::uint32_t>(q0) ^ k1[2]);
+    const B base = B(std::uint64_t{low}) + B::load_aligned(iota);
+    ((c3[G] = mul_lo32(base + B(std::uint64_t{G * lanes}), philox_m0)), ...);  // round 0
+    ((c2[G] = (c3[G] >> 32) ^ x20), ...);
+    ((c1[G] = mul_lo32(c2[G], philox_m1)), ...);  // round 1
+    ((c0[G] = (c1[G] >> 32) ^ x01), ...);
+    ((c2[G] = c3[G] ^ x21), ...);
+    B p0[Groups], p1[Groups];  // round 2: word 3 of round 1 is shared
+    ((p0[G] = mul_lo32(c0[G], philox_m0)), ...);
+    ((p1[G] = mul_lo32(c2[G], philox_m1)), ...);
+    ((c0[G] = (p1[G] >> 32) ^ c1[G] ^ k0_lanes[2]), ...);
+    ((c1[G] = p1[G]), ...);
+    ((c2[G] = (p0[G] >> 32) ^ x22), ...);
+    ((c3[G] = p0[G]), ...);
+    for (std::size_t r = 3; r < static_cast<std::size_t>(philox_rounds); ++r)
+      (philox_round(c0[G], c1[G], c2[G], c3[G], k0_lanes[r], k1_lanes[r]), ...);
+  }
+};
+
+/// A batch_bool_constant true in the odd lanes of B.
+template <class B, std::size_t... I>
+constexpr auto odd_lanes(std::index_sequence<I...>) noexcept {
+  return xsimd::batch_bool_constant<B, (I % 2 == 1)...>{};
+}
+
+}  // namespace detail
+
+/// @brief Counter-based standard normal noise: Philox4x32-10 uniforms, Box–Muller transform.
+///
+/// **Addressing.** Normal number k (k = 0, 1, 2, ...) of the stream (sample, step) is a
+/// pure function of (seed, sample, step, k). The Philox key is
+/// \f$(\mathrm{lo}_{32}(\mathit{seed}), \mathrm{hi}_{32}(\mathit{seed}))\f$; block b of the
+/// stream is
+/// \f[ x = \mathrm{Philox4x32\text{-}10}\bigl((\mathrm{lo}_{32}(b), \mathrm{hi}_{32}(b),
+///     \mathrm{lo}_{32}(\mathit{sample}), \mathrm{lo}_{32}(\mathit{step})),\ \mathit{key}\bigr), \f]
+/// i.e. only the low 32 bits of `sample` and `step` are used (they are taken mod \f$2^{32}\f$),
+/// and k is taken mod \f$2^{64}\f$. Typical use in a sampler: `sample` = index of the
+/// sample in the batch, `step` = the 0-based code index of the sampling step.
+///
+/// **float.** A block gives 4 normals, b = ⌊k/4⌋: words \f$(x_0, x_1)\f$ give normals
+/// 4b, 4b+1 and \f$(x_2, x_3)\f$ give 4b+2, 4b+3. A word x gives the uniform
+/// \f$u = (2m+1)\,2^{-24}\f$, \f$m = \lfloor x/2^9 \rfloor\f$ (its top 23 bits), which is exact in
+/// float and lies in \f$[2^{-24}, 1 - 2^{-24}]\f$: never 0 or 1. (With 24 bits,
+/// \f$(2m+1)2^{-25}\f$ would need 25 significant bits and round to 1 at the top.)
+///
+/// **double.** A block gives 2 normals, b = ⌊k/2⌋: the 64-bit words \f$x_0{:}x_1\f$ and
+/// \f$x_2{:}x_3\f$ (first word high) give \f$u = (2m+1)\,2^{-53}\f$ with m their top 52 bits,
+/// exact, in \f$[2^{-53}, 1 - 2^{-53}]\f$.
+///
+/// **Transform** (Box–Muller 1958): with \f$(u_0, u_1)\f$ the pair's uniforms,
+/// \f[ r = \sqrt{-2\ln u_0},\quad z_{\text{first}} = r\cos 2\pi u_1,\quad z_{\text{second}} = r\sin 2\pi u_1. \f]
+/// Hence |z| ≤ \f$\sqrt{48\ln 2}\f$ ≈ 5.77 in float and \f$\sqrt{106\ln 2}\f$ ≈ 8.57 in double
+/// (the float tail beyond 5.77σ, probability 8·10⁻⁹, is never produced).
+/// ln, sin and cos are the library's own polynomials (minimax, exact argument reduction),
+/// evaluated by one template for scalars and xsimd batches.
+///
+/// **Accuracy** (tests/test_noise.cpp, against long double; float exhaustively over all
+/// 2^23 uniforms, double on 4·10⁶): with a fused multiply–add, ln u ≤ 0.95 ulp (float)
+/// and ≤ 1.17 ulp (double), sin 2πu and cos 2πu ≤ 0.99 ulp (float) and ≤ 1.03 ulp
+/// (double); without one, sin/cos ≤ 1.7 ulp (float) and ≤ 1.56 ulp (double), ln ≤ 1.29 ulp
+/// (double). Each normal is within $4u(r + |z|)$ of Box–Muller evaluated exactly on
+/// the same uniforms (u the unit roundoff). Statistics (fixed seeds, 10⁶ draws; tails on
+/// 10⁷): mean, variance, Kolmogorov–Smirnov against Φ at α = 10⁻⁶, correlation between
+/// streams and between neighbours, and the frequencies beyond 4σ and 5σ.
+///
+/// **Reproducibility.** @ref fill and @ref at give bit-identical values for a given
+/// (seed, sample, step, k), whatever the offset, the chunking and the SIMD width. The
+/// Philox words are the same on every platform; the normals are the same in every build
+/// whose SIMD target has a fused multiply–add (x86-64 with FMA3/AVX2/AVX-512, AArch64),
+/// and in every build without one (plain x86-64, SSE2–SSE4.2, AVX), but the two
+/// families may differ in the last bits.
+class philox_normal {
+ public:
+  /// @brief A source with the given 64-bit seed (the Philox key is its two 32-bit halves).
+  explicit constexpr philox_normal(std::uint64_t seed) noexcept : seed_(seed) {}
+
+  /// @brief The seed.
+  [[nodiscard]] constexpr std::uint64_t seed() const noexcept { return seed_; }
+
+  /// @brief The Philox key: (low 32 bits, high 32 bits) of the seed.
+  [[nodiscard]] constexpr std::array<std::uint32_t, 2> key() const noexcept {
+    return {static_cast<std::uint32_t>(seed_), static_cast<std::uint32_t>(seed_ >> 32)};
+  }
+
+  /// @brief Writes normals `offset, ..., offset + out.size() − 1` of stream (sample, step).
+  ///
+  /// Cost: one Philox4x32-10 block per 4 (float) or 2 (double) normals; whole chunks of
+  /// 2 (float) or 4 (double) batches of blocks take the SIMD path, the ends the scalar one
+  /// (bit-identical). See benchmarks/bench_noise.cpp for measured speeds.
+  /// @param[in] sample stream coordinate, taken mod \f$2^{32}\f$ (e.g. the batch row).
+  /// @param[in] step stream coordinate, taken mod \f$2^{32}\f$ (e.g. the 0-based sampler step).
+  /// @param[in] offset index of the first normal written (indices are taken mod \f$2^{64}\f$).
+  /// @param[out] out where the normals go; any size, any alignment.
+  template <real_scalar T>
+  void fill(std::uint64_t sample, std::uint64_t step, std::uint64_t offset, std::span<T> out) const noexcept {
+    constexpr std::size_t per_block = detail::normals_per_block<T>;
+    const std::size_t n = out.size();
+    std::size_t done = 0;
+    std::uint64_t k = offset;
+    const auto scalar_block = [&] {  // the rest of block ⌊k/per_block⌋ that is wanted
+      const auto z = block<T>(sample, step, k / per_block);
+      const auto first = static_cast<std::size_t>(k % per_block);
+      const std::size_t take = std::min(per_block - first, n - done);
+      std::copy_n(z.begin() + static_cast<std::ptrdiff_t>(first), take,
+                  out.begin() + static_cast<std::ptrdiff_t>(done));
+      done += take;
+      k += take;
+    };
+    if (n != 0 && k % per_block != 0) scalar_block();
+    if constexpr (detail::noise_has_batch<T>) {
+      constexpr std::size_t chunk_blocks = detail::noise_chunk_blocks<T>, chunk = chunk_blocks * per_block;
+      if (n - done >= chunk) {
+        const detail::philox_simd_plan<xsimd::batch<std::uint64_t>> plan(key(), sample, step);
+        for (; n - done >= chunk; done += chunk, k += chunk) {
+          const std::uint64_t b = k / per_block;
+          if ((b & 0xFFFFFFFFu) <= 0xFFFFFFFFu - (chunk_blocks - 1))
+            simd_chunk(plan, b, out.data() + done);
+          else  // the chunk crosses a multiple of 2^32 blocks (or wraps): scalar path
+            for (std::size_t j = 0; j < chunk_blocks; ++j) {
+              const auto z = block<T>(sample, step, (b + j) & block_mask<T>);
+              std::copy_n(z.begin(), per_block, out.begin() + static_cast<std::ptrdiff_t>(done + j * per_block));
+            }
+        }
+      }
+    }
+    while (done < n) scalar_block();
+  }
+
+  /// @brief Normal number k of stream (sample, step): the scalar path, equal bit for bit to
+  /// the value @ref fill writes there.
+  template <real_scalar T>
+  [[nodiscard]] T at(std::uint64_t sample, std::uint64_t step, std::uint64_t k) const noexcept {
+    constexpr std::size_t per_block = detail::normals_per_block<T>;
+    return block<T>(sample, step, k / per_block)[static_cast<std::size_t>(k % per_block)];
+  }
+
+ private:
+  std::uint64_t seed_;
+
+  /// Block indices wrap with k: ⌊k/per_block⌋ < 2^64/per_block.
+  template <class T>
+  static constexpr std::uint64_t block_mask = ~std::uint64_t{0} / detail::normals_per_block<T>;
+
+  [[nodiscard]] static constexpr std::array<std::uint32_t, 4> counter(std::uint64_t sample, std::uint64_t step,
+                                                                      std::uint64_t b) noexcept {
+    return {static_cast<std::uint32_t>(b), static_cast<std::uint32_t>(b >> 32), static_cast<std::uint32_t>(sample),
+            static_cast<std::uint32_t>(step)};
+  }
+
+  /// The normals of one block, scalar path.
+  template <class T>
+  [[nodiscard]] std::array<T, detail::normals_per_block<T>> block(std::uint64_t sample, std::uint64_t step,
+                                                                  std::uint64_t b) const noexcept {
+    const auto x = philox4x32_10(counter(sample, step, b), key());
+    std::array<T, detail::normals_per_block<T>> z{};
+    if constexpr (std::is_same_v<T, float>) {
+      detail::box_muller<float>(x[0], x[1], z[0], z[1]);
+      detail::box_muller<float>(x[2], x[3], z[2], z[3]);
+    } else {
+      detail::box_muller<double>((std::uint64_t{x[0]} << 32) | x[1], (std::uint64_t{x[2]} << 32) | x[3], z[0], z[1]);
+    }
+    return z;
+  }
+
+  /// noise_chunk_blocks whole blocks from block b on, SIMD path, written to out[0, chunk).
+  /// Lane j of a 64-bit batch is block b + j. float: the 32-bit lanes (2j, 2j+1) carry
+  /// the pairs (x0, x1) and (x2, x3) of block j, so lane l gives normals 2l and 2l + 1;
+  /// double: lane j gives normals 2j and 2j + 1. Either way out = interleave(cos, sin).
+  /// @pre the chunk does not cross a multiple of 2^32 blocks.
+  template <class T>
+  static void simd_chunk(const detail::philox_simd_plan<xsimd::batch<std::uint64_t>>& plan, std::uint64_t b,
+                         T* out) noexcept {
+    static_assert(std::endian::native == std::endian::little, "the lane layout assumes little-endian lanes");
+    using u64 = xsimd::batch<std::uint64_t>;
+    using real = xsimd::batch<T>;
+    constexpr std::size_t nb = detail::noise_chunk_blocks<T>, groups = detail::noise_chunk_groups<T>;
+    constexpr std::size_t per_group = real::size;  // (cos, sin) pairs per group
+    static_assert(per_group * groups * 2 == nb * detail::normals_per_block<T>);
+
+    u64 c0[groups], c1[groups], c2[groups], c3[groups];
+    plan.run(static_cast<std::uint32_t>(b), static_cast<std::uint32_t>(b >> 32), c0, c1, c2, c3);
+
+    // The transform on all groups at once (a lane_group), for instruction-level parallelism.
+    using group = detail::lane_group<real, groups>;
+    using group_bits = typename detail::noise_lane<group>::bits;
+    group_bits radius_words, angle_words;
+    for (std::size_t g = 0; g < groups; ++g) {
+      if constexpr (std::is_same_v<T, float>) {
+        using u32 = xsimd::batch<std::uint32_t>;
+        constexpr auto odd = detail::odd_lanes<u32>(std::make_index_sequence<u32::size>{});
+        // 32-bit lane 2j: word 0 (resp. 1) of block j; lane 2j + 1: word 2 (resp. 3).
+        radius_words.v[g] = xsimd::select(odd, xsimd::bitwise_cast<u32>(c2[g] << 32), xsimd::bitwise_cast<u32>(c0[g]));
+        angle_words.v[g] = xsimd::select(odd, xsimd::bitwise_cast<u32>(c3[g] << 32), xsimd::bitwise_cast<u32>(c1[g]));
+      } else {
+        const u64 low(0xFFFFFFFFu);
+        radius_words.v[g] = (c0[g] << 32) | (c1[g] & low);  // word 0 high, word 1 low
+        angle_words.v[g] = (c2[g] << 32) | (c3[g] & low);
+      }
+    }
+    group z0, z1;
+    detail::box_muller<group>(radius_words, angle_words, z0, z1);
+    alignas(64) T zc[per_group * groups], zs[per_group * groups];
+    for (std::size_t g = 0; g < groups; ++g) {
+      z0.v[g].store_aligned(zc + g * per_group);
+      z1.v[g].store_aligned(zs + g * per_group);
+    }
+    for (std::size_t i = 0; i < per_group * groups; ++i) {
+      out[2 * i] = zc[i];
+      out[2 * i + 1] = zs[i];
+    }
+  }
+};
+
+static_assert(noise_source<philox_normal>);
+static_assert(noise_source<const philox_normal>);
+
+}  // namespace diffusion
+
+/// @}
