@@ -326,7 +326,7 @@ TEMPLATE_TEST_CASE("philox_normal: mean, variance, Kolmogorov–Smirnov and cros
                         << ", variance = " << var << ", corr = " << corr << ", sqrt(n) D = " << std::sqrt(dn) * d);
 }
 
-TEMPLATE_TEST_CASE("philox_normal: tail frequencies beyond 4σ and 5σ (1e7 draws; 1e6 unoptimized)",
+TEMPLATE_TEST_CASE("philox_normal: tail frequencies beyond 4σ and 5σ (1e7 draws, 1e6 unoptimized)",
                    "[noise][statistics]", float, double) {
   using T = TestType;
   const u64 seed = 0x5EED0002;
@@ -461,7 +461,7 @@ struct both_source {
 };
 }  // namespace
 
-TEST_CASE("noise_source: philox_normal models it; a float-only or const-incompatible type does not", "[noise]") {
+TEST_CASE("noise_source: philox_normal models it, a float-only type does not", "[noise]") {
   STATIC_REQUIRE(diffusion::noise_source<philox_normal>);
   STATIC_REQUIRE(diffusion::noise_source<const philox_normal>);
   STATIC_REQUIRE(diffusion::noise_source<both_source>);

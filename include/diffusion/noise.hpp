@@ -117,13 +117,26 @@ namespace detail {
 // madd(), never as a*b + c, so compiler contraction (-ffp-contract) cannot make the
 // two paths differ.
 
-/// Whether xsimd's fma is a fused instruction for the batch architecture of this build.
-/// When it is, madd() is fused in the scalar path as well; otherwise both use a·b + c.
-#if XSIMD_WITH_FMA3_SSE || XSIMD_WITH_FMA3_AVX || XSIMD_WITH_FMA3_AVX2 || XSIMD_WITH_FMA4 || XSIMD_WITH_AVX512F || \
-    XSIMD_WITH_NEON || XSIMD_WITH_NEON64
-inline constexpr bool noise_fused_madd = true;
+/// The xsimd architecture of the SIMD path: AVX2 with FMA whenever the build has it, even
+/// on AVX-512 (xsimd 8.1 has no fused multiply–add kernel for AVX-512 batches; its
+/// generic one is a rounded product and sum), else xsimd's best.
+#if XSIMD_WITH_FMA3_AVX2
+using noise_arch = xsimd::fma3<xsimd::avx2>;
+#elif !defined(XSIMD_NO_SUPPORTED_ARCHITECTURE)
+using noise_arch = xsimd::default_arch;
 #else
-inline constexpr bool noise_fused_madd = false;
+using noise_arch = void;
+#endif
+
+/// Whether xsimd's fma is one fused instruction on noise_arch (FMA3, FMA4, NEON). When it
+/// is, madd() is fused in the scalar path as well; otherwise both paths round a·b, then
+/// the sum (no contraction can happen then: the target has no fused instruction).
+inline constexpr bool noise_fused_madd =
+#if XSIMD_WITH_FMA3_SSE || XSIMD_WITH_FMA3_AVX || XSIMD_WITH_FMA3_AVX2 || XSIMD_WITH_FMA4 || XSIMD_WITH_NEON || \
+    XSIMD_WITH_NEON64
+    true;
+#else
+    false;
 #endif
 
 /// Whether xsimd offers a batch of T in this build (no double batches on 32-bit NEON).
@@ -314,7 +327,7 @@ DIFFUSION_NOISE_INLINE V nmadd(const V& a, const V& b, const V& c) noexcept {
   else if constexpr (!noise_fused_madd)
     return c - a * b;
   else if constexpr (noise_lane<V>::kind == 1)
-    return xsimd::fnma(a, b, c);
+    return xsimd::fma(-a, b, c);  // exact negation: one rounding, like the scalar path
   else
     return std::fma(-a, b, c);
 }
@@ -445,9 +458,6 @@ DIFFUSION_NOISE_INLINE xsimd::batch<std::uint64_t, A> mul_lo32(const xsimd::batc
                                                                std::uint32_t m) noexcept {
   using batch = xsimd::batch<std::uint64_t, A>;
   [[maybe_unused]] constexpr std::size_t bytes = sizeof(typename batch::register_type);
-#if defined(__AVX512F__)
-  if constexpr (bytes == 64) return batch(_mm512_mul_epu32(x, _mm512_set1_epi64(m)));
-#endif
 #if defined(__AVX2__)
   if constexpr (bytes == 32) return batch(_mm256_mul_epu32(x, _mm256_set1_epi64x(m)));
 #endif
@@ -478,7 +488,7 @@ inline constexpr std::size_t noise_chunk_groups = std::is_same_v<T, float> ? 2 :
 
 /// Blocks per SIMD chunk.
 template <class T>
-inline constexpr std::size_t noise_chunk_blocks = noise_chunk_groups<T>* xsimd::batch<std::uint64_t>::size;
+inline constexpr std::size_t noise_chunk_blocks = noise_chunk_groups<T>* xsimd::batch<std::uint64_t, noise_arch>::size;
 
 /// The SIMD Philox of one fill. Within a chunk only the low counter word varies (the
 /// chunk never crosses a multiple of 2^32 blocks; fill checks), so the words that
@@ -635,16 +645,26 @@ class philox_normal {
     if constexpr (detail::noise_has_batch<T>) {
       constexpr std::size_t chunk_blocks = detail::noise_chunk_blocks<T>, chunk = chunk_blocks * per_block;
       if (n - done >= chunk) {
-        const detail::philox_simd_plan<xsimd::batch<std::uint64_t>> plan(key(), sample, step);
-        for (; n - done >= chunk; done += chunk, k += chunk) {
+        const detail::philox_simd_plan<xsimd::batch<std::uint64_t, detail::noise_arch>> plan(key(), sample, step);
+        while (n - done >= chunk) {
           const std::uint64_t b = k / per_block;
-          if ((b & 0xFFFFFFFFu) <= 0xFFFFFFFFu - (chunk_blocks - 1))
-            simd_chunk(plan, b, out.data() + done);
-          else  // the chunk crosses a multiple of 2^32 blocks (or wraps): scalar path
+          // Whole chunks up to the next multiple of 2^32 blocks go to the SIMD path; a
+          // chunk that would cross it (or wrap) goes to the scalar one.
+          const std::uint64_t before_boundary = (std::uint64_t{1} << 32) - (b & 0xFFFFFFFFu);
+          const std::size_t chunks =
+              static_cast<std::size_t>(std::min<std::uint64_t>((n - done) / chunk, before_boundary / chunk_blocks));
+          if (chunks != 0) {
+            simd_chunks(plan, b, chunks, out.data() + done);
+            done += chunks * chunk;
+            k += chunks * chunk;
+          } else {
             for (std::size_t j = 0; j < chunk_blocks; ++j) {
               const auto z = block<T>(sample, step, (b + j) & block_mask<T>);
               std::copy_n(z.begin(), per_block, out.begin() + static_cast<std::ptrdiff_t>(done + j * per_block));
             }
+            done += chunk;
+            k += chunk;
+          }
         }
       }
     }
@@ -687,17 +707,27 @@ class philox_normal {
     return z;
   }
 
-  /// noise_chunk_blocks whole blocks from block b on, SIMD path, written to out[0, chunk).
+  /// `chunks` chunks of noise_chunk_blocks blocks from block b on, SIMD path, written to
+  /// out[0, chunks·chunk).
   /// Lane j of a 64-bit batch is block b + j. float: the 32-bit lanes (2j, 2j+1) carry
   /// the pairs (x0, x1) and (x2, x3) of block j, so lane l gives normals 2l and 2l + 1;
   /// double: lane j gives normals 2j and 2j + 1. Either way out = interleave(cos, sin).
-  /// @pre the chunk does not cross a multiple of 2^32 blocks.
+  /// @pre the chunks do not cross a multiple of 2^32 blocks.
   template <class T>
-  static void simd_chunk(const detail::philox_simd_plan<xsimd::batch<std::uint64_t>>& plan, std::uint64_t b,
-                         T* out) noexcept {
+  static void simd_chunks(const detail::philox_simd_plan<xsimd::batch<std::uint64_t, detail::noise_arch>>& plan,
+                          std::uint64_t b, std::size_t chunks, T* out) noexcept {
+    for (std::size_t i = 0; i < chunks; ++i)
+      simd_chunk(plan, b + i * detail::noise_chunk_blocks<T>,
+                 out + i * detail::noise_chunk_blocks<T> * detail::normals_per_block<T>);
+  }
+
+  template <class T>
+  DIFFUSION_NOISE_INLINE static void simd_chunk(
+      const detail::philox_simd_plan<xsimd::batch<std::uint64_t, detail::noise_arch>>& plan, std::uint64_t b,
+      T* out) noexcept {
     static_assert(std::endian::native == std::endian::little, "the lane layout assumes little-endian lanes");
-    using u64 = xsimd::batch<std::uint64_t>;
-    using real = xsimd::batch<T>;
+    using u64 = xsimd::batch<std::uint64_t, detail::noise_arch>;
+    using real = xsimd::batch<T, detail::noise_arch>;
     constexpr std::size_t nb = detail::noise_chunk_blocks<T>, groups = detail::noise_chunk_groups<T>;
     constexpr std::size_t per_group = real::size;  // (cos, sin) pairs per group
     static_assert(per_group * groups * 2 == nb * detail::normals_per_block<T>);
@@ -711,7 +741,7 @@ class philox_normal {
     group_bits radius_words, angle_words;
     for (std::size_t g = 0; g < groups; ++g) {
       if constexpr (std::is_same_v<T, float>) {
-        using u32 = xsimd::batch<std::uint32_t>;
+        using u32 = xsimd::batch<std::uint32_t, detail::noise_arch>;
         constexpr auto odd = detail::odd_lanes<u32>(std::make_index_sequence<u32::size>{});
         // 32-bit lane 2j: word 0 (resp. 1) of block j; lane 2j + 1: word 2 (resp. 3).
         radius_words.v[g] = xsimd::select(odd, xsimd::bitwise_cast<u32>(c2[g] << 32), xsimd::bitwise_cast<u32>(c0[g]));
