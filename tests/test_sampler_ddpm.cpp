@@ -6,6 +6,7 @@
 #include <diffusion/analytic.hpp>
 #include <diffusion/sampler_ddpm.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -250,4 +251,44 @@ TEST_CASE("sampler errors: NaN from the model, bad options, bad sizes", "[sample
   });
   CHECK_THROWS_WITH(diffusion::ddpm_sample(s, out_of_range, x, 2, noise, {.variance = variance_type::learned_range}),
                     Contains("variance output[0] = 1.5"));
+}
+
+TEST_CASE("learned variances reproduce the fixed ones when the model outputs them", "[samplers][ddpm]") {
+  // A model that writes the exact eps and, as its variance block, log beta~ (learned), or the
+  // learned_range end points v = -1 (log beta~ clipped) and v = +1 (log beta): the samples must
+  // equal fixed_small and fixed_large with the same noise.
+  const diffusion::noise_schedule s(diffusion::cosine_betas(200));
+  diffusion::gaussian_data g({0.2, -0.3}, {0.5, 0.9});
+  test::test_noise noise{8};
+  const auto seq = diffusion::space_timesteps(200, "ddim20");
+  const auto ss = diffusion::respace(s, seq);
+  auto model_with = [&](auto variance_of) {
+    return diffusion::make_denoiser(prediction::epsilon, [&, variance_of](const diffusion::denoiser_input<double>& in, std::span<double> out) {
+      const std::size_t n = in.row_size();
+      for (std::size_t r = 0; r < in.rows(); ++r) {
+        g(diffusion::denoiser_input<double>{in.x.subspan(r * n, n), in.timesteps.subspan(r, 1), in.sigma.subspan(r, 1)},
+          out.subspan(2 * n * r, n));
+        // the sampling schedule's step of this timestep
+        const auto it = std::find(ss.timestep_map.begin(), ss.timestep_map.end(), static_cast<std::size_t>(in.timesteps[r]));
+        const std::size_t j = static_cast<std::size_t>(it - ss.timestep_map.begin());
+        for (std::size_t k = 0; k < n; ++k) out[2 * n * r + n + k] = variance_of(j);
+      }
+    });
+  };
+  auto run = [&](auto& m, variance_type v) {
+    std::vector<double> x(2 * 3);
+    diffusion::ddpm_sample(s, m, x, 3, noise, {.variance = v, .timesteps = seq});
+    return x;
+  };
+  auto learned = model_with([&](std::size_t j) { return ss.schedule[j].posterior_log_variance_clipped; });
+  auto range_lo = model_with([](std::size_t) { return -1.0; });
+  auto range_hi = model_with([](std::size_t) { return 1.0; });
+  const auto small = run(g, variance_type::fixed_small), large = run(g, variance_type::fixed_large);
+  const auto a = run(learned, variance_type::learned), b = run(range_lo, variance_type::learned_range),
+             c = run(range_hi, variance_type::learned_range);
+  for (std::size_t i = 0; i < small.size(); ++i) {
+    CHECK(a[i] == Approx(small[i]).epsilon(1e-13));
+    CHECK(b[i] == Approx(small[i]).epsilon(1e-13));
+    CHECK(c[i] == Approx(large[i]).epsilon(1e-13));
+  }
 }
