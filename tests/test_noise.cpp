@@ -161,8 +161,8 @@ TEMPLATE_TEST_CASE("philox_normal::fill equals at() bit for bit for every offset
                    float, double) {
   using T = TestType;
   const philox_normal noise(20240611);
-  // The SIMD path works on chunks of at most 8 lanes × 4 batches × 4 normals = 128; lengths
-  // up to 3·128 + 1 cover partial chunks at both ends and several whole ones.
+  // The SIMD path works on chunks of 32 normals (SSE2 and AVX2; 128 would cover 512-bit
+  // batches); lengths up to 3·128 + 1 cover partial chunks at both ends and several whole ones.
   constexpr std::size_t width = 128;
   std::vector<T> buffer(3 * width + 1 + 8), expected(3 * width + 1);
   for (u64 offset : {u64{0}, u64{1}, u64{2}, u64{3}, u64{5}, u64{127}, u64{1000003}, (u64{1} << 40) + 1}) {

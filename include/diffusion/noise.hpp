@@ -482,13 +482,17 @@ DIFFUSION_NOISE_INLINE void philox_round(B& c0, B& c1, B& c2, B& c3, const B& k0
 }
 
 /// Batches of blocks per SIMD chunk, processed together for instruction-level
-/// parallelism: more would spill registers (measured on AVX2: 2 best for float, 4 for double).
+/// parallelism; more spill registers. Measured best (AVX2 and SSE2, GCC 12, Zen 3): 2 for
+/// float on 256-bit batches, 4 on 128-bit ones; 4 for double.
 template <class T>
-inline constexpr std::size_t noise_chunk_groups = std::is_same_v<T, float> ? 2 : 4;
+inline constexpr std::size_t noise_chunk_groups = std::is_same_v<T, double>
+                                                      ? 4
+                                                      : (xsimd::batch<std::uint64_t, noise_arch>::size > 2 ? 2 : 4);
 
 /// Blocks per SIMD chunk.
 template <class T>
-inline constexpr std::size_t noise_chunk_blocks = noise_chunk_groups<T>* xsimd::batch<std::uint64_t, noise_arch>::size;
+inline constexpr std::size_t noise_chunk_blocks =
+    (xsimd::batch<std::uint64_t, noise_arch>::size) * noise_chunk_groups<T>;
 
 /// The SIMD Philox of one fill. Within a chunk only the low counter word varies (the
 /// chunk never crosses a multiple of 2^32 blocks; fill checks), so the words that
