@@ -449,7 +449,8 @@ TEST_CASE("noise transform (double): ln u and sin/cos 2πu against long double",
 }
 
 // --------------------------------------------------------------------------------------
-// The concept
+// The concept. (There are no argument errors to test: every seed, sample, step, offset
+// and span, empty included, is valid, and indices wrap as documented.)
 
 namespace {
 struct float_only_source {
