@@ -329,6 +329,13 @@ DIFFUSION_NOISE_INLINE V madd(const V& a, const V& b, const V& c) noexcept {
     return std::fma(a, b, c);
 }
 
+/// Whether xsimd::fnma is one fused instruction on arch A (xsimd 8.1: FMA3 and FMA4 only;
+/// elsewhere it is a rounded product and sum, so nmadd uses fma(−a, b, c) instead).
+template <class A>
+inline constexpr bool noise_fused_fnma =
+    std::is_base_of_v<xsimd::fma3<xsimd::sse4_2>, A> || std::is_base_of_v<xsimd::fma3<xsimd::avx>, A> ||
+    std::is_base_of_v<xsimd::fma3<xsimd::avx2>, A> || std::is_same_v<xsimd::fma4, A>;
+
 /// c − a·b, with the same rounding rule as madd.
 template <class V>
 DIFFUSION_NOISE_INLINE V nmadd(const V& a, const V& b, const V& c) noexcept {
@@ -336,9 +343,12 @@ DIFFUSION_NOISE_INLINE V nmadd(const V& a, const V& b, const V& c) noexcept {
     return V::map([](const auto& x, const auto& y, const auto& z) { return nmadd(x, y, z); }, a, b, c);
   else if constexpr (!noise_fused_madd)
     return c - a * b;
-  else if constexpr (noise_lane<V>::kind == 1)
-    return xsimd::fma(-a, b, c);  // exact negation: one rounding, like the scalar path
-  else
+  else if constexpr (noise_lane<V>::kind == 1) {
+    if constexpr (noise_fused_fnma<typename V::arch_type>)
+      return xsimd::fnma(a, b, c);
+    else
+      return xsimd::fma(-a, b, c);  // exact negation: one rounding, like the scalar path
+  } else
     return std::fma(-a, b, c);
 }
 
