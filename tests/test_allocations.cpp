@@ -4,6 +4,8 @@
 
 #include <diffusion/analytic.hpp>
 #include <diffusion/sampler_ddpm.hpp>
+#include <diffusion/sampler_karras.hpp>
+#include <diffusion/sampler_langevin.hpp>
 
 #include <atomic>
 #include <cstddef>
@@ -91,8 +93,44 @@ TEST_CASE("DDPM and DDIM loops allocate nothing per step", "[samplers][allocatio
   diffusion::ddim_invert(s, g, x, 16, seq, hooks);
   REQUIRE(counts.size() == 50);
   CHECK(counts.front() == counts.back());
-  // With a reused workspace, a second whole call allocates only what respacing needs.
+  // With a reused workspace, a second whole call allocates nothing.
   const std::size_t before = allocations.load();
   diffusion::ddim_sample(s, g, x, 16, noise, seq, {}, diffusion::sampler_hooks<float>{.workspace = &ws});
+  CHECK(allocations.load() == before);
+}
+
+TEST_CASE("sigma-space loops allocate nothing per step, nor per call with a reused workspace", "[samplers][allocation]") {
+  diffusion::gaussian_data g({0.1, 0.2, 0.3, 0.4}, {1.0, 0.5, 0.25, 0.1});
+  diffusion::sigma_space_model<diffusion::gaussian_data> D(g);
+  test::test_noise noise{4};
+  std::vector<float> x(4 * 16);
+  std::vector<std::size_t> counts;
+  counts.reserve(400);
+  diffusion::sampler_workspace<float> ws;
+  diffusion::sampler_hooks<float> hooks{.on_step = [&](const diffusion::step_info<float>&) {
+                                          counts.push_back(allocations.load());
+                                          return true;
+                                        },
+                                        .workspace = &ws};
+  const auto karras = diffusion::karras_sigmas(20, 0.01, 10.0);
+  for (auto m : {diffusion::karras_method::euler, diffusion::karras_method::euler_ancestral, diffusion::karras_method::heun,
+                 diffusion::karras_method::dpmpp_2m}) {
+    counts.clear();
+    diffusion::karras_sample(m, D, x, 16, noise, karras, {.s_churn = 1.0}, hooks);
+    REQUIRE(counts.size() == 20);
+    CHECK(counts.front() == counts.back());
+  }
+  const auto sig = diffusion::geometric_sigmas(10, 0.01, 1.0);
+  counts.clear();
+  diffusion::annealed_langevin_sample(D, x, 16, noise, sig, {.n_steps_each = 5}, hooks);
+  REQUIRE_FALSE(counts.empty());
+  CHECK(counts.front() == counts.back());
+  counts.clear();
+  diffusion::predictor_corrector_sample(D, x, 16, noise, sig, {}, hooks);
+  REQUIRE_FALSE(counts.empty());
+  CHECK(counts.front() == counts.back());
+  const std::size_t before = allocations.load();
+  diffusion::karras_sample(diffusion::karras_method::heun, D, x, 16, noise, karras, {},
+                           diffusion::sampler_hooks<float>{.workspace = &ws});
   CHECK(allocations.load() == before);
 }

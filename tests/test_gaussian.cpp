@@ -103,7 +103,7 @@ TEMPLATE_TEST_CASE("q_sample and velocity_target apply Eq. 4 and v = sqrt(ab) ep
   }
 }
 
-TEST_CASE("posterior and skip posterior match the reference; skip with s = t-1 is Eq. 7", "[gaussian][reference]") {
+TEST_CASE("posterior and skip posterior match the reference, skip with s = t-1 is Eq. 7", "[gaussian][reference]") {
   const auto& ref = test::reference::schedules();
   double worst = 0;
   for (const std::string ds : {"linear_1000", "cosine_1000", "zero_snr_scaled_linear_1000"}) {
@@ -257,7 +257,7 @@ TEST_CASE("tensor functions reject bad sizes, empty tensors and bad timesteps", 
   CHECK_THROWS_WITH(diffusion::velocity_target(s, 0, a, b, c), Contains("v.size() = 5"));
 }
 
-TEST_CASE("Eigen arrays and user spans are accepted; a non-contiguous Eigen block is refused", "[gaussian][tensor]") {
+TEST_CASE("Eigen arrays and user spans are accepted, a non-contiguous Eigen block is refused", "[gaussian][tensor]") {
   const diffusion::noise_schedule s(diffusion::linear_betas(1000));
   Eigen::ArrayXXf x0 = Eigen::ArrayXXf::Constant(3, 4, 1.0f), eps = Eigen::ArrayXXf::Zero(3, 4), xt(3, 4);
   diffusion::q_sample(s, 999, x0, eps, xt);

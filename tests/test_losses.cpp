@@ -377,7 +377,7 @@ struct exact_with_variance {
 };
 }  // namespace
 
-TEST_CASE("the whole-bound loop averages to the closed-form bound; with the true variance to NLL + prior mismatch",
+TEST_CASE("the whole-bound loop averages to the closed-form bound, with the true variance to NLL + prior mismatch",
           "[losses][analytic][montecarlo]") {
   // T = 50 cosine steps, 2 dimensions, 4000 samples; each per-sample total is an unbiased
   // estimate of the expected bound, so the batch mean must be within 5 standard errors

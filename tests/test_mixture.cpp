@@ -464,7 +464,7 @@ TEST_CASE("the mixture at the extreme noise levels: sigma = 0, tiny sigma with p
   }
 }
 
-TEMPLATE_TEST_CASE("float and double tensors; a batch with mixed sigma equals row-by-row evaluation", "[mixture][empirical]",
+TEMPLATE_TEST_CASE("float and double tensors, a batch with mixed sigma equals row-by-row evaluation", "[mixture][empirical]",
                    float, double) {
   // Both models compute in double from the (converted) input and round once, so a float call
   // equals the double call on the same values rounded to float, bit for bit. Rows: 37 (more

@@ -120,7 +120,7 @@ TEST_CASE("Euler ancestral and churned Euler draw the exact law of their Gaussia
   }
 }
 
-TEST_CASE("the ancestral split lands at sigma_to; churn is capped at sqrt(2) - 1", "[samplers][karras]") {
+TEST_CASE("the ancestral split lands at sigma_to, churn is capped at sqrt(2) - 1", "[samplers][karras]") {
   for (double eta : {0.0, 0.5, 1.0}) {
     const auto a = diffusion::ancestral_step(2.0, 1.3, eta);
     CHECK(a.sigma_down * a.sigma_down + a.sigma_up * a.sigma_up == Approx(1.3 * 1.3).epsilon(1e-15));
@@ -150,4 +150,25 @@ TEST_CASE("Karras samplers validate sigma lists and options", "[samplers][karras
   CHECK_THROWS_WITH(run({1.0, 0.0}, {.eta = 1.5}), Contains("eta = 1.5"));
   CHECK_THROWS_WITH(run({1.0, 0.0}, {.s_tmin = 2.0, .s_tmax = 1.0}), Contains("s_tmin = 2 must be <= s_tmax = 1"));
   CHECK_NOTHROW(run({1.0, 0.0}));
+}
+
+TEST_CASE("a model with a learned variance block works through the sigma-space view", "[samplers][karras]") {
+  // The model writes 2n per row; the sampler must size its buffers for that (regression test).
+  diffusion::gaussian_data g({0.2, -0.1, 0.4}, {0.5, 0.7, 0.2});
+  auto with_variance = diffusion::make_denoiser(diffusion::prediction::epsilon, [&](const diffusion::denoiser_input<double>& in, std::span<double> out) {
+    const std::size_t n = in.row_size();
+    for (std::size_t r = 0; r < in.rows(); ++r) {
+      g(diffusion::denoiser_input<double>{in.x.subspan(r * n, n), in.timesteps.subspan(r, 1), in.sigma.subspan(r, 1)},
+        out.subspan(2 * n * r, n));
+      for (std::size_t k = 0; k < n; ++k) out[2 * n * r + n + k] = -3.0;
+    }
+  });
+  diffusion::sigma_space_model plain(g);
+  diffusion::sigma_space_model learned(with_variance, nullptr, true);
+  test::test_noise noise{0};
+  const auto sig = diffusion::karras_sigmas(12, 0.02, 20.0);
+  std::vector<double> a(3 * 5, 1.0), b(3 * 5, 1.0);
+  diffusion::karras_sample(karras_method::heun, plain, a, 5, noise, sig, {.draw_initial_noise = false});
+  diffusion::karras_sample(karras_method::heun, learned, b, 5, noise, sig, {.draw_initial_noise = false});
+  CHECK(a == b);
 }

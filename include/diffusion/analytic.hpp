@@ -105,7 +105,7 @@ class gaussian_data {
   /// For s = 1, μ = 0 it equals β_t; for s = 0 it equals β̃_t (DDPM §3.2).
   [[nodiscard]] double true_reverse_variance(const noise_schedule& s, std::size_t t, std::size_t k) const {
     const schedule_step& st = s.at(t);
-    const double v0 = variance_x0(k, level::from_step(st));
+    const double v0 = variance_x0(k, from_step(st));
     if (t == 0) return v0;
     return st.posterior_variance + st.posterior_mean_coef_x0 * st.posterior_mean_coef_x0 * v0;
   }
@@ -117,7 +117,7 @@ class gaussian_data {
     const schedule_step& st = s.at(t);
     const double bt = st.posterior_variance;
     const double lb = std::log(bt);
-    const double excess = st.posterior_mean_coef_x0 * st.posterior_mean_coef_x0 * variance_x0(k, level::from_step(st));
+    const double excess = st.posterior_mean_coef_x0 * st.posterior_mean_coef_x0 * variance_x0(k, from_step(st));
     // KL(N(m, bt) || N(m', e^l)) averaged: 0.5 (expm1(lb - l) - (lb - l) + excess e^{-l}).
     return 0.5 * (detail::expm1_minus_x(lb - log_var) + excess * std::exp(-log_var));
   }
@@ -125,7 +125,7 @@ class gaussian_data {
   /// @brief \f$E[L_0] = E[-\log\mathcal N(x_0; E[x_0|x_1], e^\ell)] = \tfrac12(\log 2\pi + \ell + \operatorname{Var}[x_0|x_1]e^{-\ell})\f$,
   /// the continuous Gaussian decoder term with the optimal mean.
   [[nodiscard]] double expected_decoder_nll(const noise_schedule& s, std::size_t k, double log_var) const {
-    const double v0 = variance_x0(k, level::from_step(s.at(0)));
+    const double v0 = variance_x0(k, from_step(s.at(0)));
     return 0.5 * (std::log(2.0 * std::numbers::pi) + log_var + v0 * std::exp(-log_var));
   }
 
@@ -155,18 +155,12 @@ class gaussian_data {
   }
 
  private:
-  // A noise level as c = sqrt(ab), d = sqrt(1 - ab) and their squares, each without cancellation.
-  struct level {
-    double c, d, c2, d2;
-    static level from_sigma(double sigma) {
-      if (std::isinf(sigma)) return {0.0, 1.0, 0.0, 1.0};
-      const double q = 1.0 + sigma * sigma, r = std::sqrt(q);
-      return {1.0 / r, sigma / r, 1.0 / q, sigma * sigma / q};
-    }
-    static level from_step(const schedule_step& st) {
-      return {st.sqrt_alpha_bar, st.sqrt_one_minus_alpha_bar, st.alpha_bar, st.one_minus_alpha_bar};
-    }
-  };
+  // A noise level (c = sqrt(ab), d = sqrt(1 - ab) and squares): from sigma as every analytic
+  // model computes it, or exactly from the schedule's tables.
+  using level = detail::noise_level;
+  static level from_step(const schedule_step& st) {
+    return {st.sigma, st.sqrt_alpha_bar, st.sqrt_one_minus_alpha_bar, st.alpha_bar, st.one_minus_alpha_bar};
+  }
   [[nodiscard]] double mean_x0(std::size_t k, const level& l, double xt) const {
     const double s2 = std_[k] * std_[k];
     return mean_[k] + l.c * s2 * (xt - l.c * mean_[k]) / (l.c2 * s2 + l.d2);

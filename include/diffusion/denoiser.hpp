@@ -12,6 +12,7 @@
 /// Wrap a lambda with make_denoiser().
 #pragma once
 
+#include <cmath>
 #include <concepts>
 #include <cstddef>
 #include <span>
@@ -94,6 +95,23 @@ inline double fixed_log_variance(const noise_schedule& s, std::size_t t, varianc
 }
 
 namespace detail {
+
+/// A noise level σ as c = 1/√(1+σ²) = √ᾱ, d = σ/√(1+σ²) = √(1−ᾱ) and their squares, each without
+/// cancellation and, unlike a plain 1 + σ², without overflow for σ > 2^500; +∞ is zero terminal SNR.
+/// Shared by the analytic models so that they evaluate a level identically.
+struct noise_level {
+  double sigma, c, d, c2, d2;
+  static noise_level from_sigma(double sigma) {
+    if (std::isinf(sigma)) return {sigma, 0.0, 1.0, 0.0, 1.0};
+    if (sigma > 0x1p500) {  // 1 + σ² rounds to σ²: c = 1/σ and d = 1 are exact to 2^-1000
+      const double c = 1.0 / sigma;
+      return {sigma, c, 1.0, c * c, 1.0};
+    }
+    const double q = 1.0 + sigma * sigma, r = std::sqrt(q);
+    return {sigma, 1.0 / r, sigma / r, 1.0 / q, sigma * sigma / q};
+  }
+};
+
 /// Throws std::invalid_argument at the first learned_range output outside [−1, 1].
 template <class T>
 void check_learned_range(std::string_view where, variance_type v, std::span<const T> var_out) {

@@ -48,20 +48,8 @@ namespace diffusion {
 
 namespace detail::mixture_impl {
 
-/// A noise level σ as c = 1/√(1+σ²), d = σ/√(1+σ²) and their squares, each without
-/// cancellation and, unlike a plain 1 + σ², without overflow for σ > 2^500.
-struct level {
-  double sigma, c, d, c2, d2;
-  static level from_sigma(double sigma) {
-    if (std::isinf(sigma)) return {sigma, 0.0, 1.0, 0.0, 1.0};
-    if (sigma > 0x1p500) {  // 1 + σ² rounds to σ²: c = 1/σ and d = 1 are exact to 2^-1000
-      const double c = 1.0 / sigma;
-      return {sigma, c, 1.0, c * c, 1.0};
-    }
-    const double q = 1.0 + sigma * sigma, r = std::sqrt(q);
-    return {sigma, 1.0 / r, sigma / r, 1.0 / q, sigma * sigma / q};
-  }
-};
+/// The shared noise level (denoiser.hpp).
+using level = diffusion::detail::noise_level;
 
 /// σ ∈ [0, +∞]; NaN and negative values are refused.
 inline void check_sigma(std::string_view where, double sigma) {

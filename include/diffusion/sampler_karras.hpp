@@ -150,13 +150,14 @@ sample_result karras_sample(karras_method method, SigmaModel& D, X&& x, std::siz
   const std::size_t n = detail::sampler_rows(where, xs.size(), rows);
   sampler_workspace<T> local;
   sampler_workspace<T>& ws = hooks.workspace ? *hooks.workspace : local;
-  ws.reserve(rows, n, n);
+  if constexpr (requires { D.output_width(n); }) ws.reserve(rows, n, D.output_width(n));
+  else ws.reserve(rows, n, n);
   const std::size_t m = rows * n, N = sigmas.size() - 1;
   auto den = std::span<T>(ws.x0).first(m);      // D(x; sigma)
   auto z = std::span<T>(ws.aux).first(m);       // noise
   auto x2 = std::span<T>(ws.aux2).first(m);     // Heun's second point
   auto hist = std::span<T>(ws.aux3).first(m);   // Heun's d_2 / DPM-Solver++'s previous D
-  std::vector<double> row_sigma(rows);          // once per call, never per step
+  auto row_sigma = std::span<double>(ws.levels).first(rows);
   if (opt.draw_initial_noise) {
     detail::fill_initial_noise(noise, opt.first_sample, xs, rows, n);
     for (auto& v : xs) v = static_cast<T>(sigmas[0]) * v;

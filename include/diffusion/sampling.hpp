@@ -95,7 +95,8 @@ struct sampler_workspace {
   std::vector<T> aux3;            ///< rows × n: a fourth state (Heun's second slope, DPM-Solver++'s history).
   std::vector<T> model_in;        ///< rows × n: the scaled model input of sigma_space_model.
   std::vector<double> timesteps;  ///< rows.
-  std::vector<double> sigmas;     ///< rows.
+  std::vector<double> sigmas;     ///< rows: the levels passed to the model.
+  std::vector<double> levels;     ///< rows: the levels a σ-space sampler asks for.
   std::vector<T> scratch;         ///< n: quantiles.
 
   /// Sizes every buffer for `rows` rows of n elements and a model output of `width` per row.
@@ -108,6 +109,7 @@ struct sampler_workspace {
     model_in.resize(rows * n);
     timesteps.resize(rows);
     sigmas.resize(rows);
+    levels.resize(rows);
     scratch.resize(n);
   }
 };
@@ -209,6 +211,9 @@ class sigma_space_model {
   /// @param[in] learned_variance true if the model writes a variance block (2n per row).
   explicit sigma_space_model(Model& model, const noise_schedule* schedule = nullptr, bool learned_variance = false)
       : model_(&model), schedule_(schedule), width_factor_(learned_variance ? 2 : 1) {}
+
+  /// @brief Elements per row the wrapped model writes: n, or 2n for a learned variance.
+  [[nodiscard]] std::size_t output_width(std::size_t n) const noexcept { return n * width_factor_; }
 
   /// @brief Writes \f$D(x_b;\sigma_b)\f$ for each row b into `x0`.
   /// @param[in] x rows of the σ-space state.
