@@ -292,3 +292,24 @@ TEST_CASE("learned variances reproduce the fixed ones when the model outputs the
     CHECK(c[i] == Approx(large[i]).epsilon(1e-13));
   }
 }
+
+TEST_CASE("DDIM use_clipped_model_output recomputes eps from the clipped x0", "[samplers][ddim]") {
+  // One step t -> p with a model whose x0 prediction exceeds the clip: with the option, the
+  // step is x_p = sqrt(ab_p) x0c + sqrt(1 - ab_p) eps_c with eps_c = (x_t - sqrt(ab_t) x0c)/sqrt(1 - ab_t).
+  const diffusion::noise_schedule s(diffusion::linear_betas(1000));
+  const std::size_t t = 600, p = 500;
+  const std::vector<double> x = {2.5, -0.2}, out = {-2.0, 0.3};  // eps predictions
+  std::vector<double> x0(2), a(2), b(2), z(2), scratch(2);
+  const diffusion::x0_processing clip{.clip = true};
+  diffusion::ddim_step<double>(s, t, p, 0.0, prediction::epsilon, clip, false, x, out, z, x0, a, scratch);
+  diffusion::ddim_step<double>(s, t, p, 0.0, prediction::epsilon, clip, true, x, out, z, x0, b, scratch);
+  for (std::size_t k = 0; k < 2; ++k) {
+    const double x0_raw = (x[k] - s[t].sqrt_one_minus_alpha_bar * out[k]) / s[t].sqrt_alpha_bar;
+    const double x0c = std::clamp(x0_raw, -1.0, 1.0);
+    CHECK(x0[k] == Approx(x0c).epsilon(1e-14));
+    const double eps_c = (x[k] - s[t].sqrt_alpha_bar * x0c) / s[t].sqrt_one_minus_alpha_bar;
+    CHECK(b[k] == Approx(s[p].sqrt_alpha_bar * x0c + s[p].sqrt_one_minus_alpha_bar * eps_c).epsilon(1e-13));
+    CHECK(a[k] == Approx(s[p].sqrt_alpha_bar * x0c + s[p].sqrt_one_minus_alpha_bar * out[k]).epsilon(1e-13));
+  }
+  CHECK(a[0] != b[0]);  // the first element is clipped, so the two differ there
+}
