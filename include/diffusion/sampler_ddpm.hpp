@@ -138,14 +138,8 @@ sample_result ddpm_sample(const noise_schedule& s, Model& model, X&& x, std::siz
   for (std::size_t k = 0; k < K; ++k) {
     const std::size_t j = K - 1 - k;
     const double tau = static_cast<double>(resp ? resp->timestep_map[j] : j);
-    std::fill_n(ws.timesteps.begin(), rows, tau);
-    std::fill_n(ws.sigmas.begin(), rows, ss[j].sigma);
-    const denoiser_input<T, Context> in{xs, std::span<const double>(ws.timesteps).first(rows),
-                                        std::span<const double>(ws.sigmas).first(rows), hooks.context};
-    auto out = std::span<T>(ws.model_out).first(rows * width);
-    model(in, out);
-    ++result.model_calls;
-    if (opt.check_finite) detail::check_model_output<T>(where, out, width, k, tau);
+    auto out = detail::call_model_at<Model, T, Context>(where, model, xs, rows, width, tau, ss[j].sigma, ws,
+                                                        hooks.context, opt.check_finite, k, result.model_calls);
     if (opt.variance == variance_type::learned_range)
       for (std::size_t b = 0; b < rows; ++b)
         detail::check_learned_range<T>(where, opt.variance, std::span<const T>(out).subspan(b * width + n, n));
@@ -264,14 +258,8 @@ sample_result ddim_sample(const noise_schedule& s, Model& model, X&& x, std::siz
     const std::size_t t = steps[k];
     std::optional<std::size_t> p = steps.previous(k);
     if (!p && opt.final == ddim_options::final_alpha::first_step) p = 0;
-    std::fill_n(ws.timesteps.begin(), rows, static_cast<double>(t));
-    std::fill_n(ws.sigmas.begin(), rows, s[t].sigma);
-    const denoiser_input<T, Context> in{xs, std::span<const double>(ws.timesteps).first(rows),
-                                        std::span<const double>(ws.sigmas).first(rows), hooks.context};
-    auto out = std::span<T>(ws.model_out).first(rows * n);
-    model(in, out);
-    ++result.model_calls;
-    if (opt.check_finite) detail::check_model_output<T>(where, out, n, k, static_cast<double>(t));
+    auto out = detail::call_model_at<Model, T, Context>(where, model, xs, rows, n, static_cast<double>(t), s[t].sigma, ws,
+                                                        hooks.context, opt.check_finite, k, result.model_calls);
     auto z = std::span<T>(ws.aux).first(rows * n);
     if (opt.eta > 0.0 && p && *p < t) detail::fill_step_noise(noise, opt.first_sample, k, z, rows, n);
     auto x0 = std::span<T>(ws.x0).first(rows * n);
@@ -314,14 +302,8 @@ sample_result ddim_invert(const noise_schedule& s, Model& model, X&& x, std::siz
     // the first time at the lowest visited timestep, as diffusers' inverse scheduler does.
     const std::size_t t = steps[K - 1 - k];
     const std::size_t cur = k == 0 ? t : steps[K - k];
-    std::fill_n(ws.timesteps.begin(), rows, static_cast<double>(cur));
-    std::fill_n(ws.sigmas.begin(), rows, s[cur].sigma);
-    const denoiser_input<T, Context> in{xs, std::span<const double>(ws.timesteps).first(rows),
-                                        std::span<const double>(ws.sigmas).first(rows), hooks.context};
-    auto out = std::span<T>(ws.model_out).first(rows * n);
-    model(in, out);
-    ++result.model_calls;
-    detail::check_model_output<T>(where, out, n, k, static_cast<double>(cur));
+    auto out = detail::call_model_at<Model, T, Context>(where, model, xs, rows, n, static_cast<double>(cur), s[cur].sigma,
+                                                        ws, hooks.context, true, k, result.model_calls);
     const affine_coefficients to_x0 = k == 0 ? affine_coefficients{1.0, 0.0} : conversion_coefficients(s, cur, model.predicts(), prediction::sample);
     const affine_coefficients to_eps = conversion_coefficients(s, cur, model.predicts(), prediction::epsilon);
     auto x0 = std::span<T>(ws.x0).first(rows * n);

@@ -157,15 +157,9 @@ sample_result karras_sample(karras_method method, SigmaModel& D, X&& x, std::siz
   auto z = std::span<T>(ws.aux).first(m);       // noise
   auto x2 = std::span<T>(ws.aux2).first(m);     // Heun's second point
   auto hist = std::span<T>(ws.aux3).first(m);   // Heun's d_2 / DPM-Solver++'s previous D
-  auto row_sigma = std::span<double>(ws.levels).first(rows);
-  if (opt.draw_initial_noise) {
-    detail::fill_initial_noise(noise, opt.first_sample, xs, rows, n);
-    for (auto& v : xs) v = static_cast<T>(sigmas[0]) * v;
-  }
+  if (opt.draw_initial_noise) detail::fill_initial_sigma_noise(noise, opt.first_sample, xs, rows, n, sigmas[0]);
   auto denoise = [&](std::span<const T> at, double sigma, std::size_t step) {
-    std::fill(row_sigma.begin(), row_sigma.end(), sigma);
-    D(at, std::span<const double>(row_sigma), den, ws, hooks.context);
-    if (opt.check_finite) detail::check_model_output<T>(where, den, n, step, ws.timesteps[0]);
+    detail::denoise_at(where, D, at, sigma, den, ws, hooks.context, opt.check_finite, step);
   };
   sample_result result{};
   double h_last = 0.0;

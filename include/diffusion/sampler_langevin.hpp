@@ -288,16 +288,9 @@ sample_result annealed_langevin_sample(SigmaModel& D, X&& x, std::size_t rows, N
   ws.reserve(rows, n, 2 * n);  // room for a learned-variance model's 2n outputs per row
   auto den = std::span<T>(ws.x0).first(m);
   auto z = std::span<T>(ws.aux).first(m);
-  auto row_sigma = std::span<double>(ws.sigmas).first(rows);
-  if (opt.draw_initial_noise) {
-    detail::fill_initial_noise(noise, opt.first_sample, xs, rows, n);
-    const T s0 = static_cast<T>(sigmas[0]);
-    for (auto& v : xs) v *= s0;
-  }
+  if (opt.draw_initial_noise) detail::fill_initial_sigma_noise(noise, opt.first_sample, xs, rows, n, sigmas[0]);
   auto denoise = [&](double sigma, std::size_t step) {
-    std::fill(row_sigma.begin(), row_sigma.end(), sigma);
-    D(std::span<const T>(xs), std::span<const double>(row_sigma), den, ws, hooks.context);
-    if (opt.check_finite) detail::check_model_output<T>(where, den, n, step, ws.timesteps[0]);
+    detail::denoise_at(where, D, std::span<const T>(xs), sigma, den, ws, hooks.context, opt.check_finite, step);
   };
   const double sigma_last = sigmas[L - 1];
   sample_result result{};
@@ -440,16 +433,9 @@ sample_result predictor_corrector_sample(SigmaModel& D, X&& x, std::size_t rows,
   ws.reserve(rows, n, 2 * n);  // room for a learned-variance model's 2n outputs per row
   auto den = std::span<T>(ws.x0).first(m);
   auto z = std::span<T>(ws.aux).first(m);
-  auto row_sigma = std::span<double>(ws.sigmas).first(rows);
-  if (opt.draw_initial_noise) {
-    detail::fill_initial_noise(noise, opt.first_sample, xs, rows, n);
-    const T s0 = static_cast<T>(sigmas[0]);
-    for (auto& v : xs) v *= s0;
-  }
+  if (opt.draw_initial_noise) detail::fill_initial_sigma_noise(noise, opt.first_sample, xs, rows, n, sigmas[0]);
   auto denoise = [&](double sigma, std::size_t step) {
-    std::fill(row_sigma.begin(), row_sigma.end(), sigma);
-    D(std::span<const T>(xs), std::span<const double>(row_sigma), den, ws, hooks.context);
-    if (opt.check_finite) detail::check_model_output<T>(where, den, n, step, ws.timesteps[0]);
+    detail::denoise_at(where, D, std::span<const T>(xs), sigma, den, ws, hooks.context, opt.check_finite, step);
   };
   auto vanishing_score = [&](const std::string& which, std::size_t step, double sigma) {
     detail::throw_domain(where, "the score of " + which + " is 0 (D(x; sigma) = x) in step " + detail::to_text(step) +

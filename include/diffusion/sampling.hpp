@@ -190,6 +190,44 @@ void fill_step_noise(Noise& noise, std::uint64_t first_sample, std::uint64_t k, 
   for (std::size_t b = 0; b < rows; ++b) noise.fill(first_sample + b, k, 0, z.subspan(b * n, n));
 }
 
+/// One model call of the discrete-time samplers at one timestep for all rows: fills the
+/// per-row timestep and σ, calls the model into ws.model_out, counts it and (optionally)
+/// checks its output. Returns the output rows × width.
+template <class Model, real_scalar T, class Context>
+std::span<T> call_model_at(std::string_view where, Model& model, std::span<const T> x, std::size_t rows,
+                           std::size_t width, double timestep, double sigma, sampler_workspace<T>& ws,
+                           const Context* context, bool check, std::size_t step, std::size_t& calls) {
+  std::fill_n(ws.timesteps.begin(), rows, timestep);
+  std::fill_n(ws.sigmas.begin(), rows, sigma);
+  const denoiser_input<T, Context> in{x, std::span<const double>(ws.timesteps).first(rows),
+                                      std::span<const double>(ws.sigmas).first(rows), context};
+  auto out = std::span<T>(ws.model_out).first(rows * width);
+  model(in, out);
+  ++calls;
+  if (check) check_model_output<T>(where, out, width, step, timestep);
+  return out;
+}
+
+/// Draws the initial state of a σ-space sampler, x = σ_0 z, into every row.
+template <class Noise, real_scalar T>
+void fill_initial_sigma_noise(Noise& noise, std::uint64_t first_sample, std::span<T> x, std::size_t rows,
+                              std::size_t n, double sigma0) {
+  fill_initial_noise(noise, first_sample, x, rows, n);
+  const T s0 = static_cast<T>(sigma0);
+  for (auto& v : x) v *= s0;
+}
+
+/// One call of a σ-space model D at a single level σ for all rows, into `den`, with the
+/// output check; the per-row level buffer is ws.levels.
+template <class SigmaModel, real_scalar T, class Context>
+void denoise_at(std::string_view where, SigmaModel& D, std::span<const T> x, double sigma, std::span<T> den,
+                sampler_workspace<T>& ws, const Context* context, bool check, std::size_t step) {
+  auto levels = std::span<double>(ws.levels);
+  std::fill(levels.begin(), levels.end(), sigma);
+  D(x, std::span<const double>(levels), den, ws, context);
+  if (check) check_model_output<T>(where, den, den.size() / levels.size(), step, ws.timesteps[0]);
+}
+
 }  // namespace detail
 
 /// @brief A model seen in σ-space (Karras et al. 2022, §2 and Table 1): the denoiser
