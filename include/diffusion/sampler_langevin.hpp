@@ -71,6 +71,24 @@ void langevin_step(double step_size, double sigma, std::span<const T> x, std::sp
   for (std::size_t k = 0; k < x.size(); ++k) x_next[k] = kernels::madd(g, z[k], kernels::madd(c, denoised[k] - x[k], x[k]));
 }
 
+namespace detail {
+/// The VE predictor move shared by both predictors: x' = r²x + (1 − r²)D + (noise_scale·√(1 − r²)) z,
+/// r = σ_next/σ, with no noise at σ_next = 0.
+template <real_scalar T>
+void ve_predictor_move(double sigma, double sigma_next, double noise_scale, std::span<const T> x,
+                       std::span<const T> denoised, std::span<const T> z, std::span<T> x_next) noexcept {
+  DIFFUSION_ASSERT(denoised.size() == x.size() && x_next.size() == x.size());
+  const double r = sigma_next / sigma, q = (1.0 - r) * (1.0 + r);
+  const T a = static_cast<T>(r * r), b = static_cast<T>(q), g = static_cast<T>(noise_scale * std::sqrt(q));
+  if (sigma_next > 0.0) {
+    DIFFUSION_ASSERT(z.size() == x.size());
+    for (std::size_t k = 0; k < x.size(); ++k) x_next[k] = kernels::madd(g, z[k], kernels::madd(a, x[k], b * denoised[k]));
+  } else {
+    for (std::size_t k = 0; k < x.size(); ++k) x_next[k] = kernels::madd(a, x[k], b * denoised[k]);
+  }
+}
+}  // namespace detail
+
 /// @brief The reverse-diffusion predictor of the VE SDE (Song et al. 2021, Eq. 47 and Algorithm 2,
 /// lines 3–5; score_sde `ReverseDiffusionPredictor`) from σ to σ_next < σ:
 /// \f$x' = x + (\sigma^2 - \sigma_\text{next}^2)\,s(x,\sigma) + \sqrt{\sigma^2 - \sigma_\text{next}^2}\,z
@@ -88,15 +106,7 @@ void langevin_step(double step_size, double sigma, std::span<const T> x, std::sp
 template <real_scalar T>
 void reverse_diffusion_predictor_step(double sigma, double sigma_next, std::span<const T> x, std::span<const T> denoised,
                                       std::span<const T> z, std::span<T> x_next) noexcept {
-  DIFFUSION_ASSERT(denoised.size() == x.size() && x_next.size() == x.size());
-  const double r = sigma_next / sigma, q = (1.0 - r) * (1.0 + r);
-  const T a = static_cast<T>(r * r), b = static_cast<T>(q), g = static_cast<T>(sigma * std::sqrt(q));
-  if (sigma_next > 0.0) {
-    DIFFUSION_ASSERT(z.size() == x.size());
-    for (std::size_t k = 0; k < x.size(); ++k) x_next[k] = kernels::madd(g, z[k], kernels::madd(a, x[k], b * denoised[k]));
-  } else {
-    for (std::size_t k = 0; k < x.size(); ++k) x_next[k] = kernels::madd(a, x[k], b * denoised[k]);
-  }
+  detail::ve_predictor_move(sigma, sigma_next, sigma, x, denoised, z, x_next);
 }
 
 /// @brief The ancestral-sampling predictor of the VE SDE (Song et al. 2021, Appendix F, Eq. 46;
@@ -114,15 +124,7 @@ void reverse_diffusion_predictor_step(double sigma, double sigma_next, std::span
 template <real_scalar T>
 void ve_ancestral_predictor_step(double sigma, double sigma_next, std::span<const T> x, std::span<const T> denoised,
                                  std::span<const T> z, std::span<T> x_next) noexcept {
-  DIFFUSION_ASSERT(denoised.size() == x.size() && x_next.size() == x.size());
-  const double r = sigma_next / sigma, q = (1.0 - r) * (1.0 + r);
-  const T a = static_cast<T>(r * r), b = static_cast<T>(q), g = static_cast<T>(sigma_next * std::sqrt(q));
-  if (sigma_next > 0.0) {
-    DIFFUSION_ASSERT(z.size() == x.size());
-    for (std::size_t k = 0; k < x.size(); ++k) x_next[k] = kernels::madd(g, z[k], kernels::madd(a, x[k], b * denoised[k]));
-  } else {
-    for (std::size_t k = 0; k < x.size(); ++k) x_next[k] = kernels::madd(a, x[k], b * denoised[k]);
-  }
+  detail::ve_predictor_move(sigma, sigma_next, sigma_next, x, denoised, z, x_next);
 }
 
 namespace detail {
