@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs, on Debian 12, whatever the project needs that is missing: the compiler and
 # CMake, the fixed dependencies (Eigen 3.4, xsimd 8.1 with xtl, Catch2 2.13, Google
-# Benchmark 1.7), Doxygen with a local MathJax, and clang with libFuzzer for the fuzz
+# Benchmark 1.7), what the examples use (zlib, stb_image_write, gnuplot, the
+# Fashion-MNIST dataset), Doxygen with a local MathJax, and clang with libFuzzer for the fuzz
 # target. Installs nothing that is already there; runs apt-get update only when needed.
 # Run as root (or with sudo available).
 set -euo pipefail
@@ -9,6 +10,7 @@ set -euo pipefail
 packages=(
   g++ make cmake
   libeigen3-dev libxsimd-dev xtl-dev
+  zlib1g-dev libstb-dev gnuplot-nox dataset-fashion-mnist
   catch2 libbenchmark-dev
   doxygen libjs-mathjax
   clang libclang-rt-14-dev

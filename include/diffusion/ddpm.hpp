@@ -11,6 +11,7 @@
 #include "config.hpp"
 #include "denoiser.hpp"
 #include "distributions.hpp"
+#include "execution.hpp"
 #include "gaussian.hpp"
 #include "guidance.hpp"
 #include "kernels.hpp"
