@@ -47,7 +47,7 @@ inline constexpr sequential_policy seq{};
 /// @brief A parallel policy using every hardware thread.
 inline constexpr parallel_policy par{};
 
-/// @brief A policy accepted by the library's kernels: @ref sequential_policy or @ref parallel_policy.
+/// @brief A policy accepted by the library's kernels: @ref diffusion::sequential_policy or @ref diffusion::parallel_policy.
 template <class P>
 concept execution_policy =
     std::is_same_v<std::remove_cvref_t<P>, sequential_policy> || std::is_same_v<std::remove_cvref_t<P>, parallel_policy>;
