@@ -22,10 +22,23 @@ inline dd two_sum(double a, double b) {
   double e = (a - (s - bb)) + (b - bb);
   return {s, e};
 }
-/// p + e = a * b exactly (needs a correctly rounded fma).
+/// hi + lo = a with hi holding the top 26 bits (Veltkamp's split; exact for |a| < 2^996).
+inline dd split(double a) {
+  const double c = 134217729.0 * a;  // 2^27 + 1
+  const double hi = c - (c - a);
+  return {hi, a - hi};
+}
+/// p + e = a * b exactly: the fma instruction where the target has one; Dekker's product
+/// otherwise, because a portable build's std::fma is a slow software routine (exact for
+/// |a|, |b| < 2^996 and no underflow, which covers every schedule quantity).
 inline dd two_prod(double a, double b) {
   double p = a * b;
+#if defined(__FMA__) || defined(__ARM_FEATURE_FMA)
   return {p, std::fma(a, b, -p)};
+#else
+  const dd x = split(a), y = split(b);
+  return {p, ((x.hi * y.hi - p) + x.hi * y.lo + x.lo * y.hi) + x.lo * y.lo};
+#endif
 }
 inline dd quick_two_sum(double a, double b) {
   double s = a + b;
