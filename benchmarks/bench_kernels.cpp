@@ -1,0 +1,653 @@
+// Every element-wise step of a sampler beside its baselines, and the machine's memory
+// bandwidth for the same access pattern, in one binary so that ratios come from one run.
+//
+// Benchmarks are named  <step>/<implementation>/<elements>  (real time, float):
+//   steps            normals (noise alone), ddpm (ancestral step with noise, ε-prediction,
+//                    fixed_small), ddim (η = 0), q_sample (given noise), cfg (guidance
+//                    combination, no rescale), euler, euler_a (Euler ancestral), langevin
+//   implementations  ours       the library (fused single-pass kernel where there is one)
+//                    ours_2t    the same with parallel_policy{2 threads}
+//                    unfused    our Philox noise into a buffer, then one pass per operation
+//                    plain      one scalar loop, noise from std::normal_distribution/mt19937
+//                    eigen      one Eigen array expression (noise: NullaryExpr over
+//                               std::normal_distribution/mt19937)
+//   bandwidth        triad (out = a·x + b·y, the 2-read-1-write stream), triad_nt (the
+//                    same with non-temporal stores), triad_2t, copy (memcpy)
+//
+// Counters: bytes_per_second counts the step's minimum traffic (inputs read once, the output
+// written once, no intermediate buffer): 12 B per element for every step with two inputs,
+// 4 B for normals alone, so it is comparable across implementations and with the triad.
+// normals_per_second counts the normals drawn; allocs_per_iter the calls of global operator
+// new per iteration (this file replaces it); bit_identical (ours_2t only) is 1 when the
+// 2-thread output equals the 1-thread output bit for bit.
+//
+// Sizes: 16 K (a 4×64×64 Stable Diffusion latent), 256 K, 4 M and 64 M floats; the
+// std::normal_distribution baselines stop at 4 M (its rate does not depend on size and
+// 64 M takes seconds). --max_elements=N (or DIFFUSION_BENCH_MAX_ELEMENTS) drops larger sizes;
+// the ctest smoke run passes 262144.
+//
+//   scripts/bench-table.sh       builds, runs this (and bench_torch when built), prints the ratios
+#include <benchmark/benchmark.h>
+
+#include <diffusion/ddpm.hpp>
+#include <diffusion/execution.hpp>
+#include <diffusion/noise.hpp>
+
+#include <Eigen/Core>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <map>
+#include <memory>
+#include <new>
+#include <random>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#if defined(__SSE2__)
+#include <immintrin.h>
+#endif
+
+// ---------------------------------------------------------------------------------------
+// Allocation counting: every replaceable allocation function is replaced (the pattern of
+// tests/test_allocations.cpp), so a kernel that allocates per call shows it in allocs_per_iter.
+namespace {
+std::atomic<std::size_t> allocations{0};
+void* counted_alloc(std::size_t size, std::size_t align = alignof(std::max_align_t)) {
+  allocations.fetch_add(1, std::memory_order_relaxed);
+  size = size ? size : 1;
+  if (align <= alignof(std::max_align_t)) return std::malloc(size);
+  return std::aligned_alloc(align, (size + align - 1) / align * align);
+}
+// Out of line, so that GCC does not see free() meet the result of operator new after inlining
+// (-Wmismatched-new-delete); the pair is consistent: every operator new here calls malloc.
+[[gnu::noinline]] void counted_free(void* p) noexcept { std::free(p); }
+}  // namespace
+
+void* operator new(std::size_t size) {
+  if (void* p = counted_alloc(size)) return p;
+  throw std::bad_alloc();
+}
+void* operator new[](std::size_t size) {
+  if (void* p = counted_alloc(size)) return p;
+  throw std::bad_alloc();
+}
+void* operator new(std::size_t size, const std::nothrow_t&) noexcept { return counted_alloc(size); }
+void* operator new[](std::size_t size, const std::nothrow_t&) noexcept { return counted_alloc(size); }
+void* operator new(std::size_t size, std::align_val_t a) {
+  if (void* p = counted_alloc(size, static_cast<std::size_t>(a))) return p;
+  throw std::bad_alloc();
+}
+void* operator new[](std::size_t size, std::align_val_t a) {
+  if (void* p = counted_alloc(size, static_cast<std::size_t>(a))) return p;
+  throw std::bad_alloc();
+}
+void* operator new(std::size_t size, std::align_val_t a, const std::nothrow_t&) noexcept {
+  return counted_alloc(size, static_cast<std::size_t>(a));
+}
+void* operator new[](std::size_t size, std::align_val_t a, const std::nothrow_t&) noexcept {
+  return counted_alloc(size, static_cast<std::size_t>(a));
+}
+void operator delete(void* p) noexcept { counted_free(p); }
+void operator delete[](void* p) noexcept { counted_free(p); }
+void operator delete(void* p, std::size_t) noexcept { counted_free(p); }
+void operator delete[](void* p, std::size_t) noexcept { counted_free(p); }
+void operator delete(void* p, const std::nothrow_t&) noexcept { counted_free(p); }
+void operator delete[](void* p, const std::nothrow_t&) noexcept { counted_free(p); }
+void operator delete(void* p, std::align_val_t) noexcept { counted_free(p); }
+void operator delete[](void* p, std::align_val_t) noexcept { counted_free(p); }
+void operator delete(void* p, std::size_t, std::align_val_t) noexcept { counted_free(p); }
+void operator delete[](void* p, std::size_t, std::align_val_t) noexcept { counted_free(p); }
+void operator delete(void* p, std::align_val_t, const std::nothrow_t&) noexcept { counted_free(p); }
+void operator delete[](void* p, std::align_val_t, const std::nothrow_t&) noexcept { counted_free(p); }
+
+namespace {
+
+using diffusion::parallel_policy;
+using diffusion::sequential_policy;
+
+// ---------------------------------------------------------------------------------------
+// Buffers: 64-byte aligned, one set per size, allocated and touched once and shared by all
+// benchmarks of that size (64 M floats is 256 MB per buffer).
+
+struct aligned_free {
+  void operator()(float* p) const noexcept { ::operator delete(p, std::align_val_t{64}); }
+};
+
+class buffer {
+ public:
+  buffer() = default;
+  explicit buffer(std::size_t n)
+      : data_(static_cast<float*>(::operator new(n * sizeof(float), std::align_val_t{64}))), n_(n) {}
+  [[nodiscard]] std::span<float> span() const noexcept { return {data_.get(), n_}; }
+  [[nodiscard]] std::span<const float> cspan() const noexcept { return {data_.get(), n_}; }
+  [[nodiscard]] float* data() const noexcept { return data_.get(); }
+  [[nodiscard]] std::size_t size() const noexcept { return n_; }
+
+ private:
+  std::unique_ptr<float, aligned_free> data_;
+  std::size_t n_ = 0;
+};
+
+struct buffers {
+  std::size_t n;
+  // x = state, e = model output / second input, z = noise, x0 = x̂₀ or an intermediate,
+  // check = the sequential result for the bit-identity test, scratch = the samplers' scratch row.
+  buffer x, e, out, z, x0, check, scratch;
+  explicit buffers(std::size_t size)
+      : n(size), x(size), e(size), out(size), z(size), x0(size), check(size), scratch(size) {
+    // Inputs in the range of a latent: normals of two fixed streams (no denormals, no NaN).
+    const diffusion::philox_normal init(0xB3C4ull);
+    init.fill(0, 0, 0, x.span());
+    init.fill(1, 0, 0, e.span());
+    for (auto* b : {&out, &z, &x0, &check, &scratch}) std::fill_n(b->data(), size, 0.0f);  // touch every page
+  }
+};
+
+buffers& pool(std::size_t n) {
+  static std::map<std::size_t, std::unique_ptr<buffers>> all;
+  auto& p = all[n];
+  if (!p) p = std::make_unique<buffers>(n);
+  return *p;
+}
+
+// ---------------------------------------------------------------------------------------
+// Coefficients: one step of Stable Diffusion's schedule (scaled_linear, T = 1000), in float.
+
+const diffusion::noise_schedule& sched() {
+  static const diffusion::noise_schedule s(diffusion::scaled_linear_betas(1000));
+  return s;
+}
+constexpr std::size_t t_step = 500, p_step = 480;  // DDIM goes from t to p
+
+struct ddpm_coefficients {  // x̂₀ = a·x + b·ε;  x' = c0·x̂₀ + ct·x + sd·z
+  float a, b, c0, ct, sd;
+};
+ddpm_coefficients ddpm_coef() {
+  const auto& st = sched()[t_step];
+  const auto k = diffusion::conversion_coefficients(sched(), t_step, diffusion::prediction::epsilon,
+                                                    diffusion::prediction::sample);
+  return {static_cast<float>(k.a), static_cast<float>(k.b), static_cast<float>(st.posterior_mean_coef_x0),
+          static_cast<float>(st.posterior_mean_coef_xt), static_cast<float>(std::exp(0.5 * st.posterior_log_variance_clipped))};
+}
+struct ddim_coefficients {  // x̂₀ = a·x + b·ε;  x' = cx·x̂₀ + ce·ε
+  float a, b, cx, ce;
+};
+ddim_coefficients ddim_coef() {
+  const auto k = diffusion::conversion_coefficients(sched(), t_step, diffusion::prediction::epsilon,
+                                                    diffusion::prediction::sample);
+  return {static_cast<float>(k.a), static_cast<float>(k.b), static_cast<float>(sched()[p_step].sqrt_alpha_bar),
+          static_cast<float>(sched()[p_step].sqrt_one_minus_alpha_bar)};
+}
+struct q_coefficients {
+  float a, b;
+};
+q_coefficients q_coef() {
+  return {static_cast<float>(sched()[t_step].sqrt_alpha_bar), static_cast<float>(sched()[t_step].sqrt_one_minus_alpha_bar)};
+}
+constexpr double cfg_scale = 7.5;
+constexpr double euler_sigma = 2.0, euler_sigma_to = 1.6;
+float euler_r() { return static_cast<float>(euler_sigma_to / euler_sigma); }
+diffusion::ancestral_split euler_a_split() { return diffusion::ancestral_step(euler_sigma, euler_sigma_to, 1.0); }
+constexpr double langevin_alpha = 1e-3, langevin_sigma = 0.5;
+struct langevin_coefficients {  // x' = x + c·(D − x) + g·z
+  float c, g;
+};
+langevin_coefficients langevin_coef() {
+  return {static_cast<float>(langevin_alpha / (langevin_sigma * langevin_sigma)), static_cast<float>(std::sqrt(2.0 * langevin_alpha))};
+}
+
+const diffusion::philox_normal& philox() {
+  static const diffusion::philox_normal p(0x5EED5EEDull);
+  return p;
+}
+
+/// The policy object of an implementation: seq, or two threads.
+constexpr parallel_policy two_threads{2, std::size_t{1} << 14};
+
+// ---------------------------------------------------------------------------------------
+// The runner: per-iteration body, counters, allocation count, and for ours_2t the check that
+// two threads give the bits of one.
+
+struct step_info {
+  std::size_t bytes_per_element;  // minimum traffic
+  bool noisy;                     // draws n normals per call
+};
+
+using body_fn = std::function<void(buffers&, std::uint64_t step)>;
+
+void run(benchmark::State& state, step_info info, const body_fn& body, const body_fn* reference = nullptr) {
+  const auto n = static_cast<std::size_t>(state.range(0));
+  buffers& b = pool(n);
+  if (reference) {  // bit-identity of the threaded run with the sequential one, same step index
+    (*reference)(b, 7);
+    std::memcpy(b.check.data(), b.out.data(), n * sizeof(float));
+    body(b, 7);
+    state.counters["bit_identical"] = std::memcmp(b.check.data(), b.out.data(), n * sizeof(float)) == 0 ? 1.0 : 0.0;
+  }
+  body(b, 0);  // warm-up (and the first touch of lazily used pages)
+  std::uint64_t step = 1;
+  const std::size_t before = allocations.load();
+  for (auto _ : state) {
+    body(b, step++);
+    benchmark::DoNotOptimize(b.out.data());
+    benchmark::ClobberMemory();
+  }
+  const std::size_t allocs = allocations.load() - before;
+  const auto iters = static_cast<double>(state.iterations());
+  state.counters["allocs_per_iter"] = static_cast<double>(allocs) / std::max(iters, 1.0);
+  const double elements = iters * static_cast<double>(n);
+  state.counters["bytes_per_second"] =
+      benchmark::Counter(elements * static_cast<double>(info.bytes_per_element), benchmark::Counter::kIsRate,
+                         benchmark::Counter::kIs1024);
+  if (info.noisy) state.counters["normals_per_second"] = benchmark::Counter(elements, benchmark::Counter::kIsRate);
+  state.SetItemsProcessed(state.iterations() * state.range(0));
+}
+
+// ---------------------------------------------------------------------------------------
+// Shorthands.
+
+using span_c = std::span<const float>;
+using span_m = std::span<float>;
+using map_c = Eigen::Map<const Eigen::ArrayXf, Eigen::Aligned64>;
+using map_m = Eigen::Map<Eigen::ArrayXf, Eigen::Aligned64>;
+
+map_c emap(const buffer& b) { return map_c(b.data(), static_cast<Eigen::Index>(b.size())); }
+map_m emap_m(const buffer& b) { return map_m(b.data(), static_cast<Eigen::Index>(b.size())); }
+
+/// A sequential generator (std::mt19937 + std::normal_distribution<float>), kept across
+/// iterations as a sampler would keep it. Not used by the library; a baseline only.
+struct std_normal {
+  std::mt19937 engine{12345};
+  std::normal_distribution<float> dist;
+  float operator()() { return dist(engine); }
+};
+
+/// Runs f(begin, end) on the ranges of `policy` (grain: a multiple of every SIMD and noise block).
+template <class P, class F>
+void split(const P& policy, std::size_t n, F&& f) {
+  diffusion::detail::for_each_range(policy, n, 64, std::forward<F>(f));
+}
+
+/// Philox noise of stream (0, step) into b.z over [lo, hi).
+void fill_noise(buffers& b, std::uint64_t step, std::size_t lo, std::size_t hi) {
+  philox().fill(0, step, lo, b.z.span().subspan(lo, hi - lo));
+}
+
+// ---------------------------------------------------------------------------------------
+// The steps. Each `ours` takes a policy; every other implementation is sequential.
+
+// Noise alone ------------------------------------------------------------------------------
+template <class P>
+void normals_ours(const P& pol, buffers& b, std::uint64_t step) {
+  split(pol, b.n, [&](std::size_t lo, std::size_t hi) { philox().fill(0, step, lo, b.out.span().subspan(lo, hi - lo)); });
+}
+
+// DDPM ancestral step ---------------------------------------------------------------------
+template <class P>
+void ddpm_ours(const P& pol, buffers& b, std::uint64_t step) {
+  // Until the fused kernel lands: the library's ddpm_step on Philox noise drawn just before.
+  split(pol, b.n, [&](std::size_t lo, std::size_t hi) {
+    const std::size_t m = hi - lo;
+    fill_noise(b, step, lo, hi);
+    diffusion::ddpm_step<float>(sched(), t_step, diffusion::prediction::epsilon, diffusion::variance_type::fixed_small, {},
+                                b.x.cspan().subspan(lo, m), b.e.cspan().subspan(lo, m), b.z.cspan().subspan(lo, m),
+                                b.x0.span().subspan(lo, m), b.out.span().subspan(lo, m), b.scratch.span().subspan(lo, m));
+  });
+}
+void ddpm_unfused(buffers& b, std::uint64_t step) {
+  const auto k = ddpm_coef();
+  const std::size_t n = b.n;
+  float *x = b.x.data(), *e = b.e.data(), *z = b.z.data(), *x0 = b.x0.data(), *o = b.out.data();
+  fill_noise(b, step, 0, n);
+  for (std::size_t i = 0; i < n; ++i) x0[i] = k.a * x[i] + k.b * e[i];
+  for (std::size_t i = 0; i < n; ++i) o[i] = k.c0 * x0[i] + k.ct * x[i];
+  for (std::size_t i = 0; i < n; ++i) o[i] += k.sd * z[i];
+}
+void ddpm_plain(buffers& b, std_normal& g) {
+  const auto k = ddpm_coef();
+  const float *x = b.x.data(), *e = b.e.data();
+  float* o = b.out.data();
+  for (std::size_t i = 0; i < b.n; ++i) o[i] = k.c0 * (k.a * x[i] + k.b * e[i]) + k.ct * x[i] + k.sd * g();
+}
+void ddpm_eigen(buffers& b, std_normal& g) {
+  const auto k = ddpm_coef();
+  const auto x = emap(b.x), e = emap(b.e);
+  emap_m(b.out) = k.c0 * (k.a * x + k.b * e) + k.ct * x +
+                  k.sd * Eigen::ArrayXf::NullaryExpr(static_cast<Eigen::Index>(b.n), [&g] { return g(); });
+}
+
+// DDIM, η = 0 --------------------------------------------------------------------------
+template <class P>
+void ddim_ours(const P& pol, buffers& b, std::uint64_t) {
+  split(pol, b.n, [&](std::size_t lo, std::size_t hi) {
+    const std::size_t m = hi - lo;
+    diffusion::ddim_step<float>(sched(), t_step, p_step, 0.0, diffusion::prediction::epsilon, {}, false,
+                                b.x.cspan().subspan(lo, m), b.e.cspan().subspan(lo, m), b.z.cspan().subspan(lo, m),
+                                b.x0.span().subspan(lo, m), b.out.span().subspan(lo, m), b.scratch.span().subspan(lo, m));
+  });
+}
+void ddim_unfused(buffers& b, std::uint64_t) {
+  const auto k = ddim_coef();
+  const float *x = b.x.data(), *e = b.e.data();
+  float *x0 = b.x0.data(), *o = b.out.data();
+  for (std::size_t i = 0; i < b.n; ++i) x0[i] = k.a * x[i] + k.b * e[i];
+  for (std::size_t i = 0; i < b.n; ++i) o[i] = k.cx * x0[i] + k.ce * e[i];
+}
+void ddim_plain(buffers& b, std::uint64_t) {
+  const auto k = ddim_coef();
+  const float *x = b.x.data(), *e = b.e.data();
+  float* o = b.out.data();
+  for (std::size_t i = 0; i < b.n; ++i) o[i] = k.cx * (k.a * x[i] + k.b * e[i]) + k.ce * e[i];
+}
+void ddim_eigen(buffers& b, std::uint64_t) {
+  const auto k = ddim_coef();
+  const auto x = emap(b.x), e = emap(b.e);
+  emap_m(b.out) = k.cx * (k.a * x + k.b * e) + k.ce * e;
+}
+
+// q_sample with a given noise buffer (x = x₀, e = ε) -----------------------------------
+template <class P>
+void q_ours(const P& pol, buffers& b, std::uint64_t) {
+  split(pol, b.n, [&](std::size_t lo, std::size_t hi) {
+    const std::size_t m = hi - lo;
+    diffusion::q_sample(sched(), t_step, b.x.cspan().subspan(lo, m), b.e.cspan().subspan(lo, m), b.out.span().subspan(lo, m));
+  });
+}
+void q_unfused(buffers& b, std::uint64_t) {
+  const auto k = q_coef();
+  const float *x = b.x.data(), *e = b.e.data();
+  float* o = b.out.data();
+  for (std::size_t i = 0; i < b.n; ++i) o[i] = k.a * x[i];
+  for (std::size_t i = 0; i < b.n; ++i) o[i] += k.b * e[i];
+}
+void q_plain(buffers& b, std::uint64_t) {
+  const auto k = q_coef();
+  const float *x = b.x.data(), *e = b.e.data();
+  float* o = b.out.data();
+  for (std::size_t i = 0; i < b.n; ++i) o[i] = k.a * x[i] + k.b * e[i];
+}
+void q_eigen(buffers& b, std::uint64_t) {
+  const auto k = q_coef();
+  emap_m(b.out) = k.a * emap(b.x) + k.b * emap(b.e);
+}
+
+// Classifier-free guidance (x = conditional, e = unconditional) -----------------------------
+template <class P>
+void cfg_ours(const P& pol, buffers& b, std::uint64_t) {
+  split(pol, b.n, [&](std::size_t lo, std::size_t hi) {
+    const std::size_t m = hi - lo;
+    diffusion::apply_guidance<float>(b.x.cspan().subspan(lo, m), b.e.cspan().subspan(lo, m), 1,
+                                     diffusion::guidance_options{.guidance_scale = cfg_scale}, b.out.span().subspan(lo, m));
+  });
+}
+void cfg_unfused(buffers& b, std::uint64_t) {
+  const auto w = static_cast<float>(cfg_scale);
+  const float *c = b.x.data(), *u = b.e.data();
+  float *d = b.x0.data(), *o = b.out.data();
+  for (std::size_t i = 0; i < b.n; ++i) d[i] = c[i] - u[i];
+  for (std::size_t i = 0; i < b.n; ++i) o[i] = u[i] + w * d[i];
+}
+void cfg_plain(buffers& b, std::uint64_t) {
+  const auto w = static_cast<float>(cfg_scale);
+  const float *c = b.x.data(), *u = b.e.data();
+  float* o = b.out.data();
+  for (std::size_t i = 0; i < b.n; ++i) o[i] = u[i] + w * (c[i] - u[i]);
+}
+void cfg_eigen(buffers& b, std::uint64_t) {
+  const auto w = static_cast<float>(cfg_scale);
+  const auto u = emap(b.e);
+  emap_m(b.out) = u + w * (emap(b.x) - u);
+}
+
+// Euler (x = state, e = denoised) ---------------------------------------------------------
+template <class P>
+void euler_ours(const P& pol, buffers& b, std::uint64_t) {
+  split(pol, b.n, [&](std::size_t lo, std::size_t hi) {
+    const std::size_t m = hi - lo;
+    diffusion::euler_step<float>(b.x.cspan().subspan(lo, m), b.e.cspan().subspan(lo, m), euler_sigma, euler_sigma_to,
+                                 b.out.span().subspan(lo, m));
+  });
+}
+void euler_unfused(buffers& b, std::uint64_t) {  // d = (x − D)/σ, then x + (σ' − σ)·d
+  const auto inv = static_cast<float>(1.0 / euler_sigma), dt = static_cast<float>(euler_sigma_to - euler_sigma);
+  const float *x = b.x.data(), *e = b.e.data();
+  float *d = b.x0.data(), *o = b.out.data();
+  for (std::size_t i = 0; i < b.n; ++i) d[i] = (x[i] - e[i]) * inv;
+  for (std::size_t i = 0; i < b.n; ++i) o[i] = x[i] + dt * d[i];
+}
+void euler_plain(buffers& b, std::uint64_t) {
+  const float r = euler_r(), q = 1.0f - r;
+  const float *x = b.x.data(), *e = b.e.data();
+  float* o = b.out.data();
+  for (std::size_t i = 0; i < b.n; ++i) o[i] = r * x[i] + q * e[i];
+}
+void euler_eigen(buffers& b, std::uint64_t) {
+  const float r = euler_r();
+  emap_m(b.out) = r * emap(b.x) + (1.0f - r) * emap(b.e);
+}
+
+// Euler ancestral (x = state, e = denoised; Euler to σ_down, then σ_up·z) ---------------------
+template <class P>
+void euler_a_ours(const P& pol, buffers& b, std::uint64_t step) {
+  const auto s = euler_a_split();
+  const auto up = static_cast<float>(s.sigma_up);
+  split(pol, b.n, [&](std::size_t lo, std::size_t hi) {
+    const std::size_t m = hi - lo;
+    diffusion::euler_step<float>(b.x.cspan().subspan(lo, m), b.e.cspan().subspan(lo, m), euler_sigma, s.sigma_down,
+                                 b.out.span().subspan(lo, m));
+    fill_noise(b, step, lo, hi);
+    float *o = b.out.data(), *z = b.z.data();
+    for (std::size_t i = lo; i < hi; ++i) o[i] = diffusion::kernels::madd(up, z[i], o[i]);
+  });
+}
+void euler_a_unfused(buffers& b, std::uint64_t step) {
+  const auto s = euler_a_split();
+  const auto inv = static_cast<float>(1.0 / euler_sigma), dt = static_cast<float>(s.sigma_down - euler_sigma),
+             up = static_cast<float>(s.sigma_up);
+  const float *x = b.x.data(), *e = b.e.data(), *z = b.z.data();
+  float *d = b.x0.data(), *o = b.out.data();
+  fill_noise(b, step, 0, b.n);
+  for (std::size_t i = 0; i < b.n; ++i) d[i] = (x[i] - e[i]) * inv;
+  for (std::size_t i = 0; i < b.n; ++i) o[i] = x[i] + dt * d[i];
+  for (std::size_t i = 0; i < b.n; ++i) o[i] += up * z[i];
+}
+void euler_a_plain(buffers& b, std_normal& g) {
+  const auto s = euler_a_split();
+  const auto r = static_cast<float>(s.sigma_down / euler_sigma), up = static_cast<float>(s.sigma_up);
+  const float *x = b.x.data(), *e = b.e.data();
+  float* o = b.out.data();
+  for (std::size_t i = 0; i < b.n; ++i) o[i] = r * x[i] + (1.0f - r) * e[i] + up * g();
+}
+void euler_a_eigen(buffers& b, std_normal& g) {
+  const auto s = euler_a_split();
+  const auto r = static_cast<float>(s.sigma_down / euler_sigma), up = static_cast<float>(s.sigma_up);
+  emap_m(b.out) = r * emap(b.x) + (1.0f - r) * emap(b.e) +
+                  up * Eigen::ArrayXf::NullaryExpr(static_cast<Eigen::Index>(b.n), [&g] { return g(); });
+}
+
+// Langevin (x = state, e = denoised) ------------------------------------------------------
+template <class P>
+void langevin_ours(const P& pol, buffers& b, std::uint64_t step) {
+  split(pol, b.n, [&](std::size_t lo, std::size_t hi) {
+    const std::size_t m = hi - lo;
+    fill_noise(b, step, lo, hi);
+    diffusion::langevin_step<float>(langevin_alpha, langevin_sigma, b.x.cspan().subspan(lo, m), b.e.cspan().subspan(lo, m),
+                                    b.z.cspan().subspan(lo, m), b.out.span().subspan(lo, m));
+  });
+}
+void langevin_unfused(buffers& b, std::uint64_t step) {
+  const auto k = langevin_coef();
+  const float *x = b.x.data(), *e = b.e.data(), *z = b.z.data();
+  float *s = b.x0.data(), *o = b.out.data();
+  fill_noise(b, step, 0, b.n);
+  for (std::size_t i = 0; i < b.n; ++i) s[i] = e[i] - x[i];
+  for (std::size_t i = 0; i < b.n; ++i) o[i] = x[i] + k.c * s[i];
+  for (std::size_t i = 0; i < b.n; ++i) o[i] += k.g * z[i];
+}
+void langevin_plain(buffers& b, std_normal& g) {
+  const auto k = langevin_coef();
+  const float *x = b.x.data(), *e = b.e.data();
+  float* o = b.out.data();
+  for (std::size_t i = 0; i < b.n; ++i) o[i] = x[i] + k.c * (e[i] - x[i]) + k.g * g();
+}
+void langevin_eigen(buffers& b, std_normal& g) {
+  const auto k = langevin_coef();
+  const auto x = emap(b.x);
+  emap_m(b.out) = x + k.c * (emap(b.e) - x) +
+                  k.g * Eigen::ArrayXf::NullaryExpr(static_cast<Eigen::Index>(b.n), [&g] { return g(); });
+}
+
+// ---------------------------------------------------------------------------------------
+// Bandwidth baselines.
+
+/// out = a·x + b·y, written for bandwidth: restrict pointers, one vectorizable pass.
+template <class P>
+void triad(const P& pol, buffers& b, std::uint64_t) {
+  const float a = 0.75f, c = 0.25f;
+  split(pol, b.n, [&](std::size_t lo, std::size_t hi) {
+    const float* __restrict x = b.x.data();
+    const float* __restrict y = b.e.data();
+    float* __restrict o = b.out.data();
+    for (std::size_t i = lo; i < hi; ++i) o[i] = a * x[i] + c * y[i];
+  });
+}
+
+/// The same with non-temporal (streaming) stores, which skip the read-for-ownership of the
+/// output: the highest 2-read-1-write rate the memory system gives beyond the caches.
+void triad_nt(buffers& b, std::uint64_t) {
+#if defined(__SSE2__)
+  const __m128 a = _mm_set1_ps(0.75f), c = _mm_set1_ps(0.25f);
+  const float* x = b.x.data();
+  const float* y = b.e.data();
+  float* o = b.out.data();
+  std::size_t i = 0;
+  for (; i + 4 <= b.n; i += 4)
+    _mm_stream_ps(o + i, _mm_add_ps(_mm_mul_ps(a, _mm_load_ps(x + i)), _mm_mul_ps(c, _mm_load_ps(y + i))));
+  for (; i < b.n; ++i) o[i] = 0.75f * x[i] + 0.25f * y[i];
+  _mm_sfence();
+#else
+  triad(diffusion::seq, b, 0);
+#endif
+}
+
+void copy(buffers& b, std::uint64_t) { std::memcpy(b.out.data(), b.x.data(), b.n * sizeof(float)); }
+
+// ---------------------------------------------------------------------------------------
+// Registration.
+
+constexpr std::size_t sizes[] = {std::size_t{1} << 14, std::size_t{1} << 18, std::size_t{1} << 22, std::size_t{1} << 26};
+constexpr std::size_t std_normal_max = std::size_t{1} << 22;  // the sequential-generator baselines stop here
+std::size_t max_elements = sizes[3];
+
+void add(const std::string& name, step_info info, body_fn body, std::size_t cap = ~std::size_t{0},
+         body_fn reference = nullptr) {
+  auto* b = benchmark::RegisterBenchmark(name.c_str(), [info, body = std::move(body), reference = std::move(reference)](
+                                                           benchmark::State& s) {
+    run(s, info, body, reference ? &reference : nullptr);
+  });
+  b->UseRealTime();
+  for (const std::size_t n : sizes)
+    if (n <= max_elements && n <= cap) b->Arg(static_cast<std::int64_t>(n));
+}
+
+/// Registers ours (1 and 2 threads) for a step given as a template over the policy.
+template <void (*Seq)(const sequential_policy&, buffers&, std::uint64_t),
+          void (*Par)(const parallel_policy&, buffers&, std::uint64_t)>
+void add_ours(const std::string& step, step_info info) {
+  add(step + "/ours", info, [](buffers& b, std::uint64_t k) { Seq(diffusion::seq, b, k); });
+  add(step + "/ours_2t", info, [](buffers& b, std::uint64_t k) { Par(two_threads, b, k); }, ~std::size_t{0},
+      [](buffers& b, std::uint64_t k) { Seq(diffusion::seq, b, k); });
+}
+
+/// Registers a baseline that draws from a std::normal_distribution kept across iterations.
+void add_std_normal(const std::string& name, step_info info, void (*f)(buffers&, std_normal&)) {
+  auto g = std::make_shared<std_normal>();
+  add(name, info, [g, f](buffers& b, std::uint64_t) { f(b, *g); }, std_normal_max);
+}
+
+void register_all() {
+  constexpr step_info noisy{12, true}, quiet{12, false};
+
+  add("bandwidth/copy", {8, false}, copy);
+  add("bandwidth/triad", quiet, [](buffers& b, std::uint64_t k) { triad(diffusion::seq, b, k); });
+  add("bandwidth/triad_nt", quiet, triad_nt);
+  add("bandwidth/triad_2t", quiet, [](buffers& b, std::uint64_t k) { triad(two_threads, b, k); });
+
+  add_ours<normals_ours<sequential_policy>, normals_ours<parallel_policy>>("normals", {4, true});
+  add_std_normal("normals/plain", {4, true}, [](buffers& b, std_normal& g) {
+    float* o = b.out.data();
+    for (std::size_t i = 0; i < b.n; ++i) o[i] = g();
+  });
+
+  add_ours<ddpm_ours<sequential_policy>, ddpm_ours<parallel_policy>>("ddpm", noisy);
+  add("ddpm/unfused", noisy, ddpm_unfused);
+  add_std_normal("ddpm/plain", noisy, ddpm_plain);
+  add_std_normal("ddpm/eigen", noisy, ddpm_eigen);
+
+  add_ours<ddim_ours<sequential_policy>, ddim_ours<parallel_policy>>("ddim", quiet);
+  add("ddim/unfused", quiet, ddim_unfused);
+  add("ddim/plain", quiet, ddim_plain);
+  add("ddim/eigen", quiet, ddim_eigen);
+
+  add_ours<q_ours<sequential_policy>, q_ours<parallel_policy>>("q_sample", quiet);
+  add("q_sample/unfused", quiet, q_unfused);
+  add("q_sample/plain", quiet, q_plain);
+  add("q_sample/eigen", quiet, q_eigen);
+
+  add_ours<cfg_ours<sequential_policy>, cfg_ours<parallel_policy>>("cfg", quiet);
+  add("cfg/unfused", quiet, cfg_unfused);
+  add("cfg/plain", quiet, cfg_plain);
+  add("cfg/eigen", quiet, cfg_eigen);
+
+  add_ours<euler_ours<sequential_policy>, euler_ours<parallel_policy>>("euler", quiet);
+  add("euler/unfused", quiet, euler_unfused);
+  add("euler/plain", quiet, euler_plain);
+  add("euler/eigen", quiet, euler_eigen);
+
+  add_ours<euler_a_ours<sequential_policy>, euler_a_ours<parallel_policy>>("euler_a", noisy);
+  add("euler_a/unfused", noisy, euler_a_unfused);
+  add_std_normal("euler_a/plain", noisy, euler_a_plain);
+  add_std_normal("euler_a/eigen", noisy, euler_a_eigen);
+
+  add_ours<langevin_ours<sequential_policy>, langevin_ours<parallel_policy>>("langevin", noisy);
+  add("langevin/unfused", noisy, langevin_unfused);
+  add_std_normal("langevin/plain", noisy, langevin_plain);
+  add_std_normal("langevin/eigen", noisy, langevin_eigen);
+}
+
+/// Reads and removes --max_elements=N; DIFFUSION_BENCH_MAX_ELEMENTS is the fallback.
+void read_size_cap(int& argc, char** argv) {
+  if (const char* env = std::getenv("DIFFUSION_BENCH_MAX_ELEMENTS")) max_elements = std::strtoull(env, nullptr, 10);
+  constexpr std::string_view flag = "--max_elements=";
+  int kept = 1;
+  for (int i = 1; i < argc; ++i) {
+    const std::string_view a = argv[i];
+    if (a.starts_with(flag))
+      max_elements = std::strtoull(argv[i] + flag.size(), nullptr, 10);
+    else
+      argv[kept++] = argv[i];
+  }
+  argc = kept;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  read_size_cap(argc, argv);
+  register_all();
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::AddCustomContext("max_elements", std::to_string(max_elements));
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}
