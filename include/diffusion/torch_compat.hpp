@@ -208,12 +208,11 @@ class torch_cpu_generator {
 /// overload returns z before that last rounding.
 ///
 /// **Agreement.** float output: bit-identical to rng_philox.py under numpy 1.24 on x86-64
-/// without AVX-512 (numpy calls glibc's double `log`/`sin` there; all 1150 reference
-/// values, 5 seeds × 5 successive calls). Real CUDA computes in float with its own `logf`/`sinf`: A1111's emulation, and
-/// so this class, differ from it in the last bits (the webui's docstring shows CUDA values
-/// for seed 0, printed to 8 decimals, that differ from the emulation by up to 6 ulp of
-/// float, 2.6e-7); not measured here
-/// (no GPU).
+/// without AVX-512 (numpy calls glibc's double `log`/`sin` there): all 1150 reference values,
+/// 5 seeds × 5 successive calls. Real CUDA computes in float with its own `logf`/`sinf`, so
+/// A1111's emulation, and this class, differ from it in the last bits: the webui's docstring
+/// shows CUDA values for seed 0, printed to 8 decimals, that differ from the emulation by up
+/// to 6 ulp of float (2.6e-7). Not measured here (no GPU).
 ///
 /// Also a @ref diffusion::noise_source (see fill()).
 class philox_gpu_generator {
