@@ -27,3 +27,4 @@
 #include "tensor.hpp"
 #include "timestep_sampler.hpp"
 #include "timesteps.hpp"
+#include "torch_compat.hpp"
