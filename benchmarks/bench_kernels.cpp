@@ -5,8 +5,9 @@
 //   steps            normals (noise alone), ddpm (ancestral step with noise, ε-prediction,
 //                    fixed_small), ddim (η = 0), q_sample (given noise), cfg (guidance
 //                    combination, no rescale), euler, euler_a (Euler ancestral), langevin
-//   implementations  ours       the library (fused single-pass kernel where there is one)
-//                    ours_2t    the same with parallel_policy{2 threads}
+//   implementations  ours       the library's fused single-pass kernel (kernels.hpp), noise
+//                               generated inside it (kernels::philox_stream)
+//                    ours_2t    the same with parallel_policy{.threads = 2}
 //                    unfused    our Philox noise into a buffer, then one pass per operation
 //                    plain      one scalar loop, noise from std::normal_distribution/mt19937
 //                    eigen      one Eigen array expression (noise: NullaryExpr over
@@ -14,9 +15,10 @@
 //   bandwidth        triad (out = a·x + b·y, the 2-read-1-write stream), triad_nt (the
 //                    same with non-temporal stores), triad_2t, copy (memcpy)
 //
-// Counters: bytes_per_second counts the step's minimum traffic (inputs read once, the output
-// written once, no intermediate buffer): 12 B per element for every step with two inputs,
-// 4 B for normals alone, so it is comparable across implementations and with the triad.
+// Counters: bytes_per_second counts the step's minimum traffic (inputs read once, outputs
+// written once, no intermediate buffer): 12 B per element for the steps with two inputs and one
+// output, 16 B for DDPM and DDIM (they also write x̂₀, in every implementation), 4 B for normals
+// alone; so it is comparable across implementations and with the triad's 12 B.
 // normals_per_second counts the normals drawn; allocs_per_iter the calls of global operator
 // new per iteration (this file replaces it); bit_identical (ours_2t only) is 1 when the
 // 2-thread output equals the 1-thread output bit for bit.
@@ -210,8 +212,9 @@ const diffusion::philox_normal& philox() {
   return p;
 }
 
-/// The policy object of an implementation: seq, or two threads.
-constexpr parallel_policy two_threads{2, std::size_t{1} << 14};
+/// The 2-thread policy, with the library's default minimum of elements per thread (64 K: at
+/// 16 K the call stays on one thread).
+constexpr parallel_policy two_threads{.threads = 2};
 
 // ---------------------------------------------------------------------------------------
 // The runner: per-iteration body, counters, allocation count, and for ours_2t the check that
@@ -271,11 +274,15 @@ struct std_normal {
   float operator()() { return dist(engine); }
 };
 
-/// Runs f(begin, end) on the ranges of `policy` (grain: a multiple of every SIMD and noise block).
+/// Runs f(begin, end) on the ranges of `policy`, split as the kernels split (for philox_normal::fill,
+/// which takes no policy, and the bandwidth loop).
 template <class P, class F>
 void split(const P& policy, std::size_t n, F&& f) {
-  diffusion::detail::for_each_range(policy, n, 64, std::forward<F>(f));
+  diffusion::detail::for_each_range(policy, n, diffusion::kernels::noise_chunk, std::forward<F>(f));
 }
+
+/// The in-kernel noise operand: stream (0, step) of the same generator, from normal 0 on.
+diffusion::kernels::philox_stream stream(std::uint64_t step) { return {&philox(), 0, step}; }
 
 /// Philox noise of stream (0, step) into b.z over [lo, hi).
 void fill_noise(buffers& b, std::uint64_t step, std::size_t lo, std::size_t hi) {
@@ -294,14 +301,17 @@ void normals_ours(const P& pol, buffers& b, std::uint64_t step) {
 // DDPM ancestral step ---------------------------------------------------------------------
 template <class P>
 void ddpm_ours(const P& pol, buffers& b, std::uint64_t step) {
-  // Until the fused kernel lands: the library's ddpm_step on Philox noise drawn just before.
-  split(pol, b.n, [&](std::size_t lo, std::size_t hi) {
-    const std::size_t m = hi - lo;
-    fill_noise(b, step, lo, hi);
-    diffusion::ddpm_step<float>(sched(), t_step, diffusion::prediction::epsilon, diffusion::variance_type::fixed_small, {},
-                                b.x.cspan().subspan(lo, m), b.e.cspan().subspan(lo, m), b.z.cspan().subspan(lo, m),
-                                b.x0.span().subspan(lo, m), b.out.span().subspan(lo, m), b.scratch.span().subspan(lo, m));
-  });
+  // The coefficients as the sampler forms them each step (double, rounded once to float).
+  const auto& st = sched()[t_step];
+  const auto k = diffusion::conversion_coefficients(sched(), t_step, diffusion::prediction::epsilon,
+                                                    diffusion::prediction::sample);
+  diffusion::kernels::ddpm_coefficients<float> c{};
+  c.x0_from_x = static_cast<float>(k.a);
+  c.x0_from_out = static_cast<float>(k.b);
+  c.mean_x0 = static_cast<float>(st.posterior_mean_coef_x0);
+  c.mean_xt = static_cast<float>(st.posterior_mean_coef_xt);
+  c.sigma = static_cast<float>(std::exp(0.5 * st.posterior_log_variance_clipped));
+  diffusion::kernels::ddpm_ancestral<float>(c, b.x.cspan(), b.e.cspan(), stream(step), b.x0.span(), b.out.span(), pol);
 }
 void ddpm_unfused(buffers& b, std::uint64_t step) {
   const auto k = ddpm_coef();
@@ -312,28 +322,40 @@ void ddpm_unfused(buffers& b, std::uint64_t step) {
   for (std::size_t i = 0; i < n; ++i) o[i] = k.c0 * x0[i] + k.ct * x[i];
   for (std::size_t i = 0; i < n; ++i) o[i] += k.sd * z[i];
 }
+// The baselines write x̂₀ too, as the library's step does (the sampler's preview output).
 void ddpm_plain(buffers& b, std_normal& g) {
   const auto k = ddpm_coef();
   const float *x = b.x.data(), *e = b.e.data();
-  float* o = b.out.data();
-  for (std::size_t i = 0; i < b.n; ++i) o[i] = k.c0 * (k.a * x[i] + k.b * e[i]) + k.ct * x[i] + k.sd * g();
+  float *x0 = b.x0.data(), *o = b.out.data();
+  for (std::size_t i = 0; i < b.n; ++i) {
+    x0[i] = k.a * x[i] + k.b * e[i];
+    o[i] = k.c0 * x0[i] + k.ct * x[i] + k.sd * g();
+  }
 }
-void ddpm_eigen(buffers& b, std_normal& g) {
+void ddpm_eigen(buffers& b, std_normal& g) {  // two expressions: one per output
   const auto k = ddpm_coef();
   const auto x = emap(b.x), e = emap(b.e);
-  emap_m(b.out) = k.c0 * (k.a * x + k.b * e) + k.ct * x +
+  emap_m(b.x0) = k.a * x + k.b * e;
+  emap_m(b.out) = k.c0 * emap(b.x0) + k.ct * x +
                   k.sd * Eigen::ArrayXf::NullaryExpr(static_cast<Eigen::Index>(b.n), [&g] { return g(); });
 }
 
 // DDIM, η = 0 --------------------------------------------------------------------------
 template <class P>
 void ddim_ours(const P& pol, buffers& b, std::uint64_t) {
-  split(pol, b.n, [&](std::size_t lo, std::size_t hi) {
-    const std::size_t m = hi - lo;
-    diffusion::ddim_step<float>(sched(), t_step, p_step, 0.0, diffusion::prediction::epsilon, {}, false,
-                                b.x.cspan().subspan(lo, m), b.e.cspan().subspan(lo, m), b.z.cspan().subspan(lo, m),
-                                b.x0.span().subspan(lo, m), b.out.span().subspan(lo, m), b.scratch.span().subspan(lo, m));
-  });
+  const auto to_x0 = diffusion::conversion_coefficients(sched(), t_step, diffusion::prediction::epsilon,
+                                                        diffusion::prediction::sample);
+  const auto to_eps = diffusion::conversion_coefficients(sched(), t_step, diffusion::prediction::epsilon,
+                                                         diffusion::prediction::epsilon);
+  diffusion::kernels::ddim_coefficients<float> c{};
+  c.x0_from_x = static_cast<float>(to_x0.a);
+  c.x0_from_out = static_cast<float>(to_x0.b);
+  c.eps_from_x = static_cast<float>(to_eps.a);
+  c.eps_from_other = static_cast<float>(to_eps.b);
+  c.coef_x0 = static_cast<float>(sched()[p_step].sqrt_alpha_bar);
+  c.coef_eps = static_cast<float>(sched()[p_step].sqrt_one_minus_alpha_bar);  // η = 0: σ = 0
+  diffusion::kernels::ddim<float>(c, b.x.cspan(), b.e.cspan(), diffusion::kernels::no_noise{}, false, b.x0.span(),
+                                  b.out.span(), pol);
 }
 void ddim_unfused(buffers& b, std::uint64_t) {
   const auto k = ddim_coef();
@@ -345,22 +367,25 @@ void ddim_unfused(buffers& b, std::uint64_t) {
 void ddim_plain(buffers& b, std::uint64_t) {
   const auto k = ddim_coef();
   const float *x = b.x.data(), *e = b.e.data();
-  float* o = b.out.data();
-  for (std::size_t i = 0; i < b.n; ++i) o[i] = k.cx * (k.a * x[i] + k.b * e[i]) + k.ce * e[i];
+  float *x0 = b.x0.data(), *o = b.out.data();
+  for (std::size_t i = 0; i < b.n; ++i) {
+    const float h = k.a * x[i] + k.b * e[i];
+    x0[i] = h;
+    o[i] = k.cx * h + k.ce * e[i];
+  }
 }
 void ddim_eigen(buffers& b, std::uint64_t) {
   const auto k = ddim_coef();
   const auto x = emap(b.x), e = emap(b.e);
-  emap_m(b.out) = k.cx * (k.a * x + k.b * e) + k.ce * e;
+  emap_m(b.x0) = k.a * x + k.b * e;
+  emap_m(b.out) = k.cx * emap(b.x0) + k.ce * e;
 }
 
 // q_sample with a given noise buffer (x = x₀, e = ε) -----------------------------------
 template <class P>
 void q_ours(const P& pol, buffers& b, std::uint64_t) {
-  split(pol, b.n, [&](std::size_t lo, std::size_t hi) {
-    const std::size_t m = hi - lo;
-    diffusion::q_sample(sched(), t_step, b.x.cspan().subspan(lo, m), b.e.cspan().subspan(lo, m), b.out.span().subspan(lo, m));
-  });
+  const auto k = q_coef();
+  diffusion::kernels::affine2<float>(k.a, b.x.cspan(), k.b, b.e.cspan(), b.out.span(), pol);
 }
 void q_unfused(buffers& b, std::uint64_t) {
   const auto k = q_coef();
@@ -383,11 +408,7 @@ void q_eigen(buffers& b, std::uint64_t) {
 // Classifier-free guidance (x = conditional, e = unconditional) -----------------------------
 template <class P>
 void cfg_ours(const P& pol, buffers& b, std::uint64_t) {
-  split(pol, b.n, [&](std::size_t lo, std::size_t hi) {
-    const std::size_t m = hi - lo;
-    diffusion::apply_guidance<float>(b.x.cspan().subspan(lo, m), b.e.cspan().subspan(lo, m), 1,
-                                     diffusion::guidance_options{.guidance_scale = cfg_scale}, b.out.span().subspan(lo, m));
-  });
+  diffusion::kernels::guidance_combine<float>(static_cast<float>(cfg_scale), b.x.cspan(), b.e.cspan(), b.out.span(), pol);
 }
 void cfg_unfused(buffers& b, std::uint64_t) {
   const auto w = static_cast<float>(cfg_scale);
@@ -411,11 +432,9 @@ void cfg_eigen(buffers& b, std::uint64_t) {
 // Euler (x = state, e = denoised) ---------------------------------------------------------
 template <class P>
 void euler_ours(const P& pol, buffers& b, std::uint64_t) {
-  split(pol, b.n, [&](std::size_t lo, std::size_t hi) {
-    const std::size_t m = hi - lo;
-    diffusion::euler_step<float>(b.x.cspan().subspan(lo, m), b.e.cspan().subspan(lo, m), euler_sigma, euler_sigma_to,
-                                 b.out.span().subspan(lo, m));
-  });
+  const double r = euler_sigma_to / euler_sigma;  // as euler_step forms them
+  diffusion::kernels::affine2<float>(static_cast<float>(r), b.x.cspan(), static_cast<float>(1.0 - r), b.e.cspan(),
+                                     b.out.span(), pol);
 }
 void euler_unfused(buffers& b, std::uint64_t) {  // d = (x − D)/σ, then x + (σ' − σ)·d
   const auto inv = static_cast<float>(1.0 / euler_sigma), dt = static_cast<float>(euler_sigma_to - euler_sigma);
@@ -439,15 +458,9 @@ void euler_eigen(buffers& b, std::uint64_t) {
 template <class P>
 void euler_a_ours(const P& pol, buffers& b, std::uint64_t step) {
   const auto s = euler_a_split();
-  const auto up = static_cast<float>(s.sigma_up);
-  split(pol, b.n, [&](std::size_t lo, std::size_t hi) {
-    const std::size_t m = hi - lo;
-    diffusion::euler_step<float>(b.x.cspan().subspan(lo, m), b.e.cspan().subspan(lo, m), euler_sigma, s.sigma_down,
-                                 b.out.span().subspan(lo, m));
-    fill_noise(b, step, lo, hi);
-    float *o = b.out.data(), *z = b.z.data();
-    for (std::size_t i = lo; i < hi; ++i) o[i] = diffusion::kernels::madd(up, z[i], o[i]);
-  });
+  const double r = s.sigma_down / euler_sigma;
+  diffusion::kernels::affine2_noise<float>(static_cast<float>(r), b.x.cspan(), static_cast<float>(1.0 - r), b.e.cspan(),
+                                           static_cast<float>(s.sigma_up), stream(step), b.out.span(), pol);
 }
 void euler_a_unfused(buffers& b, std::uint64_t step) {
   const auto s = euler_a_split();
@@ -477,12 +490,8 @@ void euler_a_eigen(buffers& b, std_normal& g) {
 // Langevin (x = state, e = denoised) ------------------------------------------------------
 template <class P>
 void langevin_ours(const P& pol, buffers& b, std::uint64_t step) {
-  split(pol, b.n, [&](std::size_t lo, std::size_t hi) {
-    const std::size_t m = hi - lo;
-    fill_noise(b, step, lo, hi);
-    diffusion::langevin_step<float>(langevin_alpha, langevin_sigma, b.x.cspan().subspan(lo, m), b.e.cspan().subspan(lo, m),
-                                    b.z.cspan().subspan(lo, m), b.out.span().subspan(lo, m));
-  });
+  const auto k = langevin_coef();
+  diffusion::kernels::langevin<float>(k.c, k.g, b.x.cspan(), b.e.cspan(), stream(step), b.out.span(), pol);
 }
 void langevin_unfused(buffers& b, std::uint64_t step) {
   const auto k = langevin_coef();
@@ -576,6 +585,7 @@ void add_std_normal(const std::string& name, step_info info, void (*f)(buffers&,
 
 void register_all() {
   constexpr step_info noisy{12, true}, quiet{12, false};
+  constexpr step_info noisy_x0{16, true}, quiet_x0{16, false};  // DDPM and DDIM also write x̂₀
 
   add("bandwidth/copy", {8, false}, copy);
   add("bandwidth/triad", quiet, [](buffers& b, std::uint64_t k) { triad(diffusion::seq, b, k); });
@@ -588,15 +598,15 @@ void register_all() {
     for (std::size_t i = 0; i < b.n; ++i) o[i] = g();
   });
 
-  add_ours<ddpm_ours<sequential_policy>, ddpm_ours<parallel_policy>>("ddpm", noisy);
-  add("ddpm/unfused", noisy, ddpm_unfused);
-  add_std_normal("ddpm/plain", noisy, ddpm_plain);
-  add_std_normal("ddpm/eigen", noisy, ddpm_eigen);
+  add_ours<ddpm_ours<sequential_policy>, ddpm_ours<parallel_policy>>("ddpm", noisy_x0);
+  add("ddpm/unfused", noisy_x0, ddpm_unfused);
+  add_std_normal("ddpm/plain", noisy_x0, ddpm_plain);
+  add_std_normal("ddpm/eigen", noisy_x0, ddpm_eigen);
 
-  add_ours<ddim_ours<sequential_policy>, ddim_ours<parallel_policy>>("ddim", quiet);
-  add("ddim/unfused", quiet, ddim_unfused);
-  add("ddim/plain", quiet, ddim_plain);
-  add("ddim/eigen", quiet, ddim_eigen);
+  add_ours<ddim_ours<sequential_policy>, ddim_ours<parallel_policy>>("ddim", quiet_x0);
+  add("ddim/unfused", quiet_x0, ddim_unfused);
+  add("ddim/plain", quiet_x0, ddim_plain);
+  add("ddim/eigen", quiet_x0, ddim_eigen);
 
   add_ours<q_ours<sequential_policy>, q_ours<parallel_policy>>("q_sample", quiet);
   add("q_sample/unfused", quiet, q_unfused);
