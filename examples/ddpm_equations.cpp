@@ -82,7 +82,8 @@ int main(int argc, char** argv) {
       std::printf(
           "usage: ddpm_equations [--samples N] [--seed S]\n"
           "Checks DDPM (Ho et al. 2020) Eq. 2, 4, 5, 6-7, 8, 11, 12, 13, 14, Algorithms 1-2, the\n"
-          "eps/x0/v/score relations and the\n"
+          "eps/x0/v/score relations, the Eq. 12 weights, Algorithm 2 as a score step beside\n"
+          "Langevin dynamics (with a table against NCSN's step sizes) and the\n"
           "published schedule numbers against independent computations. Monte Carlo checks use\n"
           "N samples (default 200000) and a 5-standard-error tolerance. Exit status 1 on failure.\n");
       return 0;
@@ -300,6 +301,184 @@ int main(int argc, char** argv) {
     const auto mm = sample_moments(x);
     row("Alg. 2", "mean of the samples", m, mm.mean, 5 * std::sqrt(v / n), "exact law of the chain");
     row("Alg. 2", "variance of the samples", v, mm.var, 5 * v * std::sqrt(2 / (n - 1)), "exact law of the chain");
+  }
+
+  header("Eq. 12 weight that L_simple drops: lambda_t = beta^2 / (2 sigma^2 alpha (1 - ab))");
+  {
+    // Eq. 8 with Eq. 10-11: mu~ - mu_theta = beta_t / (sqrt(alpha_t) sqrt(1 - ab_t)) (eps_theta - eps), so
+    // L_{t-1} - C = lambda_t |eps - eps_theta|^2. Independent values: long double from the raw betas;
+    // for sigma^2 = beta~ also the SNR form lambda_t = (SNR_{t-1} - SNR_t) / (2 SNR_t).
+    const noise_schedule cs(cosine_betas(1000));
+    struct named {
+      const char* name;
+      const noise_schedule* sched;
+    };
+    for (const named sc : {named{"linear", &s}, named{"cosine", &cs}}) {
+      const auto b = sc.sched->betas();
+      for (std::size_t i : {1u, 9u, 99u, 499u, 999u}) {
+        long double ab = 1.0L, ab_prev = 1.0L;
+        for (std::size_t k = 0; k <= i; ++k) {
+          ab_prev = ab;
+          ab *= 1.0L - static_cast<long double>(b[k]);
+        }
+        const long double beta = b[i], alpha = 1.0L - beta;
+        const long double large = beta / (2.0L * alpha * (1.0L - ab));
+        const long double snr = ab / (1.0L - ab), snr_prev = ab_prev / (1.0L - ab_prev);
+        const long double small = (snr_prev - snr) / (2.0L * snr);
+        const std::string t = std::string(sc.name) + ", t = " + std::to_string(i + 1);
+        const double wl = vlb_weight(*sc.sched, i, variance_type::fixed_large);
+        const double ws = vlb_weight(*sc.sched, i, variance_type::fixed_small);
+        row("Eq. 12", "lambda_t, sigma^2 = beta, " + t, wl, static_cast<double>(large), 1e-13 * wl,
+            "beta/(2 alpha (1-ab)), long double");
+        row("Eq. 12", "lambda_t, sigma^2 = beta~, " + t, ws, static_cast<double>(small), 1e-12 * ws,
+            "(SNR_{t-1}-SNR_t)/(2 SNR_t)");
+      }
+    }
+    std::printf("\n  lambda_t at more t (t = 1 is L_0, the decoder: lambda_1 uses the clipped variance beta~_2);\n"
+                "  L_simple weights every t by 1, i.e. by 1/lambda_t relative to the bound.\n");
+    std::printf("  %-6s %13s %13s %13s %13s\n", "t", "linear beta", "linear beta~", "cosine beta", "cosine beta~");
+    for (std::size_t i : {0u, 1u, 4u, 9u, 49u, 99u, 249u, 499u, 749u, 899u, 999u})
+      std::printf("  %-6zu %13.6g %13.6g %13.6g %13.6g\n", i + 1, vlb_weight(s, i, variance_type::fixed_large),
+                  vlb_weight(s, i, variance_type::fixed_small), vlb_weight(cs, i, variance_type::fixed_large),
+                  vlb_weight(cs, i, variance_type::fixed_small));
+  }
+
+  header("Algorithm 2 as a score-based step: Gaussian data N(0.3, 0.4^2), exact score");
+  {
+    const double mu = 0.3, sd = 0.4;
+    const gaussian_data g({mu}, {sd});
+    const std::size_t t = 499;  // paper t = 500
+    const auto& st = s[t];
+    const auto& sp = s[t - 1];
+    const double tv = static_cast<double>(t), sg = st.sigma;
+    // The exact model output eps_theta(x_t) and x0_hat at one point.
+    const double xv = 0.37;
+    std::vector<double> x{xv}, eps(1), x0(1), xn(1), zero{0.0}, scratch(1);
+    g(denoiser_input<double>{std::span<const double>(x), std::span<const double>(&tv, 1), std::span<const double>(&sg, 1)},
+      std::span<double>(eps));
+    // (a) Alg. 2's mean (1/sqrt(alpha))(x_t - beta/sqrt(1-ab) eps) is (x_t + beta_t s)/sqrt(alpha_t), s = -eps/sqrt(1-ab).
+    ddpm_step<double>(s, t, prediction::epsilon, variance_type::fixed_large, {}, x, eps, zero, x0, xn, scratch);
+    std::vector<double> score(1);
+    convert_prediction(s, t, prediction::epsilon, prediction::score, x, eps, score);
+    long double ab = 1.0L;
+    for (std::size_t k = 0; k <= t; ++k) ab *= 1.0L - static_cast<long double>(betas[k]);
+    const long double bl = betas[t];
+    const long double mean_ld = (xv + bl * static_cast<long double>(score[0])) / std::sqrt(1.0L - bl);
+    row("Alg. 2", "mean = (x_t + beta_t s(x_t)) / sqrt(alpha_t), t = 500", xn[0], static_cast<double>(mean_ld),
+        1e-15, "score form, long double");
+    // (b) In x/sqrt(ab) (variance-exploding) coordinates the step's drift on the score is
+    // beta_t/ab_t = sigma_t^2 - sigma_{t-1}^2 (sigma^2 = (1-ab)/ab).
+    for (std::size_t i : {1u, 499u, 999u}) {
+      long double a = 1.0L, ap = 1.0L;
+      for (std::size_t k = 0; k <= i; ++k) {
+        ap = a;
+        a *= 1.0L - static_cast<long double>(betas[k]);
+      }
+      const long double dsig = (1.0L - a) / a - (1.0L - ap) / ap;
+      row("Alg. 2", "VE drift beta_t/ab_t = sigma_t^2 - sigma_{t-1}^2, t = " + std::to_string(i + 1),
+          s[i].beta / s[i].alpha_bar, static_cast<double>(dsig), 1e-13 * static_cast<double>(dsig), "long double");
+    }
+    // (c) The reverse-diffusion predictor of the VE SDE, x + Delta s + sqrt(Delta) z (Delta = sigma_t^2 - sigma_{t-1}^2),
+    // is one probability-flow Euler step (x + Delta/2 s) plus one Langevin step of size delta = Delta/2
+    // (x + delta s + sqrt(2 delta) z): the library's predictor against its Langevin step plus the drift.
+    const double c = st.sqrt_alpha_bar, y = xv / c;  // the same point in VE coordinates
+    const double delta_ve = st.sigma * st.sigma - sp.sigma * sp.sigma;
+    std::vector<double> yv{y}, den{g.posterior_mean_x0(0, st.sigma, xv)}, zv{0.8}, pred(1), lang(1);
+    reverse_diffusion_predictor_step<double>(st.sigma, sp.sigma, yv, den, zv, pred);
+    langevin_step<double>(0.5 * delta_ve, st.sigma, yv, den, zv, lang);
+    const double pf_drift = 0.5 * delta_ve * (den[0] - y) / (st.sigma * st.sigma);
+    row("SDE", "reverse-diffusion predictor = PF Euler + Langevin(Delta/2)", pred[0], lang[0] + pf_drift, 1e-13,
+        "library langevin_step");
+    // (d) DDPM with sigma^2 = beta~ is exactly the VE ancestral predictor in x/sqrt(ab) coordinates.
+    std::vector<double> anc(1);
+    ddpm_step<double>(s, t, prediction::epsilon, variance_type::fixed_small, {}, x, eps, zv, x0, xn, scratch);
+    ve_ancestral_predictor_step<double>(st.sigma, sp.sigma, yv, den, zv, anc);
+    row("Alg. 2", "fixed_small step / sqrt(ab_{t-1}) = VE ancestral step", xn[0] / sp.sqrt_alpha_bar, anc[0], 1e-13,
+        "ve_ancestral_predictor_step");
+    // (e) noise^2 / drift on the score, both in VE coordinates: DDPM fixed_large alpha_t, fixed_small
+    // sigma_{t-1}^2/sigma_t^2; a Langevin step 2.
+    const double noise2_large = std::exp(fixed_log_variance(s, t, variance_type::fixed_large)) / sp.alpha_bar;
+    const double noise2_small = std::exp(fixed_log_variance(s, t, variance_type::fixed_small)) / sp.alpha_bar;
+    row("Alg. 2", "noise^2/drift, sigma^2 = beta (Langevin: 2)", noise2_large / delta_ve, st.alpha, 1e-13,
+        "alpha_t");
+    row("Alg. 2", "noise^2/drift, sigma^2 = beta~ (Langevin: 2)", noise2_small / delta_ve,
+        (sp.sigma * sp.sigma) / (st.sigma * st.sigma), 1e-13, "sigma_{t-1}^2/sigma_t^2");
+    // (f) Where each step takes p_t = N(c mu, v_t): both steps are affine in (x, z), x' = A x + B + C z; read
+    // A, B, C off the library's steps and propagate the Gaussian exactly. DDPM (sigma^2 = beta) lands on
+    // p_{t-1} up to (beta^2/alpha)(1/v_t - 1); a Langevin step with delta = beta/2 (the same noise) stays
+    // on p_t up to delta^2/v_t. A, B, C are read by differences, so each variance carries a few
+    // roundings of v_t: tolerance 16 u v_t.
+    const double vt = st.alpha_bar * sd * sd + st.one_minus_alpha_bar, vp = sp.alpha_bar * sd * sd + sp.one_minus_alpha_bar;
+    auto ddpm_affine = [&](double xin, double zin) {
+      std::vector<double> xi{xin}, e(1), zi{zin}, o0(1), o(1), scr(1);
+      g(denoiser_input<double>{std::span<const double>(xi), std::span<const double>(&tv, 1), std::span<const double>(&sg, 1)},
+        std::span<double>(e));
+      ddpm_step<double>(s, t, prediction::epsilon, variance_type::fixed_large, {}, xi, e, zi, o0, o, scr);
+      return o[0];
+    };
+    const double B = ddpm_affine(0, 0), A = ddpm_affine(1, 0) - B, C = ddpm_affine(0, 1) - B;
+    const double m_after = A * c * mu + B, v_after = A * A * vt + C * C;
+    row("Alg. 2", "one step from p_500: mean - mean of p_499", m_after - sp.sqrt_alpha_bar * mu, 0.0, 1e-15,
+        "exact (sqrt(ab_{t-1}) mu)");
+    row("Alg. 2", "one step from p_500: var - var of p_499", v_after - vp,
+        st.beta * st.beta / st.alpha * (1.0 / vt - 1.0), 16 * 0x1p-53 * vt, "(beta^2/alpha)(1/v_t - 1)");
+    // Langevin in VP coordinates at level t: x' = x + delta s_t(x) + sqrt(2 delta) z, written through the
+    // library's sigma-space step on y = x/c: y' = y + (delta/c^2) s_VE(y) + sqrt(2 delta/c^2) z.
+    const double delta = 0.5 * st.beta;
+    auto lang_affine = [&](double xin, double zin) {
+      std::vector<double> yi{xin / c}, d{g.posterior_mean_x0(0, st.sigma, xin)}, zi{zin}, o(1);
+      langevin_step<double>(delta / st.alpha_bar, st.sigma, yi, d, zi, o);
+      return c * o[0];
+    };
+    const double LB = lang_affine(0, 0), LA = lang_affine(1, 0) - LB, LC = lang_affine(0, 1) - LB;
+    row("Langevin", "one step (delta = beta/2) from p_500: var - v_500", LA * LA * vt + LC * LC - vt,
+        delta * delta / vt, 16 * 0x1p-53 * vt, "delta^2 / v_t");
+    row("Langevin", "its noise^2 / drift on the score", LC * LC / delta, 2.0, 1e-12, "2");
+  }
+
+  header("DDPM (linear, T = 1000) beside NCSN annealed Langevin (Song & Ermon 2019 §4.3: sigma 1..0.01, L = 10)");
+  {
+    // NCSN: alpha_i = eps sigma_i^2 / sigma_L^2, eps = 2e-5, T = 100 steps per level, update
+    // x + alpha_i s + sqrt(2 alpha_i) z (the official code and the library; the paper's Algorithm 1
+    // writes (alpha_i/2) s + sqrt(alpha_i) z). DDPM in VE coordinates x/sqrt(ab): drift Delta_t =
+    // sigma_t^2 - sigma_{t-1}^2 on the score, noise^2 alpha_t Delta_t; its Langevin part has delta = Delta_t/2.
+    // "Langevin time" = sum of delta / sigma^2 (relaxation times of N(x_0, sigma^2)).
+    const std::vector<double> sig = geometric_sigmas(10, 0.01, 1.0);
+    const double eps_ncsn = 2e-5, sL = sig.back();
+    const std::size_t steps_each = 100;
+    std::printf("  %-3s %9s | %11s %11s %9s %8s | %5s %11s %11s %8s %6s %9s\n", "i", "sigma_i", "NCSN alpha", "noise",
+                "noise^2/", "time per", "DDPM", "drift", "noise", "noise^2/", "steps", "Langevin");
+    std::printf("  %-3s %9s | %11s %11s %9s %8s | %5s %11s %11s %8s %6s %9s\n", "", "", "", "sqrt(2a)", "drift",
+                "level", "t", "Delta_t", "sqrt(a D)", "drift", "in band", "time");
+    double total_ncsn = 0.0, total_ddpm = 0.0;
+    for (std::size_t i = 0; i < sig.size(); ++i) {
+      const double a = eps_ncsn * sig[i] * sig[i] / (sL * sL);
+      const double time_ncsn = static_cast<double>(steps_each) * a / (sig[i] * sig[i]);
+      total_ncsn += time_ncsn;
+      // DDPM step whose sigma is nearest to sigma_i (in log), and the steps in the band (sigma_{i+1}, sigma_i].
+      std::size_t best = 0;
+      for (std::size_t k = 1; k < s.size(); ++k)
+        if (std::abs(std::log(s[k].sigma / sig[i])) < std::abs(std::log(s[best].sigma / sig[i]))) best = k;
+      const double lo = i + 1 < sig.size() ? sig[i + 1] : 0.0;
+      std::size_t in_band = 0;
+      double time_ddpm = 0.0;
+      for (std::size_t k = 1; k < s.size(); ++k)
+        if (s[k].sigma <= sig[i] && s[k].sigma > lo) {
+          ++in_band;
+          time_ddpm += 0.5 * (s[k].beta / s[k].alpha_bar) / (s[k].sigma * s[k].sigma);
+        }
+      total_ddpm += time_ddpm;
+      const double dlt = s[best].beta / s[best].alpha_bar;
+      std::printf("  %-3zu %9.5f | %11.5g %11.5g %9.3g %8.3g | %5zu %11.5g %11.5g %8.5f %6zu %9.4f\n", i + 1, sig[i], a,
+                  std::sqrt(2 * a), 2.0, time_ncsn, best + 1, dlt, std::sqrt(s[best].alpha * dlt), s[best].alpha, in_band,
+                  time_ddpm);
+    }
+    double all = 0.0;
+    for (std::size_t k = 1; k < s.size(); ++k) all += 0.5 * (s[k].beta / s[k].alpha_bar) / (s[k].sigma * s[k].sigma);
+    std::printf("  Langevin time: NCSN %.1f over its 10 levels; DDPM %.4f over those bands, %.3f over all 1000 steps\n",
+                total_ncsn, total_ddpm, all);
+    std::printf("  (= ln(sigma_T/sigma_1) = %.3f to first order: the DDPM step is mostly transport, not equilibration).\n",
+                std::log(s[999].sigma / s[0].sigma));
   }
 
   header("Published numbers (float64; SPEC.md, Lin et al. 2023 Table 1)");
