@@ -88,8 +88,7 @@ void guidance_row(std::string_view where, std::span<const T> cb, std::span<const
   if (w == 0.0) {
     if (ob.data() != ub.data()) std::copy(ub.begin(), ub.end(), ob.begin());
   } else {
-    const T wt = static_cast<T>(w);
-    for (std::size_t k = 0; k < n; ++k) ob[k] = kernels::madd(wt, cb[k] - ub[k], ub[k]);
+    kernels::guidance_combine(static_cast<T>(w), cb, ub, ob);
   }
   if (phi > 0.0) {
     const double ss_g = guidance_centered_sum_squares(std::span<const T>(ob));
@@ -97,7 +96,7 @@ void guidance_row(std::string_view where, std::span<const T> cb, std::span<const
       throw_domain(where, "row " + to_text(b) + " of the guided output has no spread (std = 0 over " + to_text(n) +
                               " elements): guidance_rescale = " + to_text(phi) + " is undefined there");
     const T f = static_cast<T>(phi * std::sqrt(ss_c / ss_g) + (1.0 - phi));
-    for (auto& v : ob) v *= f;
+    kernels::scale(f, std::span<const T>(ob), ob);
   }
 }
 
@@ -116,7 +115,7 @@ void guidance_row(std::string_view where, std::span<const T> cb, std::span<const
 /// \f$\sqrt{\sum(\varepsilon_c - \bar\varepsilon_c)^2 / \sum(\tilde\varepsilon - \bar{\tilde\varepsilon})^2}\f$ with compensated double sums,
 /// so the result is diffusers' for any normalisation.
 ///
-/// Accuracy: \f$\tilde\varepsilon\f$ is `madd(w, fl(ε_c − ε_u), ε_u)` in T, within
+/// Accuracy: \f$\tilde\varepsilon\f$ is `madd(w, fl(ε_c − ε_u), ε_u)` in T (kernels::guidance_combine, SIMD), within
 /// \f$u(2|w||\varepsilon_c - \varepsilon_u| + |\tilde\varepsilon|)\f$ (u the unit roundoff of T), and exactly ε_c at w = 1 (the
 /// rescale is then the identity and skipped) and ε_u at w = 0; the rescale factor is computed in
 /// double and applied with one rounding.

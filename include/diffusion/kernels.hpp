@@ -521,6 +521,21 @@ void for_each_lane(const P& policy, std::size_t n, Body&& body) {
   run<T>(policy, n, no_noise{}, [&](auto lane, std::size_t k, const T*) { body(lane, k); });
 }
 
+/// As for_each_lane, but body(k, z_k) is scalar only (for bodies with operations that have no
+/// bit-identical SIMD form, such as std::exp); z_k points at the noise of element k (null
+/// with no_noise).
+template <real_scalar T, class Z, class P, class Body>
+void for_each_scalar(const P& policy, std::size_t n, const Z& z, Body&& body) {
+  run<T>(policy, n, z, [&](auto lane, std::size_t k, const T* zp) {
+    using V = typename decltype(lane)::type;
+    if constexpr (is_scalar_lane<V>) {
+      body(k, zp);
+    } else {
+      for (std::size_t i = 0; i < V::size; ++i) body(k + i, zp ? zp + i : nullptr);
+    }
+  });
+}
+
 }  // namespace detail
 
 }  // namespace diffusion::kernels

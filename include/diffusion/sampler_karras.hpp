@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "config.hpp"
+#include "execution.hpp"
 #include "kernels.hpp"
 #include "sampling.hpp"
 #include "tensor.hpp"
@@ -80,11 +81,15 @@ inline double churned_sigma(const karras_options& opt, double sigma, std::size_t
 /// @brief One Euler step of the probability-flow ODE: \f$x' = x + (\sigma_{to} - \sigma)\frac{x - D}{\sigma}
 /// = \frac{\sigma_{to}}{\sigma}x + \left(1 - \frac{\sigma_{to}}{\sigma}\right)D\f$ (Karras Algorithm 2, line 8; DDIM in σ-space).
 /// @param[in] x state at σ; @param[in] denoised D(x; σ); @param[in] sigma σ > 0; @param[in] sigma_to target σ ≥ 0;
-/// @param[out] out may alias x or denoised.
-template <real_scalar T>
-void euler_step(std::span<const T> x, std::span<const T> denoised, double sigma, double sigma_to, std::span<T> out) {
+/// @param[out] out may alias x or denoised; @param[in] policy threads (bit-identical for any count).
+///
+/// Evaluated as kernels::affine2 with coefficients r = σ_to/σ and 1 − r rounded to T: error
+/// \f$\le 2u(|r x| + |(1-r)D|)\f$ beyond the rounding of the coefficients.
+template <real_scalar T, execution_policy P = sequential_policy>
+void euler_step(std::span<const T> x, std::span<const T> denoised, double sigma, double sigma_to, std::span<T> out,
+                const P& policy = P{}) {
   const double r = sigma_to / sigma;
-  kernels::affine2(static_cast<T>(r), x, static_cast<T>(1.0 - r), denoised, out);
+  kernels::affine2(static_cast<T>(r), x, static_cast<T>(1.0 - r), denoised, out, policy);
 }
 
 namespace detail {
@@ -163,51 +168,58 @@ sample_result karras_sample(karras_method method, SigmaModel& D, X&& x, std::siz
   };
   sample_result result{};
   double h_last = 0.0;
+  const parallel_policy& pol = hooks.execution;
+  using kernels::detail::load, kernels::detail::store;
   for (std::size_t i = 0; i < N; ++i) {
     const double s_i = sigmas[i], s_next = sigmas[i + 1];
     double s_hat = s_i;
     if (method == karras_method::euler || method == karras_method::heun) {
       s_hat = churned_sigma(opt, s_i, N);
-      if (s_hat > s_i) {
-        detail::fill_step_noise(noise, opt.first_sample, i, z, rows, n);
+      if (s_hat > s_i) {  // x += sqrt(s_hat^2 - s_i^2) s_noise z, the noise generated in the kernel for Philox
         const T c = static_cast<T>(std::sqrt((s_hat - s_i) * (s_hat + s_i)) * opt.s_noise);
-        for (std::size_t k = 0; k < m; ++k) xs[k] = kernels::madd(c, z[k], xs[k]);
+        kernels::add_noise(c, std::span<const T>(xs), detail::step_noise(noise, opt.first_sample, i, z, rows, n), xs, pol);
       }
     }
     denoise(xs, s_hat, i);
     ++result.model_calls;
     switch (method) {
       case karras_method::euler:
-        euler_step<T>(xs, den, s_hat, s_next, xs);
+        euler_step<T>(xs, den, s_hat, s_next, xs, pol);
         break;
       case karras_method::euler_ancestral: {
         const ancestral_split a = ancestral_step(s_i, s_next, opt.eta);
-        euler_step<T>(xs, den, s_i, a.sigma_down, xs);
-        if (a.sigma_up > 0.0) {
-          detail::fill_step_noise(noise, opt.first_sample, i, z, rows, n);
-          const T c = static_cast<T>(a.sigma_up * opt.s_noise);
-          for (std::size_t k = 0; k < m; ++k) xs[k] = kernels::madd(c, z[k], xs[k]);
+        if (a.sigma_up > 0.0) {  // Euler to sigma_down and + sigma_up s_noise z in one pass
+          const double r = a.sigma_down / s_i;
+          kernels::affine2_noise(static_cast<T>(r), std::span<const T>(xs), static_cast<T>(1.0 - r),
+                                 std::span<const T>(den), static_cast<T>(a.sigma_up * opt.s_noise),
+                                 detail::step_noise(noise, opt.first_sample, i, z, rows, n), xs, pol);
+        } else {
+          euler_step<T>(xs, den, s_i, a.sigma_down, xs, pol);
         }
         break;
       }
       case karras_method::heun: {
         if (s_next == 0.0) {
-          euler_step<T>(xs, den, s_hat, s_next, xs);
+          euler_step<T>(xs, den, s_hat, s_next, xs, pol);
           break;
         }
         // d = (x - D)/s_hat kept in z; x2 = x + (s_next - s_hat) d.
         const T inv = static_cast<T>(1.0 / s_hat), dt = static_cast<T>(s_next - s_hat);
-        for (std::size_t k = 0; k < m; ++k) {
-          z[k] = (xs[k] - den[k]) * inv;
-          x2[k] = kernels::madd(dt, z[k], xs[k]);
-        }
+        kernels::detail::for_each_lane<T>(pol, m, [&](auto lane, std::size_t k) {
+          using V = typename decltype(lane)::type;
+          const V xv = load<V>(xs.data() + k), d = (xv - load<V>(den.data() + k)) * V(inv);
+          store(z.data() + k, d);
+          store(x2.data() + k, kernels::madd(V(dt), d, xv));
+        });
         denoise(x2, s_next, i);
         ++result.model_calls;
+        // x += (s_next - s_hat)(d + d2)/2, d2 = (x2 - D2)/s_next; d + d2 is a multiply-add.
         const T inv2 = static_cast<T>(1.0 / s_next), half_dt = static_cast<T>(0.5 * (s_next - s_hat));
-        for (std::size_t k = 0; k < m; ++k) {
-          const T d2 = (x2[k] - den[k]) * inv2;
-          xs[k] = kernels::madd(half_dt, z[k] + d2, xs[k]);
-        }
+        kernels::detail::for_each_lane<T>(pol, m, [&](auto lane, std::size_t k) {
+          using V = typename decltype(lane)::type;
+          const V sum = kernels::madd(load<V>(x2.data() + k) - load<V>(den.data() + k), V(inv2), load<V>(z.data() + k));
+          store(xs.data() + k, kernels::madd(V(half_dt), sum, load<V>(xs.data() + k)));
+        });
         break;
       }
       case karras_method::dpmpp_2m: {
@@ -220,10 +232,17 @@ sample_result karras_sample(karras_method method, SigmaModel& D, X&& x, std::siz
           const double h = std::log(s_i) - std::log(s_next), r = h_last / h;
           const T a = static_cast<T>(1.0 + 1.0 / (2.0 * r)), b = static_cast<T>(-1.0 / (2.0 * r));
           const T cx = static_cast<T>(ratio), cd = static_cast<T>(-em);
-          for (std::size_t k = 0; k < m; ++k) xs[k] = kernels::madd(cx, xs[k], cd * kernels::madd(a, den[k], b * hist[k]));
+          // x <- cx x + cd (a D + b D_prev), and D_prev <- D, in one pass.
+          kernels::detail::for_each_lane<T>(pol, m, [&](auto lane, std::size_t k) {
+            using V = typename decltype(lane)::type;
+            const V dv = load<V>(den.data() + k);
+            const V dh = kernels::madd(V(a), dv, V(b) * load<V>(hist.data() + k));
+            store(xs.data() + k, kernels::madd(V(cx), load<V>(xs.data() + k), V(cd) * dh));
+            store(hist.data() + k, dv);
+          });
         }
         if (s_next > 0.0) h_last = std::log(s_i) - std::log(s_next);
-        std::copy(den.begin(), den.end(), hist.begin());
+        if (i == 0 || s_next == 0.0) std::copy(den.begin(), den.end(), hist.begin());
         break;
       }
     }

@@ -32,6 +32,7 @@
 
 #include "config.hpp"
 #include "denoiser.hpp"
+#include "execution.hpp"
 #include "kernels.hpp"
 #include "sampling.hpp"
 #include "tensor.hpp"
@@ -47,6 +48,17 @@ namespace diffusion {
 // Step functions
 // ---------------------------------------------------------------------------------------
 
+namespace detail {
+/// langevin_step for any noise operand: kernels::langevin with c = α/σ², g = √(2α) in T.
+template <real_scalar T, class Z, class P>
+void langevin_step_impl(double step_size, double sigma, std::span<const T> x, std::span<const T> denoised, const Z& z,
+                        std::span<T> x_next, const P& policy) noexcept {
+  const T c = static_cast<T>(step_size / (sigma * sigma));
+  const T g = static_cast<T>(std::sqrt(2.0 * step_size));
+  kernels::langevin(c, g, x, denoised, z, x_next, policy);
+}
+}  // namespace detail
+
 /// @brief One unadjusted Langevin step at noise level σ (Song & Ermon 2019, Algorithm 1, line 6):
 /// \f$x' = x + \alpha\,s(x,\sigma) + \sqrt{2\alpha}\,z\f$ with \f$s = (D(x;\sigma) - x)/\sigma^2\f$, evaluated as
 /// `madd(√(2α), z, madd(α/σ², D − x, x))` in T (kernels::madd), coefficients computed in double.
@@ -61,31 +73,31 @@ namespace diffusion {
 /// @param[in] denoised D(x; σ), same size.
 /// @param[in] z standard normal noise, same size.
 /// @param[out] x_next the new state; may alias x.
+/// @param[in] policy threads of the kernel (bit-identical for any count).
 /// @pre equal sizes (asserted).
-template <real_scalar T>
+///
+/// Runs on kernels::langevin (error bound there); annealed_langevin_sample generates z inside
+/// that kernel for philox_normal.
+template <real_scalar T, execution_policy P = sequential_policy>
 void langevin_step(double step_size, double sigma, std::span<const T> x, std::span<const T> denoised,
-                   std::span<const T> z, std::span<T> x_next) noexcept {
+                   std::span<const T> z, std::span<T> x_next, const P& policy = P{}) noexcept {
   DIFFUSION_ASSERT(denoised.size() == x.size() && z.size() == x.size() && x_next.size() == x.size());
-  const T c = static_cast<T>(step_size / (sigma * sigma));
-  const T g = static_cast<T>(std::sqrt(2.0 * step_size));
-  for (std::size_t k = 0; k < x.size(); ++k) x_next[k] = kernels::madd(g, z[k], kernels::madd(c, denoised[k] - x[k], x[k]));
+  detail::langevin_step_impl<T>(step_size, sigma, x, denoised, z, x_next, policy);
 }
 
 namespace detail {
 /// The VE predictor move shared by both predictors: x' = r²x + (1 − r²)D + (noise_scale·√(1 − r²)) z,
-/// r = σ_next/σ, with no noise at σ_next = 0.
-template <real_scalar T>
+/// r = σ_next/σ, with no noise at σ_next = 0 (kernels::affine2_noise / kernels::affine2).
+template <real_scalar T, class Z, class P = sequential_policy>
 void ve_predictor_move(double sigma, double sigma_next, double noise_scale, std::span<const T> x,
-                       std::span<const T> denoised, std::span<const T> z, std::span<T> x_next) noexcept {
+                       std::span<const T> denoised, const Z& z, std::span<T> x_next, const P& policy = P{}) noexcept {
   DIFFUSION_ASSERT(denoised.size() == x.size() && x_next.size() == x.size());
   const double r = sigma_next / sigma, q = (1.0 - r) * (1.0 + r);
   const T a = static_cast<T>(r * r), b = static_cast<T>(q), g = static_cast<T>(noise_scale * std::sqrt(q));
-  if (sigma_next > 0.0) {
-    DIFFUSION_ASSERT(z.size() == x.size());
-    for (std::size_t k = 0; k < x.size(); ++k) x_next[k] = kernels::madd(g, z[k], kernels::madd(a, x[k], b * denoised[k]));
-  } else {
-    for (std::size_t k = 0; k < x.size(); ++k) x_next[k] = kernels::madd(a, x[k], b * denoised[k]);
-  }
+  if (sigma_next > 0.0)
+    kernels::affine2_noise(a, x, b, denoised, g, z, x_next, policy);
+  else
+    kernels::affine2(a, x, b, denoised, x_next, policy);
 }
 }  // namespace detail
 
@@ -303,8 +315,9 @@ sample_result annealed_langevin_sample(SigmaModel& D, X&& x, std::size_t rows, N
       const std::size_t k = i * K + j;
       denoise(sigma, k);
       ++result.model_calls;
-      detail::fill_step_noise(noise, opt.first_sample, static_cast<std::uint64_t>(k), z, rows, n);
-      langevin_step<T>(alpha, sigma, xs, den, z, xs);
+      detail::langevin_step_impl<T>(alpha, sigma, xs, den,
+                                    detail::step_noise(noise, opt.first_sample, static_cast<std::uint64_t>(k), z, rows, n),
+                                    xs, hooks.execution);
       ++result.steps;
       if (hooks.on_step && !hooks.on_step(step_info<T>{k + 1, L * K, ws.timesteps[0], sigma, xs, den})) {
         result.completed = false;
@@ -467,7 +480,7 @@ sample_result predictor_corrector_sample(SigmaModel& D, X&& x, std::size_t rows,
           const auto zb = std::span<const T>(z).subspan(b * n, n);
           const double eps = langevin_snr_step_size<T>(opt.snr, sigma, xb, db, zb);
           if (!std::isfinite(eps)) vanishing_score("row " + detail::to_text(b), k, sigma);
-          langevin_step<T>(eps, sigma, xb, db, zb, xs.subspan(b * n, n));
+          langevin_step<T>(eps, sigma, xb, db, zb, xs.subspan(b * n, n), hooks.execution);
         }
       } else {
         double z_norms = 0.0, d_norms = 0.0;  // sums over rows of |z_b| and |D_b - x_b|
@@ -479,7 +492,7 @@ sample_result predictor_corrector_sample(SigmaModel& D, X&& x, std::size_t rows,
         const double ratio = opt.snr * sigma * sigma * z_norms / d_norms;  // r |z|_mean / |s|_mean
         const double eps = 2.0 * ratio * ratio;
         if (!std::isfinite(eps)) vanishing_score("every row", k, sigma);
-        langevin_step<T>(eps, sigma, xs, den, z, xs);
+        langevin_step<T>(eps, sigma, xs, den, z, xs, hooks.execution);
       }
       if (!report(sigma)) return result;
     }
@@ -487,11 +500,13 @@ sample_result predictor_corrector_sample(SigmaModel& D, X&& x, std::size_t rows,
       const std::size_t k = i * (C + 1) + C;
       denoise(sigma, k);
       ++result.model_calls;
-      if (sigma_next > 0.0) detail::fill_step_noise(noise, opt.first_sample, static_cast<std::uint64_t>(k), z, rows, n);
-      if (opt.predictor == pc_predictor::reverse_diffusion)
-        reverse_diffusion_predictor_step<T>(sigma, sigma_next, xs, den, z, xs);
+      const double scale = opt.predictor == pc_predictor::reverse_diffusion ? sigma : sigma_next;
+      if (sigma_next > 0.0)  // the noise generated inside the kernel for philox_normal
+        detail::ve_predictor_move<T>(sigma, sigma_next, scale, xs, den,
+                                     detail::step_noise(noise, opt.first_sample, static_cast<std::uint64_t>(k), z, rows, n),
+                                     xs, hooks.execution);
       else
-        ve_ancestral_predictor_step<T>(sigma, sigma_next, xs, den, z, xs);
+        detail::ve_predictor_move<T>(sigma, sigma_next, scale, xs, den, kernels::no_noise{}, xs, hooks.execution);
       if (!report(sigma)) return result;
     }
   }

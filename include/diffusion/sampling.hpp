@@ -24,11 +24,15 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <vector>
 
 #include "config.hpp"
 #include "denoiser.hpp"
+#include "execution.hpp"
 #include "gaussian.hpp"
+#include "kernels.hpp"
+#include "noise.hpp"
 #include "schedule.hpp"
 #include "sigmas.hpp"
 #include "tensor.hpp"
@@ -121,6 +125,10 @@ struct sampler_hooks {
   step_callback<T> on_step{};                ///< Called after every step; may cancel.
   sampler_workspace<T>* workspace = nullptr;  ///< Reused buffers, or null to allocate once per call.
   const Context* context = nullptr;          ///< Passed to every model call.
+  /// Threads of the element-wise kernels (execution.hpp). The default, one thread, runs on the
+  /// calling thread and allocates nothing; any thread count gives bit-identical results.
+  /// (Starting threads allocates: a step with more than one thread is not allocation-free.)
+  parallel_policy execution{1};
 };
 
 namespace detail {
@@ -177,6 +185,11 @@ inline void check_x0_processing(std::string_view where, const x0_processing& p) 
   }
 }
 
+/// Whether a sampler can generate its noise inside the fused kernels: only for
+/// diffusion::philox_normal (a generic noise_source goes through a buffer).
+template <class Noise>
+inline constexpr bool is_philox = std::is_same_v<std::remove_cvref_t<Noise>, philox_normal>;
+
 /// Fills rows of `x` with the initial noise streams.
 template <class Noise, real_scalar T>
 void fill_initial_noise(Noise& noise, std::uint64_t first_sample, std::span<T> x, std::size_t rows, std::size_t n) {
@@ -188,6 +201,22 @@ template <class Noise, real_scalar T>
 void fill_step_noise(Noise& noise, std::uint64_t first_sample, std::uint64_t k, std::span<T> z, std::size_t rows,
                      std::size_t n) {
   for (std::size_t b = 0; b < rows; ++b) noise.fill(first_sample + b, k, 0, z.subspan(b * n, n));
+}
+
+/// The noise operand of step k for rows × n elements: a kernels::philox_stream (row b is
+/// stream (first_sample + b, k), generated inside the fused kernels) for philox_normal, else
+/// `buffer` filled from the generic source.
+template <class Noise, real_scalar T>
+auto step_noise(Noise& noise, std::uint64_t first_sample, std::uint64_t k, std::span<T> buffer, std::size_t rows,
+                std::size_t n) {
+  if constexpr (is_philox<Noise>) {
+    (void)buffer;
+    (void)rows;
+    return kernels::philox_stream{&noise, first_sample, k, 0, n};
+  } else {
+    fill_step_noise(noise, first_sample, k, buffer, rows, n);
+    return std::span<const T>(buffer);
+  }
 }
 
 /// One model call of the discrete-time samplers at one timestep for all rows: fills the
@@ -213,8 +242,7 @@ template <class Noise, real_scalar T>
 void fill_initial_sigma_noise(Noise& noise, std::uint64_t first_sample, std::span<T> x, std::size_t rows,
                               std::size_t n, double sigma0) {
   fill_initial_noise(noise, first_sample, x, rows, n);
-  const T s0 = static_cast<T>(sigma0);
-  for (auto& v : x) v *= s0;
+  kernels::scale(static_cast<T>(sigma0), std::span<const T>(x), x);
 }
 
 /// One call of a σ-space model D at a single level σ for all rows, into `den`, with the
