@@ -5,6 +5,7 @@
 #include <diffusion/analytic.hpp>
 #include <diffusion/losses.hpp>
 
+#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <span>
@@ -437,4 +438,37 @@ TEST_CASE("the whole-bound loop averages to the closed-form bound, with the true
   const auto again = diffusion::variational_bound(s, eps_model, std::span<const double>(x0).subspan(2, 2), 1,
                                                   {.decoder = diffusion::vlb_options::decoder_kind::continuous}, noise, 1);
   for (std::size_t t = 0; t < 50; ++t) CHECK(again.terms[t] == rs.terms[50 + t]);
+}
+
+TEST_CASE("losses reduce through reductions.hpp: the same bits with and without the gradient", "[losses][reductions]") {
+  const diffusion::noise_schedule s(diffusion::linear_betas(1000));
+  const std::size_t n = 3 * diffusion::reduction_block + 37;  // several blocks and a ragged tail
+  test::normal_source g(77);
+  std::vector<float> x0(n), eps(n), xt(n), out(2 * n), grad(2 * n);
+  for (std::size_t k = 0; k < n; ++k) {
+    x0[k] = static_cast<float>(std::tanh(g.normal()));
+    eps[k] = static_cast<float>(g.normal());
+    xt[k] = static_cast<float>(s[400].sqrt_alpha_bar * static_cast<double>(x0[k]) +
+                               s[400].sqrt_one_minus_alpha_bar * static_cast<double>(eps[k]));
+    out[k] = eps[k] + static_cast<float>(0.1 * g.normal());
+    out[n + k] = static_cast<float>(0.9 * std::tanh(g.normal()));
+  }
+  const std::span<const float> x0s(x0), es(eps), xts(xt), outs(out), mean_out = outs.first(n);
+  for (const auto kind : {prediction::epsilon, prediction::sample, prediction::v}) {
+    INFO("kind " << static_cast<int>(kind));
+    const double plain = diffusion::simple_loss<float>(s, 400, x0s, es, outs, kind);
+    const double with_grad = diffusion::simple_loss<float>(s, 400, x0s, es, outs, kind, std::span<float>(grad).first(n));
+    CHECK(std::bit_cast<std::uint64_t>(plain) == std::bit_cast<std::uint64_t>(with_grad));
+  }
+  // L_simple with the eps target is exactly squared_distance / n (u-accurate whatever n).
+  CHECK(diffusion::simple_loss<float>(s, 400, x0s, es, outs, prediction::epsilon) ==
+        diffusion::squared_distance(mean_out, es) / static_cast<double>(n));
+  for (const auto v : {variance_type::fixed_small, variance_type::learned_range}) {
+    const auto o = v == variance_type::fixed_small ? mean_out : outs;
+    const diffusion::vlb_options opt{.variance = v};
+    const double plain = diffusion::vlb_term<float>(s, 400, x0s, xts, o, prediction::epsilon, opt);
+    const double with_grad =
+        diffusion::vlb_term<float>(s, 400, x0s, xts, o, prediction::epsilon, opt, std::span<float>(grad).first(o.size()));
+    CHECK(std::bit_cast<std::uint64_t>(plain) == std::bit_cast<std::uint64_t>(with_grad));
+  }
 }

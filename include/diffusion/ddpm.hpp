@@ -18,6 +18,7 @@
 #include "losses.hpp"
 #include "mixture.hpp"
 #include "noise.hpp"
+#include "reductions.hpp"
 #include "sampler_ddpm.hpp"
 #include "sampler_karras.hpp"
 #include "sampler_langevin.hpp"
