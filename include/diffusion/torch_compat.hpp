@@ -90,7 +90,7 @@ namespace diffusion {
 ///   where θ is near a zero of cos θ or sin θ). Most of it is θ: a one-ulp change of θ ≈ 6
 ///   moves z by up to r·4.8e-7.
 ///
-/// Not a @ref diffusion::noise_source: the stream is sequential (each value depends on how
+/// Not a @ref diffusion::noise_source, because the stream is sequential (each value depends on how
 /// many words every earlier call consumed and on the n < 16 / n ≥ 16 layout of each call), so
 /// a value cannot be addressed by (sample, step, index) without replaying the stream.
 class torch_cpu_generator {
