@@ -134,3 +134,37 @@ TEST_CASE("sigma-space loops allocate nothing per step, nor per call with a reus
                            diffusion::sampler_hooks<float>{.workspace = &ws});
   CHECK(allocations.load() == before);
 }
+
+TEST_CASE("Fused philox_normal paths allocate nothing per step", "[samplers][allocation][fused]") {
+  const diffusion::noise_schedule s(diffusion::linear_betas(1000));
+  diffusion::gaussian_data g({0.1, 0.2, 0.3, 0.4}, {1.0, 0.5, 0.25, 0.1});
+  diffusion::sigma_space_model<diffusion::gaussian_data> D(g);
+  const diffusion::philox_normal noise(5);  // noise generated inside the kernels, on the stack
+  const auto seq = diffusion::inference_timesteps(1000, 50, diffusion::timestep_spacing::trailing);
+  std::vector<float> x(4 * 16);
+  std::vector<std::size_t> counts;
+  counts.reserve(200);
+  diffusion::sampler_workspace<float> ws;
+  diffusion::sampler_hooks<float> hooks{.on_step = [&](const diffusion::step_info<float>&) {
+                                          counts.push_back(allocations.load());
+                                          return true;
+                                        },
+                                        .workspace = &ws};
+  diffusion::ddpm_sample(s, g, x, 16, noise, {.x0 = {.clip = true}, .timesteps = seq}, hooks);
+  REQUIRE(counts.size() == 50);
+  CHECK(counts.front() == counts.back());
+  counts.clear();
+  diffusion::ddim_sample(s, g, x, 16, noise, seq, {.eta = 0.5}, hooks);
+  REQUIRE(counts.size() == 50);
+  CHECK(counts.front() == counts.back());
+  const auto karras = diffusion::karras_sigmas(20, 0.01, 10.0);
+  counts.clear();
+  diffusion::karras_sample(diffusion::karras_method::euler_ancestral, D, x, 16, noise, karras, {}, hooks);
+  REQUIRE(counts.size() == 20);
+  CHECK(counts.front() == counts.back());
+  counts.clear();
+  diffusion::annealed_langevin_sample(D, x, 16, noise, diffusion::geometric_sigmas(10, 0.01, 1.0), {.n_steps_each = 5},
+                                      hooks);
+  REQUIRE(counts.size() == 50);
+  CHECK(counts.front() == counts.back());
+}

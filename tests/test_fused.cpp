@@ -194,3 +194,22 @@ TEMPLATE_TEST_CASE("Samplers with philox_normal (fused noise) equal the buffer p
     CHECK(run_all(buffered, threads) == ref);
   }
 }
+
+TEMPLATE_TEST_CASE("q_sample with in-kernel noise equals q_sample with a philox buffer", "[fused][gaussian]", float, double) {
+  using T = TestType;
+  const diffusion::noise_schedule s(diffusion::cosine_betas(1000));
+  const diffusion::philox_normal noise(8);
+  const std::size_t rows = 4, n = 333;
+  const auto x0 = initial<T>(rows * n);
+  const std::vector<int> ts = {0, 17, 500, 999};
+  std::vector<T> z(rows * n), a(rows * n), b(rows * n);
+  for (std::size_t r = 0; r < rows; ++r) noise.fill(10 + r, 4, 0, std::span<T>(z).subspan(r * n, n));
+  diffusion::q_sample(s, ts, x0, z, a);
+  diffusion::q_sample(s, ts, x0, noise, 10, 4, b);
+  CHECK(a == b);
+  noise.fill(3, 9, 0, std::span<T>(z));
+  diffusion::q_sample(s, 250, x0, z, a);
+  b = x0;  // in place
+  diffusion::q_sample(s, 250, b, noise, 3, 9, b);
+  CHECK(a == b);
+}

@@ -34,6 +34,7 @@ TEMPLATE_TEST_CASE("affine2 is within its stated rounding bound of the exact val
         const double by = std::abs(static_cast<double>(b) * static_cast<double>(ys[k]));
 #if defined(__FMA__) || defined(__ARM_FEATURE_FMA)
         const double bound = u * (by + std::abs(static_cast<double>(exact)));  // fma(a, x, fl(b y))
+        (void)ax;
 #else
         const double bound = u * (ax + 2 * by);  // fl(fl(a x) + fl(b y))
 #endif

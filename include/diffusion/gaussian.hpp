@@ -14,6 +14,7 @@
 #include <cmath>
 #include <concepts>
 #include <cstddef>
+#include <cstdint>
 #include <limits>
 #include <ranges>
 #include <span>
@@ -23,6 +24,7 @@
 #include "config.hpp"
 #include "detail/double_double.hpp"
 #include "kernels.hpp"
+#include "noise.hpp"
 #include "schedule.hpp"
 #include "tensor.hpp"
 
@@ -135,6 +137,60 @@ void q_sample(const noise_schedule& s, const R& timesteps, const X0& x0, const E
     const schedule_step& st = s[t];
     kernels::affine2(static_cast<T>(st.sqrt_alpha_bar), a.subspan(off, len),
                      static_cast<T>(st.sqrt_one_minus_alpha_bar), e.subspan(off, len), o.subspan(off, len));
+  });
+}
+
+/// @brief q_sample() with the noise generated inside the kernel (kernels::affine_noise, one pass,
+/// no noise buffer): ε_k is normal k of stream (sample, step) of `noise`, bit-identical to
+/// q_sample() with a buffer filled by `noise.fill(sample, step, 0, ...)`.
+/// @param[in] s schedule.
+/// @param[in] t 0-based step.
+/// @param[in] x0 data.
+/// @param[in] noise the generator.
+/// @param[in] sample stream coordinate (e.g. the example's index in the data set).
+/// @param[in] step stream coordinate (e.g. the training iteration).
+/// @param[out] xt result, same size; may alias x0.
+/// @throws std::out_of_range if t ≥ T; std::invalid_argument if sizes differ or are 0.
+template <tensor X0, mutable_tensor Out>
+void q_sample(const noise_schedule& s, std::size_t t, const X0& x0, const philox_normal& noise, std::uint64_t sample,
+              std::uint64_t step, Out&& xt) {
+  static_assert(detail::same_value_v<X0, Out>, "q_sample: x0 and xt must have the same element type");
+  constexpr std::string_view where = "diffusion::q_sample";
+  using T = tensor_value_t<X0>;
+  auto a = as_span(x0);
+  auto o = as_mutable_span(xt);
+  detail::check_same_size(where, "x0", a.size(), "xt", o.size());
+  if (a.empty()) detail::throw_invalid(where, "x0 is empty");
+  const schedule_step& st = s.at(t);
+  kernels::affine_noise(static_cast<T>(st.sqrt_alpha_bar), a, static_cast<T>(st.sqrt_one_minus_alpha_bar),
+                        kernels::philox_stream{&noise, sample, step}, o);
+}
+
+/// @brief Batched q_sample() with in-kernel noise: row b uses timestep `timesteps[b]` and the
+/// normals 0 … n−1 of stream (first_sample + b, step) of `noise` (training, Algorithm 1).
+/// @param[in] s schedule.
+/// @param[in] timesteps one 0-based step per row.
+/// @param[in] x0 data, rows × n.
+/// @param[in] noise the generator.
+/// @param[in] first_sample stream sample of row 0.
+/// @param[in] step stream step (e.g. the training iteration).
+/// @param[out] xt result; may alias x0.
+/// @throws std::out_of_range naming the first bad timestep; std::invalid_argument if the batch
+///         size does not divide the tensor size or sizes differ.
+template <timestep_range R, tensor X0, mutable_tensor Out>
+void q_sample(const noise_schedule& s, const R& timesteps, const X0& x0, const philox_normal& noise,
+              std::uint64_t first_sample, std::uint64_t step, Out&& xt) {
+  static_assert(detail::same_value_v<X0, Out>, "q_sample: x0 and xt must have the same element type");
+  constexpr std::string_view where = "diffusion::q_sample";
+  using T = tensor_value_t<X0>;
+  auto a = as_span(x0);
+  auto o = as_mutable_span(xt);
+  detail::check_same_size(where, "x0", a.size(), "xt", o.size());
+  detail::for_each_row(where, s, timesteps, a.size(), [&](std::size_t t, std::size_t off, std::size_t len) {
+    const schedule_step& st = s[t];
+    kernels::affine_noise(static_cast<T>(st.sqrt_alpha_bar), a.subspan(off, len),
+                          static_cast<T>(st.sqrt_one_minus_alpha_bar),
+                          kernels::philox_stream{&noise, first_sample + off / len, step}, o.subspan(off, len));
   });
 }
 

@@ -447,13 +447,13 @@ sample_result ddim_invert(const noise_schedule& s, Model& model, X&& x, std::siz
     T* hp = x0.data();
     kernels::detail::for_each_lane<T>(hooks.execution, rows * n, [&](auto lane, std::size_t i) {
       using V = typename decltype(lane)::type;
-      using kernels::detail::load, kernels::detail::store;
+      using kernels::detail::load;
       // At the first step x is the data itself (ᾱ = 1): x̂₀ = x, and ε̂ comes from the model at t.
       const V xv = load<V>(xp + i), ov = load<V>(op + i);
       const V xh = first ? xv : kernels::madd(V(ax), xv, V(bx) * ov);
       const V eh = kernels::madd(V(ae), xv, V(be) * ov);
-      store(hp + i, xh);
-      store(xp + i, kernels::madd(V(cx), xh, V(ce) * eh));
+      kernels::detail::store(hp + i, xh);
+      kernels::detail::store(xp + i, kernels::madd(V(cx), xh, V(ce) * eh));
     });
     ++result.steps;
     if (hooks.on_step && !hooks.on_step(step_info<T>{k + 1, K, static_cast<double>(t), s[t].sigma, xs, x0})) {

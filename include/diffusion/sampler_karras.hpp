@@ -169,7 +169,7 @@ sample_result karras_sample(karras_method method, SigmaModel& D, X&& x, std::siz
   sample_result result{};
   double h_last = 0.0;
   const parallel_policy& pol = hooks.execution;
-  using kernels::detail::load, kernels::detail::store;
+  using kernels::detail::load;
   for (std::size_t i = 0; i < N; ++i) {
     const double s_i = sigmas[i], s_next = sigmas[i + 1];
     double s_hat = s_i;
@@ -208,8 +208,8 @@ sample_result karras_sample(karras_method method, SigmaModel& D, X&& x, std::siz
         kernels::detail::for_each_lane<T>(pol, m, [&](auto lane, std::size_t k) {
           using V = typename decltype(lane)::type;
           const V xv = load<V>(xs.data() + k), d = (xv - load<V>(den.data() + k)) * V(inv);
-          store(z.data() + k, d);
-          store(x2.data() + k, kernels::madd(V(dt), d, xv));
+          kernels::detail::store(z.data() + k, d);
+          kernels::detail::store(x2.data() + k, kernels::madd(V(dt), d, xv));
         });
         denoise(x2, s_next, i);
         ++result.model_calls;
@@ -218,7 +218,7 @@ sample_result karras_sample(karras_method method, SigmaModel& D, X&& x, std::siz
         kernels::detail::for_each_lane<T>(pol, m, [&](auto lane, std::size_t k) {
           using V = typename decltype(lane)::type;
           const V sum = kernels::madd(load<V>(x2.data() + k) - load<V>(den.data() + k), V(inv2), load<V>(z.data() + k));
-          store(xs.data() + k, kernels::madd(V(half_dt), sum, load<V>(xs.data() + k)));
+          kernels::detail::store(xs.data() + k, kernels::madd(V(half_dt), sum, load<V>(xs.data() + k)));
         });
         break;
       }
@@ -237,8 +237,8 @@ sample_result karras_sample(karras_method method, SigmaModel& D, X&& x, std::siz
             using V = typename decltype(lane)::type;
             const V dv = load<V>(den.data() + k);
             const V dh = kernels::madd(V(a), dv, V(b) * load<V>(hist.data() + k));
-            store(xs.data() + k, kernels::madd(V(cx), load<V>(xs.data() + k), V(cd) * dh));
-            store(hist.data() + k, dv);
+            kernels::detail::store(xs.data() + k, kernels::madd(V(cx), load<V>(xs.data() + k), V(cd) * dh));
+            kernels::detail::store(hist.data() + k, dv);
           });
         }
         if (s_next > 0.0) h_last = std::log(s_i) - std::log(s_next);
