@@ -214,6 +214,10 @@ TEMPLATE_TEST_CASE("every reduction meets its stated bound at every length and m
   const auto lengths = test_lengths();
   const std::size_t max_n = *std::max_element(lengths.begin(), lengths.end());
   const auto xs = spread_values<T>(max_n + 8, 4, 11), ys = spread_values<T>(max_n + 8, 4, 12);
+  std::array<double, 4> worst{};  // max |error| / (u |exact|) per reduction, for the report
+  auto note = [&](std::size_t i, const error& e) {
+    if (e.exact != 0.0) worst[i] = std::max(worst[i], e.abs / (u * std::abs(e.exact)));
+  };
   for (const std::size_t n : lengths)
     for (const std::size_t offset : {0u, 1u, 3u, 7u}) {
       INFO("n = " << n << ", offset = " << offset);
@@ -221,11 +225,13 @@ TEMPLATE_TEST_CASE("every reduction meets its stated bound at every length and m
       {
         const auto r = ref_sum(x);
         const auto e = error_of(r, diffusion::sum(x));
+        note(0, e);
         CHECK(e.abs <= u * std::abs(e.exact) + K * u * u * r.abs_sum);
       }
       {
         const auto r = ref_squares(x);
         const auto e = error_of(r, diffusion::sum_of_squares(x));
+        note(1, e);
         CHECK(e.abs <= (u + ut + K * u * u) * e.exact);
         const double nrm = diffusion::norm2(x), exact_norm = std::sqrt(e.exact);
         CHECK(std::abs(nrm - exact_norm) <= (1.5 * u + 0.5 * ut + 1e5 * u * u) * exact_norm);
@@ -233,6 +239,7 @@ TEMPLATE_TEST_CASE("every reduction meets its stated bound at every length and m
       {
         const auto r = ref_squared_distance(x, y);
         const auto e = error_of(r, diffusion::squared_distance(x, y));
+        note(2, e);
         CHECK(e.abs <= (u + g3 + K * u * u) * e.exact);
         const double nrm = diffusion::distance2(x, y), exact_norm = std::sqrt(e.exact);
         CHECK(std::abs(nrm - exact_norm) <= (u + 0.5 * (u + g3) + 1e5 * u * u) * exact_norm);
@@ -240,9 +247,13 @@ TEMPLATE_TEST_CASE("every reduction meets its stated bound at every length and m
       {
         const auto r = ref_dot(x, y);
         const auto e = error_of(r, diffusion::dot(x, y));
+        note(3, e);
         CHECK(e.abs <= u * std::abs(e.exact) + (ut + K * u * u) * r.abs_sum);
       }
     }
+  WARN((std::is_same_v<T, float> ? "float" : "double")
+       << " inputs, worst |error| / (u |s|) over all lengths and offsets: sum " << worst[0] << ", sum_of_squares "
+       << worst[1] << ", squared_distance " << worst[2] << ", dot " << worst[3]);
 }
 
 TEMPLATE_TEST_CASE("float sums of squares and dot products are exact up to one rounding of the result",
@@ -285,6 +296,11 @@ TEMPLATE_TEST_CASE("ill-conditioned sums: the bound holds and a naive loop excee
       double naive_double = 0.0;  // and in double
       for (const T a : x) naive_double += static_cast<double>(a);
       CHECK(std::abs(static_cast<double>(naive) - exact) > bound);
+      if (seed == 1)
+        WARN("ill-conditioned " << (std::is_same_v<T, float> ? "float" : "double") << ", n = " << x.size()
+                                << ": |ours - s| = " << std::abs(ours - exact) << ", bound = " << bound
+                                << ", naive loop in the input type " << std::abs(static_cast<double>(naive) - exact)
+                                << ", naive in double " << std::abs(naive_double - exact));
       if constexpr (std::is_same_v<T, double>) CHECK(std::abs(naive_double - exact) > bound);
       // The transform path (scalar lanes) gives the same bits.
       CHECK(diffusion::transform_sum(x, [](double a) { return a; }) == ours);
