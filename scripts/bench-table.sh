@@ -4,28 +4,33 @@
 # loop, Eigen, the unfused passes, LibTorch; fraction of the measured 2-read-1-write bandwidth;
 # normals/s vs std::normal_distribution and torch::randn; 2-thread speedup) and the targets.
 #
-#   bash scripts/bench-table.sh [--portable-only] [--max-elements N] [--repetitions N] [--out FILE]
+#   bash scripts/bench-table.sh [--portable-only] [--max-elements N] [--torch-max-elements N]
+#                               [--repetitions N] [--min-time S] [--out FILE]
 #
+# LibTorch stops at 4 M elements by default: one eager step on 64 M floats takes 1–8 s there
+# (a fresh 256 MB tensor per operation), which alone would take longer than the rest.
 # Every ratio comes from medians of this one invocation (--benchmark_repetitions, real time).
 # Build dirs: build/bench-table and build/bench-table-native; JSON results are left there.
-# Runs in about 4 minutes on 2 cores once built; timings on a loaded machine are noise, so
+# The runs take about 4 minutes on 2 cores once built; timings on a loaded machine are noise, so
 # check `uptime` first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 native=1
 max_elements=67108864
+torch_max_elements=4194304
 repetitions=3
-min_time=0.1
+min_time=0.05
 out=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --portable-only) native=0 ;;
     --max-elements) max_elements="$2"; shift ;;
+    --torch-max-elements) torch_max_elements="$2"; shift ;;
     --repetitions) repetitions="$2"; shift ;;
     --min-time) min_time="$2"; shift ;;
     --out) out="$2"; shift ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     *) echo "bench-table.sh: unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -36,7 +41,10 @@ common=(-DCMAKE_BUILD_TYPE=Release -DDIFFUSION_BUILD_TESTS=OFF -DDIFFUSION_BUILD
         -DDIFFUSION_BUILD_DOCS=OFF -DDIFFUSION_INSTALL=OFF)
 run_args=(--benchmark_format=json --benchmark_repetitions="$repetitions"
           --benchmark_report_aggregates_only=true --benchmark_min_time="$min_time"
-          --max_elements="$max_elements")
+          --benchmark_enable_random_interleaving=true)
+# Random interleaving runs the repetitions of all benchmarks in a shuffled order, so a burst
+# of load from elsewhere spreads over every benchmark instead of hitting one; medians then
+# compare like with like.
 
 build() {  # build <dir> <cxx flags> <targets...>
   local dir=$1 flags=$2
@@ -66,16 +74,16 @@ fi
 
 echo "== load before the runs: $(uptime)" >&2
 echo "== running bench_kernels (portable)" >&2
-"$portable/benchmarks/bench_kernels" "${run_args[@]}" >"$portable/kernels.json"
+"$portable/benchmarks/bench_kernels" "${run_args[@]}" --max_elements="$max_elements" >"$portable/kernels.json"
 torch_json=()
 if [[ $has_torch == 1 ]]; then
   echo "== running bench_torch" >&2
-  "$portable/benchmarks/bench_torch" "${run_args[@]}" >"$portable/torch.json"
+  "$portable/benchmarks/bench_torch" "${run_args[@]}" --max_elements="$torch_max_elements" >"$portable/torch.json"
   torch_json=(--torch "$portable/torch.json")
 fi
 if [[ $native == 1 ]]; then
   echo "== running bench_kernels (-march=native)" >&2
-  "$nat/benchmarks/bench_kernels" "${run_args[@]}" >"$nat/kernels.json"
+  "$nat/benchmarks/bench_kernels" "${run_args[@]}" --max_elements="$max_elements" >"$nat/kernels.json"
 fi
 echo "== load after the runs: $(uptime)" >&2
 

@@ -149,6 +149,11 @@ def main():
     if a.title:
         lines.append(f"### {a.title}\n")
     lines.append(f"Machine: {machine_line(a.build_dir, ctx)}.\n")
+    load = ctx.get("load_avg") or []
+    if load and load[0] > 0.5 * (ctx.get("num_cpus") or 1):
+        lines.append(f"**Warning:** the 1-minute load average was {load[0]:.2f} on {ctx.get('num_cpus')} CPUs when "
+                     "this run started: other processes shared the cores and the memory bus, so these ratios "
+                     "(threads and bandwidth above all) are not representative.\n")
     reps = max((r.get("repetitions", 1) for r in K.values()), default=1)
     lines.append(f"Ratios of medians of real time ({reps} repetitions), float32. \"vs X\" = time of X / time of ours "
                  "(> 1: ours faster). \"of bw\" = ours' bytes/s (minimum traffic: 12 B/element, 16 B for DDPM and "
