@@ -149,9 +149,9 @@ def main():
     if a.title:
         lines.append(f"### {a.title}\n")
     lines.append(f"Machine: {machine_line(a.build_dir, ctx)}.\n")
-    load = ctx.get("load_avg") or []
-    if load and load[0] > 0.5 * (ctx.get("num_cpus") or 1):
-        lines.append(f"**Warning:** the 1-minute load average was {load[0]:.2f} on {ctx.get('num_cpus')} CPUs when "
+    load_avg = ctx.get("load_avg") or []
+    if load_avg and load_avg[0] > 0.5 * (ctx.get("num_cpus") or 1):
+        lines.append(f"**Warning:** the 1-minute load average was {load_avg[0]:.2f} on {ctx.get('num_cpus')} CPUs when "
                      "this run started: other processes shared the cores and the memory bus, so these ratios "
                      "(threads and bandwidth above all) are not representative.\n")
     reps = max((r.get("repetitions", 1) for r in K.values()), default=1)
