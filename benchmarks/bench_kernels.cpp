@@ -3,8 +3,9 @@
 //
 // Benchmarks are named  <step>/<implementation>/<elements>  (real time, float):
 //   steps            normals (noise alone), ddpm (ancestral step with noise, ε-prediction,
-//                    fixed_small), ddim (η = 0), q_sample (given noise), cfg (guidance
-//                    combination, no rescale), euler, euler_a (Euler ancestral), langevin
+//                    fixed_small), ddim (η = 0), q_sample (given noise), q_sample_rng (noise
+//                    drawn inside, as in training), cfg (guidance combination, no rescale),
+//                    euler, euler_a (Euler ancestral), langevin
 //   implementations  ours       the library's fused single-pass kernel (kernels.hpp), noise
 //                               generated inside it (kernels::philox_stream)
 //                    ours_2t    the same with parallel_policy{.threads = 2}
@@ -17,8 +18,8 @@
 //
 // Counters: bytes_per_second counts the step's minimum traffic (inputs read once, outputs
 // written once, no intermediate buffer): 12 B per element for the steps with two inputs and one
-// output, 16 B for DDPM and DDIM (they also write x̂₀, in every implementation), 4 B for normals
-// alone; so it is comparable across implementations and with the triad's 12 B.
+// output, 16 B for DDPM and DDIM (they also write x̂₀, in every implementation), 8 B for
+// q_sample_rng, 4 B for normals alone; so it is comparable across implementations and with the triad's 12 B.
 // normals_per_second counts the normals drawn; allocs_per_iter the calls of global operator
 // new per iteration (this file replaces it); bit_identical (ours_2t only) is 1 when the
 // 2-thread output equals the 1-thread output bit for bit.
@@ -407,6 +408,30 @@ void q_eigen(buffers& b, std::uint64_t) {
   emap_m(b.out) = k.a * emap(b.x) + k.b * emap(b.e);
 }
 
+// q_sample drawing its own noise (training, Algorithm 1 line 5; x = x₀) -------------------
+template <class P>
+void q_rng_ours(const P& pol, buffers& b, std::uint64_t step) {
+  const auto k = q_coef();
+  diffusion::kernels::affine_noise<float>(k.a, b.x.cspan(), k.b, stream(step), b.out.span(), pol);
+}
+void q_rng_unfused(buffers& b, std::uint64_t step) {
+  const auto k = q_coef();
+  fill_noise(b, step, 0, b.n);
+  const float *x = b.x.data(), *z = b.z.data();
+  float* o = b.out.data();
+  for (std::size_t i = 0; i < b.n; ++i) o[i] = k.a * x[i] + k.b * z[i];
+}
+void q_rng_plain(buffers& b, std_normal& g) {
+  const auto k = q_coef();
+  const float* x = b.x.data();
+  float* o = b.out.data();
+  for (std::size_t i = 0; i < b.n; ++i) o[i] = k.a * x[i] + k.b * g();
+}
+void q_rng_eigen(buffers& b, std_normal& g) {
+  const auto k = q_coef();
+  emap_m(b.out) = k.a * emap(b.x) + k.b * Eigen::ArrayXf::NullaryExpr(static_cast<Eigen::Index>(b.n), [&g] { return g(); });
+}
+
 // Classifier-free guidance (x = conditional, e = unconditional) -----------------------------
 template <class P>
 void cfg_ours(const P& pol, buffers& b, std::uint64_t) {
@@ -614,6 +639,12 @@ void register_all() {
   add("q_sample/unfused", quiet, q_unfused);
   add("q_sample/plain", quiet, q_plain);
   add("q_sample/eigen", quiet, q_eigen);
+
+  constexpr step_info noisy_1in{8, true};  // q_sample_rng reads x₀ and writes x_t
+  add_ours<q_rng_ours<sequential_policy>, q_rng_ours<parallel_policy>>("q_sample_rng", noisy_1in);
+  add("q_sample_rng/unfused", noisy_1in, q_rng_unfused);
+  add_std_normal("q_sample_rng/plain", noisy_1in, q_rng_plain);
+  add_std_normal("q_sample_rng/eigen", noisy_1in, q_rng_eigen);
 
   add_ours<cfg_ours<sequential_policy>, cfg_ours<parallel_policy>>("cfg", quiet);
   add("cfg/unfused", quiet, cfg_unfused);

@@ -12,6 +12,7 @@
 //   ddpm      DDPMScheduler.step, epsilon, fixed_small, clip_sample=False (Stable Diffusion)
 //   ddim      DDIMScheduler.step, eta = 0, epsilon
 //   q_sample  DDPMScheduler.add_noise
+//   q_sample_rng  randn_like, then add_noise (a training step's noising)
 //   cfg       uncond + w·(cond − uncond)
 //   euler     k-diffusion sample_euler:  d = (x − D)/σ;  x + d·(σ' − σ)
 //   euler_a   sample_euler_ancestral: the same to σ_down, then + randn_like(x)·σ_up
@@ -100,6 +101,14 @@ torch::Tensor q_sample(const tensors& in) {
   return sqrt_alpha_prod * in.x + sqrt_one_minus_alpha_prod * in.e;
 }
 
+torch::Tensor q_sample_rng(const tensors& in) {  // a diffusers training step: randn_like, then add_noise
+  const auto noise = torch::randn_like(in.x);
+  const auto& ac = alphas_cumprod();
+  const auto sqrt_alpha_prod = ac[t_step].pow(0.5).flatten();
+  const auto sqrt_one_minus_alpha_prod = (1 - ac[t_step]).pow(0.5).flatten();
+  return sqrt_alpha_prod * in.x + sqrt_one_minus_alpha_prod * noise;
+}
+
 torch::Tensor cfg(const tensors& in) { return in.e + cfg_scale * (in.x - in.e); }
 
 torch::Tensor euler(const tensors& in) {
@@ -179,6 +188,7 @@ int main(int argc, char** argv) {
   add("ddpm", 12, true, ddpm);
   add("ddim", 12, false, ddim);
   add("q_sample", 12, false, q_sample);
+  add("q_sample_rng", 8, true, q_sample_rng);
   add("cfg", 12, false, cfg);
   add("euler", 12, false, euler);
   add("euler_a", 12, true, euler_a);

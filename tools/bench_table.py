@@ -25,6 +25,7 @@ STEPS = [
     ("ddpm", "DDPM ancestral step with noise (writes x̂₀ too)"),
     ("ddim", "DDIM η = 0 (writes x̂₀ too)"),
     ("q_sample", "q_sample, given noise"),
+    ("q_sample_rng", "q_sample drawing its noise (training)"),
     ("cfg", "CFG combination"),
     ("euler", "Euler"),
     ("euler_a", "Euler ancestral (with noise)"),
@@ -157,7 +158,7 @@ def main():
     reps = max((r.get("repetitions", 1) for r in K.values()), default=1)
     lines.append(f"Ratios of medians of real time ({reps} repetitions), float32. \"vs X\" = time of X / time of ours "
                  "(> 1: ours faster). \"of bw\" = ours' bytes/s (minimum traffic: 12 B/element, 16 B for DDPM and "
-                 "DDIM which also write x̂₀, 4 B for normals) over the measured 2-read-1-write limit at that size. "
+                 "DDIM which also write x̂₀, 8 B for q_sample_rng, 4 B for normals) over the measured 2-read-1-write limit at that size. "
                  "\"2 thr\" = 1-thread time / 2-thread time (parallel_policy{.threads = 2}: one thread below 128 K "
                  "elements), \"=\" when bit-identical to the 1-thread output.\n")
 
