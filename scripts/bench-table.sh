@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the release benchmarks (portable and -march=native), runs bench_kernels in both and
-# bench_torch when LibTorch is installed, and prints markdown tables of ratios (ours vs a plain
+# bench_torch when LibTorch is installed, and bench_schedule, and prints markdown tables of ratios (ours vs a plain
 # loop, Eigen, the unfused passes, LibTorch; fraction of the measured 2-read-1-write bandwidth;
 # normals/s vs std::normal_distribution and torch::randn; 2-thread speedup) and the targets.
 #
@@ -59,7 +59,7 @@ build() {  # build <dir> <cxx flags> <targets...>
 mkdir -p build
 portable=build/bench-table
 echo "== building $portable (portable)" >&2
-build "$portable" "" bench_kernels
+build "$portable" "" bench_kernels bench_schedule
 has_torch=0
 if cmake --build "$portable" --target help 2>/dev/null | grep -q bench_torch; then
   echo "== building bench_torch (LibTorch found)" >&2
@@ -81,6 +81,9 @@ if [[ $has_torch == 1 ]]; then
   "$portable/benchmarks/bench_torch" "${run_args[@]}" --max_elements="$torch_max_elements" >"$portable/torch.json"
   torch_json=(--torch "$portable/torch.json")
 fi
+echo "== running bench_schedule (portable)" >&2
+"$portable/benchmarks/bench_schedule" --benchmark_filter='build|naive|from_betas|lookup' "${run_args[@]}" \
+  >"$portable/schedule.json"
 if [[ $native == 1 ]]; then
   echo "== running bench_kernels (-march=native)" >&2
   "$nat/benchmarks/bench_kernels" "${run_args[@]}" --max_elements="$max_elements" >"$nat/kernels.json"
@@ -95,4 +98,8 @@ echo "== load after the runs: $(uptime)" >&2
     python3 tools/bench_table.py --kernels "$nat/kernels.json" "${torch_json[@]}" --build-dir "$nat" \
       --title "Native build (-O3 -march=native)"
   fi
+  echo
+  echo "### Schedules (portable build)"
+  echo
+  python3 tools/bench_table.py --kernels "$portable/kernels.json" --schedule "$portable/schedule.json"
 } | if [[ -n $out ]]; then tee "$out"; else cat; fi

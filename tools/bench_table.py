@@ -35,7 +35,7 @@ NOISE_FREE = ["ddim", "q_sample", "cfg", "euler"]
 SIZE_NAMES = {16384: "16 K", 262144: "256 K", 4194304: "4 M", 67108864: "64 M"}
 
 
-def load(path):
+def load(path, parts_wanted=3):
     """{(group, impl, size): record} of the median aggregates (or the plain runs)."""
     with open(path) as f:
         data = json.load(f)
@@ -47,6 +47,8 @@ def load(path):
         parts = name.split("/")
         if parts and parts[-1] == "real_time":
             parts = parts[:-1]
+        if parts_wanted == 2 and len(parts) == 2:
+            parts = parts + ["0"]
         if len(parts) != 3 or not parts[2].isdigit():
             continue
         scale = {"ns": 1.0, "us": 1e3, "ms": 1e6, "s": 1e9}[b.get("time_unit", "ns")]
@@ -114,13 +116,43 @@ def machine_line(build_dir, context):
             f"{compiler}; flags `{flags}`; load average at start {load_s}; {platform.system()} {platform.release()}")
 
 
+def schedule_table(path):
+    S, _ = load(path, parts_wanted=2)
+    fams = []
+    for (g, f, n) in S:
+        if g == "build" and f not in fams:
+            fams.append(f)
+    out = ["| β family | T | betas + tables | tables from betas | naive float32 | time, tables ÷ naive |",
+           "|---|---:|---:|---:|---:|---:|"]
+    for f in fams:
+        for T in (1000, 4000):
+            b, fb, nv = (S.get((g, f, T)) for g in ("build", "from_betas", "naive_float32"))
+            if not b:
+                continue
+            r = fb["ns"] / nv["ns"] if fb and nv else None
+            out.append(f"| {f} | {T} | {fmt_time(b['ns'])} | {fmt_time(fb['ns']) if fb else '—'} | "
+                       f"{fmt_time(nv['ns']) if nv else '—'} | {fmt_ratio(r)} |")
+    out.append("")
+    out.append("| lookup | time |")
+    out.append("|---|---:|")
+    for (g, f, n), r in sorted(S.items()):
+        if g == "lookup":
+            out.append(f"| {f} | {r['ns']:.1f} ns |")
+    out.append("")
+    sys.stdout.write("\n".join(out) + "\n")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--kernels", required=True)
     ap.add_argument("--torch")
     ap.add_argument("--build-dir")
     ap.add_argument("--title", default="")
+    ap.add_argument("--schedule", help="bench_schedule JSON: print its table only")
     a = ap.parse_args()
+    if a.schedule:
+        schedule_table(a.schedule)
+        return
 
     K, ctx = load(a.kernels)
     T = {}
