@@ -65,9 +65,9 @@
 
 namespace diffusion::kernels {
 
-/// @brief Elements of noise generated per chunk by the fused kernels (on the stack: 1 KiB of
-/// float, 2 KiB of double), and the grain of every thread split.
-inline constexpr std::size_t noise_chunk = 256;
+/// @brief Elements of noise generated per chunk by the fused kernels (on the stack: 2 KiB of
+/// float, 4 KiB of double, in L1), and the grain of every thread split.
+inline constexpr std::size_t noise_chunk = 512;
 
 /// @brief Whether kernels::madd is one fused operation in this build (the SIMD target has a
 /// fused multiply–add: FMA3, FMA4 or NEON).
