@@ -338,13 +338,13 @@ TEST_CASE("the SNR norms are accumulated accurately", "[samplers][langevin]") {
   const std::vector<float> z(N, 0.1f), x(N, 0.0f), d(N, 0.1f);
   const double t = static_cast<double>(0.1f);
   const double want = std::ldexp(t * t, 20);
-  CHECK(diffusion::detail::langevin_sum_squares<float>(z) == want);
-  CHECK(diffusion::detail::langevin_sum_squared_difference<float>(d, x) == want);
+  CHECK(diffusion::sum_of_squares(z) == want);
+  CHECK(diffusion::squared_distance(d, x) == want);
   // A mixed-magnitude double row: 1 followed by 2^20 copies of 2^-30; exact sum of squares
   // 1 + 2^20 * 2^-60 = 1 + 2^-40 (representable).
   std::vector<double> mixed(N + 1, std::ldexp(1.0, -30));
   mixed[0] = 1.0;
-  CHECK(diffusion::detail::langevin_sum_squares<double>(mixed) == 1.0 + std::ldexp(1.0, -40));
+  CHECK(diffusion::sum_of_squares(mixed) == 1.0 + std::ldexp(1.0, -40));
   // So eps = 2 snr^2 sigma^4 |z|^2 / |D - x|^2 is exact to rounding of the final divisions.
   CHECK(diffusion::langevin_snr_step_size<float>(0.5, 1.0, x, d, z) == Approx(0.5).epsilon(1e-15));
 }

@@ -34,6 +34,7 @@
 #include "denoiser.hpp"
 #include "execution.hpp"
 #include "kernels.hpp"
+#include "reductions.hpp"
 #include "sampling.hpp"
 #include "tensor.hpp"
 
@@ -59,9 +60,15 @@ void langevin_step_impl(double step_size, double sigma, std::span<const T> x, st
 }
 }  // namespace detail
 
-/// @brief One unadjusted Langevin step at noise level σ (Song & Ermon 2019, Algorithm 1, line 6):
+/// @brief One unadjusted Langevin step at noise level σ, in the convention of the released NCSN
+/// code (`anneal_Langevin_dynamics`) and score_sde's `LangevinCorrector`:
 /// \f$x' = x + \alpha\,s(x,\sigma) + \sqrt{2\alpha}\,z\f$ with \f$s = (D(x;\sigma) - x)/\sigma^2\f$, evaluated as
 /// `madd(√(2α), z, madd(α/σ², D − x, x))` in T (kernels::madd), coefficients computed in double.
+///
+/// The paper (Song & Ermon 2019, §2.2 and Algorithm 1, line 6) writes the same step as
+/// \f$x + \tfrac{\alpha'}{2}s + \sqrt{\alpha'}\,z\f$: the two agree with \f$\alpha' = 2\alpha\f$. The code's
+/// convention is the one whose published defaults (ε = 2·10⁻⁵) produced the paper's samples, so
+/// it is the one used here, and α is the code's step size.
 ///
 /// For a Gaussian target \f$\mathcal N(m, v)\f$ (the exact score) the chain is
 /// \f$x' - m = (1 - \alpha/v)(x - m) + \sqrt{2\alpha}\,z\f$; for 0 < α < 2v its stationary law is
@@ -141,48 +148,6 @@ void ve_ancestral_predictor_step(double sigma, double sigma_next, std::span<cons
 
 namespace detail {
 
-/// p + e = d² exactly: `fma` where the target has the instruction, Dekker's product with
-/// Veltkamp's split otherwise (a portable build must not call the slow software `std::fma`).
-inline void langevin_two_square(double d, double& p, double& e) noexcept {
-  p = d * d;
-#if defined(__FMA__) || defined(__ARM_FEATURE_FMA)
-  e = std::fma(d, d, -p);
-#else
-  const double c = 134217729.0 * d;  // 2^27 + 1
-  const double hi = c - (c - d), lo = d - hi;
-  e = ((hi * hi - p) + 2.0 * hi * lo) + lo * lo;
-#endif
-}
-
-/// Adds d² to the double-double accumulator (hi, lo): TwoSum of the leading parts, the error
-/// terms summed in lo (Ogita, Rump, Oishi 2005, Algorithm Dot2).
-inline void langevin_accumulate_square(double d, double& hi, double& lo) noexcept {
-  double p = 0.0, pe = 0.0;
-  langevin_two_square(d, p, pe);
-  const double s = hi + p, bb = s - hi, se = (hi - (s - bb)) + (p - bb);
-  hi = s;
-  lo += se + pe;
-}
-
-/// Σ v_k² accumulated as in Dot2: the result is as accurate as if computed in twice the
-/// double precision and rounded, |error| ≤ u·S + γ_n²·S (u = 2⁻⁵³; positive terms, condition 1).
-template <real_scalar T>
-double langevin_sum_squares(std::span<const T> v) noexcept {
-  double hi = 0.0, lo = 0.0;
-  for (const T e : v) langevin_accumulate_square(static_cast<double>(e), hi, lo);
-  return hi + lo;
-}
-
-/// Σ (a_k − b_k)², each difference formed in double (relative error ≤ u), then accumulated as
-/// langevin_sum_squares.
-template <real_scalar T>
-double langevin_sum_squared_difference(std::span<const T> a, std::span<const T> b) noexcept {
-  double hi = 0.0, lo = 0.0;
-  for (std::size_t k = 0; k < a.size(); ++k)
-    langevin_accumulate_square(static_cast<double>(a[k]) - static_cast<double>(b[k]), hi, lo);
-  return hi + lo;
-}
-
 /// Requires a non-empty, finite, strictly positive, strictly decreasing σ list.
 inline void langevin_check_sigmas(std::string_view where, std::span<const double> sigmas) {
   if (sigmas.empty()) throw_invalid(where, "sigmas is empty; at least one noise level is needed");
@@ -210,8 +175,9 @@ inline void langevin_check_stream_steps(std::string_view where, std::size_t leve
 /// \f$\epsilon = 2\left(r\,\lVert z\rVert_2 / \lVert s\rVert_2\right)^2\f$ with \f$\lVert s\rVert_2 = \lVert D(x;\sigma) - x\rVert_2/\sigma^2\f$,
 /// computed as \f$2(r\sigma^2)^2\,\textstyle\sum z_k^2 / \sum (D_k - x_k)^2\f$.
 ///
-/// Both sums are accumulated in double-double (detail::langevin_sum_squares): relative error of
-/// ε a few units of double rounding whatever the row length.
+/// Both sums are the compensated reductions of reductions.hpp (sum_of_squares(),
+/// squared_distance()): each within about 4u of its value (u = 2⁻⁵³) whatever the row length, so
+/// ε is within about 10u.
 /// @param[in] snr the target signal-to-noise ratio r > 0.
 /// @param[in] sigma σ > 0.
 /// @param[in] x one row of the state.
@@ -223,7 +189,7 @@ template <real_scalar T>
 [[nodiscard]] double langevin_snr_step_size(double snr, double sigma, std::span<const T> x, std::span<const T> denoised,
                                             std::span<const T> z) noexcept {
   DIFFUSION_ASSERT(denoised.size() == x.size() && z.size() == x.size());
-  const double zz = detail::langevin_sum_squares(z), dd = detail::langevin_sum_squared_difference(denoised, x);
+  const double zz = sum_of_squares(z), dd = squared_distance(denoised, x);
   const double rs2 = snr * sigma * sigma;
   return 2.0 * rs2 * rs2 * (zz / dd);
 }
@@ -485,9 +451,8 @@ sample_result predictor_corrector_sample(SigmaModel& D, X&& x, std::size_t rows,
       } else {
         double z_norms = 0.0, d_norms = 0.0;  // sums over rows of |z_b| and |D_b - x_b|
         for (std::size_t b = 0; b < rows; ++b) {
-          z_norms += std::sqrt(detail::langevin_sum_squares(std::span<const T>(z).subspan(b * n, n)));
-          d_norms += std::sqrt(detail::langevin_sum_squared_difference(std::span<const T>(den).subspan(b * n, n),
-                                                                       std::span<const T>(xs).subspan(b * n, n)));
+          z_norms += norm2(std::span<const T>(z).subspan(b * n, n));
+          d_norms += distance2(std::span<const T>(den).subspan(b * n, n), std::span<const T>(xs).subspan(b * n, n));
         }
         const double ratio = opt.snr * sigma * sigma * z_norms / d_norms;  // r |z|_mean / |s|_mean
         const double eps = 2.0 * ratio * ratio;
