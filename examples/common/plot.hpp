@@ -6,6 +6,7 @@
 //   f.title = "Noise schedules";                 // optional, above all panels
 //   f.columns = 3;                               // panels per row (multiplot layout)
 //   f.width = 1200; f.height = 400;              // pixels
+//   f.palette = true;                            // optional: libgd png, small files for scatter plots
 //   ex::plot::panel& p = f.panels.emplace_back();
 //   p.title = "alpha-bar"; p.xlabel = "t/T"; p.ylabel = "value";
 //   p.logy = true;                               // log axes: logx, logy
@@ -17,7 +18,8 @@
 // save() returns true when the PNG was drawn. When gnuplot is not installed it prints
 // that the Debian package gnuplot-nox draws the figure and the command to run later,
 // and returns false; the examples still succeed (their numeric checks do not depend on
-// the picture). The terminal is pngcairo when gnuplot has it, otherwise png.
+// the picture). The terminal is pngcairo when gnuplot has it (and palette is false), otherwise
+// png.
 //
 // Values that are not finite (±inf, NaN) are written as blank points ("?" in the data
 // file, which gnuplot skips), so log-SNR = −inf at a zero-terminal-SNR step just ends
@@ -56,6 +58,9 @@ struct figure {
   int width = 900, height = 600;  ///< pixels
   int columns = 1;
   int font_size = 10;
+  /// Draw with gnuplot's libgd "png" terminal (256-colour palette, no anti-aliasing) instead
+  /// of pngcairo: several times smaller files, good for dense scatter plots.
+  bool palette = false;
   std::vector<panel> panels;
 };
 
@@ -111,11 +116,12 @@ inline bool save(const figure& fig, const std::string& png_path) {
   const int cols = fig.columns < 1 ? 1 : fig.columns;
   const int rows = static_cast<int>((fig.panels.size() + static_cast<std::size_t>(cols) - 1) / static_cast<std::size_t>(cols));
   g << "# Drawn by the diffusion examples (examples/common/plot.hpp); data in " << dat.filename().string() << "\n"
-    << "if (strstrt(GPVAL_TERMINALS, 'pngcairo') > 0) {\n"
+    << "if (" << (fig.palette ? "0 && " : "") << "strstrt(GPVAL_TERMINALS, 'pngcairo') > 0) {\n"
     << "  set terminal pngcairo size " << fig.width << "," << fig.height << " font 'sans," << fig.font_size
     << "' noenhanced\n"
     << "} else {\n"
-    << "  set terminal png size " << fig.width << "," << fig.height << " noenhanced\n"
+    << "  set terminal png size " << fig.width << "," << fig.height << " font 'sans," << fig.font_size
+    << "' noenhanced\n"
     << "}\n"
     << "set output " << detail::quote(png.filename().string()) << "\n"
     << "set grid\nset key top right\n";
