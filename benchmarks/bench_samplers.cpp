@@ -1,7 +1,9 @@
 // The library's overhead per sampling step: one DDPM/DDIM step and a full 50-step loop on a
 // Stable Diffusion latent (4x64x64 = 16384 floats) with a trivial denoiser (it writes a
-// constant), beside the same step written as a plain loop. The noise source here is a cheap
-// counter hash so that the figures measure the sampler, not the generator (bench_noise does that).
+// constant), beside the same step written as a plain loop. The noise source of the *_hash
+// benchmarks is a cheap counter hash so that the figures measure the sampler, not the generator
+// (bench_noise and bench_kernels do that); the *_philox ones use philox_normal, the noise
+// generated inside the fused step (no buffer), as a real run does.
 //   bench_samplers --benchmark_counters_tabular=true
 #include <benchmark/benchmark.h>
 
@@ -42,6 +44,17 @@ void BM_ddpm_step(benchmark::State& state) {
   for (auto _ : state) {
     diffusion::ddpm_step<float>(sched(), 500, diffusion::prediction::epsilon, diffusion::variance_type::fixed_small, {},
                                 x, out, z, x0, x, scratch);
+    benchmark::DoNotOptimize(x.data());
+  }
+  state.SetItemsProcessed(state.iterations() * static_cast<std::int64_t>(latent));
+}
+void BM_ddpm_step_philox(benchmark::State& state) {  // the sampler API with in-kernel noise
+  std::vector<float> x(latent, 0.5f), out(latent, 0.1f), x0(latent), scratch(latent);
+  const diffusion::philox_normal noise(7);
+  std::uint64_t step = 0;
+  for (auto _ : state) {
+    diffusion::ddpm_step<float>(sched(), 500, diffusion::prediction::epsilon, diffusion::variance_type::fixed_small, {},
+                                x, out, noise, 0, step++, x0, x, scratch);
     benchmark::DoNotOptimize(x.data());
   }
   state.SetItemsProcessed(state.iterations() * static_cast<std::int64_t>(latent));
@@ -90,6 +103,18 @@ void BM_ddpm_loop_50(benchmark::State& state) {
   }
   state.SetItemsProcessed(state.iterations() * 50 * static_cast<std::int64_t>(latent));
 }
+void BM_ddpm_loop_50_philox(benchmark::State& state) {
+  auto model = trivial_model();
+  diffusion::philox_normal noise(11);
+  const diffusion::ddpm_options opt{.timesteps = diffusion::inference_timesteps(1000, 50, diffusion::timestep_spacing::leading, 1)};
+  std::vector<float> x(latent);
+  diffusion::sampler_workspace<float> ws;
+  for (auto _ : state) {
+    diffusion::ddpm_sample(sched(), model, x, 1, noise, opt, diffusion::sampler_hooks<float>{.workspace = &ws});
+    benchmark::DoNotOptimize(x.data());
+  }
+  state.SetItemsProcessed(state.iterations() * 50 * static_cast<std::int64_t>(latent));
+}
 void BM_euler_loop_50(benchmark::State& state) {
   auto model = trivial_model();
   hash_noise noise;
@@ -105,10 +130,12 @@ void BM_euler_loop_50(benchmark::State& state) {
 }
 
 BENCHMARK(BM_ddpm_step);
+BENCHMARK(BM_ddpm_step_philox);
 BENCHMARK(BM_ddpm_step_plain_loop);
 BENCHMARK(BM_ddim_step);
 BENCHMARK(BM_ddim_loop_50)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_ddpm_loop_50)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_ddpm_loop_50_philox)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_euler_loop_50)->Unit(benchmark::kMillisecond);
 
 }  // namespace
