@@ -575,6 +575,13 @@ void triad_nt(buffers& b, std::uint64_t) {
 #endif
 }
 
+/// What parallel_policy{.threads = 2} costs by itself: start and join one thread around an
+/// empty body (the fixed price of every 2-thread call above 128 K elements).
+void spawn_join(buffers& b, std::uint64_t) {
+  diffusion::detail::for_each_range(two_threads, std::max(b.n, std::size_t{1} << 17), diffusion::kernels::noise_chunk,
+                                    [](std::size_t lo, std::size_t hi) { benchmark::DoNotOptimize(lo + hi); });
+}
+
 void copy(buffers& b, std::uint64_t) { std::memcpy(b.out.data(), b.x.data(), b.n * sizeof(float)); }
 
 // ---------------------------------------------------------------------------------------
@@ -618,6 +625,7 @@ void register_all() {
   add("bandwidth/triad", quiet, [](buffers& b, std::uint64_t k) { triad(diffusion::seq, b, k); });
   add("bandwidth/triad_nt", quiet, triad_nt);
   add("bandwidth/triad_2t", quiet, [](buffers& b, std::uint64_t k) { triad(two_threads, b, k); });
+  add("overhead/spawn_join_2t", {0, false}, spawn_join, std::size_t{1} << 14);
 
   add_ours<normals_ours<sequential_policy>, normals_ours<parallel_policy>>("normals", {4, true});
   add_std_normal("normals/plain", {4, true}, [](buffers& b, std_normal& g) {

@@ -233,6 +233,10 @@ def main():
     for n in sizes:
         vals = [ctr("bandwidth", i, n, "bytes_per_second") for i in ("copy", "triad", "triad_nt", "triad_2t")]
         lines.append(f"| {SIZE_NAMES.get(n, n)} | " + " | ".join(f"{v / 2**30:.1f} GB/s" if v else "—" for v in vals) + " |")
+    sj = [r["ns"] for (g, i, n), r in K.items() if g == "overhead" and i == "spawn_join_2t"]
+    if sj:
+        lines.append(f"\nStarting and joining the second thread of parallel_policy{{.threads = 2}} around an empty "
+                     f"body: {fmt_time(min(sj))} per call.")
     lines.append("")
 
     # Noise.
