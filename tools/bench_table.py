@@ -35,8 +35,14 @@ NOISE_FREE = ["ddim", "q_sample", "cfg", "euler"]
 SIZE_NAMES = {16384: "16 K", 262144: "256 K", 4194304: "4 M", 67108864: "64 M"}
 
 
-def load(path, parts_wanted=3):
-    """{(group, impl, size): record} of the median aggregates (or the plain runs)."""
+def load(path, parts_wanted=3, clock="real"):
+    """{(group, impl, size): record} of the median aggregates (or the plain runs).
+
+    record["ns"] is the time used for ratios: with clock == "cpu", the CPU time of the timing
+    thread for one-thread runs (it excludes the time the process waited for a core, so ratios
+    survive other processes on a shared machine) and real time for 2-thread runs (implementations
+    ending in "_2t", whose work the calling thread's CPU time does not see); the rate counters are
+    rescaled to the same clock. record["ns_real"] is always real time."""
     with open(path) as f:
         data = json.load(f)
     out = {}
@@ -53,7 +59,14 @@ def load(path, parts_wanted=3):
             continue
         scale = {"ns": 1.0, "us": 1e3, "ms": 1e6, "s": 1e9}[b.get("time_unit", "ns")]
         rec = dict(b)
-        rec["ns"] = b["real_time"] * scale
+        rec["ns_real"] = b["real_time"] * scale
+        rec["ns"] = rec["ns_real"]
+        if clock == "cpu" and not parts[1].endswith("_2t") and parts[0] != "overhead" and b.get("cpu_time"):
+            rec["ns"] = b["cpu_time"] * scale
+            f = rec["ns_real"] / rec["ns"]
+            for key in ("bytes_per_second", "normals_per_second", "items_per_second"):
+                if key in rec:
+                    rec[key] = rec[key] * f
         out[(parts[0], parts[1], int(parts[2]))] = rec
     return out, data.get("context", {})
 
@@ -111,9 +124,12 @@ def machine_line(build_dir, context):
     caches = context.get("caches", [])
     cache_s = ", ".join(f"L{c['level']}{'d' if c['type'] == 'Data' else '' if c['type'] == 'Unified' else 'i'} "
                         f"{c['size'] // 1024} KiB" for c in caches if c.get("type") in ("Data", "Unified"))
+    head = sh(["git", "rev-parse", "--short", "HEAD"]).strip()
+    dirty = sh(["git", "status", "--porcelain", "--", "include"]).strip()
+    rev = f"; library at {head}{' + uncommitted changes in include/' if dirty else ''}" if head else ""
     return (f"{model.group(1).strip() if model else platform.processor()}, "
             f"{cpus.group(1) if cpus else '?'} CPUs ({threads.group(1) if threads else '?'} thread/core), {cache_s}; "
-            f"{compiler}; flags `{flags}`; load average at start {load_s}; {platform.system()} {platform.release()}")
+            f"{compiler}; flags `{flags}`; load average at start {load_s}; {platform.system()} {platform.release()}{rev}")
 
 
 def schedule_table(path):
@@ -149,20 +165,26 @@ def main():
     ap.add_argument("--build-dir")
     ap.add_argument("--title", default="")
     ap.add_argument("--schedule", help="bench_schedule JSON: print its table only")
+    ap.add_argument("--clock", choices=("cpu", "real"), default="cpu",
+                    help="one-thread times: CPU time of the timing thread (default) or real time")
     a = ap.parse_args()
     if a.schedule:
         schedule_table(a.schedule)
         return
 
-    K, ctx = load(a.kernels)
+    K, ctx = load(a.kernels, clock=a.clock)
     T = {}
     if a.torch and os.path.exists(a.torch):
-        T, _ = load(a.torch)
+        T, _ = load(a.torch, clock=a.clock)
     have_torch = bool(T)
 
     def t(group, impl, n, src=None):
         r = (src or K).get((group, impl, n))
         return r["ns"] if r else None
+
+    def t_real(group, impl, n, src=None):
+        r = (src or K).get((group, impl, n))
+        return r["ns_real"] if r else None
 
     def ctr(group, impl, n, key, src=None):
         r = (src or K).get((group, impl, n))
@@ -188,7 +210,9 @@ def main():
                      "this run started: other processes shared the cores and the memory bus, so these ratios "
                      "(threads and bandwidth above all) are not representative.\n")
     reps = max((r.get("repetitions", 1) for r in K.values()), default=1)
-    lines.append(f"Ratios of medians of real time ({reps} repetitions), float32. \"vs X\" = time of X / time of ours "
+    clock_s = ("CPU time of the timing thread for 1-thread runs (robust to other processes on a shared machine), "
+               "real time for 2-thread runs and the 2-thread speedup" if a.clock == "cpu" else "real time")
+    lines.append(f"Ratios of medians ({reps} repetitions, in random interleaved order) of {clock_s}; float32. \"vs X\" = time of X / time of ours "
                  "(> 1: ours faster). \"of bw\" = ours' bytes/s (minimum traffic: 12 B/element, 16 B for DDPM and "
                  "DDIM which also write x̂₀, 8 B for q_sample_rng, 4 B for normals) over the measured 2-read-1-write limit at that size. "
                  "\"2 thr\" = 1-thread time / 2-thread time (parallel_policy{.threads = 2}: one thread below 128 K "
@@ -211,7 +235,7 @@ def main():
             lim = bw_limit(n)
             two = t(g, "ours_2t", n)
             ident = ctr(g, "ours_2t", n, "bit_identical")
-            two_s = fmt_ratio(ratio(ours, two)) + (" =" if ident == 1 else " ≠" if ident == 0 else "")
+            two_s = fmt_ratio(ratio(t_real(g, "ours", n), two)) + (" =" if ident == 1 else " ≠" if ident == 0 else "")
             allocs = ctr(g, "ours", n, "allocs_per_iter")
             allocs2 = ctr(g, "ours_2t", n, "allocs_per_iter")
             gbs = f"{bps / 2**30:.1f}" if bps else "—"
@@ -308,7 +332,7 @@ def main():
     if ids:
         checks.append(("2 threads bit-identical (every step and size)", f"{sum(1 for x in ids if x == 1)}/{len(ids)}",
                        all(x == 1 for x in ids)))
-    sp = {(g, n): ratio(t(g, "ours", n), t(g, "ours_2t", n)) for g, _ in STEPS for n in sizes if n >= 262144}
+    sp = {(g, n): ratio(t_real(g, "ours", n), t(g, "ours_2t", n)) for g, _ in STEPS for n in sizes if n >= 262144}
     sp = {k: v for k, v in sp.items() if v}
     if sp:
         worst = min(sp, key=sp.get)
