@@ -199,6 +199,29 @@ TEMPLATE_TEST_CASE("In-kernel Philox noise equals a buffer filled by philox_norm
   k::add_noise(c, std::span<const T>(x), std::span<const T>(z), std::span<T>(ref));
   k::add_noise(c, std::span<const T>(x), k::philox_stream{&noise, 40, 2, 0, L}, std::span<T>(out));
   require_same(out, ref, rows * L, 0);
+
+  // The kernels generate SIMD chunks of normals one at a time where the addresses allow it and
+  // fall back to fill elsewhere: offsets off a block start, rows shorter than a chunk, rows that
+  // cross a multiple of 2^32 blocks, and lengths that end mid-chunk all give fill's bits.
+  using u64 = std::uint64_t;
+  const u64 near = (std::is_same_v<T, float> ? 4 : 2) * ((u64{1} << 32) - 40);  // 40 blocks before 2^32 blocks
+  for (u64 offset : {u64{0}, u64{1}, u64{2}, u64{4}, u64{96}, near, near + 1, ~u64{0} - 700}) {
+    for (std::size_t len : {std::size_t{5}, std::size_t{31}, std::size_t{32}, std::size_t{100}, std::size_t{512},
+                            std::size_t{777}, std::size_t{1500}}) {
+      const std::size_t m = 3 * len;
+      const auto xr = data<T>(m, 0.3), yr = data<T>(m, 1.9);
+      std::vector<T> zr(m), want(m), got(m), x0_want(m), x0_got(m);
+      for (std::size_t r = 0; r < 3; ++r) noise.fill(70 + r, 5, offset, std::span<T>(zr).subspan(r * len, len));
+      const k::ddpm_coefficients<T> dc{a, b, false, T(1), static_cast<T>(0.6), static_cast<T>(0.4), c};
+      const std::span<const T> xs(xr), ys(yr);
+      k::ddpm_ancestral(dc, xs, ys, std::span<const T>(zr), std::span<T>(x0_want), std::span<T>(want));
+      k::ddpm_ancestral(dc, xs, ys, k::philox_stream{&noise, 70, 5, offset, len}, std::span<T>(x0_got),
+                        std::span<T>(got));
+      INFO("offset = " << offset << " len = " << len);
+      require_same(got, want, m, 0);
+      require_same(x0_got, x0_want, m, 0);
+    }
+  }
 }
 
 TEMPLATE_TEST_CASE("Kernels give the same bits for 1, 2, 3 and 7 threads as sequentially", "[kernels][threads]", float,

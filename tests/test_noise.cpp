@@ -227,6 +227,53 @@ TEMPLATE_TEST_CASE("philox_normal: the stream index wraps mod 2^64 and blocks cr
   }
 }
 
+TEMPLATE_TEST_CASE("detail::philox_row (a stream with its plan built once) equals philox_normal::fill", "[noise]",
+                   float, double) {
+  using T = TestType;
+  using row_t = diffusion::detail::philox_row<T>;
+  constexpr u64 nb = per_block(std::is_same_v<T, float>);
+  const philox_normal noise(0xC0FFEEull);
+  const u64 sample = 3, step = 8;
+  const row_t row(noise.key(), sample, step);
+  // fill(offset, out) for many offsets and lengths, from one row object.
+  for (u64 base : {u64{0}, u64{1000}, nb * ((u64{1} << 32) - 5), ~u64{0} - 200}) {
+    for (u64 d = 0; d < 9; ++d) {
+      for (std::size_t n : {std::size_t{0}, std::size_t{1}, std::size_t{3}, std::size_t{31}, std::size_t{32},
+                            std::size_t{33}, std::size_t{64}, std::size_t{100}, std::size_t{257}}) {
+        std::vector<T> got(n + 1, T(-99)), want(n);
+        row.fill(base + d, std::span<T>(got).first(n));
+        noise.fill(sample, step, base + d, std::span<T>(want));
+        bool all = got[n] == T(-99);
+        for (std::size_t i = 0; i < n; ++i) all = all && same_bits(got[i], want[i]);
+        INFO("base = " << base << " d = " << d << " n = " << n);
+        REQUIRE(all);
+      }
+    }
+  }
+  // simd_chunk: the chunks simd_chunks_at allows, one at a time, equal fill; none is
+  // allowed off a block start, nor across a multiple of 2^32 blocks.
+  if constexpr (row_t::chunk != 0) {
+    constexpr std::size_t C = row_t::chunk;
+    CHECK(row.simd_chunks_at(1, 10 * C) == 0);
+    CHECK(row.simd_chunks_at(0, C - 1) == 0);
+    CHECK(row.simd_chunks_at(0, 10 * C + 1) == 10);
+    CHECK(row.simd_chunks_at(nb * ((u64{1} << 32) - 2 * C / nb), 10 * C) == 2);  // stops at 2^32 blocks
+    for (u64 k : {u64{0}, u64{nb * 7}, u64{nb * 1001}, nb * ((u64{1} << 32) - 3 * C / nb), nb * (u64{9} << 32),
+                  nb * ((u64{1} << 40) + 5)}) {
+      const std::size_t chunks = row.simd_chunks_at(k, 3 * C);
+      CHECK(chunks == 3);
+      const auto run = row.simd_run(k);
+      std::vector<T> got(3 * C + 1, T(-99)), want(3 * C);
+      for (std::size_t c = 0; c < chunks; ++c) row.simd_chunk(run, k + c * C, got.data() + c * C);
+      noise.fill(sample, step, k, std::span<T>(want));
+      bool all = got[3 * C] == T(-99);
+      for (std::size_t i = 0; i < 3 * C; ++i) all = all && same_bits(got[i], want[i]);
+      INFO("k = " << k);
+      CHECK(all);
+    }
+  }
+}
+
 TEMPLATE_TEST_CASE("philox_normal: different seeds, samples and steps give different streams", "[noise]", float,
                    double) {
   using T = TestType;

@@ -17,9 +17,10 @@
 /// **Fused steps.** The sampler updates are single-pass kernels: each input is read once and
 /// each output written once. Their Gaussian noise z is either a caller's buffer
 /// (`std::span<const T>`, for any noise source) or is generated inside the kernel from a
-/// diffusion::philox_normal stream (kernels::philox_stream) in chunks of
-/// kernels::noise_chunk elements on the stack that stay in L1; because Philox is counter
-/// based, both give the same bits as a buffer filled with philox_normal::fill at the same
+/// diffusion::philox_normal stream (kernels::philox_stream): one SIMD chunk of the generator
+/// at a time (32 normals on SSE2 and AVX2), consumed at once from a small stack buffer, so that
+/// the kernel's loads and stores overlap the generator's arithmetic; because Philox is counter
+/// based, this gives the same bits as a buffer filled with philox_normal::fill at the same
 /// addresses.
 ///
 /// **Aliasing.** An output may be the same array as any input (each element is read before
@@ -41,6 +42,7 @@
 #include <limits>
 #include <span>
 #include <type_traits>
+#include <utility>
 
 #include <xsimd/xsimd.hpp>
 
@@ -65,8 +67,9 @@
 
 namespace diffusion::kernels {
 
-/// @brief Elements of noise generated per chunk by the fused kernels (on the stack: 2 KiB of
-/// float, 4 KiB of double, in L1), and the grain of every thread split.
+/// @brief The grain of every thread split, and the most noise a fused kernel holds at once (on
+/// the stack: 2 KiB of float, 4 KiB of double); a multiple of every SIMD width and of the
+/// generator's SIMD chunk, so that a split never cuts a chunk of normals.
 inline constexpr std::size_t noise_chunk = 512;
 
 /// @brief Whether kernels::madd is one fused operation in this build (the SIMD target has a
@@ -183,29 +186,77 @@ DIFFUSION_KERNEL_INLINE void lanes(std::size_t begin, std::size_t end, const T* 
   for (; k < end; ++k) body(std::type_identity<T>{}, k, z ? z + (k - begin) : nullptr);
 }
 
-/// The range [begin, end) of a kernel with noise operand z.
+/// Runs body over the N elements from begin on as whole batches (N a multiple of the width).
+template <class T, std::size_t N, class Body>
+DIFFUSION_KERNEL_INLINE void lanes_fixed(std::size_t begin, const T* z, Body& body) {
+  using B = typename bulk_lane<T>::type;
+  static_assert(!is_scalar_lane<B> && N % B::size == 0);
+  [&]<std::size_t... I>(std::index_sequence<I...>) {
+    (body(std::type_identity<B>{}, begin + I * B::size, z + I * B::size), ...);
+  }(std::make_index_sequence<N / B::size>{});
+}
+
+// The range [begin, end) of a kernel with noise operand z. Each runs a local copy of the
+// body: xsimd's stores may alias anything, so the values a body holds by value (the kernels
+// capture their pointers and coefficients by value) stay in registers only in an object
+// whose address does not escape.
+
 template <class T, class Body>
-void run_range(std::size_t begin, std::size_t end, const no_noise&, Body& body) {
+void run_range(std::size_t begin, std::size_t end, const no_noise&, const Body& shared_body) {
+  Body body = shared_body;
   lanes<T>(begin, end, static_cast<const T*>(nullptr), body);
 }
 
 template <class T, class Body>
-void run_range(std::size_t begin, std::size_t end, const std::span<const T>& z, Body& body) {
+void run_range(std::size_t begin, std::size_t end, const std::span<const T>& z, const Body& shared_body) {
+  Body body = shared_body;
   lanes<T>(begin, end, z.data() + begin, body);
 }
 
+/// In-kernel noise: each row's part is cut at multiples of noise_chunk within the row (so
+/// that the normals' SIMD chunks line up); where the noise addresses allow it, the normals
+/// are made one SIMD chunk of the generator at a time (philox_row::chunk) and consumed at once, so
+/// that the body's loads and stores overlap the generator's arithmetic; elsewhere
+/// (unaligned offsets, the ends) fill writes the rest of the piece.
 template <class T, class Body>
-void run_range(std::size_t begin, std::size_t end, const philox_stream& z, Body& body) {
+void run_range(std::size_t begin, std::size_t end, const philox_stream& z, const Body& shared_body) {
+  using row_noise = diffusion::detail::philox_row<T>;
+  constexpr std::size_t simd = row_noise::chunk;
+  static_assert(simd == 0 || noise_chunk % simd == 0);
+  Body body = shared_body;
   alignas(64) T buf[noise_chunk];
   const std::size_t row = z.row_length;
   std::size_t i = begin;
   while (i < end) {
-    const std::size_t b = i / row, in_row = i - b * row;
-    // Chunks start at multiples of noise_chunk within a row, so fill takes whole SIMD chunks.
-    const std::size_t len = std::min({end - i, row - in_row, noise_chunk - in_row % noise_chunk});
-    z.source->fill(z.first_sample + b, z.step, z.offset + in_row, std::span<T>(buf, len));
-    lanes<T>(i, i + len, static_cast<const T*>(buf), body);
-    i += len;
+    const std::size_t b = i / row;
+    std::size_t in_row = i - b * row;
+    const std::size_t row_end = end - i <= row - in_row ? end : i + (row - in_row);  // of this row's part
+    if (row_end - i < std::max<std::size_t>(simd, 1)) {  // no whole SIMD chunk: fill alone
+      z.source->fill(z.first_sample + b, z.step, z.offset + in_row, std::span<T>(buf, row_end - i));
+      lanes<T>(i, row_end, static_cast<const T*>(buf), body);
+      i = row_end;
+      continue;
+    }
+    const row_noise noise(z.source->key(), z.first_sample + b, z.step);
+    while (i < row_end) {
+      const std::size_t len = std::min(row_end - i, noise_chunk - in_row % noise_chunk);
+      const std::uint64_t k = z.offset + in_row;
+      std::size_t done = 0;
+      if constexpr (simd != 0) {
+        const std::size_t m = noise.simd_chunks_at(k, len) * simd;
+        const auto run = m != 0 ? noise.simd_run(k) : decltype(noise.simd_run(k)){};
+        for (; done < m; done += simd) {
+          noise.simd_chunk(run, k + done, buf);
+          lanes_fixed<T, simd>(i + done, static_cast<const T*>(buf), body);
+        }
+      }
+      if (done < len) {
+        noise.fill(k + done, std::span<T>(buf, len - done));
+        lanes<T>(i + done, i + len, static_cast<const T*>(buf), body);
+      }
+      i += len;
+      in_row += len;
+    }
   }
 }
 
@@ -245,7 +296,7 @@ void affine2(T a, std::span<const T> x, T b, std::span<const T> y, std::span<T> 
   DIFFUSION_ASSERT(x.size() == out.size() && y.size() == out.size());
   const T *xp = x.data(), *yp = y.data();
   T* op = out.data();
-  detail::run<T>(policy, out.size(), no_noise{}, [&](auto lane, std::size_t k, const T*) {
+  detail::run<T>(policy, out.size(), no_noise{}, [=](auto lane, std::size_t k, const T*) {
     using V = typename decltype(lane)::type;
     detail::store(op + k, madd(V(a), detail::load<V>(xp + k), V(b) * detail::load<V>(yp + k)));
   });
@@ -260,7 +311,7 @@ void scale(T a, std::span<const T> x, std::span<T> out, const P& policy = P{}) n
   DIFFUSION_ASSERT(x.size() == out.size());
   const T* xp = x.data();
   T* op = out.data();
-  detail::run<T>(policy, out.size(), no_noise{}, [&](auto lane, std::size_t k, const T*) {
+  detail::run<T>(policy, out.size(), no_noise{}, [=](auto lane, std::size_t k, const T*) {
     using V = typename decltype(lane)::type;
     detail::store(op + k, V(a) * detail::load<V>(xp + k));
   });
@@ -280,7 +331,7 @@ void guidance_combine(T w, std::span<const T> conditional, std::span<const T> un
   DIFFUSION_ASSERT(conditional.size() == out.size() && unconditional.size() == out.size());
   const T *cp = conditional.data(), *up = unconditional.data();
   T* op = out.data();
-  detail::run<T>(policy, out.size(), no_noise{}, [&](auto lane, std::size_t k, const T*) {
+  detail::run<T>(policy, out.size(), no_noise{}, [=](auto lane, std::size_t k, const T*) {
     using V = typename decltype(lane)::type;
     const V u = detail::load<V>(up + k);
     detail::store(op + k, madd(V(w), detail::load<V>(cp + k) - u, u));
@@ -308,7 +359,7 @@ void affine2_noise(T a, std::span<const T> x, T b, std::span<const T> y, T c, co
   DIFFUSION_ASSERT(x.size() == out.size() && y.size() == out.size() && detail::size_ok<T>(z, out.size()));
   const T *xp = x.data(), *yp = y.data();
   T* op = out.data();
-  detail::run<T>(policy, out.size(), z, [&](auto lane, std::size_t k, const T* zp) {
+  detail::run<T>(policy, out.size(), z, [=](auto lane, std::size_t k, const T* zp) {
     using V = typename decltype(lane)::type;
     V r = madd(V(a), detail::load<V>(xp + k), V(b) * detail::load<V>(yp + k));
     if constexpr (!std::is_same_v<Z, no_noise>) r = madd(V(c), detail::load<V>(zp), r);
@@ -344,7 +395,7 @@ void affine_noise(T a, std::span<const T> x, T b, const Z& z, std::span<T> out, 
   DIFFUSION_ASSERT(x.size() == out.size() && detail::size_ok<T>(z, out.size()));
   const T* xp = x.data();
   T* op = out.data();
-  detail::run<T>(policy, out.size(), z, [&](auto lane, std::size_t k, const T* zp) {
+  detail::run<T>(policy, out.size(), z, [=](auto lane, std::size_t k, const T* zp) {
     using V = typename decltype(lane)::type;
     if constexpr (std::is_same_v<Z, no_noise>)
       detail::store(op + k, madd(V(a), detail::load<V>(xp + k), V(T(0))));
@@ -366,7 +417,7 @@ void add_noise(T c, std::span<const T> x, const Z& z, std::span<T> out, const P&
   DIFFUSION_ASSERT(x.size() == out.size() && detail::size_ok<T>(z, out.size()));
   const T* xp = x.data();
   T* op = out.data();
-  detail::run<T>(policy, out.size(), z, [&](auto lane, std::size_t k, const T* zp) {
+  detail::run<T>(policy, out.size(), z, [=](auto lane, std::size_t k, const T* zp) {
     using V = typename decltype(lane)::type;
     if constexpr (std::is_same_v<Z, no_noise>)
       detail::store(op + k, detail::load<V>(xp + k));
@@ -390,7 +441,7 @@ void langevin(T c, T g, std::span<const T> x, std::span<const T> denoised, const
   DIFFUSION_ASSERT(x.size() == out.size() && denoised.size() == out.size() && detail::size_ok<T>(z, out.size()));
   const T *xp = x.data(), *dp = denoised.data();
   T* op = out.data();
-  detail::run<T>(policy, out.size(), z, [&](auto lane, std::size_t k, const T* zp) {
+  detail::run<T>(policy, out.size(), z, [=](auto lane, std::size_t k, const T* zp) {
     using V = typename decltype(lane)::type;
     const V xv = detail::load<V>(xp + k);
     V r = madd(V(c), detail::load<V>(dp + k) - xv, xv);
@@ -442,7 +493,7 @@ void ddpm_ancestral(const ddpm_coefficients<T>& c, std::span<const T> x, std::sp
   DIFFUSION_ASSERT(x.size() == n && model_out.size() == n && x0.size() == n && detail::size_ok<T>(z, n));
   const T *xp = x.data(), *mp = model_out.data();
   T *x0p = x0.data(), *op = x_next.data();
-  detail::run<T>(policy, n, z, [&](auto lane, std::size_t k, const T* zp) {
+  detail::run<T>(policy, n, z, [=](auto lane, std::size_t k, const T* zp) {
     using V = typename decltype(lane)::type;
     const V xv = detail::load<V>(xp + k);
     V h = madd(V(c.x0_from_x), xv, V(c.x0_from_out) * detail::load<V>(mp + k));
@@ -494,7 +545,7 @@ void ddim(const ddim_coefficients<T>& c, std::span<const T> x, std::span<const T
   DIFFUSION_ASSERT(x.size() == n && model_out.size() == n && x0.size() == n && detail::size_ok<T>(z, n));
   const T *xp = x.data(), *mp = model_out.data();
   T *x0p = x0.data(), *op = x_next.data();
-  detail::run<T>(policy, n, z, [&](auto lane, std::size_t k, const T* zp) {
+  detail::run<T>(policy, n, z, [=](auto lane, std::size_t k, const T* zp) {
     using V = typename decltype(lane)::type;
     const V xv = detail::load<V>(xp + k), ov = detail::load<V>(mp + k);
     V h;

@@ -514,6 +514,27 @@ template <class T>
 inline constexpr std::size_t noise_chunk_blocks =
     (xsimd::batch<std::uint64_t, noise_arch>::size) * noise_chunk_groups<T>;
 
+/// Whether the SIMD chunk interleaves its (cos, sin) batches with xsimd::zip_lo/zip_hi.
+/// Those interleave within each 128-bit part of the register on x86 (SSE, AVX, AVX-512
+/// unpack instructions); on a 128-bit register that is the whole interleave everywhere.
+/// Elsewhere (wider non-x86 registers) the chunk interleaves through a stack buffer.
+inline constexpr bool noise_zip_store =
+#if defined(XSIMD_NO_SUPPORTED_ARCHITECTURE)
+    false;
+#elif defined(__x86_64__) || defined(__i386__) || defined(_M_X64) || defined(_M_IX86)
+    true;
+#else
+    sizeof(typename xsimd::batch<std::uint64_t, noise_arch>::register_type) == 16;
+#endif
+
+/// The block, relative to the batch's first, that 64-bit lane i of a batch of S lanes
+/// computes. With zip stores, lane i ↦ (i mod 2)·S/2 + ⌊i/2⌋: zip_lo(cos, sin) takes the
+/// even 64-bit lanes of every 128-bit part, in order, so it holds the normals of blocks
+/// 0, ..., S/2 − 1 and zip_hi those of S/2, ..., S − 1, both in output order. Otherwise i ↦ i.
+constexpr std::uint64_t noise_lane_block(std::size_t i, std::size_t lanes) noexcept {
+  return noise_zip_store ? (i % 2) * (lanes / 2) + i / 2 : i;
+}
+
 /// The SIMD Philox of one fill. Within a chunk only the low counter word varies (the
 /// chunk never crosses a multiple of 2^32 blocks; fill checks), so the words that
 /// depend only on (block high word, sample, step, key) in rounds 0–2 are computed once
@@ -523,11 +544,16 @@ struct philox_simd_plan {
   std::array<std::uint32_t, philox_rounds> k0{}, k1{};  // round keys
   std::array<B, philox_rounds> k0_lanes, k1_lanes;
   std::uint64_t m1_sample;  // M1·lo32(sample): round 0's product of the constant word
-  std::uint32_t step;
+  B x20, x01;               // round 0's word 2 and round 1's word 0, less the per-lane terms
+
+  /// The words of rounds 1 and 2 that depend on the counter's high word H only; a run of
+  /// chunks that does not cross a multiple of 2^32 blocks shares them.
+  struct high_words {
+    B x21, x22;
+  };
 
   philox_simd_plan(std::array<std::uint32_t, 2> key, std::uint64_t sample, std::uint64_t step_index) noexcept
-      : m1_sample(std::uint64_t{philox_m1} * static_cast<std::uint32_t>(sample)),
-        step(static_cast<std::uint32_t>(step_index)) {
+      : m1_sample(std::uint64_t{philox_m1} * static_cast<std::uint32_t>(sample)) {
     for (std::size_t r = 0; r < static_cast<std::size_t>(philox_rounds); ++r) {
       k0[r] = key[0];
       k1[r] = key[1];
@@ -536,40 +562,49 @@ struct philox_simd_plan {
       key[0] += philox_w0;
       key[1] += philox_w1;
     }
+    x20 = B(static_cast<std::uint32_t>(step_index) ^ k1[0]);
+    x01 = B(static_cast<std::uint32_t>(m1_sample) ^ k0[1]);
   }
 
-  /// Philox4x32-10 of the counters (L + lane, H, sample, step) for `Groups` batches of
-  /// blocks, L = low + g·lanes for batch g; the words are left in c0..c3 (low halves).
+  /// The high_words of counter high word `high`.
+  [[nodiscard]] DIFFUSION_NOISE_INLINE high_words at_high(std::uint32_t high) const noexcept {
+    const std::uint32_t a0 = static_cast<std::uint32_t>(m1_sample >> 32) ^ high ^ k0[0];
+    const std::uint64_t q0 = std::uint64_t{philox_m0} * a0;
+    return {B(static_cast<std::uint32_t>(q0 >> 32) ^ k1[1]), B(static_cast<std::uint32_t>(q0) ^ k1[2])};
+  }
+
+  /// Philox4x32-10 of the counters (L + p(lane), H, sample, step) for `Groups` batches of
+  /// blocks, L = low + g·lanes for batch g, p = noise_lane_block, hw = at_high(H); the words
+  /// are left in c0..c3 (low halves).
   template <std::size_t Groups>
-  DIFFUSION_NOISE_INLINE void run(std::uint32_t low, std::uint32_t high, B (&c0)[Groups], B (&c1)[Groups],
+  DIFFUSION_NOISE_INLINE void run(std::uint32_t low, const high_words& hw, B (&c0)[Groups], B (&c1)[Groups],
                                   B (&c2)[Groups], B (&c3)[Groups]) const noexcept {
-    run(std::make_index_sequence<Groups>{}, low, high, c0, c1, c2, c3);
+    run(std::make_index_sequence<Groups>{}, low, hw, c0, c1, c2, c3);
   }
 
  private:
   template <std::size_t Groups, std::size_t... G>
-  DIFFUSION_NOISE_INLINE void run(std::index_sequence<G...>, std::uint32_t low, std::uint32_t high, B (&c0)[Groups],
+  DIFFUSION_NOISE_INLINE void run(std::index_sequence<G...>, std::uint32_t low, const high_words& hw, B (&c0)[Groups],
                                   B (&c1)[Groups], B (&c2)[Groups], B (&c3)[Groups]) const noexcept {
-    alignas(64) static constexpr std::uint64_t iota[8] = {0, 1, 2, 3, 4, 5, 6, 7};
     constexpr std::size_t lanes = B::size;
+    alignas(64) static constexpr std::array<std::uint64_t, lanes> lane_blocks = [] {
+      std::array<std::uint64_t, lanes> a{};
+      for (std::size_t i = 0; i < lanes; ++i) a[i] = noise_lane_block(i, lanes);
+      return a;
+    }();
     // Round 0: words 0, 1 are shared by all lanes; round 1: word 3 is.
-    const std::uint32_t a0 = static_cast<std::uint32_t>(m1_sample >> 32) ^ high ^ k0[0];
-    const std::uint32_t a1 = static_cast<std::uint32_t>(m1_sample);
-    const std::uint64_t q0 = std::uint64_t{philox_m0} * a0;
-    const B x20(step ^ k1[0]), x01(a1 ^ k0[1]), x21(static_cast<std::uint32_t>(q0 >> 32) ^ k1[1]),
-        x22(static_cast<std::uint32_t>(q0) ^ k1[2]);
-    const B base = B(std::uint64_t{low}) + B::load_aligned(iota);
+    const B base = B(std::uint64_t{low}) + B::load_aligned(lane_blocks.data());
     ((c3[G] = mul_lo32(base + B(std::uint64_t{G * lanes}), philox_m0)), ...);  // round 0
     ((c2[G] = (c3[G] >> 32) ^ x20), ...);
     ((c1[G] = mul_lo32(c2[G], philox_m1)), ...);  // round 1
     ((c0[G] = (c1[G] >> 32) ^ x01), ...);
-    ((c2[G] = c3[G] ^ x21), ...);
+    ((c2[G] = c3[G] ^ hw.x21), ...);
     B p0[Groups], p1[Groups];  // round 2: word 3 of round 1 is shared
     ((p0[G] = mul_lo32(c0[G], philox_m0)), ...);
     ((p1[G] = mul_lo32(c2[G], philox_m1)), ...);
     ((c0[G] = (p1[G] >> 32) ^ c1[G] ^ k0_lanes[2]), ...);
     ((c1[G] = p1[G]), ...);
-    ((c2[G] = (p0[G] >> 32) ^ x22), ...);
+    ((c2[G] = (p0[G] >> 32) ^ hw.x22), ...);
     ((c3[G] = p0[G]), ...);
     for (std::size_t r = 3; r < static_cast<std::size_t>(philox_rounds); ++r)
       (philox_round(c0[G], c1[G], c2[G], c3[G], k0_lanes[r], k1_lanes[r]), ...);
@@ -581,6 +616,197 @@ template <class B, std::size_t... I>
 constexpr auto odd_lanes(std::index_sequence<I...>) noexcept {
   return xsimd::batch_bool_constant<B, (I % 2 == 1)...>{};
 }
+
+/// Stands for the SIMD plan where T has no batch (no SIMD path).
+struct no_philox_plan {
+  constexpr no_philox_plan(std::array<std::uint32_t, 2>, std::uint64_t, std::uint64_t) noexcept {}
+};
+
+/// The SIMD Philox plan of a stream for normals of type T.
+template <class T>
+using philox_plan =
+    std::conditional_t<noise_has_batch<T>, philox_simd_plan<xsimd::batch<std::uint64_t, noise_arch>>, no_philox_plan>;
+
+/// Block indices wrap with k: ⌊k/per_block⌋ < 2^64/per_block.
+template <class T>
+inline constexpr std::uint64_t philox_block_mask = ~std::uint64_t{0} / normals_per_block<T>;
+
+/// The normals of block b of stream (sample, step), scalar path.
+template <class T>
+[[nodiscard]] std::array<T, normals_per_block<T>> philox_block(std::array<std::uint32_t, 2> key, std::uint64_t sample,
+                                                               std::uint64_t step, std::uint64_t b) noexcept {
+  const auto x = philox4x32_10({static_cast<std::uint32_t>(b), static_cast<std::uint32_t>(b >> 32),
+                                static_cast<std::uint32_t>(sample), static_cast<std::uint32_t>(step)},
+                               key);
+  std::array<T, normals_per_block<T>> z{};
+  if constexpr (std::is_same_v<T, float>) {
+    box_muller<float>(x[0], x[1], z[0], z[1]);
+    box_muller<float>(x[2], x[3], z[2], z[3]);
+  } else {
+    box_muller<double>((std::uint64_t{x[0]} << 32) | x[1], (std::uint64_t{x[2]} << 32) | x[3], z[0], z[1]);
+  }
+  return z;
+}
+
+/// One chunk of noise_chunk_blocks blocks from block b on, SIMD path, written to
+/// out[0, noise_chunk_blocks · normals_per_block).
+/// Lane j of a 64-bit batch is block b + p(j), p = noise_lane_block. float: the 32-bit
+/// lanes (2j, 2j+1) carry the pairs (x0, x1) and (x2, x3) of that block, i.e. its normals
+/// (0, 1) and (2, 3); double: lane j gives its normals 0 and 1. Either way the output is
+/// interleave(cos, sin), in block order.
+/// @pre the chunk does not cross a multiple of 2^32 blocks.
+template <class T>
+DIFFUSION_NOISE_INLINE void philox_simd_chunk(const philox_plan<T>& plan,
+                                              const typename philox_plan<T>::high_words& hw, std::uint64_t b,
+                                              T* out) noexcept {
+  static_assert(std::endian::native == std::endian::little, "the lane layout assumes little-endian lanes");
+  using u64 = xsimd::batch<std::uint64_t, noise_arch>;
+  using real = xsimd::batch<T, noise_arch>;
+  constexpr std::size_t nb = noise_chunk_blocks<T>, groups = noise_chunk_groups<T>;
+  constexpr std::size_t per_group = real::size;  // (cos, sin) pairs per group
+  static_assert(per_group * groups * 2 == nb * normals_per_block<T>);
+
+  u64 c0[groups], c1[groups], c2[groups], c3[groups];
+  plan.run(static_cast<std::uint32_t>(b), hw, c0, c1, c2, c3);
+
+  // The transform on all groups at once (a lane_group), for instruction-level parallelism.
+  using group = lane_group<real, groups>;
+  using group_bits = typename noise_lane<group>::bits;
+  group_bits radius_words, angle_words;
+  for (std::size_t g = 0; g < groups; ++g) {
+    if constexpr (std::is_same_v<T, float>) {
+      using u32 = xsimd::batch<std::uint32_t, noise_arch>;
+      constexpr auto odd = odd_lanes<u32>(std::make_index_sequence<u32::size>{});
+      // 32-bit lane 2j: word 0 (resp. 1) of block j; lane 2j + 1: word 2 (resp. 3).
+      radius_words.v[g] = xsimd::select(odd, xsimd::bitwise_cast<u32>(c2[g] << 32), xsimd::bitwise_cast<u32>(c0[g]));
+      angle_words.v[g] = xsimd::select(odd, xsimd::bitwise_cast<u32>(c3[g] << 32), xsimd::bitwise_cast<u32>(c1[g]));
+    } else {
+      const u64 low(0xFFFFFFFFu);
+      radius_words.v[g] = (c0[g] << 32) | (c1[g] & low);  // word 0 high, word 1 low
+      angle_words.v[g] = (c2[g] << 32) | (c3[g] & low);
+    }
+  }
+  group z0, z1;
+  box_muller<group>(radius_words, angle_words, z0, z1);
+  if constexpr (noise_zip_store) {
+    // The lanes hold their blocks in the order of noise_lane_block.
+    for (std::size_t g = 0; g < groups; ++g) {
+      xsimd::zip_lo(z0.v[g], z1.v[g]).store_unaligned(out + 2 * g * per_group);
+      xsimd::zip_hi(z0.v[g], z1.v[g]).store_unaligned(out + (2 * g + 1) * per_group);
+    }
+  } else {
+    alignas(64) T zc[per_group * groups], zs[per_group * groups];
+    for (std::size_t g = 0; g < groups; ++g) {
+      z0.v[g].store_aligned(zc + g * per_group);
+      z1.v[g].store_aligned(zs + g * per_group);
+    }
+    for (std::size_t i = 0; i < per_group * groups; ++i) {
+      out[2 * i] = zc[i];
+      out[2 * i + 1] = zs[i];
+    }
+  }
+}
+
+/// philox_normal::fill of stream (sample, step) under `key`; make_plan() gives the stream's
+/// philox_plan<T> (built on the spot, or a reference to one built before), called at most
+/// once and only when a whole SIMD chunk is wanted.
+template <class T, class MakePlan>
+void philox_fill(std::array<std::uint32_t, 2> key, std::uint64_t sample, std::uint64_t step, std::uint64_t offset,
+                 std::span<T> out, MakePlan&& make_plan) noexcept {
+  constexpr std::size_t per_block = normals_per_block<T>;
+  const std::size_t n = out.size();
+  std::size_t done = 0;
+  std::uint64_t k = offset;
+  const auto scalar_block = [&] {  // the rest of block ⌊k/per_block⌋ that is wanted
+    const auto z = philox_block<T>(key, sample, step, k / per_block);
+    const auto first = static_cast<std::size_t>(k % per_block);
+    const std::size_t take = std::min(per_block - first, n - done);
+    std::copy_n(z.begin() + static_cast<std::ptrdiff_t>(first), take, out.begin() + static_cast<std::ptrdiff_t>(done));
+    done += take;
+    k += take;
+  };
+  if (n != 0 && k % per_block != 0) scalar_block();
+  if constexpr (noise_has_batch<T>) {
+    constexpr std::size_t chunk_blocks = noise_chunk_blocks<T>, chunk = chunk_blocks * per_block;
+    if (n - done >= chunk) {
+      const auto& plan = make_plan();
+      while (n - done >= chunk) {
+        const std::uint64_t b = k / per_block;
+        // Whole chunks up to the next multiple of 2^32 blocks go to the SIMD path; a
+        // chunk that would cross it (or wrap) goes to the scalar one.
+        const std::uint64_t before_boundary = (std::uint64_t{1} << 32) - (b & 0xFFFFFFFFu);
+        const std::size_t chunks =
+            static_cast<std::size_t>(std::min<std::uint64_t>((n - done) / chunk, before_boundary / chunk_blocks));
+        if (chunks != 0) {
+          const auto hw = plan.at_high(static_cast<std::uint32_t>(b >> 32));
+          for (std::size_t i = 0; i < chunks; ++i)
+            philox_simd_chunk<T>(plan, hw, b + i * chunk_blocks, out.data() + done + i * chunk);
+          done += chunks * chunk;
+          k += chunks * chunk;
+        } else {
+          for (std::size_t j = 0; j < chunk_blocks; ++j) {
+            const auto z = philox_block<T>(key, sample, step, (b + j) & philox_block_mask<T>);
+            std::copy_n(z.begin(), per_block, out.begin() + static_cast<std::ptrdiff_t>(done + j * per_block));
+          }
+          done += chunk;
+          k += chunk;
+        }
+      }
+    }
+  }
+  while (done < n) scalar_block();
+}
+
+/// One stream (key, sample, step) with its SIMD plan built once, for callers that fill it
+/// piece by piece (the fused kernels): fill(offset, out) writes exactly what
+/// philox_normal::fill(sample, step, offset, out) writes.
+template <class T>
+class philox_row {
+ public:
+  philox_row(std::array<std::uint32_t, 2> key, std::uint64_t sample, std::uint64_t step) noexcept
+      : key_(key), sample_(sample), step_(step), plan_(key, sample, step) {}
+
+  /// Normals per SIMD chunk; 0 where T has no SIMD path.
+  static constexpr std::size_t chunk = noise_has_batch<T> ? noise_chunk_blocks<T> * normals_per_block<T> : 0;
+
+  DIFFUSION_NOISE_INLINE void fill(std::uint64_t offset, std::span<T> out) const noexcept {
+    philox_fill<T>(key_, sample_, step_, offset, out, [this]() -> const philox_plan<T>& { return plan_; });
+  }
+
+  /// How many whole SIMD chunks simd_chunk may write from normal k on within n normals: 0
+  /// unless k starts a block; none crosses a multiple of 2^32 blocks (fill's rule).
+  [[nodiscard]] std::size_t simd_chunks_at(std::uint64_t k, std::size_t n) const noexcept {
+    if constexpr (chunk == 0) {
+      return 0;
+    } else {
+      constexpr std::size_t per_block = normals_per_block<T>;
+      if (k % per_block != 0) return 0;
+      const std::uint64_t before_boundary = (std::uint64_t{1} << 32) - ((k / per_block) & 0xFFFFFFFFu);
+      return static_cast<std::size_t>(std::min<std::uint64_t>(n / chunk, before_boundary / noise_chunk_blocks<T>));
+    }
+  }
+
+  /// The words a run of SIMD chunks from normal k on shares (see simd_chunks_at).
+  [[nodiscard]] DIFFUSION_NOISE_INLINE auto simd_run(std::uint64_t k) const noexcept
+    requires(chunk != 0)
+  {
+    return plan_.at_high(static_cast<std::uint32_t>((k / normals_per_block<T>) >> 32));
+  }
+
+  /// Normals k, ..., k + chunk − 1 into out, the SIMD path of fill; run = simd_run(k0) for
+  /// a k0 ≤ k whose simd_chunks_at(k0, ...) covers this chunk.
+  DIFFUSION_NOISE_INLINE void simd_chunk(const typename philox_plan<T>::high_words& run, std::uint64_t k,
+                                         T* out) const noexcept
+    requires(chunk != 0)
+  {
+    philox_simd_chunk<T>(plan_, run, k / normals_per_block<T>, out);
+  }
+
+ private:
+  std::array<std::uint32_t, 2> key_;
+  std::uint64_t sample_, step_;
+  philox_plan<T> plan_;
+};
 
 }  // namespace detail
 
@@ -661,47 +887,8 @@ class philox_normal {
   /// @param[out] out where the normals go; any size, any alignment.
   template <real_scalar T>
   void fill(std::uint64_t sample, std::uint64_t step, std::uint64_t offset, std::span<T> out) const noexcept {
-    constexpr std::size_t per_block = detail::normals_per_block<T>;
-    const std::size_t n = out.size();
-    std::size_t done = 0;
-    std::uint64_t k = offset;
-    const auto scalar_block = [&] {  // the rest of block ⌊k/per_block⌋ that is wanted
-      const auto z = block<T>(sample, step, k / per_block);
-      const auto first = static_cast<std::size_t>(k % per_block);
-      const std::size_t take = std::min(per_block - first, n - done);
-      std::copy_n(z.begin() + static_cast<std::ptrdiff_t>(first), take,
-                  out.begin() + static_cast<std::ptrdiff_t>(done));
-      done += take;
-      k += take;
-    };
-    if (n != 0 && k % per_block != 0) scalar_block();
-    if constexpr (detail::noise_has_batch<T>) {
-      constexpr std::size_t chunk_blocks = detail::noise_chunk_blocks<T>, chunk = chunk_blocks * per_block;
-      if (n - done >= chunk) {
-        const detail::philox_simd_plan<xsimd::batch<std::uint64_t, detail::noise_arch>> plan(key(), sample, step);
-        while (n - done >= chunk) {
-          const std::uint64_t b = k / per_block;
-          // Whole chunks up to the next multiple of 2^32 blocks go to the SIMD path; a
-          // chunk that would cross it (or wrap) goes to the scalar one.
-          const std::uint64_t before_boundary = (std::uint64_t{1} << 32) - (b & 0xFFFFFFFFu);
-          const std::size_t chunks =
-              static_cast<std::size_t>(std::min<std::uint64_t>((n - done) / chunk, before_boundary / chunk_blocks));
-          if (chunks != 0) {
-            simd_chunks(plan, b, chunks, out.data() + done);
-            done += chunks * chunk;
-            k += chunks * chunk;
-          } else {
-            for (std::size_t j = 0; j < chunk_blocks; ++j) {
-              const auto z = block<T>(sample, step, (b + j) & block_mask<T>);
-              std::copy_n(z.begin(), per_block, out.begin() + static_cast<std::ptrdiff_t>(done + j * per_block));
-            }
-            done += chunk;
-            k += chunk;
-          }
-        }
-      }
-    }
-    while (done < n) scalar_block();
+    detail::philox_fill<T>(key(), sample, step, offset, out,
+                           [&] { return detail::philox_plan<T>(key(), sample, step); });
   }
 
   /// @brief Normal number k of stream (sample, step): the scalar path, equal bit for bit to
@@ -709,94 +896,11 @@ class philox_normal {
   template <real_scalar T>
   [[nodiscard]] T at(std::uint64_t sample, std::uint64_t step, std::uint64_t k) const noexcept {
     constexpr std::size_t per_block = detail::normals_per_block<T>;
-    return block<T>(sample, step, k / per_block)[static_cast<std::size_t>(k % per_block)];
+    return detail::philox_block<T>(key(), sample, step, k / per_block)[static_cast<std::size_t>(k % per_block)];
   }
 
  private:
   std::uint64_t seed_;
-
-  /// Block indices wrap with k: ⌊k/per_block⌋ < 2^64/per_block.
-  template <class T>
-  static constexpr std::uint64_t block_mask = ~std::uint64_t{0} / detail::normals_per_block<T>;
-
-  [[nodiscard]] static constexpr std::array<std::uint32_t, 4> counter(std::uint64_t sample, std::uint64_t step,
-                                                                      std::uint64_t b) noexcept {
-    return {static_cast<std::uint32_t>(b), static_cast<std::uint32_t>(b >> 32), static_cast<std::uint32_t>(sample),
-            static_cast<std::uint32_t>(step)};
-  }
-
-  /// The normals of one block, scalar path.
-  template <class T>
-  [[nodiscard]] std::array<T, detail::normals_per_block<T>> block(std::uint64_t sample, std::uint64_t step,
-                                                                  std::uint64_t b) const noexcept {
-    const auto x = philox4x32_10(counter(sample, step, b), key());
-    std::array<T, detail::normals_per_block<T>> z{};
-    if constexpr (std::is_same_v<T, float>) {
-      detail::box_muller<float>(x[0], x[1], z[0], z[1]);
-      detail::box_muller<float>(x[2], x[3], z[2], z[3]);
-    } else {
-      detail::box_muller<double>((std::uint64_t{x[0]} << 32) | x[1], (std::uint64_t{x[2]} << 32) | x[3], z[0], z[1]);
-    }
-    return z;
-  }
-
-  /// `chunks` chunks of noise_chunk_blocks blocks from block b on, SIMD path, written to
-  /// out[0, chunks·chunk).
-  /// Lane j of a 64-bit batch is block b + j. float: the 32-bit lanes (2j, 2j+1) carry
-  /// the pairs (x0, x1) and (x2, x3) of block j, so lane l gives normals 2l and 2l + 1;
-  /// double: lane j gives normals 2j and 2j + 1. Either way out = interleave(cos, sin).
-  /// @pre the chunks do not cross a multiple of 2^32 blocks.
-  template <class T>
-  static void simd_chunks(const detail::philox_simd_plan<xsimd::batch<std::uint64_t, detail::noise_arch>>& plan,
-                          std::uint64_t b, std::size_t chunks, T* out) noexcept {
-    for (std::size_t i = 0; i < chunks; ++i)
-      simd_chunk(plan, b + i * detail::noise_chunk_blocks<T>,
-                 out + i * detail::noise_chunk_blocks<T> * detail::normals_per_block<T>);
-  }
-
-  template <class T>
-  DIFFUSION_NOISE_INLINE static void simd_chunk(
-      const detail::philox_simd_plan<xsimd::batch<std::uint64_t, detail::noise_arch>>& plan, std::uint64_t b,
-      T* out) noexcept {
-    static_assert(std::endian::native == std::endian::little, "the lane layout assumes little-endian lanes");
-    using u64 = xsimd::batch<std::uint64_t, detail::noise_arch>;
-    using real = xsimd::batch<T, detail::noise_arch>;
-    constexpr std::size_t nb = detail::noise_chunk_blocks<T>, groups = detail::noise_chunk_groups<T>;
-    constexpr std::size_t per_group = real::size;  // (cos, sin) pairs per group
-    static_assert(per_group * groups * 2 == nb * detail::normals_per_block<T>);
-
-    u64 c0[groups], c1[groups], c2[groups], c3[groups];
-    plan.run(static_cast<std::uint32_t>(b), static_cast<std::uint32_t>(b >> 32), c0, c1, c2, c3);
-
-    // The transform on all groups at once (a lane_group), for instruction-level parallelism.
-    using group = detail::lane_group<real, groups>;
-    using group_bits = typename detail::noise_lane<group>::bits;
-    group_bits radius_words, angle_words;
-    for (std::size_t g = 0; g < groups; ++g) {
-      if constexpr (std::is_same_v<T, float>) {
-        using u32 = xsimd::batch<std::uint32_t, detail::noise_arch>;
-        constexpr auto odd = detail::odd_lanes<u32>(std::make_index_sequence<u32::size>{});
-        // 32-bit lane 2j: word 0 (resp. 1) of block j; lane 2j + 1: word 2 (resp. 3).
-        radius_words.v[g] = xsimd::select(odd, xsimd::bitwise_cast<u32>(c2[g] << 32), xsimd::bitwise_cast<u32>(c0[g]));
-        angle_words.v[g] = xsimd::select(odd, xsimd::bitwise_cast<u32>(c3[g] << 32), xsimd::bitwise_cast<u32>(c1[g]));
-      } else {
-        const u64 low(0xFFFFFFFFu);
-        radius_words.v[g] = (c0[g] << 32) | (c1[g] & low);  // word 0 high, word 1 low
-        angle_words.v[g] = (c2[g] << 32) | (c3[g] & low);
-      }
-    }
-    group z0, z1;
-    detail::box_muller<group>(radius_words, angle_words, z0, z1);
-    alignas(64) T zc[per_group * groups], zs[per_group * groups];
-    for (std::size_t g = 0; g < groups; ++g) {
-      z0.v[g].store_aligned(zc + g * per_group);
-      z1.v[g].store_aligned(zs + g * per_group);
-    }
-    for (std::size_t i = 0; i < per_group * groups; ++i) {
-      out[2 * i] = zc[i];
-      out[2 * i + 1] = zs[i];
-    }
-  }
 };
 
 static_assert(noise_source<philox_normal>);
