@@ -3,14 +3,19 @@
 #include <catch2/catch.hpp>
 
 #include <diffusion/analytic.hpp>
+#include <diffusion/execution.hpp>
+#include <diffusion/kernels.hpp>
 #include <diffusion/sampler_ddpm.hpp>
 #include <diffusion/sampler_karras.hpp>
 #include <diffusion/sampler_langevin.hpp>
 
 #include <atomic>
+#include <chrono>
 #include <cstddef>
 #include <cstdlib>
 #include <new>
+#include <span>
+#include <thread>
 #include <vector>
 
 #include "support.hpp"
@@ -167,4 +172,26 @@ TEST_CASE("Fused philox_normal paths allocate nothing per step", "[samplers][all
                                       hooks);
   REQUIRE(counts.size() == 50);
   CHECK(counts.front() == counts.back());
+}
+
+TEST_CASE("A parallel kernel call allocates nothing once the pool is running", "[kernels][allocation][threads]") {
+  const std::size_t n = std::size_t{1} << 16;
+  std::vector<float> x(n, 1.5f), y(n, -0.25f), out(n), expected(n);
+  const diffusion::parallel_policy two{2, 1024};  // 64 ranges' worth of elements: split in two
+  diffusion::kernels::affine2(0.5f, std::span<const float>(x), 3.0f, std::span<const float>(y), std::span<float>(expected));
+  diffusion::kernels::affine2(0.5f, std::span<const float>(x), 3.0f, std::span<const float>(y), std::span<float>(out),
+                              two);  // starts the pool (allocates its threads and slots once)
+  CHECK(out == expected);
+  const std::size_t before = allocations.load();
+  for (int call = 0; call < 100; ++call)
+    diffusion::kernels::affine2(0.5f, std::span<const float>(x), 3.0f, std::span<const float>(y), std::span<float>(out),
+                                two);
+  // Also when the worker has gone to sleep between calls (woken through its condition variable).
+  for (int call = 0; call < 3; ++call) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    diffusion::kernels::affine2(0.5f, std::span<const float>(x), 3.0f, std::span<const float>(y), std::span<float>(out),
+                                two);
+  }
+  CHECK(allocations.load() == before);
+  CHECK(out == expected);
 }
