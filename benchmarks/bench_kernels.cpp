@@ -32,6 +32,8 @@
 //   scripts/bench-table.sh       builds, runs this (and bench_torch when built), prints the ratios
 #include <benchmark/benchmark.h>
 
+#include "size_cap.hpp"
+
 #include <diffusion/ddpm.hpp>
 #include <diffusion/execution.hpp>
 #include <diffusion/noise.hpp>
@@ -675,25 +677,10 @@ void register_all() {
   add_std_normal("langevin/eigen", noisy, langevin_eigen);
 }
 
-/// Reads and removes --max_elements=N; DIFFUSION_BENCH_MAX_ELEMENTS is the fallback.
-void read_size_cap(int& argc, char** argv) {
-  if (const char* env = std::getenv("DIFFUSION_BENCH_MAX_ELEMENTS")) max_elements = std::strtoull(env, nullptr, 10);
-  constexpr std::string_view flag = "--max_elements=";
-  int kept = 1;
-  for (int i = 1; i < argc; ++i) {
-    const std::string_view a = argv[i];
-    if (a.starts_with(flag))
-      max_elements = std::strtoull(argv[i] + flag.size(), nullptr, 10);
-    else
-      argv[kept++] = argv[i];
-  }
-  argc = kept;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
-  read_size_cap(argc, argv);
+  bench::read_size_cap(argc, argv, max_elements);
   register_all();
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;

@@ -5,6 +5,8 @@
 // bytes_per_second counts the input bytes read (4 per float and input).
 #include <benchmark/benchmark.h>
 
+#include "size_cap.hpp"
+
 #include <diffusion/reductions.hpp>
 
 #include <Eigen/Core>
@@ -84,24 +86,10 @@ void register_all() {
   add("squared_distance/eigen", 2, [](const data& d) { return static_cast<double>((map(d.a) - map(d.b)).squaredNorm()); });
 }
 
-/// Reads and removes --max_elements=N (the ctest smoke run uses 16 K).
-void read_size_cap(int& argc, char** argv) {
-  constexpr std::string_view flag = "--max_elements=";
-  int kept = 1;
-  for (int i = 1; i < argc; ++i) {
-    const std::string_view arg = argv[i];
-    if (arg.starts_with(flag))
-      max_elements = std::strtoull(argv[i] + flag.size(), nullptr, 10);
-    else
-      argv[kept++] = argv[i];
-  }
-  argc = kept;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
-  read_size_cap(argc, argv);
+  bench::read_size_cap(argc, argv, max_elements);
   register_all();
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;

@@ -19,6 +19,8 @@
 //   langevin  score_sde LangevinCorrector: x + α·(D − x)/σ² + √(2α)·randn_like(x)
 #include <benchmark/benchmark.h>
 
+#include "size_cap.hpp"
+
 #include <torch/torch.h>
 
 #include <diffusion/betas.hpp>
@@ -164,24 +166,10 @@ void add(const std::string& step, std::size_t bytes, bool noisy, step_fn f) {
   }
 }
 
-void read_size_cap(int& argc, char** argv) {
-  if (const char* env = std::getenv("DIFFUSION_BENCH_MAX_ELEMENTS")) max_elements = std::strtoull(env, nullptr, 10);
-  constexpr std::string_view flag = "--max_elements=";
-  int kept = 1;
-  for (int i = 1; i < argc; ++i) {
-    const std::string_view a = argv[i];
-    if (a.starts_with(flag))
-      max_elements = std::strtoull(argv[i] + flag.size(), nullptr, 10);
-    else
-      argv[kept++] = argv[i];
-  }
-  argc = kept;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
-  read_size_cap(argc, argv);
+  bench::read_size_cap(argc, argv, max_elements);
   torch::set_num_threads(1);
   torch::manual_seed(0);
   add("normals", 4, true, normals);
