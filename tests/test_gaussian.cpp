@@ -16,12 +16,15 @@
 namespace {
 using diffusion::prediction;
 constexpr prediction kinds[] = {prediction::epsilon, prediction::sample, prediction::v, prediction::score};
+constexpr prediction all_kinds[] = {prediction::epsilon, prediction::sample, prediction::v, prediction::score,
+                                    prediction::flow_velocity};
 const char* short_name(prediction p) {
   switch (p) {
     case prediction::epsilon: return "eps";
     case prediction::sample: return "x0";
     case prediction::v: return "v";
     case prediction::score: return "score";
+    case prediction::flow_velocity: return "u";
   }
   return "?";
 }
@@ -200,13 +203,14 @@ TEMPLATE_TEST_CASE("conversions round-trip and agree with the forward process", 
         case prediction::sample: return static_cast<double>(x0[k]);
         case prediction::v: return c * D(eps[k]) - d * D(x0[k]);
         case prediction::score: return -static_cast<double>(eps[k]) / d;
+        case prediction::flow_velocity: return D(eps[k]) - D(x0[k]);
       }
       return 0.0;
     };
-    for (prediction from : kinds) {
+    for (prediction from : all_kinds) {
       std::vector<T> in(n);
       for (std::size_t k = 0; k < n; ++k) in[k] = static_cast<T>(truth(from, k));
-      for (prediction to : kinds) {
+      for (prediction to : all_kinds) {
         diffusion::convert_prediction(s, t, from, to, xt, in, tmp);
         const auto ab = diffusion::conversion_coefficients(s, t, from, to);
         for (std::size_t k = 0; k < n; ++k) {

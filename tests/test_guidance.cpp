@@ -299,7 +299,7 @@ TEST_CASE("guidance errors", "[guidance][errors]") {
   const std::vector<double> a(6, 1.0), b(4, 1.0);
   std::vector<double> out(6);
   CHECK_THROWS_WITH(diffusion::apply_guidance<double>(a, b, 2, {}, out), Contains("differs from unconditional.size() = 4"));
-  CHECK_THROWS_WITH(diffusion::apply_guidance<double>(a, a, 4, {}, out), Contains("batch size 4"));
+  CHECK_THROWS_WITH(diffusion::apply_guidance<double>(a, a, 4, {}, out), Contains("rows = 4 does not divide out.size() = 6"));
   CHECK_THROWS_WITH(diffusion::apply_guidance<double>(a, a, 2, {.guidance_scale = nan}, out), Contains("guidance_scale = nan"));
   // The rescale needs a spread: rows of one element (or constant rows) have std 0.
   CHECK_THROWS_AS(diffusion::apply_guidance<double>(a, a, 6, {.guidance_rescale = 0.5}, out), std::domain_error);

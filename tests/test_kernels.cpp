@@ -62,8 +62,8 @@ namespace k = diffusion::kernels;
 
 template <class T>
 constexpr std::size_t simd_width() {
-  if constexpr (diffusion::detail::noise_has_batch<T>)
-    return xsimd::batch<T, diffusion::detail::noise_arch>::size;
+  if constexpr (diffusion::simd::has_batch<T>)
+    return xsimd::batch<T, diffusion::simd::arch>::size;
   else
     return 1;
 }

@@ -25,7 +25,8 @@ using diffusion::prediction;
 using ld = long double;
 constexpr double u = 0x1p-53;
 constexpr double inf = std::numeric_limits<double>::infinity();
-constexpr prediction kinds[] = {prediction::epsilon, prediction::sample, prediction::v, prediction::score};
+constexpr prediction kinds[] = {prediction::epsilon, prediction::sample, prediction::v, prediction::score,
+                                    prediction::flow_velocity};
 
 static_assert(diffusion::denoiser<diffusion::gaussian_mixture_data, float>);
 static_assert(diffusion::denoiser<diffusion::gaussian_mixture_data, double>);
@@ -160,6 +161,7 @@ TEST_CASE("a one-component mixture is gaussian_data for every kind and sigma in 
           case prediction::sample: want = x0, scale = x0_terms; break;
           case prediction::v: want = c * eps - d * x0, scale = c * std::abs(eps) + d * x0_terms; break;
           case prediction::score: want = -eps / d, scale = std::abs(eps) / d; break;
+          case prediction::flow_velocity: want = eps - x0, scale = std::abs(eps) + x0_terms; break;
         }
         const double err = std::abs(got[r * mu.size() + k] - want);
         INFO(diffusion::to_string(kind) << " sigma " << sigma << " k " << k << ": " << got[r * mu.size() + k] << " vs " << want);

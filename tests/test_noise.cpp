@@ -428,9 +428,9 @@ struct budget {
 template <class T>
 constexpr budget accuracy_budget() {
   if constexpr (std::is_same_v<T, float>)
-    return diffusion::detail::noise_fused_madd ? budget{1.0, 1.0, 1.5} : budget{1.0, 1.75, 1.5};
+    return diffusion::simd::fused_madd ? budget{1.0, 1.0, 1.5} : budget{1.0, 1.75, 1.5};
   else
-    return diffusion::detail::noise_fused_madd ? budget{1.2, 1.1, 1.5} : budget{1.35, 1.6, 1.5};
+    return diffusion::simd::fused_madd ? budget{1.2, 1.1, 1.5} : budget{1.35, 1.6, 1.5};
 }
 
 /// Largest errors over the given words; the reference for sin/cos reduces exactly.
@@ -457,7 +457,7 @@ void check_transform_accuracy(const std::vector<bits_t<T>>& words) {
   CHECK(documented);  // u = (2m + 1)·2^-(p+1) exactly, in (0, 1)
   constexpr budget b = accuracy_budget<T>();
   WARN((std::is_same_v<T, float> ? "float" : "double")
-       << " (fused multiply-add: " << diffusion::detail::noise_fused_madd << ", " << words.size()
+       << " (fused multiply-add: " << diffusion::simd::fused_madd << ", " << words.size()
        << " inputs): max error ln u = " << worst_log << " ulp (against std::log: " << worst_log_std
        << " ulp), sin 2πu = " << worst_sin << " ulp, cos 2πu = " << worst_cos << " ulp");
   CHECK(worst_log <= b.ln);

@@ -164,7 +164,7 @@ TEST_CASE("a model with a learned variance block works through the sigma-space v
     }
   });
   diffusion::sigma_space_model plain(g);
-  diffusion::sigma_space_model learned(with_variance, nullptr, true);
+  diffusion::sigma_space_model learned(with_variance, diffusion::sigma_timesteps, {.learned_variance = true});
   test::test_noise noise{0};
   const auto sig = diffusion::karras_sigmas(12, 0.02, 20.0);
   std::vector<double> a(3 * 5, 1.0), b(3 * 5, 1.0);

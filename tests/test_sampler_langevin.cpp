@@ -488,7 +488,7 @@ TEST_CASE("a sigma-space view of a learned-variance model (2n outputs per row) w
                                                 out[b * 2 * n + n + k] = 1e300;
                                               }
                                           });
-  diffusion::sigma_space_model<decltype(learned)> Dl(learned, nullptr, true);
+  diffusion::sigma_space_model Dl(learned, diffusion::sigma_timesteps, {.learned_variance = true});
   D_t D(g);
   test::test_noise noise{8};
   const auto sigmas = diffusion::geometric_sigmas(6, 0.05, 5.0);
@@ -531,14 +531,14 @@ TEST_CASE("Langevin sampler errors", "[samplers][langevin][errors]") {
   CHECK_THROWS_WITH(diffusion::predictor_corrector_sample(
                         D, x, 2, noise, good, {.predictor = pc_predictor::none, .corrector = pc_corrector::none}),
                     Contains("both none"));
-  CHECK_THROWS_WITH(diffusion::annealed_langevin_sample(D, x, 3, noise, good), Contains("batch size 3"));
+  CHECK_THROWS_WITH(diffusion::annealed_langevin_sample(D, x, 3, noise, good), Contains("rows = 3 does not divide x.size() = 4"));
   // Non-finite model output: std::domain_error naming row, element and the stream step.
   auto bad_model = diffusion::make_denoiser(diffusion::prediction::sample,
                                             [](const diffusion::denoiser_input<double>& in, std::span<double> out) {
                                               for (auto& o : out) o = 0.0;
                                               if (in.sigma[0] < 0.8) out[3] = std::numeric_limits<double>::quiet_NaN();
                                             });
-  diffusion::sigma_space_model<decltype(bad_model)> Dbad(bad_model);
+  diffusion::sigma_space_model Dbad(bad_model, diffusion::sigma_timesteps);
   CHECK_THROWS_AS(diffusion::annealed_langevin_sample(Dbad, x, 2, noise, good, {.n_steps_each = 3}), std::domain_error);
   CHECK_THROWS_WITH(diffusion::annealed_langevin_sample(Dbad, x, 2, noise, good, {.n_steps_each = 3}),
                     Contains("nan at row 1, element 1 in step 3 (timestep 0.5)"));
@@ -550,7 +550,7 @@ TEST_CASE("Langevin sampler errors", "[samplers][langevin][errors]") {
                                            [](const diffusion::denoiser_input<double>&, std::span<double> out) {
                                              for (auto& o : out) o = 0.0;
                                            });
-  diffusion::sigma_space_model<decltype(identity)> Did(identity);
+  diffusion::sigma_space_model Did(identity, diffusion::sigma_timesteps);
   std::vector<double> zero(4, 0.0);
   CHECK_THROWS_WITH(diffusion::predictor_corrector_sample(Did, zero, 2, noise, good, {.draw_initial_noise = false}),
                     Contains("score of row 0 is 0"));

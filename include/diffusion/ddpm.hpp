@@ -4,28 +4,16 @@
 /// @code
 /// #include <diffusion/ddpm.hpp>
 /// @endcode
+///
+/// It includes the include-all header of every layer, lowest first (docs/layers.md):
+/// core, noise, kernels, schedule, process, losses, models, samplers.
 #pragma once
 
-#include "analytic.hpp"
-#include "betas.hpp"
-#include "config.hpp"
-#include "denoiser.hpp"
-#include "distributions.hpp"
-#include "execution.hpp"
-#include "gaussian.hpp"
-#include "guidance.hpp"
-#include "kernels.hpp"
-#include "losses.hpp"
-#include "mixture.hpp"
+#include "core.hpp"
 #include "noise.hpp"
-#include "reductions.hpp"
-#include "sampler_ddpm.hpp"
-#include "sampler_karras.hpp"
-#include "sampler_langevin.hpp"
-#include "sampling.hpp"
+#include "kernels.hpp"
 #include "schedule.hpp"
-#include "sigmas.hpp"
-#include "tensor.hpp"
-#include "timestep_sampler.hpp"
-#include "timesteps.hpp"
-#include "torch_compat.hpp"
+#include "process.hpp"
+#include "losses.hpp"
+#include "models.hpp"
+#include "samplers.hpp"

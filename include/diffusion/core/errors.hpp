@@ -1,0 +1,85 @@
+/// @file
+/// @brief The library's error conventions and the argument-check helpers.
+///
+/// Errors: a bad argument at an API boundary throws a standard exception whose
+/// message names the function, the argument, its value and the allowed range:
+/// - `std::invalid_argument` for a value outside its domain (β ∉ (0,1), NaN, T = 0,
+///   a malformed spacing string, sizes that disagree);
+/// - `std::out_of_range` for an index outside its range (a timestep ≥ T);
+/// - `std::domain_error` for an operation that is undefined at an otherwise valid
+///   argument (an ε → x₀ conversion where ᾱ = 0), and for a non-finite value the library
+///   computed or a model returned.
+/// Nothing is silently clamped. Hot inner loops only use @ref DIFFUSION_ASSERT.
+#pragma once
+
+#include <charconv>
+#include <cmath>
+#include <concepts>
+#include <cstddef>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <system_error>
+
+#include "config.hpp"
+
+namespace diffusion {
+namespace detail {
+
+
+/// Shortest round-trip text of a number, for error messages.
+inline std::string to_text(double x) {
+  char buf[64];
+  auto [end, ec] = std::to_chars(buf, buf + sizeof buf, x);
+  return ec == std::errc{} ? std::string(buf, end) : std::string("?");
+}
+inline std::string to_text(float x) { return to_text(static_cast<double>(x)); }
+template <std::integral I>
+std::string to_text(I x) {
+  return std::to_string(x);
+}
+inline std::string to_text(std::string_view s) { return std::string(s); }
+
+/// Builds "where: message" and throws `std::invalid_argument`.
+[[noreturn]] inline void throw_invalid(std::string_view where, const std::string& what) {
+  throw std::invalid_argument(std::string(where) + ": " + what);
+}
+/// Builds "where: message" and throws `std::out_of_range`.
+[[noreturn]] inline void throw_out_of_range(std::string_view where, const std::string& what) {
+  throw std::out_of_range(std::string(where) + ": " + what);
+}
+/// Builds "where: message" and throws `std::domain_error`.
+[[noreturn]] inline void throw_domain(std::string_view where, const std::string& what) {
+  throw std::domain_error(std::string(where) + ": " + what);
+}
+
+/// Requires `lo < x < hi` (open interval), finite.
+inline void check_open(std::string_view where, std::string_view name, double x, double lo, double hi) {
+  if (!(x > lo && x < hi))
+    throw_invalid(where, std::string(name) + " = " + to_text(x) + " is outside the allowed range (" + to_text(lo) +
+                             ", " + to_text(hi) + ")");
+}
+/// Requires `lo < x <= hi`.
+inline void check_open_closed(std::string_view where, std::string_view name, double x, double lo, double hi) {
+  if (!(x > lo && x <= hi))
+    throw_invalid(where, std::string(name) + " = " + to_text(x) + " is outside the allowed range (" + to_text(lo) +
+                             ", " + to_text(hi) + "]");
+}
+/// Requires a finite, strictly positive value.
+inline void check_positive(std::string_view where, std::string_view name, double x) {
+  if (!(x > 0.0 && std::isfinite(x)))
+    throw_invalid(where, std::string(name) + " = " + to_text(x) + " must be finite and > 0");
+}
+/// Requires a finite value.
+inline void check_finite(std::string_view where, std::string_view name, double x) {
+  if (!std::isfinite(x)) throw_invalid(where, std::string(name) + " = " + to_text(x) + " must be finite");
+}
+/// Requires an index `i < n`.
+inline void check_index(std::string_view where, std::string_view name, std::size_t i, std::size_t n) {
+  if (i >= n)
+    throw_out_of_range(where, std::string(name) + " = " + to_text(i) + " is outside the allowed range [0, " +
+                                  to_text(n) + ")");
+}
+
+}  // namespace detail
+}  // namespace diffusion

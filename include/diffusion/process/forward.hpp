@@ -1,0 +1,197 @@
+/// @file
+/// @brief The forward process of DDPM: the marginal q(x_t|x₀) (Eq. 4), sampling from it
+/// (Algorithm 1, line 5) and the velocity target of Salimans & Ho 2022.
+///
+/// Every function computes its coefficients in double from the schedule, then applies
+/// them element-wise in the tensor's own type (float or double) through @ref kernels.
+/// Timesteps are 0-based code indices (the paper's t = index + 1). Each tensor function
+/// comes in two forms: one timestep for the whole tensor, or a batch with one timestep
+/// per row (any contiguous range of integers; the tensor splits evenly into that many
+/// rows). Output buffers are caller-provided and may alias an input exactly (in place).
+#pragma once
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string_view>
+
+#include "../core/config.hpp"
+#include "../core/errors.hpp"
+#include "../core/tensor.hpp"
+#include "../kernels/elementwise.hpp"
+#include "../noise/philox.hpp"
+#include "../schedule/noise_schedule.hpp"
+#include "batch.hpp"
+
+/// @defgroup gaussian Forward process and posterior
+/// @brief q(x_t|x₀) (DDPM Eq. 4), q(x_{t−1}|x_t,x₀) (Eq. 6–7) and its skips.
+/// @{
+
+namespace diffusion {
+
+// ---------------------------------------------------------------------------------------
+// Forward process
+// ---------------------------------------------------------------------------------------
+
+/// @brief The forward marginal \f$q(x_t|x_0) = \mathcal N(\sqrt{\bar\alpha_t}\,x_0,\ (1-\bar\alpha_t) I)\f$ (DDPM Eq. 4).
+struct forward_marginal {
+  double mean_coef;     ///< \f$\sqrt{\bar\alpha_t}\f$.
+  double std;           ///< \f$\sqrt{1-\bar\alpha_t}\f$.
+  double variance;      ///< \f$1-\bar\alpha_t\f$.
+  double log_variance;  ///< \f$\log(1-\bar\alpha_t)\f$.
+};
+
+/// @brief \f$q(x_t|x_0)\f$ at 0-based step t (DDPM Eq. 4; iDDPM `q_mean_variance`).
+/// @throws std::out_of_range if t ≥ T.
+inline forward_marginal q_marginal(const noise_schedule& s, std::size_t t) {
+  const schedule_step& st = s.at(t);
+  return {st.sqrt_alpha_bar, st.sqrt_one_minus_alpha_bar, st.one_minus_alpha_bar,
+          std::log1p(-st.alpha_bar)};
+}
+
+/// @brief Samples \f$x_t = \sqrt{\bar\alpha_t}\,x_0 + \sqrt{1-\bar\alpha_t}\,\varepsilon\f$ given the noise ε
+/// (DDPM Eq. 4 reparameterized, Algorithm 1 line 5; iDDPM `q_sample`).
+/// @param[in] s schedule.
+/// @param[in] t 0-based step.
+/// @param[in] x0 data.
+/// @param[in] noise ε ~ N(0, I), same size.
+/// @param[out] xt result, same size; may alias x0 or noise.
+/// @throws std::out_of_range if t ≥ T; std::invalid_argument if sizes differ or are 0.
+template <tensor X0, tensor E, mutable_tensor Out>
+void q_sample(const noise_schedule& s, std::size_t t, const X0& x0, const E& noise, Out&& xt) {
+  static_assert(detail::same_value_v<X0, E> && detail::same_value_v<X0, Out>,
+                "q_sample: x0, noise and xt must have the same element type");
+  constexpr std::string_view where = "diffusion::q_sample";
+  using T = tensor_value_t<X0>;
+  auto a = as_span(x0);
+  auto e = as_span(noise);
+  auto o = as_mutable_span(xt);
+  detail::check_same_size(where, "x0", a.size(), "noise", e.size());
+  detail::check_same_size(where, "x0", a.size(), "xt", o.size());
+  if (a.empty()) detail::throw_invalid(where, "x0 is empty");
+  const schedule_step& st = s.at(t);
+  kernels::affine2(static_cast<T>(st.sqrt_alpha_bar), a, static_cast<T>(st.sqrt_one_minus_alpha_bar), e, o);
+}
+
+/// @brief Batched q_sample(): row b of the tensors uses timestep `timesteps[b]` (training, Algorithm 1).
+/// @throws std::out_of_range naming the first bad timestep; std::invalid_argument if the batch
+///         size does not divide the tensor size or sizes differ.
+template <timestep_range R, tensor X0, tensor E, mutable_tensor Out>
+void q_sample(const noise_schedule& s, const R& timesteps, const X0& x0, const E& noise, Out&& xt) {
+  static_assert(detail::same_value_v<X0, E> && detail::same_value_v<X0, Out>,
+                "q_sample: x0, noise and xt must have the same element type");
+  constexpr std::string_view where = "diffusion::q_sample";
+  using T = tensor_value_t<X0>;
+  auto a = as_span(x0);
+  auto e = as_span(noise);
+  auto o = as_mutable_span(xt);
+  detail::check_same_size(where, "x0", a.size(), "noise", e.size());
+  detail::check_same_size(where, "x0", a.size(), "xt", o.size());
+  detail::for_each_row(where, s, timesteps, a.size(), [&](std::size_t t, std::size_t off, std::size_t len) {
+    const schedule_step& st = s[t];
+    kernels::affine2(static_cast<T>(st.sqrt_alpha_bar), a.subspan(off, len),
+                     static_cast<T>(st.sqrt_one_minus_alpha_bar), e.subspan(off, len), o.subspan(off, len));
+  });
+}
+
+/// @brief q_sample() with the noise generated inside the kernel (kernels::affine_noise, one pass,
+/// no noise buffer): ε_k is normal k of stream (sample, step) of `noise`, bit-identical to
+/// q_sample() with a buffer filled by `noise.fill(sample, step, 0, ...)`.
+/// @param[in] s schedule.
+/// @param[in] t 0-based step.
+/// @param[in] x0 data.
+/// @param[in] noise the generator.
+/// @param[in] sample stream coordinate (e.g. the example's index in the data set).
+/// @param[in] step stream coordinate (e.g. the training iteration).
+/// @param[out] xt result, same size; may alias x0.
+/// @throws std::out_of_range if t ≥ T; std::invalid_argument if sizes differ or are 0.
+template <tensor X0, mutable_tensor Out>
+void q_sample(const noise_schedule& s, std::size_t t, const X0& x0, const philox_normal& noise, std::uint64_t sample,
+              std::uint64_t step, Out&& xt) {
+  static_assert(detail::same_value_v<X0, Out>, "q_sample: x0 and xt must have the same element type");
+  constexpr std::string_view where = "diffusion::q_sample";
+  using T = tensor_value_t<X0>;
+  auto a = as_span(x0);
+  auto o = as_mutable_span(xt);
+  detail::check_same_size(where, "x0", a.size(), "xt", o.size());
+  if (a.empty()) detail::throw_invalid(where, "x0 is empty");
+  const schedule_step& st = s.at(t);
+  kernels::affine_noise(static_cast<T>(st.sqrt_alpha_bar), a, static_cast<T>(st.sqrt_one_minus_alpha_bar),
+                        kernels::philox_stream{&noise, sample, step}, o);
+}
+
+/// @brief Batched q_sample() with in-kernel noise: row b uses timestep `timesteps[b]` and the
+/// normals 0 … n−1 of stream (first_sample + b, step) of `noise` (training, Algorithm 1).
+/// @param[in] s schedule.
+/// @param[in] timesteps one 0-based step per row.
+/// @param[in] x0 data, rows × n.
+/// @param[in] noise the generator.
+/// @param[in] first_sample stream sample of row 0.
+/// @param[in] step stream step (e.g. the training iteration).
+/// @param[out] xt result; may alias x0.
+/// @throws std::out_of_range naming the first bad timestep; std::invalid_argument if the batch
+///         size does not divide the tensor size or sizes differ.
+template <timestep_range R, tensor X0, mutable_tensor Out>
+void q_sample(const noise_schedule& s, const R& timesteps, const X0& x0, const philox_normal& noise,
+              std::uint64_t first_sample, std::uint64_t step, Out&& xt) {
+  static_assert(detail::same_value_v<X0, Out>, "q_sample: x0 and xt must have the same element type");
+  constexpr std::string_view where = "diffusion::q_sample";
+  using T = tensor_value_t<X0>;
+  auto a = as_span(x0);
+  auto o = as_mutable_span(xt);
+  detail::check_same_size(where, "x0", a.size(), "xt", o.size());
+  detail::for_each_row(where, s, timesteps, a.size(), [&](std::size_t t, std::size_t off, std::size_t len) {
+    const schedule_step& st = s[t];
+    kernels::affine_noise(static_cast<T>(st.sqrt_alpha_bar), a.subspan(off, len),
+                          static_cast<T>(st.sqrt_one_minus_alpha_bar),
+                          kernels::philox_stream{&noise, first_sample + off / len, step}, o.subspan(off, len));
+  });
+}
+
+/// @brief The velocity target \f$v = \sqrt{\bar\alpha_t}\,\varepsilon - \sqrt{1-\bar\alpha_t}\,x_0\f$
+/// (Salimans & Ho 2022, §4; diffusers `get_velocity`).
+/// @param[in] s schedule.
+/// @param[in] t 0-based step.
+/// @param[in] x0 data.
+/// @param[in] noise ε, same size.
+/// @param[out] v result; may alias x0 or noise.
+/// @throws std::out_of_range if t ≥ T; std::invalid_argument if sizes differ or are 0.
+template <tensor X0, tensor E, mutable_tensor Out>
+void velocity_target(const noise_schedule& s, std::size_t t, const X0& x0, const E& noise, Out&& v) {
+  static_assert(detail::same_value_v<X0, E> && detail::same_value_v<X0, Out>,
+                "velocity_target: x0, noise and v must have the same element type");
+  constexpr std::string_view where = "diffusion::velocity_target";
+  using T = tensor_value_t<X0>;
+  auto a = as_span(x0);
+  auto e = as_span(noise);
+  auto o = as_mutable_span(v);
+  detail::check_same_size(where, "x0", a.size(), "noise", e.size());
+  detail::check_same_size(where, "x0", a.size(), "v", o.size());
+  if (a.empty()) detail::throw_invalid(where, "x0 is empty");
+  const schedule_step& st = s.at(t);
+  kernels::affine2(static_cast<T>(-st.sqrt_one_minus_alpha_bar), a, static_cast<T>(st.sqrt_alpha_bar), e, o);
+}
+
+/// @brief Batched @ref velocity_target, one timestep per row.
+template <timestep_range R, tensor X0, tensor E, mutable_tensor Out>
+void velocity_target(const noise_schedule& s, const R& timesteps, const X0& x0, const E& noise, Out&& v) {
+  static_assert(detail::same_value_v<X0, E> && detail::same_value_v<X0, Out>,
+                "velocity_target: x0, noise and v must have the same element type");
+  constexpr std::string_view where = "diffusion::velocity_target";
+  using T = tensor_value_t<X0>;
+  auto a = as_span(x0);
+  auto e = as_span(noise);
+  auto o = as_mutable_span(v);
+  detail::check_same_size(where, "x0", a.size(), "noise", e.size());
+  detail::check_same_size(where, "x0", a.size(), "v", o.size());
+  detail::for_each_row(where, s, timesteps, a.size(), [&](std::size_t t, std::size_t off, std::size_t len) {
+    const schedule_step& st = s[t];
+    kernels::affine2(static_cast<T>(-st.sqrt_one_minus_alpha_bar), a.subspan(off, len),
+                     static_cast<T>(st.sqrt_alpha_bar), e.subspan(off, len), o.subspan(off, len));
+  });
+}
+
+}  // namespace diffusion
+
+/// @}

@@ -1,0 +1,12 @@
+/// @file
+/// @brief The samplers layer: DDPM/DDIM, the σ-space ODE/SDE samplers, Langevin, the likelihood loop (include-all header of samplers/).
+#pragma once
+
+#include "samplers/common.hpp"
+#include "samplers/sigma_common.hpp"
+#include "samplers/ode.hpp"
+#include "samplers/sde.hpp"
+#include "samplers/ancestral.hpp"
+#include "samplers/karras.hpp"
+#include "samplers/langevin.hpp"
+#include "samplers/likelihood.hpp"

@@ -1,0 +1,352 @@
+/// @file
+/// @brief The deterministic σ-space solvers of the probability-flow ODE: Euler (Karras et al. 2022,
+/// Algorithm 2 with its "churn"), Heun (Algorithm 2) and DPM-Solver++(2M) (Lu et al. 2022), each as a
+/// step function you call from your own loop (with its explicit state where it has one) and as a
+/// loop over a σ list.
+///
+/// The step functions take the denoiser's output D(x; σ) (from your model through
+/// @ref diffusion::sigma_space_model, or any σ-space model) and update x in place:
+/// @code
+/// diffusion::dpmpp_2m_state<float> state(history);     // caller-owned history buffer
+/// for (std::size_t i = 0; i + 1 < sigmas.size(); ++i) {
+///   D(x, sigmas[i], denoised);                         // your model call
+///   diffusion::dpmpp_2m_step<float>({sigmas[i], sigmas[i + 1]}, denoised, x, state);
+/// }
+/// @endcode
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string_view>
+#include <utility>
+
+#include "../core/config.hpp"
+#include "../core/errors.hpp"
+#include "../core/execution.hpp"
+#include "../core/tensor.hpp"
+#include "../kernels/elementwise.hpp"
+#include "common.hpp"
+#include "sigma_common.hpp"
+
+/// @addtogroup sigma_samplers
+/// @{
+
+namespace diffusion {
+
+// ---------------------------------------------------------------------------------------
+// Euler
+// ---------------------------------------------------------------------------------------
+
+/// @brief One Euler step of the probability-flow ODE: \f$x' = x + (\sigma_{next} - \sigma)\frac{x - D}{\sigma}
+/// = r\,x + (1 - r)\,D\f$, \f$r = \sigma_{next}/\sigma\f$ (Karras Algorithm 2, line 8; DDIM in σ-space).
+///
+/// Evaluated as kernels::affine2 with r and 1 − r rounded to T: error \f$\le 2u(|r x| + |(1-r)D|)\f$
+/// beyond the rounding of the coefficients.
+/// @param[in] s the step (σ > 0, σ_next ≥ 0); @param[in] denoised D(x; σ); @param[in,out] x the state;
+/// @param[in] policy threads (bit-identical for any count).
+/// @throws std::invalid_argument for a bad step or sizes, or partially overlapping arrays;
+///         std::domain_error when the result overflows T.
+template <real_scalar T, execution_policy P = sequential_policy>
+void euler_step(sigma_step s, std::span<const T> denoised, std::span<T> x, const P& policy = P{}) {
+  constexpr std::string_view where = "diffusion::euler_step";
+  detail::check_sigma_step(where, s);
+  detail::check_same_size(where, "denoised", denoised.size(), "x", x.size());
+  detail::check_no_partial_overlap(where, "denoised", denoised, "x", x);
+  const double r = s.sigma_next / s.sigma;
+  detail::require_finite_step(
+      where, kernels::affine2(static_cast<T>(r), std::span<const T>(x), static_cast<T>(1.0 - r), denoised, x, policy),
+      "the Euler step");
+}
+
+/// @brief The pre-0.2 form of @ref euler_step: from x at σ to `out` at σ_to.
+/// @param[in] x state at σ; @param[in] denoised D(x; σ); @param[in] sigma σ > 0; @param[in] sigma_to target σ ≥ 0;
+/// @param[out] out may alias x or denoised; @param[in] policy threads (bit-identical for any count).
+template <real_scalar T, execution_policy P = sequential_policy>
+void euler_step(std::span<const T> x, std::span<const T> denoised, double sigma, double sigma_to, std::span<T> out,
+                const P& policy = P{}) {
+  constexpr std::string_view where = "diffusion::euler_step";
+  detail::check_sigma_step(where, {sigma, sigma_to});
+  detail::check_same_size(where, "x", x.size(), "out", out.size());
+  detail::check_same_size(where, "denoised", denoised.size(), "out", out.size());
+  detail::check_no_partial_overlap(where, "x", x, "out", out);
+  detail::check_no_partial_overlap(where, "denoised", denoised, "out", out);
+  const double r = sigma_to / sigma;
+  detail::require_finite_step(where, kernels::affine2(static_cast<T>(r), x, static_cast<T>(1.0 - r), denoised, out, policy),
+                              "the Euler step");
+}
+
+/// @brief Adds Karras' churn (Algorithm 2, lines 5–6): \f$x \leftarrow x + \sqrt{\hat\sigma^2 - \sigma^2}\,S_\text{noise}\,z\f$,
+/// moving x from σ to \f$\hat\sigma\f$ ≥ σ (@ref churned_sigma).
+/// @param[in] sigma σ; @param[in] sigma_hat \f$\hat\sigma\f$ ≥ σ; @param[in] s_noise S_noise ≥ 0;
+/// @param[in,out] x the state; @param[in] z the normals (buffer, kernels::philox_stream); @param[in] policy threads.
+/// @throws std::invalid_argument unless 0 < σ ≤ σ̂ (finite); std::domain_error on overflow.
+template <real_scalar T, class Z, execution_policy P = sequential_policy>
+  requires kernels::noise_operand<Z, T>
+void churn_step(double sigma, double sigma_hat, double s_noise, std::span<T> x, const Z& z, const P& policy = P{}) {
+  constexpr std::string_view where = "diffusion::churn_step";
+  if (!(sigma > 0.0 && sigma <= sigma_hat && std::isfinite(sigma_hat)))
+    detail::throw_invalid(where, "sigma = " + detail::to_text(sigma) + " and sigma_hat = " + detail::to_text(sigma_hat) +
+                                     " must satisfy 0 < sigma <= sigma_hat < inf");
+  const T c = detail::coefficient<T>(where, "the churn's noise scale",
+                                     std::sqrt((sigma_hat - sigma) * (sigma_hat + sigma)) * s_noise);
+  detail::require_finite_step(where, kernels::add_noise(c, std::span<const T>(x), z, x, policy), "the churn");
+}
+
+// ---------------------------------------------------------------------------------------
+// Heun
+// ---------------------------------------------------------------------------------------
+
+/// @brief The buffers Heun's method carries between its two stages: the slope
+/// \f$d = (x - D(x;\sigma))/\sigma\f$ and the Euler point \f$x + (\sigma_{next} - \sigma)\,d\f$ where the model is evaluated
+/// next. Caller-owned, of the state's size (no allocation).
+template <real_scalar T>
+struct heun_state {
+  std::span<T> derivative;  ///< d at σ (written by @ref heun_predict).
+  std::span<T> x_eval;      ///< The Euler point (written by @ref heun_predict): evaluate D there at σ_next.
+};
+
+/// @brief Heun's first stage (Karras Algorithm 2, lines 7–8): from D(x; σ), \f$d = (x - D)/\sigma\f$ and the
+/// Euler point \f$x_2 = x + (\sigma_{next} - \sigma)\,d\f$ into the state; x is not changed.
+/// @param[in] s the step; @param[in] denoised D(x; σ); @param[in] x the state at σ;
+/// @param[out] state the slope and the Euler point; @param[in] policy threads.
+/// @return true when @ref heun_correct must follow (σ_next > 0); false at σ_next = 0, where nothing is
+///         written and the step is @ref euler_step (Karras skips the correction there).
+/// @throws std::invalid_argument for a bad step or sizes; std::domain_error on overflow.
+template <real_scalar T, execution_policy P = sequential_policy>
+bool heun_predict(sigma_step s, std::span<const T> denoised, std::span<const T> x, const heun_state<T>& state,
+                  const P& policy = P{}) {
+  constexpr std::string_view where = "diffusion::heun_predict";
+  detail::check_sigma_step(where, s);
+  if (s.sigma_next == 0.0) return false;
+  detail::check_same_size(where, "denoised", denoised.size(), "x", x.size());
+  detail::check_same_size(where, "state.derivative", state.derivative.size(), "x", x.size());
+  detail::check_same_size(where, "state.x_eval", state.x_eval.size(), "x", x.size());
+  const T inv = static_cast<T>(1.0 / s.sigma), dt = static_cast<T>(s.sigma_next - s.sigma);
+  const bool ok = kernels::map(policy, kernels::no_noise{}, kernels::outputs(state.derivative, state.x_eval),
+                               kernels::inputs<T>(x, denoised), [inv, dt](auto xv, auto dv) {
+                                 using V = decltype(xv);
+                                 const V d = (xv - dv) * V(inv);
+                                 return std::array<V, 2>{d, kernels::madd(V(dt), d, xv)};
+                               });
+  detail::require_finite_step(where, ok, "Heun's Euler stage");
+  return true;
+}
+
+/// @brief Heun's second stage (Karras Algorithm 2, lines 9–11): from D(x₂; σ_next) at the Euler point,
+/// \f$x' = x + (\sigma_{next} - \sigma)\,\tfrac12(d + d_2)\f$, \f$d_2 = (x_2 - D_2)/\sigma_{next}\f$ (second order: the
+/// trapezoidal rule).
+/// @param[in] s the step (σ_next > 0); @param[in] denoised D(x₂; σ_next); @param[in] x the step's start (at σ);
+/// @param[in] state from @ref heun_predict; @param[out] out the result (may alias x); @param[in] policy threads.
+/// @throws std::invalid_argument for a bad step (σ_next = 0) or sizes; std::domain_error on overflow.
+template <real_scalar T, execution_policy P = sequential_policy>
+void heun_correct(sigma_step s, std::span<const T> denoised, std::span<const T> x, const heun_state<T>& state,
+                  std::span<T> out, const P& policy = P{}) {
+  constexpr std::string_view where = "diffusion::heun_correct";
+  detail::check_sigma_step(where, s);
+  if (!(s.sigma_next > 0.0)) detail::throw_invalid(where, "sigma_next = 0: Heun's last step has no second stage");
+  detail::check_same_size(where, "denoised", denoised.size(), "x", x.size());
+  detail::check_same_size(where, "out", out.size(), "x", x.size());
+  detail::check_same_size(where, "state.derivative", state.derivative.size(), "x", x.size());
+  detail::check_same_size(where, "state.x_eval", state.x_eval.size(), "x", x.size());
+  detail::check_no_partial_overlap(where, "x", x, "out", out);
+  // x' = x + (s_next − s)(d + d2)/2, d2 = (x2 − D2)/s_next; d + d2 is a multiply-add.
+  const T inv2 = static_cast<T>(1.0 / s.sigma_next), half_dt = static_cast<T>(0.5 * (s.sigma_next - s.sigma));
+  const bool ok = kernels::map(
+      policy, kernels::no_noise{}, kernels::outputs(out),
+      kernels::inputs<T>(x, denoised, std::span<const T>(state.x_eval), std::span<const T>(state.derivative)),
+      [inv2, half_dt](auto xv, auto d2v, auto x2, auto d) {
+        using V = decltype(xv);
+        const V sum = kernels::madd(x2 - d2v, V(inv2), d);
+        return kernels::madd(V(half_dt), sum, xv);
+      });
+  detail::require_finite_step(where, ok, "Heun's correction");
+}
+
+// ---------------------------------------------------------------------------------------
+// DPM-Solver++(2M)
+// ---------------------------------------------------------------------------------------
+
+/// @brief The history of DPM-Solver++(2M): the previous step's denoised output and its log-σ step
+/// h. Caller-owned buffer (no allocation); `has_previous` false at the start (first order).
+template <real_scalar T>
+struct dpmpp_2m_state {
+  std::span<T> previous_denoised;  ///< D of the previous step (written by @ref dpmpp_2m_step).
+  double previous_h = 0.0;         ///< h of the previous step.
+  bool has_previous = false;       ///< False before the first step: the step is then first order.
+};
+
+/// @brief One DPM-Solver++(2M) step (Lu et al. 2022, Algorithm 2, in k-diffusion's σ form with
+/// λ = −log σ, h = log σ − log σ_next):
+/// \f$x' = \frac{\sigma_{next}}{\sigma}x - \operatorname{expm1}(-h)\,\hat D\f$,
+/// \f$\hat D = (1 + \frac1{2r})D - \frac1{2r}D_\text{prev}\f$, \f$r = h_\text{prev}/h\f$; first order (\f$\hat D = D\f$) at
+/// the first step and when σ_next = 0 (k-diffusion's convention). Updates the history.
+/// @param[in] s the step; @param[in] denoised D(x; σ); @param[in,out] x the state;
+/// @param[in,out] state the history; @param[in] policy threads.
+/// @throws std::invalid_argument for a bad step or sizes; std::domain_error on overflow.
+template <real_scalar T, execution_policy P = sequential_policy>
+void dpmpp_2m_step(sigma_step s, std::span<const T> denoised, std::span<T> x, dpmpp_2m_state<T>& state,
+                   const P& policy = P{}) {
+  constexpr std::string_view where = "diffusion::dpmpp_2m_step";
+  detail::check_sigma_step(where, s);
+  detail::check_same_size(where, "denoised", denoised.size(), "x", x.size());
+  detail::check_same_size(where, "state.previous_denoised", state.previous_denoised.size(), "x", x.size());
+  detail::check_no_partial_overlap(where, "denoised", denoised, "x", x);
+  const double ratio = s.sigma_next / s.sigma;
+  const double h = s.sigma_next == 0.0 ? 0.0 : std::log(s.sigma) - std::log(s.sigma_next);
+  const double em = s.sigma_next == 0.0 ? -1.0 : std::expm1(-h);  // expm1(−h)
+  const T cx = static_cast<T>(ratio), cd = static_cast<T>(-em);
+  bool ok = true;
+  if (!state.has_previous || s.sigma_next == 0.0) {
+    ok = kernels::map(policy, kernels::no_noise{}, kernels::outputs(x, state.previous_denoised),
+                      kernels::inputs<T>(std::span<const T>(x), denoised), [cx, cd](auto xv, auto dv) {
+                        using V = decltype(xv);
+                        return std::array<V, 2>{kernels::madd(V(cx), xv, V(cd) * dv), dv};
+                      });
+  } else {
+    const double r = state.previous_h / h;
+    const T a = static_cast<T>(1.0 + 1.0 / (2.0 * r)), b = static_cast<T>(-1.0 / (2.0 * r));
+    // x <- cx x + cd (a D + b D_prev), and D_prev <- D, in one pass.
+    ok = kernels::map(policy, kernels::no_noise{}, kernels::outputs(x, state.previous_denoised),
+                      kernels::inputs<T>(std::span<const T>(x), denoised, std::span<const T>(state.previous_denoised)),
+                      [cx, cd, a, b](auto xv, auto dv, auto pv) {
+                        using V = decltype(xv);
+                        const V dh = kernels::madd(V(a), dv, V(b) * pv);
+                        return std::array<V, 2>{kernels::madd(V(cx), xv, V(cd) * dh), dv};
+                      });
+  }
+  detail::require_finite_step(where, ok, "the DPM-Solver++(2M) step");
+  if (s.sigma_next > 0.0) state.previous_h = h;
+  state.has_previous = true;
+}
+
+// ---------------------------------------------------------------------------------------
+// The loops
+// ---------------------------------------------------------------------------------------
+
+namespace detail {
+/// The churn of step i of a σ-space loop (Euler, Heun): σ̂, and the churned state (x itself when
+/// there is no churn, else `buffer` = x + √(σ̂² − σ²) S_noise z, so that x changes only in the
+/// step's last pass).
+template <class Loop, real_scalar T>
+std::pair<double, std::span<const T>> apply_churn(Loop& loop, const karras_options& opt, std::size_t i,
+                                                  std::span<const T> x, std::span<T> buffer) {
+  const double s_i = loop.sigma(i), s_hat = churned_sigma(opt, s_i, loop.steps());
+  if (!(s_hat > s_i)) return {s_i, x};
+  std::copy(x.begin(), x.end(), buffer.begin());
+  churn_step<T>(s_i, s_hat, opt.s_noise, buffer, loop.noise(i), loop.policy());
+  return {s_hat, std::span<const T>(buffer)};
+}
+/// The churned levels of a σ list, checked against the model's range before the first step.
+template <class Loop>
+void check_churned_levels(Loop& loop, const karras_options& opt) {
+  for (std::size_t i = 0; i < loop.steps(); ++i) {
+    const double s_hat = churned_sigma(opt, loop.sigma(i), loop.steps());
+    if (s_hat > loop.sigma(i)) loop.check_level(s_hat, i, "the churned sigma");
+  }
+}
+}  // namespace detail
+
+/// @brief Euler sampling of the probability-flow ODE over a descending σ list (Karras et al. 2022,
+/// Algorithm 2 with Euler steps; k-diffusion `sample_euler`), with the optional churn: each step i
+/// adds @ref churn_step to \f$\hat\sigma\f$ (@ref churned_sigma), evaluates D, then @ref euler_step to σ_{i+1}.
+/// First order (measured in tests/test_sampler_karras.cpp on Gaussian data).
+/// @param[in] D the σ-space denoiser (@ref sigma_space_model); @param[in,out] x rows × n: the state at σ_0 in
+/// (or drawn), the sample out; @param[in] rows batch size; @param[in] noise the noise source (initial
+/// draw and churn); @param[in] sigmas strictly decreasing, positive, the last may be 0; @param[in] opt options;
+/// @param[in] hooks callback, workspace, context, threads.
+/// @throws std::invalid_argument for a bad σ list, options or sizes; std::out_of_range for a σ outside
+/// the model's range; std::domain_error for non-finite model output or an overflowing step.
+template <class SigmaModel, mutable_tensor X, class Noise, class Context = no_context>
+  requires sigma_denoiser<SigmaModel, tensor_value_t<X>, Context> && noise_source_for<Noise, tensor_value_t<X>>
+sample_result euler_sample(SigmaModel& D, X&& x, std::size_t rows, Noise& noise, std::span<const double> sigmas,
+                           const karras_options& opt = {}, const sampler_hooks<tensor_value_t<X>, Context>& hooks = {}) {
+  using T = tensor_value_t<X>;
+  constexpr std::string_view where = "diffusion::euler_sample";
+  detail::check_karras_options(where, opt);
+  detail::sigma_sampler<SigmaModel, T, Noise, Context> loop(where, D, as_mutable_span(x), rows, noise, sigmas,
+                                                            opt.first_sample, opt.draw_initial_noise, opt.check_finite,
+                                                            hooks);
+  detail::check_churned_levels(loop, opt);
+  const auto xs = loop.x();
+  const auto den = loop.buffer(0), churned = loop.buffer(2);
+  for (std::size_t i = 0; i < loop.steps(); ++i) {
+    const auto [s_hat, at] = detail::apply_churn(loop, opt, i, std::span<const T>(xs), churned);
+    loop.denoise(at, s_hat, den, i);
+    euler_step<T>(at, den, s_hat, loop.sigma(i + 1), xs, loop.policy());
+    if (!loop.report(loop.steps(), loop.time(s_hat), loop.sigma(i), loop.sigma(i + 1), den)) break;
+  }
+  return loop.result();
+}
+
+/// @brief Heun sampling (Karras et al. 2022, Algorithm 2; k-diffusion `sample_heun`): per step the churn,
+/// D at \f$(x, \hat\sigma)\f$, @ref heun_predict, D at the Euler point, @ref heun_correct; the last step to
+/// σ = 0 is Euler. Second order, two model calls per step (one on the last).
+///
+/// x changes only in each step's last pass, so after an exception (from the model, in either
+/// evaluation) it holds the state after the last completed step. The callback's x̂₀ is D of the
+/// first evaluation (at σ̂).
+/// @param[in] D the σ-space denoiser; @param[in,out] x rows × n; @param[in] rows batch size;
+/// @param[in] noise the noise source; @param[in] sigmas the σ list; @param[in] opt options; @param[in] hooks hooks.
+/// @throws as @ref euler_sample.
+template <class SigmaModel, mutable_tensor X, class Noise, class Context = no_context>
+  requires sigma_denoiser<SigmaModel, tensor_value_t<X>, Context> && noise_source_for<Noise, tensor_value_t<X>>
+sample_result heun_sample(SigmaModel& D, X&& x, std::size_t rows, Noise& noise, std::span<const double> sigmas,
+                          const karras_options& opt = {}, const sampler_hooks<tensor_value_t<X>, Context>& hooks = {}) {
+  using T = tensor_value_t<X>;
+  constexpr std::string_view where = "diffusion::heun_sample";
+  detail::check_karras_options(where, opt);
+  detail::sigma_sampler<SigmaModel, T, Noise, Context> loop(where, D, as_mutable_span(x), rows, noise, sigmas,
+                                                            opt.first_sample, opt.draw_initial_noise, opt.check_finite,
+                                                            hooks);
+  detail::check_churned_levels(loop, opt);
+  const auto xs = loop.x();
+  const auto den = loop.buffer(0), den2 = loop.buffer(2), churned = loop.buffer(3);
+  const heun_state<T> state{loop.buffer(4), loop.buffer(5)};
+  for (std::size_t i = 0; i < loop.steps(); ++i) {
+    const double s_next = loop.sigma(i + 1);
+    const auto [s_hat, at] = detail::apply_churn(loop, opt, i, std::span<const T>(xs), churned);
+    loop.denoise(at, s_hat, den, i);
+    if (heun_predict<T>({s_hat, s_next}, den, at, state, loop.policy())) {
+      loop.denoise(std::span<const T>(state.x_eval), s_next, den2, i);
+      heun_correct<T>({s_hat, s_next}, den2, at, state, xs, loop.policy());
+    } else {
+      euler_step<T>(at, den, s_hat, s_next, xs, loop.policy());
+    }
+    if (!loop.report(loop.steps(), loop.time(s_hat), loop.sigma(i), s_next, den)) break;
+  }
+  return loop.result();
+}
+
+/// @brief DPM-Solver++(2M) sampling (Lu et al. 2022, Algorithm 2; k-diffusion `sample_dpmpp_2m`): one model
+/// call and one @ref dpmpp_2m_step per step, first order at the first step and to σ = 0. Second order.
+/// @param[in] D the σ-space denoiser; @param[in,out] x rows × n; @param[in] rows batch size;
+/// @param[in] noise the noise source (initial draw only); @param[in] sigmas the σ list; @param[in] opt options
+/// (the churn and η are not used); @param[in] hooks hooks.
+/// @throws as @ref euler_sample.
+template <class SigmaModel, mutable_tensor X, class Noise, class Context = no_context>
+  requires sigma_denoiser<SigmaModel, tensor_value_t<X>, Context> && noise_source_for<Noise, tensor_value_t<X>>
+sample_result dpmpp_2m_sample(SigmaModel& D, X&& x, std::size_t rows, Noise& noise, std::span<const double> sigmas,
+                              const karras_options& opt = {},
+                              const sampler_hooks<tensor_value_t<X>, Context>& hooks = {}) {
+  using T = tensor_value_t<X>;
+  constexpr std::string_view where = "diffusion::dpmpp_2m_sample";
+  detail::sigma_sampler<SigmaModel, T, Noise, Context> loop(where, D, as_mutable_span(x), rows, noise, sigmas,
+                                                            opt.first_sample, opt.draw_initial_noise, opt.check_finite,
+                                                            hooks);
+  const auto xs = loop.x();
+  const auto den = loop.buffer(0);
+  dpmpp_2m_state<T> state{loop.buffer(3)};
+  for (std::size_t i = 0; i < loop.steps(); ++i) {
+    loop.denoise(xs, loop.sigma(i), den, i);
+    dpmpp_2m_step<T>({loop.sigma(i), loop.sigma(i + 1)}, den, xs, state, loop.policy());
+    if (!loop.report(loop.steps(), loop.time(loop.sigma(i)), loop.sigma(i), loop.sigma(i + 1), den)) break;
+  }
+  return loop.result();
+}
+
+}  // namespace diffusion
+
+/// @}

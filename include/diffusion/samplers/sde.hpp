@@ -1,0 +1,125 @@
+/// @file
+/// @brief The stochastic σ-space samplers: Euler ancestral (k-diffusion `sample_euler_ancestral`),
+/// with the ancestral split written once (@ref diffusion::ancestral_step) for every ancestral
+/// method, as a step function and a loop.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string_view>
+#include <type_traits>
+
+#include "../core/config.hpp"
+#include "../core/errors.hpp"
+#include "../core/execution.hpp"
+#include "../core/tensor.hpp"
+#include "../kernels/elementwise.hpp"
+#include "common.hpp"
+#include "ode.hpp"
+#include "sigma_common.hpp"
+
+/// @addtogroup sigma_samplers
+/// @{
+
+namespace diffusion {
+
+/// @brief The ancestral split of a step from σ_from to σ_to (k-diffusion `get_ancestral_step`):
+/// \f$\sigma_\uparrow = \min\!\left(\sigma_{to},\ \eta\sqrt{\sigma_{to}^2(\sigma_{from}^2 - \sigma_{to}^2)/\sigma_{from}^2}\right)\f$,
+/// \f$\sigma_\downarrow = \sqrt{\sigma_{to}^2 - \sigma_\uparrow^2}\f$, so that a deterministic move to σ_down
+/// plus noise of σ_up lands at σ_to in distribution.
+struct ancestral_split {
+  double sigma_down;  ///< σ↓.
+  double sigma_up;    ///< σ↑.
+};
+
+/// @brief Computes @ref ancestral_split for 0 ≤ σ_to < σ_from and η ≥ 0.
+inline ancestral_split ancestral_step(double sigma_from, double sigma_to, double eta) {
+  if (eta == 0.0 || sigma_to == 0.0) return {sigma_to, 0.0};
+  const double up = std::min(sigma_to, eta * sigma_to * std::sqrt(1.0 - (sigma_to / sigma_from) * (sigma_to / sigma_from)));
+  return {std::sqrt((sigma_to - up) * (sigma_to + up)), up};
+}
+
+/// @brief Options of an ancestral step.
+struct ancestral_options {
+  double eta = 1.0;      ///< η ∈ [0, 1] (0: plain Euler).
+  double s_noise = 1.0;  ///< Scale of the added noise, ≥ 0.
+};
+
+/// @brief One Euler-ancestral step (k-diffusion `sample_euler_ancestral`): Euler from σ to σ_down, then
+/// noise of σ_up (@ref ancestral_step), in one pass:
+/// \f$x' = r\,x + (1 - r)\,D + S_\text{noise}\sigma_\uparrow z\f$, \f$r = \sigma_\downarrow/\sigma\f$.
+/// @param[in] s the step (σ_next < σ); @param[in] denoised D(x; σ); @param[in,out] x the state;
+/// @param[in] z the normals (a buffer of x.size(), a kernels::philox_stream; unused when σ_up = 0);
+/// @param[in] opt η and S_noise; @param[in] policy threads.
+/// @throws std::invalid_argument for a bad step, options or sizes; std::domain_error on overflow.
+template <real_scalar T, class Z, execution_policy P = sequential_policy>
+  requires kernels::noise_operand<Z, T>
+void euler_ancestral_step(sigma_step s, std::span<const T> denoised, std::span<T> x, const Z& z,
+                          const ancestral_options& opt = {}, const P& policy = P{}) {
+  constexpr std::string_view where = "diffusion::euler_ancestral_step";
+  detail::check_sigma_step(where, s);
+  if (!(opt.eta >= 0.0 && opt.eta <= 1.0))
+    detail::throw_invalid(where, "eta = " + detail::to_text(opt.eta) + " is outside the allowed range [0, 1]");
+  if (!(opt.s_noise >= 0.0 && std::isfinite(opt.s_noise)))
+    detail::throw_invalid(where, "s_noise = " + detail::to_text(opt.s_noise) + " is outside the allowed range [0, inf)");
+  detail::check_same_size(where, "denoised", denoised.size(), "x", x.size());
+  detail::check_no_partial_overlap(where, "denoised", denoised, "x", x);
+  const ancestral_split a = ancestral_step(s.sigma, s.sigma_next, opt.eta);
+  if constexpr (std::is_same_v<Z, kernels::no_noise>) {
+    if (a.sigma_up > 0.0 && opt.s_noise > 0.0)
+      detail::throw_invalid(where, "the step adds noise (sigma_up = " + detail::to_text(a.sigma_up) +
+                                       " > 0) but no noise was passed");
+  } else {
+    detail::check_noise_operand<T>(where, z, x.size());
+  }
+  const double r = a.sigma_down / s.sigma;
+  bool ok;
+  if (a.sigma_up > 0.0 && !std::is_same_v<Z, kernels::no_noise>) {
+    ok = kernels::affine2_noise(static_cast<T>(r), std::span<const T>(x), static_cast<T>(1.0 - r), denoised,
+                                detail::coefficient<T>(where, "sigma_up * s_noise", a.sigma_up * opt.s_noise), z, x,
+                                policy);
+  } else {
+    ok = kernels::affine2(static_cast<T>(r), std::span<const T>(x), static_cast<T>(1.0 - r), denoised, x, policy);
+  }
+  detail::require_finite_step(where, ok, "the Euler-ancestral step");
+}
+
+/// @brief Euler-ancestral sampling (k-diffusion `sample_euler_ancestral`): per step one model call and one
+/// @ref euler_ancestral_step with the noise of stream step i. Its terminal law matches the
+/// exact one of the linear-Gaussian chain on Gaussian data (tests/test_sampler_karras.cpp).
+/// @param[in] D the σ-space denoiser; @param[in,out] x rows × n; @param[in] rows batch size;
+/// @param[in] noise the noise source; @param[in] sigmas the σ list; @param[in] opt options (η, S_noise;
+/// the churn is not used); @param[in] hooks hooks.
+/// @throws as @ref euler_sample.
+template <class SigmaModel, mutable_tensor X, class Noise, class Context = no_context>
+  requires sigma_denoiser<SigmaModel, tensor_value_t<X>, Context> && noise_source_for<Noise, tensor_value_t<X>>
+sample_result euler_ancestral_sample(SigmaModel& D, X&& x, std::size_t rows, Noise& noise,
+                                     std::span<const double> sigmas, const karras_options& opt = {},
+                                     const sampler_hooks<tensor_value_t<X>, Context>& hooks = {}) {
+  using T = tensor_value_t<X>;
+  constexpr std::string_view where = "diffusion::euler_ancestral_sample";
+  detail::check_karras_options(where, opt);
+  detail::sigma_sampler<SigmaModel, T, Noise, Context> loop(where, D, as_mutable_span(x), rows, noise, sigmas,
+                                                            opt.first_sample, opt.draw_initial_noise, opt.check_finite,
+                                                            hooks);
+  const auto xs = loop.x();
+  const auto den = loop.buffer(0);
+  const ancestral_options a{opt.eta, opt.s_noise};
+  for (std::size_t i = 0; i < loop.steps(); ++i) {
+    const sigma_step s{loop.sigma(i), loop.sigma(i + 1)};
+    loop.denoise(xs, s.sigma, den, i);
+    if (ancestral_step(s.sigma, s.sigma_next, a.eta).sigma_up > 0.0)
+      euler_ancestral_step<T>(s, den, xs, loop.noise(i), a, loop.policy());
+    else
+      euler_ancestral_step<T>(s, den, xs, kernels::no_noise{}, a, loop.policy());
+    if (!loop.report(loop.steps(), loop.time(s.sigma), s.sigma, s.sigma_next, den)) break;
+  }
+  return loop.result();
+}
+
+}  // namespace diffusion
+
+/// @}
