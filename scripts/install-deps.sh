@@ -11,7 +11,7 @@ packages=(
   g++ make cmake
   libeigen3-dev libxsimd-dev xtl-dev
   zlib1g-dev libstb-dev gnuplot-nox dataset-fashion-mnist
-  catch2 libbenchmark-dev
+  catch2 libbenchmark-dev nlohmann-json3-dev
   doxygen libjs-mathjax
   clang libclang-rt-14-dev
 )

@@ -10,3 +10,4 @@
 #include "samplers/karras.hpp"
 #include "samplers/langevin.hpp"
 #include "samplers/likelihood.hpp"
+#include "samplers/scheduler.hpp"

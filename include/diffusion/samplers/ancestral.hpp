@@ -70,19 +70,6 @@ inline kernels::philox_stream row_noise(const kernels::philox_stream& z, std::si
 }
 inline kernels::no_noise row_noise(kernels::no_noise, std::size_t, std::size_t) noexcept { return {}; }
 
-/// A step's noise for rows of n elements: a Philox stream with the default row length gets n (row
-/// b is stream first_sample + b); buffers and no_noise pass through.
-template <class Z>
-Z rows_of(const Z& z, std::size_t n) noexcept {
-  if constexpr (std::is_same_v<Z, kernels::philox_stream>) {
-    Z r = z;
-    if (r.row_length == std::numeric_limits<std::size_t>::max()) r.row_length = n;
-    return r;
-  } else {
-    return z;
-  }
-}
-
 /// The checks of a step's arrays: sizes (x rows × n, output rows × width, noise, x̂₀), the
 /// scratch a threshold needs, and no partial overlap.
 template <real_scalar T, class Z>
@@ -330,14 +317,17 @@ sample_result ddpm_sample(const noise_schedule& s, Model& model, X&& x, std::siz
   for (std::size_t k = 0; k < K; ++k) {
     const std::size_t j = K - 1 - k;
     const double tau = static_cast<double>(resp ? resp->timestep_map[j] : j);
-    auto out = detail::call_model_at<Model, T, Context>(where, model, xs, rows, width, tau, ss[j].sigma, loop.ws(),
+    // The model is called at its training timestep's level (the training table's σ, not the
+    // respaced table's, which may differ in the last bit).
+    const double sigma = resp ? s[resp->timestep_map[j]].sigma : s[j].sigma;
+    auto out = detail::call_model_at<Model, T, Context>(where, model, xs, rows, width, tau, sigma, loop.ws(),
                                                         loop.context(), opt.check_finite, k, loop.result().model_calls);
     if (j == 0)
       ddpm_step<T>(ss, j, out, xs, kernels::no_noise{}, step_opt, buffers);
     else
       ddpm_step<T>(ss, j, out, xs, detail::step_noise(noise, opt.first_sample, k, loop.buffer(1), rows, n), step_opt,
                    buffers);
-    if (!loop.report(K, tau, ss[j].sigma, j > 0 ? ss[j - 1].sigma : 0.0, x0)) break;
+    if (!loop.report(K, tau, sigma, j > 0 ? (resp ? s[resp->timestep_map[j - 1]].sigma : s[j - 1].sigma) : 0.0, x0)) break;
   }
   return loop.result();
 }

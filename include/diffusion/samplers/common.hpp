@@ -189,6 +189,19 @@ T coefficient(std::string_view where, std::string_view name, double value) {
   return v;
 }
 
+/// A step's noise for rows of n elements: a Philox stream with the default row length gets n (row
+/// b is stream first_sample + b); buffers and no_noise pass through.
+template <class Z>
+Z rows_of(const Z& z, std::size_t n) noexcept {
+  if constexpr (std::is_same_v<Z, kernels::philox_stream>) {
+    Z r = z;
+    if (r.row_length == std::numeric_limits<std::size_t>::max()) r.row_length = n;
+    return r;
+  } else {
+    return z;
+  }
+}
+
 /// A policy as the run-time parallel_policy the step options hold (sequential: one thread).
 inline parallel_policy as_parallel(const sequential_policy&) noexcept { return parallel_policy{1}; }
 inline parallel_policy as_parallel(const parallel_policy& p) noexcept { return p; }

@@ -40,6 +40,31 @@ namespace diffusion {
 // Euler
 // ---------------------------------------------------------------------------------------
 
+/// @brief One Euler step of the probability-flow ODE between two levels of the state's process
+/// (DDIM with η = 0, Song et al. 2021 Eq. 12, in any scale):
+/// \f$x' = \frac{\sigma'}{\sigma}\,x + \left(\alpha' - \alpha\frac{\sigma'}{\sigma}\right)D\f$, D = x̂₀ from the model at (α, σ).
+/// In σ-space (α = α' = 1) this is Karras' \f$x + (\sigma' - \sigma)(x - D)/\sigma\f$; for rectified flow
+/// (α = 1 − σ) it is \f$x + (\sigma' - \sigma)\,u\f$ with u = (x − D)/σ, diffusers' FlowMatchEuler step.
+///
+/// Evaluated as kernels::affine2 with the two coefficients rounded to T: error \f$\le 2u(|r x| + |c D|)\f$
+/// beyond the rounding of the coefficients.
+/// @param[in] s the level step; @param[in] denoised D (x̂₀) at s.from; @param[in,out] x the state;
+/// @param[in] policy threads (bit-identical for any count).
+/// @throws std::invalid_argument for a bad step or sizes, or partially overlapping arrays;
+///         std::domain_error when the result overflows T.
+template <real_scalar T, execution_policy P = sequential_policy>
+void euler_step(const level_step& s, std::span<const T> denoised, std::span<T> x, const P& policy = P{}) {
+  constexpr std::string_view where = "diffusion::euler_step";
+  detail::check_level_step(where, s);
+  detail::check_same_size(where, "denoised", denoised.size(), "x", x.size());
+  detail::check_no_partial_overlap(where, "denoised", denoised, "x", x);
+  const double r = s.to.sigma / s.from.sigma;
+  const double c = s.to.alpha - s.from.alpha * r;
+  detail::require_finite_step(
+      where, kernels::affine2(static_cast<T>(r), std::span<const T>(x), static_cast<T>(c), denoised, x, policy),
+      "the Euler step");
+}
+
 /// @brief One Euler step of the probability-flow ODE: \f$x' = x + (\sigma_{next} - \sigma)\frac{x - D}{\sigma}
 /// = r\,x + (1 - r)\,D\f$, \f$r = \sigma_{next}/\sigma\f$ (Karras Algorithm 2, line 8; DDIM in σ-space).
 ///
@@ -51,14 +76,8 @@ namespace diffusion {
 ///         std::domain_error when the result overflows T.
 template <real_scalar T, execution_policy P = sequential_policy>
 void euler_step(sigma_step s, std::span<const T> denoised, std::span<T> x, const P& policy = P{}) {
-  constexpr std::string_view where = "diffusion::euler_step";
-  detail::check_sigma_step(where, s);
-  detail::check_same_size(where, "denoised", denoised.size(), "x", x.size());
-  detail::check_no_partial_overlap(where, "denoised", denoised, "x", x);
-  const double r = s.sigma_next / s.sigma;
-  detail::require_finite_step(
-      where, kernels::affine2(static_cast<T>(r), std::span<const T>(x), static_cast<T>(1.0 - r), denoised, x, policy),
-      "the Euler step");
+  detail::check_sigma_step("diffusion::euler_step", s);
+  euler_step<T>(as_level_step(s), denoised, x, policy);
 }
 
 /// @brief The pre-0.2 form of @ref euler_step: from x at σ to `out` at σ_to.
@@ -189,17 +208,37 @@ struct dpmpp_2m_state {
 template <real_scalar T, execution_policy P = sequential_policy>
 void dpmpp_2m_step(sigma_step s, std::span<const T> denoised, std::span<T> x, dpmpp_2m_state<T>& state,
                    const P& policy = P{}) {
+  detail::check_sigma_step("diffusion::dpmpp_2m_step", s);
+  dpmpp_2m_step<T>(as_level_step(s), denoised, x, state, false, policy);
+}
+
+/// @brief One DPM-Solver++(2M) step between two levels of the state's process (Lu et al. 2022, Eq. 9 and
+/// Algorithm 2, the data-prediction form, as diffusers' DPMSolverMultistepScheduler writes it in VP
+/// scale): with λ = log(α/σ), h = λ' − λ,
+/// \f$x' = \frac{\sigma'}{\sigma}x - \alpha'\operatorname{expm1}(-h)\,\hat D\f$, \f$\hat D = (1 + \frac1{2r})D - \frac1{2r}D_\text{prev}\f$,
+/// \f$r = h_\text{prev}/h\f$. First order (\f$\hat D = D\f$) at the first step, when σ' = 0, and when
+/// `first_order` is set (diffusers' `lower_order_final` / `euler_at_final`). In σ-space it is the
+/// @ref sigma_step form bit for bit.
+/// @param[in] s the level step; @param[in] denoised D at s.from; @param[in,out] x the state;
+/// @param[in,out] state the history; @param[in] first_order take a first-order step;
+/// @param[in] policy threads.
+/// @throws std::invalid_argument for a bad step or sizes; std::domain_error on overflow.
+template <real_scalar T, execution_policy P = sequential_policy>
+void dpmpp_2m_step(const level_step& s, std::span<const T> denoised, std::span<T> x, dpmpp_2m_state<T>& state,
+                   bool first_order = false, const P& policy = P{}) {
   constexpr std::string_view where = "diffusion::dpmpp_2m_step";
-  detail::check_sigma_step(where, s);
+  detail::check_level_step(where, s);
   detail::check_same_size(where, "denoised", denoised.size(), "x", x.size());
   detail::check_same_size(where, "state.previous_denoised", state.previous_denoised.size(), "x", x.size());
   detail::check_no_partial_overlap(where, "denoised", denoised, "x", x);
-  const double ratio = s.sigma_next / s.sigma;
-  const double h = s.sigma_next == 0.0 ? 0.0 : std::log(s.sigma) - std::log(s.sigma_next);
-  const double em = s.sigma_next == 0.0 ? -1.0 : std::expm1(-h);  // expm1(−h)
-  const T cx = static_cast<T>(ratio), cd = static_cast<T>(-em);
+  const bool to_data = s.to.sigma == 0.0;
+  const double ratio = s.to.sigma / s.from.sigma;
+  // h = λ' − λ, λ = log α − log σ (written so that α = 1 gives log σ − log σ' exactly).
+  const double h = to_data ? 0.0 : (std::log(s.to.alpha) - std::log(s.to.sigma)) - (std::log(s.from.alpha) - std::log(s.from.sigma));
+  const double em = to_data ? -1.0 : std::expm1(-h);  // expm1(−h)
+  const T cx = static_cast<T>(ratio), cd = static_cast<T>(-(s.to.alpha * em));
   bool ok = true;
-  if (!state.has_previous || s.sigma_next == 0.0) {
+  if (!state.has_previous || to_data || first_order) {
     ok = kernels::map(policy, kernels::no_noise{}, kernels::outputs(x, state.previous_denoised),
                       kernels::inputs<T>(std::span<const T>(x), denoised), [cx, cd](auto xv, auto dv) {
                         using V = decltype(xv);
@@ -218,7 +257,7 @@ void dpmpp_2m_step(sigma_step s, std::span<const T> denoised, std::span<T> x, dp
                       });
   }
   detail::require_finite_step(where, ok, "the DPM-Solver++(2M) step");
-  if (s.sigma_next > 0.0) state.previous_h = h;
+  if (!to_data) state.previous_h = h;
   state.has_previous = true;
 }
 

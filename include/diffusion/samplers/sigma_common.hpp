@@ -27,6 +27,7 @@
 #include "../core/tensor.hpp"
 #include "../kernels/elementwise.hpp"
 #include "../models/sigma_space.hpp"
+#include "../process/parameterization.hpp"
 #include "common.hpp"
 
 /// @defgroup sigma_samplers σ-space samplers
@@ -35,11 +36,26 @@
 
 namespace diffusion {
 
-/// @brief One σ-space transition, from σ to σ_next.
+/// @brief One σ-space transition, from σ to σ_next (Karras' σ-space: x = x₀ + σε, α = 1).
 struct sigma_step {
   double sigma;       ///< σ > 0, the level the model was evaluated at.
   double sigma_next;  ///< σ_next ≥ 0, the level the step lands on (0: the data).
 };
+
+/// @brief One transition between two noise levels (α, σ) of the process the state lives in
+/// (x = αx₀ + σε; process/parameterization.hpp): the general form of every deterministic solver
+/// step, so that one step body serves the σ-space (α = 1), variance-preserving (DDPM-scale
+/// state, as diffusers' DPMSolverMultistepScheduler keeps it) and rectified-flow (α = 1 − σ)
+/// states alike. A @ref sigma_step is the level step between @ref noise_level::exploding levels.
+struct level_step {
+  noise_level from;  ///< The level the model was evaluated at (σ > 0).
+  noise_level to;    ///< The level the step lands on (σ = 0: the data).
+};
+
+/// @brief The level step of a σ-space step (α = 1 at both ends).
+inline level_step as_level_step(sigma_step s) noexcept {
+  return {noise_level::exploding(s.sigma), noise_level::exploding(s.sigma_next)};
+}
 
 /// @brief Options of the Karras-family samplers (k-diffusion's names and defaults).
 struct karras_options {
@@ -103,6 +119,16 @@ inline void check_karras_options(std::string_view where, const karras_options& o
     throw_invalid(where, "eta = " + to_text(o.eta) + " is outside the allowed range [0, 1]");
   if (!(o.s_tmin <= o.s_tmax))
     throw_invalid(where, "s_tmin = " + to_text(o.s_tmin) + " must be <= s_tmax = " + to_text(o.s_tmax));
+}
+
+/// Requires a valid level step: the start noisy (σ > 0), both ends finite and non-negative.
+inline void check_level_step(std::string_view where, const level_step& s) {
+  if (!(s.from.sigma > 0.0 && std::isfinite(s.from.sigma) && s.from.alpha >= 0.0 && std::isfinite(s.from.alpha)))
+    throw_invalid(where, "the step starts at alpha = " + to_text(s.from.alpha) + ", sigma = " + to_text(s.from.sigma) +
+                             "; it must start at a finite level with sigma > 0");
+  if (!(s.to.sigma >= 0.0 && std::isfinite(s.to.sigma) && s.to.alpha >= 0.0 && std::isfinite(s.to.alpha)))
+    throw_invalid(where, "the step ends at alpha = " + to_text(s.to.alpha) + ", sigma = " + to_text(s.to.sigma) +
+                             "; it must end at a finite level");
 }
 
 /// Requires a valid σ-space step: σ > 0 finite, σ_next ≥ 0 finite.

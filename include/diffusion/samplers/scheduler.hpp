@@ -1,0 +1,548 @@
+/// @file
+/// @brief A scheduler object for runtimes that own the sampling loop: the interface of diffusers'
+/// `SchedulerMixin` (`set_timesteps`, `timesteps`, `init_noise_sigma`, `scale_model_input`,
+/// `step`, `add_noise`) built on the library's step functions, configured from the keys of a
+/// diffusers `scheduler_config.json` (parse one with samplers/scheduler_json.hpp).
+///
+/// @code
+/// diffusion::scheduler sched(config);            // or diffusion::scheduler_from_json(text)
+/// sched.set_timesteps(30);
+/// fill_normal(x); scale(x, sched.init_noise_sigma());
+/// for (std::size_t i = 0; i < sched.timesteps().size(); ++i) {
+///   sched.scale_model_input<float>(x, i, model_in);
+///   model(model_in, sched.timesteps()[i], out);   // your network
+///   sched.step<float>(i, out, x, diffusion::step_stream(noise, i));
+/// }
+/// @endcode
+///
+/// Classes (diffusers' `_class_name`) and what the state x is:
+/// | class | step functions | x |
+/// |---|---|---|
+/// | DDPMScheduler | @ref ddpm_step on the respaced schedule | variance preserving |
+/// | DDIMScheduler | @ref ddim_step (η from the config's `eta`) | variance preserving |
+/// | EulerDiscreteScheduler | @ref euler_step | σ-space (x₀ + σε) |
+/// | EulerAncestralDiscreteScheduler | @ref euler_ancestral_step | σ-space |
+/// | HeunDiscreteScheduler | @ref heun_predict / @ref heun_correct (two calls per step) | σ-space |
+/// | DPMSolverMultistepScheduler (dpmsolver++, order ≤ 2) | @ref dpmpp_2m_step over VP levels | variance preserving |
+///
+/// Where this object departs from diffusers (docs/conventions.md): the tables are double (diffusers
+/// float32); DDIM's previous timestep is read from the list (diffusers computes t − T/N, wrong for
+/// linspace/trailing spacing with T/N not an integer); `step` takes the step index rather than
+/// the timestep value, and steps must be taken in order.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <vector>
+
+#include "../core/config.hpp"
+#include "../core/errors.hpp"
+#include "../core/tensor.hpp"
+#include "../kernels/elementwise.hpp"
+#include "../process/forward.hpp"
+#include "../process/parameterization.hpp"
+#include "../process/posterior.hpp"
+#include "../schedule/betas.hpp"
+#include "../schedule/noise_schedule.hpp"
+#include "../schedule/sigmas.hpp"
+#include "../schedule/timesteps.hpp"
+#include "ancestral.hpp"
+#include "common.hpp"
+#include "ode.hpp"
+#include "sde.hpp"
+#include "sigma_common.hpp"
+
+/// @defgroup scheduler The scheduler object
+/// @brief diffusers' scheduler interface over the library's step functions, from a scheduler_config.json.
+/// @{
+
+namespace diffusion {
+
+/// @brief The diffusers scheduler classes the scheduler object reproduces.
+enum class scheduler_kind {
+  ddpm,                  ///< DDPMScheduler.
+  ddim,                  ///< DDIMScheduler.
+  euler,                 ///< EulerDiscreteScheduler.
+  euler_ancestral,       ///< EulerAncestralDiscreteScheduler.
+  heun,                  ///< HeunDiscreteScheduler.
+  dpm_solver_multistep,  ///< DPMSolverMultistepScheduler (algorithm_type dpmsolver++, solver_order 1 or 2).
+};
+
+/// @brief The diffusers `_class_name` of a kind ("DDIMScheduler", …).
+inline std::string_view class_name(scheduler_kind k) noexcept {
+  switch (k) {
+    case scheduler_kind::ddpm: return "DDPMScheduler";
+    case scheduler_kind::ddim: return "DDIMScheduler";
+    case scheduler_kind::euler: return "EulerDiscreteScheduler";
+    case scheduler_kind::euler_ancestral: return "EulerAncestralDiscreteScheduler";
+    case scheduler_kind::heun: return "HeunDiscreteScheduler";
+    case scheduler_kind::dpm_solver_multistep: return "DPMSolverMultistepScheduler";
+  }
+  return "?";
+}
+
+/// @brief The β families of diffusers' `beta_schedule` key.
+enum class beta_family {
+  linear,             ///< "linear": @ref linear_betas.
+  scaled_linear,      ///< "scaled_linear": @ref scaled_linear_betas.
+  squaredcos_cap_v2,  ///< "squaredcos_cap_v2": @ref cosine_betas (s = 0.008, β_max = 0.999).
+  sigmoid,            ///< "sigmoid": @ref sigmoid_betas.
+};
+
+/// @brief diffusers' `final_sigmas_type`: the σ after the last step.
+enum class final_sigma {
+  zero,       ///< "zero": the last step lands on the data.
+  sigma_min,  ///< "sigma_min": on σ of the training schedule's first step.
+};
+
+/// @brief The configuration of a @ref scheduler: the keys of a diffusers `scheduler_config.json`
+/// that change the math, with diffusers' names. Start from @ref defaults_for a class (diffusers'
+/// defaults differ per class), then set what the model's config sets.
+struct scheduler_config {
+  scheduler_kind kind = scheduler_kind::ddim;                 ///< `_class_name`.
+  std::size_t num_train_timesteps = 1000;                     ///< `num_train_timesteps`.
+  double beta_start = 0.0001;                                 ///< `beta_start`.
+  double beta_end = 0.02;                                     ///< `beta_end`.
+  beta_family beta_schedule = beta_family::linear;            ///< `beta_schedule`.
+  std::vector<double> trained_betas{};                        ///< `trained_betas` (non-empty: used instead).
+  prediction prediction_type = prediction::epsilon;           ///< `prediction_type` (epsilon, sample, v_prediction).
+  timestep_spacing spacing = timestep_spacing::leading;       ///< `timestep_spacing`.
+  std::size_t steps_offset = 0;                               ///< `steps_offset` (leading spacing only).
+  bool clip_sample = true;                                    ///< `clip_sample` (DDPM, DDIM).
+  double clip_sample_range = 1.0;                             ///< `clip_sample_range`.
+  bool thresholding = false;                                  ///< `thresholding` (DDPM, DDIM, DPM-Solver).
+  double dynamic_thresholding_ratio = 0.995;                  ///< `dynamic_thresholding_ratio`.
+  double sample_max_value = 1.0;                              ///< `sample_max_value`.
+  bool set_alpha_to_one = true;                               ///< `set_alpha_to_one` (DDIM).
+  bool rescale_betas_zero_snr = false;                        ///< `rescale_betas_zero_snr`.
+  bool use_karras_sigmas = false;                             ///< `use_karras_sigmas` (σ-space classes, DPM-Solver).
+  final_sigma final_sigmas_type = final_sigma::zero;          ///< `final_sigmas_type`.
+  variance_type variance = variance_type::fixed_small;        ///< `variance_type` (DDPM).
+  double eta = 0.0;                                           ///< DDIM's η (a `step()` argument in diffusers).
+  std::size_t solver_order = 2;                               ///< `solver_order` (DPM-Solver; 1 or 2).
+  bool lower_order_final = true;                              ///< `lower_order_final` (DPM-Solver, < 15 steps).
+  bool euler_at_final = false;                                ///< `euler_at_final` (DPM-Solver).
+
+  /// @brief diffusers' defaults for a class: DDPM/DDIM leading spacing with `clip_sample` on;
+  /// the σ-space classes and DPM-Solver linspace spacing with `clip_sample` off.
+  static scheduler_config defaults_for(scheduler_kind k) {
+    scheduler_config c;
+    c.kind = k;
+    const bool discrete = k == scheduler_kind::ddpm || k == scheduler_kind::ddim;
+    c.spacing = discrete ? timestep_spacing::leading : timestep_spacing::linspace;
+    c.clip_sample = discrete;
+    return c;
+  }
+};
+
+/// @brief The betas a @ref scheduler_config describes (the family, or `trained_betas`; rescaled to
+/// zero terminal SNR when `rescale_betas_zero_snr`).
+/// @throws std::invalid_argument as the family functions.
+inline std::vector<double> config_betas(const scheduler_config& c) {
+  std::vector<double> b;
+  if (!c.trained_betas.empty()) {
+    b = c.trained_betas;
+    if (b.size() != c.num_train_timesteps)
+      detail::throw_invalid("diffusion::scheduler", "trained_betas has " + detail::to_text(b.size()) +
+                                                        " values but num_train_timesteps = " +
+                                                        detail::to_text(c.num_train_timesteps));
+  } else {
+    switch (c.beta_schedule) {
+      case beta_family::linear: b = linear_betas(c.num_train_timesteps, c.beta_start, c.beta_end); break;
+      case beta_family::scaled_linear: b = scaled_linear_betas(c.num_train_timesteps, c.beta_start, c.beta_end); break;
+      case beta_family::squaredcos_cap_v2: b = cosine_betas(c.num_train_timesteps); break;
+      case beta_family::sigmoid: b = sigmoid_betas(c.num_train_timesteps, c.beta_start, c.beta_end); break;
+    }
+  }
+  if (c.rescale_betas_zero_snr) b = rescale_zero_terminal_snr(b);
+  return b;
+}
+
+/// @brief diffusers' scheduler interface (see the file comment) over the library's step functions.
+///
+/// A value: copy it to run two loops. The multistep and Heun state lives inside, sized on the first
+/// step (no allocation per step after that); `set_timesteps` resets it.
+class scheduler {
+ public:
+  /// @brief Builds the training schedule of the configuration.
+  /// @throws std::invalid_argument for a value the class does not support (naming the key and
+  ///         the supported values) or invalid betas.
+  explicit scheduler(scheduler_config config) : cfg_(std::move(config)), train_(config_betas(cfg_)) { validate(); }
+
+  /// The configuration.
+  [[nodiscard]] const scheduler_config& config() const noexcept { return cfg_; }
+  /// The training schedule (double tables).
+  [[nodiscard]] const noise_schedule& training_schedule() const noexcept { return train_; }
+
+  /// @brief Chooses N inference steps (diffusers' `set_timesteps(N)`), resets the step state.
+  /// @throws std::invalid_argument for N = 0 or too large for the spacing.
+  void set_timesteps(std::size_t num_inference_steps) {
+    constexpr std::string_view where = "diffusion::scheduler::set_timesteps";
+    if (num_inference_steps == 0) detail::throw_invalid(where, "num_inference_steps = 0 must be >= 1");
+    const std::size_t T = cfg_.num_train_timesteps, N = num_inference_steps;
+    n_steps_ = N;
+    timesteps_.clear();
+    sigmas_.clear();
+    resp_.reset();
+    seq_.reset();
+    switch (cfg_.kind) {
+      case scheduler_kind::ddpm: {
+        seq_ = inference_timesteps(T, N, cfg_.spacing, cfg_.steps_offset);
+        resp_ = respace(train_, *seq_);
+        for (std::size_t t : *seq_) {
+          timesteps_.push_back(static_cast<double>(t));
+          sigmas_.push_back(train_[t].sigma);
+        }
+        sigmas_.push_back(0.0);
+        break;
+      }
+      case scheduler_kind::ddim: {
+        seq_ = inference_timesteps(T, N, cfg_.spacing, cfg_.steps_offset);
+        for (std::size_t t : *seq_) {
+          timesteps_.push_back(static_cast<double>(t));
+          sigmas_.push_back(train_[t].sigma);
+        }
+        sigmas_.push_back(cfg_.set_alpha_to_one ? 0.0 : train_[0].sigma);
+        break;
+      }
+      case scheduler_kind::euler:
+      case scheduler_kind::euler_ancestral:
+      case scheduler_kind::heun: set_sigma_space_timesteps(N); break;
+      case scheduler_kind::dpm_solver_multistep: set_dpm_timesteps(N); break;
+    }
+    if (cfg_.kind == scheduler_kind::heun) duplicate_for_heun();
+    next_ = 0;
+    heun_second_ = false;
+    dpm_state_has_previous_ = false;
+    dpm_previous_h_ = 0.0;
+  }
+
+  /// Steps chosen by set_timesteps (model calls: 2N − 1 for Heun).
+  [[nodiscard]] std::size_t num_inference_steps() const noexcept { return n_steps_; }
+  /// @brief The model's timestep at each call of `step` (diffusers' `timesteps`; fractional for the
+  /// σ-space classes, whose σ list is interpolated).
+  [[nodiscard]] std::span<const double> timesteps() const noexcept { return timesteps_; }
+  /// @brief The σ-space noise ratio σ/α at each call of `step`, followed by the final one
+  /// (diffusers' `sigmas` for the σ-space classes and DPM-Solver; √((1−ᾱ)/ᾱ) of the timesteps for DDPM/DDIM).
+  [[nodiscard]] std::span<const double> sigmas() const noexcept { return sigmas_; }
+
+  /// @brief The standard deviation of the initial noise (diffusers' `init_noise_sigma`): 1 for the
+  /// variance-preserving classes; σ_max for the σ-space classes with linspace/trailing spacing and
+  /// \f$\sqrt{\sigma_{\max}^2 + 1}\f$ with leading spacing (as diffusers).
+  /// @throws std::logic_error before set_timesteps.
+  [[nodiscard]] double init_noise_sigma() const {
+    require_timesteps("init_noise_sigma");
+    if (!sigma_space()) return 1.0;
+    const double m = *std::max_element(sigmas_.begin(), sigmas_.end());
+    return cfg_.spacing == timestep_spacing::leading ? std::sqrt(m * m + 1.0) : m;
+  }
+
+  /// @brief The model's input at call i (diffusers' `scale_model_input`): \f$x/\sqrt{\sigma_i^2 + 1}\f$ for the
+  /// σ-space classes, x itself otherwise.
+  /// @param[in] x the state; @param[in] i the call index; @param[out] out the model's input (may alias x).
+  /// @throws std::out_of_range for i outside the timesteps; std::invalid_argument for sizes.
+  template <real_scalar T>
+  void scale_model_input(std::span<const T> x, std::size_t i, std::span<T> out) const {
+    constexpr std::string_view where = "diffusion::scheduler::scale_model_input";
+    require_timesteps("scale_model_input");
+    detail::check_index(where, "i", i, timesteps_.size());
+    detail::check_same_size(where, "x", x.size(), "out", out.size());
+    detail::check_no_partial_overlap(where, "x", x, "out", out);
+    const double c = sigma_space() ? noise_level::preserving(sigmas_[i]).alpha : 1.0;
+    detail::require_finite_step(where, kernels::scale(static_cast<T>(c), x, out), "the scaling");
+  }
+
+  /// @brief One call of the sampling loop (diffusers' `step`): from the model's output at call i,
+  /// updates x in place (its `prev_sample`) and writes x̂₀ (its `pred_original_sample`) to `x0`
+  /// when given. Calls must come in order, i = 0, 1, …
+  /// @param[in] i the call index; @param[in] model_output rows × n (2n for a learned DDPM variance);
+  /// @param[in,out] x rows × n; @param[in] noise kernels::no_noise for deterministic classes, else a
+  /// buffer of rows × n normals or a Philox stream (@ref step_stream);
+  /// @param[in] rows rows of x; @param[out] x0 optional x̂₀, rows × n.
+  /// @throws std::logic_error out of order or before set_timesteps; std::invalid_argument for sizes or
+  ///         missing noise; std::domain_error for non-finite model output or an overflowing step.
+  template <real_scalar T, class Z = kernels::no_noise>
+    requires kernels::noise_operand<Z, T>
+  void step(std::size_t i, std::span<const T> model_output, std::span<T> x, const Z& noise = {}, std::size_t rows = 1,
+            std::span<T> x0 = {}) {
+    constexpr std::string_view where = "diffusion::scheduler::step";
+    require_timesteps("step");
+    if (i != next_)
+      throw std::logic_error(std::string(where) + ": i = " + detail::to_text(i) + ", but the next call is " +
+                             detail::to_text(next_) + " (steps run in order; set_timesteps restarts)");
+    detail::check_index(where, "i", i, timesteps_.size());
+    const std::size_t n = detail::sampler_rows(where, x.size(), rows);
+    detail::check_model_output<T>(where, model_output, model_output.size() / rows, i, timesteps_[i]);
+    auto& b = buffers<T>();
+    switch (cfg_.kind) {
+      case scheduler_kind::ddpm: {
+        const std::size_t K = resp_->schedule.size(), j = K - 1 - i;
+        b.scratch.resize(n);
+        const ddpm_step_options opt{cfg_.prediction_type, cfg_.variance, processing(), rows, parallel_policy{1}};
+        if (j == 0)
+          ddpm_step<T>(resp_->schedule, j, model_output, x, kernels::no_noise{}, opt, step_buffers<T>{x0, b.scratch});
+        else
+          ddpm_step<T>(resp_->schedule, j, model_output, x, noise, opt, step_buffers<T>{x0, b.scratch});
+        break;
+      }
+      case scheduler_kind::ddim: {
+        const auto p = seq_->previous(i);
+        const timestep_transition tr{(*seq_)[i], p ? *p : (cfg_.set_alpha_to_one ? to_data : std::size_t{0})};
+        b.scratch.resize(n);
+        const ddim_step_options opt{cfg_.prediction_type, cfg_.eta, processing(), false, rows, parallel_policy{1}};
+        if (ddim_coefficients_at(train_, tr, cfg_.eta).sigma > 0.0)
+          ddim_step<T>(train_, tr, model_output, x, noise, opt, step_buffers<T>{x0, b.scratch});
+        else
+          ddim_step<T>(train_, tr, model_output, x, kernels::no_noise{}, opt, step_buffers<T>{x0, b.scratch});
+        break;
+      }
+      default: sigma_space_step<T>(i, model_output, x, detail::rows_of(noise, n), x0); break;
+    }
+    ++next_;
+  }
+
+  /// @brief Noises data to the level of call i (diffusers' `add_noise`, by call index):
+  /// \f$x_0 + \sigma_i\varepsilon\f$ for the σ-space classes, \f$\sqrt{\bar\alpha}x_0 + \sqrt{1-\bar\alpha}\,\varepsilon\f$ at timestep i's
+  /// level otherwise.
+  /// @param[in] x0 data; @param[in] noise ε, same size; @param[in] i the call index; @param[out] out may alias either.
+  template <real_scalar T>
+  void add_noise(std::span<const T> x0, std::span<const T> noise, std::size_t i, std::span<T> out) const {
+    constexpr std::string_view where = "diffusion::scheduler::add_noise";
+    require_timesteps("add_noise");
+    detail::check_index(where, "i", i, timesteps_.size());
+    detail::check_same_size(where, "x0", x0.size(), "noise", noise.size());
+    detail::check_same_size(where, "x0", x0.size(), "out", out.size());
+    const noise_level l = sigma_space() ? noise_level::exploding(sigmas_[i]) : noise_level::preserving(sigmas_[i]);
+    detail::require_finite_step(
+        where, kernels::affine2(static_cast<T>(l.alpha), x0, detail::coefficient<T>(where, "sigma", l.sigma), noise, out),
+        "the forward process");
+  }
+
+ private:
+  template <class T>
+  struct state_buffers {
+    std::vector<T> denoised, aux, aux2, scratch;
+  };
+  template <class T>
+  state_buffers<T>& buffers() noexcept {
+    if constexpr (std::is_same_v<T, float>)
+      return float_;
+    else
+      return double_;
+  }
+
+  [[nodiscard]] bool sigma_space() const noexcept {
+    return cfg_.kind == scheduler_kind::euler || cfg_.kind == scheduler_kind::euler_ancestral ||
+           cfg_.kind == scheduler_kind::heun;
+  }
+  [[nodiscard]] x0_processing processing() const {
+    return {cfg_.clip_sample, cfg_.clip_sample_range, cfg_.thresholding,
+            dynamic_threshold{cfg_.dynamic_thresholding_ratio, cfg_.sample_max_value}};
+  }
+  void require_timesteps(std::string_view what) const {
+    if (timesteps_.empty())
+      throw std::logic_error("diffusion::scheduler::" + std::string(what) + ": call set_timesteps first");
+  }
+
+  void validate() const {
+    constexpr std::string_view where = "diffusion::scheduler";
+    const prediction p = cfg_.prediction_type;
+    if (p != prediction::epsilon && p != prediction::sample && p != prediction::v)
+      detail::throw_invalid(where, "prediction_type = " + std::string(to_string(p)) + " is not supported by " +
+                                       std::string(class_name(cfg_.kind)) + " (supported: epsilon, sample, v_prediction)");
+    if (cfg_.kind == scheduler_kind::dpm_solver_multistep && !(cfg_.solver_order == 1 || cfg_.solver_order == 2))
+      detail::throw_invalid(where, "solver_order = " + detail::to_text(cfg_.solver_order) +
+                                       " is not supported by DPMSolverMultistepScheduler here (supported: 1, 2)");
+    if (!(cfg_.eta >= 0.0 && std::isfinite(cfg_.eta)))
+      detail::throw_invalid(where, "eta = " + detail::to_text(cfg_.eta) + " is outside the allowed range [0, inf)");
+    if (cfg_.thresholding && sigma_space())
+      detail::throw_invalid(where, "thresholding is not supported by " + std::string(class_name(cfg_.kind)));
+    detail::check_x0_processing(where, processing());
+  }
+
+  // The σ table of the training schedule as diffusers' σ-space classes see it: zero terminal SNR
+  // replaced by ᾱ = 2^-24 (diffusers' EulerDiscreteScheduler), so that σ_max is finite.
+  [[nodiscard]] std::vector<double> train_sigmas() const {
+    std::vector<double> s = train_.column(&schedule_step::sigma);
+    if (train_.zero_terminal_snr()) s.back() = std::sqrt((1.0 - 0x1p-24) / 0x1p-24);
+    return s;
+  }
+  // diffusers' np.interp(t, arange(T), sigmas): linear in σ between neighbouring steps.
+  static double interp(const std::vector<double>& s, double t) {
+    const double last = static_cast<double>(s.size() - 1);
+    if (t <= 0.0) return s.front();
+    if (t >= last) return s.back();
+    const auto i = static_cast<std::size_t>(std::floor(t));
+    const double w = t - static_cast<double>(i);
+    return w == 0.0 ? s[i] : s[i] + w * (s[i + 1] - s[i]);
+  }
+  // The inverse map of a σ list value to a timestep, log-σ interpolation (diffusers' _sigma_to_t).
+  [[nodiscard]] double timestep_of(double sigma) const {
+    const auto s = train_sigmas();
+    if (sigma <= s.front()) return 0.0;
+    if (sigma >= s.back()) return static_cast<double>(s.size() - 1);
+    const auto it = std::upper_bound(s.begin(), s.end(), sigma);
+    const auto i = static_cast<std::size_t>(it - s.begin()) - 1;
+    const double a = std::log(s[i]), b = std::log(s[i + 1]);
+    return b > a ? static_cast<double>(i) + (std::log(sigma) - a) / (b - a) : static_cast<double>(i);
+  }
+
+  void set_sigma_space_timesteps(std::size_t N) {
+    const std::size_t T = cfg_.num_train_timesteps;
+    if (N > T)
+      detail::throw_invalid("diffusion::scheduler::set_timesteps", "num_inference_steps = " + detail::to_text(N) +
+                                                                       " is outside the allowed range [1, " +
+                                                                       detail::to_text(T) + "]");
+    // diffusers' EulerDiscreteScheduler timesteps: linspace unrounded, leading/trailing as integers.
+    std::vector<double> t(N);
+    if (cfg_.spacing == timestep_spacing::linspace) {
+      const double step = N > 1 ? static_cast<double>(T - 1) / static_cast<double>(N - 1) : 0.0;
+      for (std::size_t k = 0; k < N; ++k)
+        t[N - 1 - k] = k + 1 == N && N > 1 ? static_cast<double>(T - 1) : static_cast<double>(k) * step;
+    } else {
+      const timestep_sequence chosen = inference_timesteps(T, N, cfg_.spacing, cfg_.steps_offset);
+      for (std::size_t k = 0; k < N; ++k) t[k] = static_cast<double>(chosen[k]);
+    }
+    const auto table = train_sigmas();
+    std::vector<double> s(N);
+    for (std::size_t k = 0; k < N; ++k) s[k] = interp(table, t[k]);
+    if (cfg_.use_karras_sigmas) {
+      if (N < 2)
+        detail::throw_invalid("diffusion::scheduler::set_timesteps", "use_karras_sigmas needs num_inference_steps >= 2");
+      s = karras_sigmas(N, s.back(), s.front());
+      s.pop_back();
+      for (std::size_t k = 0; k < N; ++k) t[k] = timestep_of(s[k]);
+    }
+    timesteps_ = t;
+    sigmas_ = s;
+    sigmas_.push_back(cfg_.final_sigmas_type == final_sigma::zero ? 0.0 : table.front());
+  }
+
+  void set_dpm_timesteps(std::size_t N) {
+    const std::size_t T = cfg_.num_train_timesteps;
+    constexpr std::string_view where = "diffusion::scheduler::set_timesteps";
+    if (N > T) detail::throw_invalid(where, "num_inference_steps = " + detail::to_text(N) + " is outside the allowed range [1, " + detail::to_text(T) + "]");
+    // diffusers' DPMSolverMultistepScheduler: linspace and leading place N + 1 points and drop the
+    // last (timestep 0); trailing places N.
+    std::vector<std::size_t> ts;
+    if (cfg_.spacing == timestep_spacing::trailing) {
+      const timestep_sequence chosen = inference_timesteps(T, N, cfg_.spacing, cfg_.steps_offset);
+      ts.assign(chosen.begin(), chosen.end());
+    } else {
+      if (N + 1 > T) detail::throw_invalid(where, "num_inference_steps = " + detail::to_text(N) + " needs N + 1 <= num_train_timesteps with this spacing");
+      const timestep_sequence chosen = inference_timesteps(T, N + 1, cfg_.spacing, cfg_.steps_offset);
+      ts.assign(chosen.begin(), chosen.end() - 1);
+    }
+    std::vector<double> s(N);
+    for (std::size_t k = 0; k < N; ++k) s[k] = train_[ts[k]].sigma;
+    std::vector<double> t(ts.begin(), ts.end());
+    if (cfg_.use_karras_sigmas) {
+      if (N < 2) detail::throw_invalid(where, "use_karras_sigmas needs num_inference_steps >= 2");
+      const auto table = train_sigmas();
+      s = karras_sigmas(N, table.front(), table.back());
+      s.pop_back();
+      for (std::size_t k = 0; k < N; ++k) t[k] = std::nearbyint(timestep_of(s[k]));
+    }
+    timesteps_ = t;
+    sigmas_ = s;
+    sigmas_.push_back(cfg_.final_sigmas_type == final_sigma::zero ? 0.0 : train_[0].sigma);
+  }
+
+  // Heun: [t0, t1, t1, t2, t2, …] and σ [s0, s1, s1, …, s_{N−1}, s_{N−1}, final] (diffusers' HeunDiscreteScheduler).
+  void duplicate_for_heun() {
+    std::vector<double> t{timesteps_.front()}, s{sigmas_.front()};
+    for (std::size_t k = 1; k < timesteps_.size(); ++k) {
+      t.insert(t.end(), 2, timesteps_[k]);
+      s.insert(s.end(), 2, sigmas_[k]);
+    }
+    s.push_back(sigmas_.back());
+    timesteps_ = t;
+    sigmas_ = s;
+  }
+
+  // x̂₀ from the model output at call i: the model saw x_m = α_m x at the VP level of σ_i (σ-space
+  // classes) or x itself (DPM-Solver, whose x is VP): the one conversion table.
+  template <class T>
+  void denoise(std::size_t i, std::span<const T> model_output, std::span<const T> x, std::span<T> d) const {
+    const noise_level l = noise_level::preserving(sigmas_[i]);
+    const affine_coefficients k = conversion_coefficients(l, cfg_.prediction_type, prediction::sample);
+    const double scale = sigma_space() ? l.alpha : 1.0;
+    constexpr std::string_view where = "diffusion::scheduler::step";
+    detail::require_finite_step(where,
+                                kernels::affine2(detail::coefficient<T>(where, "the x0 coefficient of x", k.a * scale), x,
+                                                 detail::coefficient<T>(where, "the x0 coefficient of the model output", k.b),
+                                                 model_output, d),
+                                "x0 from the model output");
+  }
+
+  template <class T, class Z>
+  void sigma_space_step(std::size_t i, std::span<const T> model_output, std::span<T> x, const Z& noise, std::span<T> x0) {
+    auto& b = buffers<T>();
+    b.denoised.resize(x.size());
+    const std::span<T> d = x0.empty() ? std::span<T>(b.denoised) : x0;
+    if (!x0.empty()) detail::check_same_size("diffusion::scheduler::step", "x0", x0.size(), "x", x.size());
+    denoise<T>(i, model_output, std::span<const T>(x), d);
+    const sigma_step s{sigmas_[i], sigmas_[i + 1]};
+    switch (cfg_.kind) {
+      case scheduler_kind::euler: euler_step<T>(s, d, x); break;
+      case scheduler_kind::euler_ancestral:
+        if (ancestral_step(s.sigma, s.sigma_next, 1.0).sigma_up > 0.0)
+          euler_ancestral_step<T>(s, d, x, noise);
+        else
+          euler_ancestral_step<T>(s, d, x, kernels::no_noise{});
+        break;
+      case scheduler_kind::heun: {
+        // A first stage leaves x at the Euler point (the model is called there next, at σ_{i+1});
+        // the second stage corrects from the step's start, kept in aux (diffusers' HeunDiscreteScheduler).
+        b.aux.resize(x.size());
+        b.aux2.resize(x.size());
+        const heun_state<T> st{std::span<T>(b.aux2), x};  // the derivative, and the Euler point written into x
+        if (!heun_second_) {
+          std::copy(x.begin(), x.end(), b.aux.begin());  // the step's start
+          heun_second_ = heun_predict<T>(s, d, std::span<const T>(b.aux), st);
+          if (!heun_second_) euler_step<T>(s, d, x);
+        } else {
+          heun_correct<T>({sigmas_[i - 1], sigmas_[i]}, d, std::span<const T>(b.aux), st, x);
+          heun_second_ = false;
+        }
+        break;
+      }
+      case scheduler_kind::dpm_solver_multistep: {
+        b.aux.resize(x.size());
+        dpmpp_2m_state<T> st{std::span<T>(b.aux), dpm_previous_h_, dpm_state_has_previous_};
+        const bool last = i + 1 == timesteps_.size();
+        const bool first_order = cfg_.solver_order == 1 ||
+                                 (last && (cfg_.euler_at_final || (cfg_.lower_order_final && timesteps_.size() < 15)));
+        dpmpp_2m_step<T>(level_step{noise_level::preserving(s.sigma), noise_level::preserving(s.sigma_next)}, d, x, st,
+                         first_order);
+        dpm_previous_h_ = st.previous_h;
+        dpm_state_has_previous_ = st.has_previous;
+        break;
+      }
+      default: break;
+    }
+  }
+
+  scheduler_config cfg_;
+  noise_schedule train_;
+  std::size_t n_steps_ = 0, next_ = 0;
+  std::vector<double> timesteps_, sigmas_;
+  std::optional<timestep_sequence> seq_;
+  std::optional<respaced_schedule> resp_;
+  double dpm_previous_h_ = 0.0;
+  bool dpm_state_has_previous_ = false;
+  bool heun_second_ = false;
+  state_buffers<float> float_;
+  state_buffers<double> double_;
+};
+
+}  // namespace diffusion
+
+/// @}

@@ -1,0 +1,228 @@
+// The scheduler object: set_timesteps as diffusers' classes choose timesteps and sigmas, and a
+// hand-written loop over scheduler.step that reproduces the library's own samplers bit for bit.
+#include <catch2/catch.hpp>
+
+#include <diffusion/ddpm.hpp>
+
+#include <cmath>
+#include <limits>
+#include <stdexcept>
+#include <vector>
+
+namespace {
+
+using diffusion::prediction;
+using diffusion::scheduler_kind;
+
+// A smooth eps-model of the VP input and timestep (what a network is to the scheduler).
+struct toy_model {
+  prediction kind = prediction::epsilon;
+  [[nodiscard]] prediction predicts() const noexcept { return kind; }
+  template <class T, class C>
+  void operator()(const diffusion::denoiser_input<T, C>& in, std::span<T> out) const {
+    const std::size_t n = in.row_size();
+    for (std::size_t r = 0; r < in.rows(); ++r)
+      for (std::size_t k = 0; k < n; ++k) {
+        const double x = static_cast<double>(in.x[r * n + k]);
+        out[r * n + k] = static_cast<T>(0.3 * std::sin(x) + 0.05 * std::cos(0.01 * in.timesteps[r]) * x);
+      }
+  }
+};
+
+template <class T>
+std::vector<T> start(std::size_t n) {
+  std::vector<T> x(n);
+  for (std::size_t k = 0; k < n; ++k) x[k] = static_cast<T>(std::sin(1.3 * static_cast<double>(k) + 0.2) * 1.1);
+  return x;
+}
+
+// Runs the scheduler loop as a runtime would: scale, call the model at the listed timestep, step.
+template <class T, class Model, class Noise>
+std::vector<T> run_scheduler(diffusion::scheduler& s, Model& model, std::vector<T> x, std::size_t rows, Noise&& noise) {
+  const std::size_t n = x.size() / rows;
+  std::vector<T> in(x.size()), out(x.size());
+  std::vector<double> ts(rows), sg(rows);
+  for (std::size_t i = 0; i < s.timesteps().size(); ++i) {
+    s.scale_model_input<T>(x, i, in);
+    std::fill(ts.begin(), ts.end(), s.timesteps()[i]);
+    std::fill(sg.begin(), sg.end(), s.sigmas()[i]);
+    model(diffusion::denoiser_input<T>{in, ts, sg}, std::span<T>(out));
+    noise(s, i, std::span<const T>(out), std::span<T>(x), rows);
+  }
+  (void)n;
+  return x;
+}
+
+}  // namespace
+
+TEST_CASE("scheduler timesteps and sigmas follow diffusers' classes", "[scheduler]") {
+  auto cfg = diffusion::scheduler_config::defaults_for(scheduler_kind::euler);
+  cfg.beta_schedule = diffusion::beta_family::scaled_linear;
+  cfg.beta_start = 0.00085;
+  cfg.beta_end = 0.012;
+  SECTION("Euler, SDXL: leading spacing with steps_offset 1") {
+    cfg.spacing = diffusion::timestep_spacing::leading;
+    cfg.steps_offset = 1;
+    diffusion::scheduler s(cfg);
+    s.set_timesteps(30);
+    REQUIRE(s.timesteps().size() == 30);
+    CHECK(s.timesteps()[0] == 958.0);  // 29 * (1000 // 30) + 1
+    CHECK(s.timesteps()[29] == 1.0);
+    REQUIRE(s.sigmas().size() == 31);
+    CHECK(s.sigmas()[30] == 0.0);
+    CHECK(s.sigmas()[0] == s.training_schedule()[958].sigma);
+    const double m = s.sigmas()[0];
+    CHECK(s.init_noise_sigma() == std::sqrt(m * m + 1.0));  // leading: sqrt(sigma_max^2 + 1)
+  }
+  SECTION("Euler, linspace: unrounded timesteps, sigma interpolated linearly in sigma") {
+    diffusion::scheduler s(cfg);
+    s.set_timesteps(7);
+    CHECK(s.timesteps()[0] == 999.0);
+    CHECK(s.timesteps()[6] == 0.0);
+    const double t1 = s.timesteps()[1];
+    CHECK(t1 == Approx(999.0 * 5.0 / 6.0).epsilon(1e-15));
+    const auto& tr = s.training_schedule();
+    const auto i = static_cast<std::size_t>(std::floor(t1));
+    const double w = t1 - static_cast<double>(i);
+    CHECK(s.sigmas()[1] == Approx(tr[i].sigma + w * (tr[i + 1].sigma - tr[i].sigma)).epsilon(1e-15));
+    CHECK(s.init_noise_sigma() == s.sigmas()[0]);  // linspace: sigma_max
+  }
+  SECTION("Euler with Karras sigmas: rho = 7 between the interpolated ends, timesteps by log-sigma interpolation") {
+    cfg.use_karras_sigmas = true;
+    diffusion::scheduler s(cfg);
+    s.set_timesteps(10);
+    const auto& tr = s.training_schedule();
+    const auto k = diffusion::karras_sigmas(10, tr[0].sigma, tr[999].sigma);
+    for (std::size_t i = 0; i < 10; ++i) CHECK(s.sigmas()[i] == k[i]);
+    CHECK(s.timesteps()[0] == Approx(999.0));
+    CHECK(s.timesteps()[9] == Approx(0.0).margin(1e-9));
+    CHECK(s.timesteps()[4] == Approx(diffusion::sigma_to_t(tr, k[4])).epsilon(1e-12));
+  }
+  SECTION("Heun duplicates the interior timesteps: 2N - 1 model calls") {
+    cfg.kind = scheduler_kind::heun;
+    diffusion::scheduler s(cfg);
+    s.set_timesteps(5);
+    REQUIRE(s.timesteps().size() == 9);
+    CHECK(s.timesteps()[1] == s.timesteps()[2]);
+    CHECK(s.sigmas().size() == 10);
+  }
+  SECTION("DPM-Solver: linspace places N + 1 points and drops timestep 0") {
+    cfg.kind = scheduler_kind::dpm_solver_multistep;
+    diffusion::scheduler s(cfg);
+    s.set_timesteps(10);
+    // round(linspace(0, 999, 11))[::-1][:-1]
+    const std::vector<double> want{999, 899, 799, 699, 599, 500, 400, 300, 200, 100};
+    REQUIRE(s.timesteps().size() == 10);
+    for (std::size_t i = 0; i < 10; ++i) CHECK(s.timesteps()[i] == want[i]);
+    CHECK(s.init_noise_sigma() == 1.0);
+  }
+}
+
+TEST_CASE("the scheduler loop reproduces the library's samplers bit for bit", "[scheduler]") {
+  using T = double;
+  const std::size_t rows = 2, n = 3;
+  diffusion::gaussian_data g({0.2, -0.1, 0.4}, {0.7, 1.1, 0.3});
+  const diffusion::philox_normal noise(41);
+  auto philox_step = [&](diffusion::scheduler& s, std::size_t i, std::span<const T> out, std::span<T> x, std::size_t r) {
+    s.step<T>(i, out, x, diffusion::step_stream(noise, i), r);
+  };
+  SECTION("DDIM as Stable Diffusion 1.5 uses it, and with eta = 1") {
+    for (double eta : {0.0, 1.0}) {
+      auto cfg = diffusion::scheduler_config::defaults_for(scheduler_kind::ddim);
+      cfg.beta_schedule = diffusion::beta_family::scaled_linear;
+      cfg.beta_start = 0.00085;
+      cfg.beta_end = 0.012;
+      cfg.set_alpha_to_one = false;
+      cfg.steps_offset = 1;
+      cfg.clip_sample = false;
+      cfg.eta = eta;
+      diffusion::scheduler s(cfg);
+      s.set_timesteps(20);
+      const auto x0 = start<T>(rows * n);
+      const auto a = run_scheduler<T>(s, g, x0, rows, philox_step);
+      auto b = x0;
+      diffusion::ddim_sample(s.training_schedule(), g, b, rows, noise,
+                             diffusion::inference_timesteps(1000, 20, diffusion::timestep_spacing::leading, 1),
+                             {.eta = eta, .final = diffusion::ddim_options::final_alpha::first_step, .draw_initial_noise = false});
+      CHECK(a == b);
+    }
+  }
+  SECTION("DDPM on respaced timesteps") {
+    auto cfg = diffusion::scheduler_config::defaults_for(scheduler_kind::ddpm);
+    diffusion::scheduler s(cfg);
+    s.set_timesteps(25);
+    const auto x0 = start<T>(rows * n);
+    const auto a = run_scheduler<T>(s, g, x0, rows, philox_step);
+    auto b = x0;
+    diffusion::ddpm_sample(s.training_schedule(), g, b, rows, noise,
+                           {.x0 = {.clip = true},
+                            .timesteps = diffusion::inference_timesteps(1000, 25, diffusion::timestep_spacing::leading),
+                            .draw_initial_noise = false});
+    CHECK(a == b);
+  }
+  SECTION("Euler, Euler ancestral and Heun against euler_sample, euler_ancestral_sample and heun_sample") {
+    diffusion::sigma_space_model D(g);
+    for (auto kind : {scheduler_kind::euler, scheduler_kind::euler_ancestral, scheduler_kind::heun}) {
+      auto cfg = diffusion::scheduler_config::defaults_for(kind);
+      cfg.beta_schedule = diffusion::beta_family::scaled_linear;
+      cfg.beta_start = 0.00085;
+      cfg.beta_end = 0.012;
+      diffusion::scheduler s(cfg);
+      s.set_timesteps(12);
+      auto x0 = start<T>(rows * n);
+      for (auto& v : x0) v *= s.init_noise_sigma();
+      const auto a = run_scheduler<T>(s, g, x0, rows, philox_step);
+      // The samplers' sigma list: the scheduler's, without Heun's duplicates.
+      std::vector<double> sig;
+      for (std::size_t i = 0; i < s.sigmas().size(); ++i)
+        if (i == 0 || s.sigmas()[i] != s.sigmas()[i - 1]) sig.push_back(s.sigmas()[i]);
+      auto b = x0;
+      const diffusion::karras_options opt{.draw_initial_noise = false};
+      if (kind == scheduler_kind::euler) diffusion::euler_sample(D, b, rows, noise, sig, opt);
+      if (kind == scheduler_kind::euler_ancestral) diffusion::euler_ancestral_sample(D, b, rows, noise, sig, opt);
+      if (kind == scheduler_kind::heun) diffusion::heun_sample(D, b, rows, noise, sig, opt);
+      INFO(diffusion::class_name(kind));
+      CHECK(a == b);
+    }
+  }
+  SECTION("DPM-Solver++(2M) in VP scale agrees with dpmpp_2m_sample in sigma-space") {
+    auto cfg = diffusion::scheduler_config::defaults_for(scheduler_kind::dpm_solver_multistep);
+    cfg.beta_schedule = diffusion::beta_family::scaled_linear;
+    cfg.beta_start = 0.00085;
+    cfg.beta_end = 0.012;
+    cfg.lower_order_final = false;
+    diffusion::scheduler s(cfg);
+    s.set_timesteps(20);
+    const auto x0 = start<T>(rows * n);
+    const auto a = run_scheduler<T>(s, g, x0, rows, philox_step);
+    diffusion::sigma_space_model D(g);
+    auto b = x0;  // the sigma-space start: x_T / alpha_T
+    const double alpha0 = diffusion::noise_level::preserving(s.sigmas()[0]).alpha;
+    for (auto& v : b) v /= alpha0;
+    diffusion::dpmpp_2m_sample(D, b, rows, noise, s.sigmas(), {.draw_initial_noise = false});
+    // Same math in two scales; the error is the rounding of the per-step rescaling.
+    for (std::size_t k = 0; k < a.size(); ++k) CHECK(a[k] == Approx(b[k]).epsilon(1e-12).margin(1e-14));
+  }
+}
+
+TEST_CASE("scheduler misuse gets clear errors", "[scheduler][errors]") {
+  using Catch::Matchers::Contains;
+  auto cfg = diffusion::scheduler_config::defaults_for(scheduler_kind::euler_ancestral);
+  diffusion::scheduler s(cfg);
+  std::vector<float> x(4), out(4);
+  CHECK_THROWS_WITH(s.init_noise_sigma(), Contains("call set_timesteps first"));
+  CHECK_THROWS_WITH(s.set_timesteps(0), Contains("num_inference_steps = 0"));
+  CHECK_THROWS_WITH(s.set_timesteps(1001), Contains("num_inference_steps = 1001"));
+  s.set_timesteps(10);
+  CHECK_THROWS_WITH(s.step<float>(1, out, x), Contains("i = 1, but the next call is 0"));
+  CHECK_THROWS_WITH(s.step<float>(0, out, x), Contains("no noise was passed"));
+  out[2] = std::numeric_limits<float>::quiet_NaN();
+  const diffusion::philox_normal noise(1);
+  CHECK_THROWS_WITH(s.step<float>(0, out, x, diffusion::step_stream(noise, 0)), Contains("wrote nan"));
+  auto bad = diffusion::scheduler_config::defaults_for(scheduler_kind::dpm_solver_multistep);
+  bad.solver_order = 3;
+  CHECK_THROWS_WITH(diffusion::scheduler(bad), Contains("solver_order = 3") && Contains("supported: 1, 2"));
+  bad = diffusion::scheduler_config::defaults_for(scheduler_kind::ddim);
+  bad.prediction_type = prediction::score;
+  CHECK_THROWS_WITH(diffusion::scheduler(bad), Contains("prediction_type = score"));
+}

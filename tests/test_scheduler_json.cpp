@@ -1,0 +1,118 @@
+// Reading diffusers scheduler_config.json files of real models (the texts below are those files'
+// keys and values as published on the Hugging Face hub) into the scheduler object.
+#include <catch2/catch.hpp>
+
+#include <diffusion/ddpm.hpp>
+#include <diffusion/samplers/scheduler_json.hpp>
+
+#include <algorithm>
+#include <string>
+#include <vector>
+
+namespace {
+
+using diffusion::prediction;
+using diffusion::scheduler_kind;
+
+// runwayml/stable-diffusion-v1-5 ships a PNDMScheduler config; users swap in DDIM with the same keys.
+constexpr const char* sd15_ddim = R"({
+  "_class_name": "DDIMScheduler", "_diffusers_version": "0.6.0",
+  "beta_end": 0.012, "beta_schedule": "scaled_linear", "beta_start": 0.00085,
+  "num_train_timesteps": 1000, "set_alpha_to_one": false, "skip_prk_steps": true,
+  "steps_offset": 1, "trained_betas": null, "clip_sample": false })";
+
+// stabilityai/stable-diffusion-2-1 (768 px, v-prediction).
+constexpr const char* sd21 = R"({
+  "_class_name": "DDIMScheduler", "_diffusers_version": "0.8.0",
+  "beta_end": 0.012, "beta_schedule": "scaled_linear", "beta_start": 0.00085,
+  "clip_sample": false, "num_train_timesteps": 1000, "prediction_type": "v_prediction",
+  "set_alpha_to_one": false, "skip_prk_steps": true, "steps_offset": 1, "trained_betas": null })";
+
+// stabilityai/stable-diffusion-xl-base-1.0.
+constexpr const char* sdxl = R"({
+  "_class_name": "EulerDiscreteScheduler", "_diffusers_version": "0.19.0.dev0",
+  "beta_end": 0.012, "beta_schedule": "scaled_linear", "beta_start": 0.00085,
+  "clip_sample": false, "interpolation_type": "linear", "num_train_timesteps": 1000,
+  "prediction_type": "epsilon", "sample_max_value": 1.0, "set_alpha_to_one": false,
+  "skip_prk_steps": true, "steps_offset": 1, "timestep_spacing": "leading",
+  "trained_betas": null, "use_karras_sigmas": false })";
+
+// A zero-terminal-SNR v-prediction model (Lin et al. 2023 recommendations: rescaled betas,
+// trailing spacing), e.g. the configs of models fine-tuned that way.
+constexpr const char* zero_snr = R"({
+  "_class_name": "DDIMScheduler", "beta_end": 0.012, "beta_schedule": "scaled_linear",
+  "beta_start": 0.00085, "clip_sample": false, "num_train_timesteps": 1000,
+  "prediction_type": "v_prediction", "rescale_betas_zero_snr": true, "set_alpha_to_one": false,
+  "steps_offset": 1, "timestep_spacing": "trailing" })";
+
+bool has_key(const std::vector<std::string>& ignored, const std::string& key) {
+  return std::any_of(ignored.begin(), ignored.end(), [&](const std::string& s) { return s.rfind(key + ":", 0) == 0; });
+}
+
+}  // namespace
+
+TEST_CASE("real models' scheduler_config.json files configure the scheduler", "[scheduler][json]") {
+  SECTION("SD 1.5 with DDIM") {
+    const auto p = diffusion::parse_scheduler_config(sd15_ddim);
+    CHECK(p.config.kind == scheduler_kind::ddim);
+    CHECK(p.config.beta_schedule == diffusion::beta_family::scaled_linear);
+    CHECK(p.config.beta_start == 0.00085);
+    CHECK(p.config.steps_offset == 1);
+    CHECK_FALSE(p.config.set_alpha_to_one);
+    CHECK_FALSE(p.config.clip_sample);
+    CHECK(p.config.spacing == diffusion::timestep_spacing::leading);  // DDIM's default
+    CHECK(has_key(p.ignored_keys, "_diffusers_version"));
+    CHECK(has_key(p.ignored_keys, "skip_prk_steps"));
+    CHECK(p.ignored_keys.size() == 2);
+    auto s = diffusion::scheduler(p.config);
+    s.set_timesteps(50);
+    CHECK(s.timesteps()[0] == 981.0);
+    CHECK(s.timesteps()[49] == 1.0);
+  }
+  SECTION("SD 2.1: v-prediction") {
+    const auto p = diffusion::parse_scheduler_config(sd21);
+    CHECK(p.config.prediction_type == prediction::v);
+  }
+  SECTION("SDXL: Euler, leading spacing, the DDIM-only keys reported as unused") {
+    std::vector<std::string> ignored;
+    auto s = diffusion::scheduler_from_json(sdxl, &ignored);
+    CHECK(s.config().kind == scheduler_kind::euler);
+    for (const char* k : {"clip_sample", "sample_max_value", "set_alpha_to_one", "skip_prk_steps", "_diffusers_version"})
+      CHECK(has_key(ignored, k));
+    CHECK(ignored.size() == 5);
+    s.set_timesteps(30);
+    CHECK(s.timesteps()[0] == 958.0);
+  }
+  SECTION("a zero-terminal-SNR model: rescaled betas, trailing spacing") {
+    const auto p = diffusion::parse_scheduler_config(zero_snr);
+    CHECK(p.config.rescale_betas_zero_snr);
+    auto s = diffusion::scheduler(p.config);
+    CHECK(s.training_schedule().zero_terminal_snr());
+    s.set_timesteps(25);
+    CHECK(s.timesteps()[0] == 999.0);
+    // v-prediction at zero SNR: x0 = -v there, defined; the first step runs.
+    std::vector<double> x(4, 0.5), v(4, 0.1);
+    s.step<double>(0, v, x);
+    for (double e : x) CHECK(std::isfinite(e));
+  }
+}
+
+TEST_CASE("scheduler_config.json errors name the key and the supported values", "[scheduler][json][errors]") {
+  using Catch::Matchers::Contains;
+  CHECK_THROWS_WITH(diffusion::parse_scheduler_config(R"({"_class_name": "PNDMScheduler"})"),
+                    Contains("\"_class_name\"") && Contains("PNDMScheduler") && Contains("DDIMScheduler"));
+  CHECK_THROWS_WITH(diffusion::parse_scheduler_config(R"({"beta_start": 0.1})"), Contains("_class_name\" is missing"));
+  CHECK_THROWS_WITH(diffusion::parse_scheduler_config("{\"_class_name\": "), Contains("not valid JSON"));
+  CHECK_THROWS_WITH(diffusion::parse_scheduler_config(R"({"_class_name": "DDIMScheduler", "beta_schedule": "exp"})"),
+                    Contains("\"beta_schedule\"") && Contains("\"exp\" is not supported") && Contains("squaredcos_cap_v2"));
+  CHECK_THROWS_WITH(diffusion::parse_scheduler_config(R"({"_class_name": "DDIMScheduler", "steps_offset": "1"})"),
+                    Contains("\"steps_offset\"") && Contains("non-negative integer"));
+  CHECK_THROWS_WITH(
+      diffusion::parse_scheduler_config(R"({"_class_name": "DPMSolverMultistepScheduler", "algorithm_type": "sde-dpmsolver++"})"),
+      Contains("\"algorithm_type\"") && Contains("supported: dpmsolver++"));
+  CHECK_THROWS_WITH(diffusion::parse_scheduler_config(R"({"_class_name": "EulerDiscreteScheduler", "use_exponential_sigmas": true})"),
+                    Contains("use_exponential_sigmas"));
+  const auto p = diffusion::parse_scheduler_config(R"({"_class_name": "DDIMScheduler", "my_custom_key": 3})");
+  REQUIRE(p.ignored_keys.size() == 1);
+  CHECK_THAT(p.ignored_keys[0], Contains("my_custom_key") && Contains("unknown"));
+}
