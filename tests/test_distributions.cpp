@@ -144,3 +144,155 @@ TEST_CASE("the discretized decoder sums to 1 over the grid and rejects bad input
   CHECK_THROWS_WITH(diffusion::discretized_gaussian_log_likelihood(std::nan(""), 0.0, 0.0), Contains("x = nan"));
   CHECK_THROWS_WITH(diffusion::discretized_gaussian_log_likelihood(0.0, 0.0, 0.0, {.bins = 1}), Contains("bins = 1 must be >= 2"));
 }
+
+// Issue 14: 0·exp(1000) gave NaN. Expected values: mpmath at 1500 digits (/usr/bin/python3), the
+// exact double for 0, ±inf and the exactly representable 499.5. Budgets: ≤ 4 ulp where every
+// intermediate is a normal double (8 u below), ≤ 12 ulp through the exponent-split product
+// (16 u below).
+TEST_CASE("distributions never return NaN: extreme log-variances and means give the limits", "[distributions][extremes]") {
+  constexpr double inf = std::numeric_limits<double>::infinity();
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  using diffusion::gaussian_kl;
+  using diffusion::gaussian_log_likelihood;
+  using diffusion::standard_normal_kl;
+
+  // gaussian_kl: equal means contribute 0 at every log-variance; exact +inf where e^d overflows.
+  CHECK(gaussian_kl(0, -1000, 0, -1000) == 0.0);
+  CHECK(gaussian_kl(0.5, -1000, 0.5, -1000) == 0.0);
+  CHECK(gaussian_kl(0, 0, 0, -1000) == inf);  // ½(e^1000 − 1001) > DBL_MAX
+  CHECK(gaussian_kl(0, -1000, 0, 0) == 499.5);
+  CHECK(within(gaussian_kl(0, 710, 0, 0), 1.1169973830808555e+308, 8));     // expm1(710) overflows, ½e^710 does not
+  CHECK(gaussian_kl(0, -1e308, 0, 1e308) == 1e308);                         // ℓ₁ − ℓ₂ overflows to −∞
+  CHECK(gaussian_kl(0, 1e308, 0, -1e308) == inf);
+  CHECK(within(gaussian_kl(1e200, 900, 0, 900), 682238606.1828413, 16));    // (1e200)² overflows, e^-900 tiny
+  CHECK(within(gaussian_kl(1e-200, -900, 0, -900), 3.6644071111537105e-10, 16));  // (1e-200)² underflows
+  CHECK(gaussian_kl(0, -inf, 0, 0) == inf);   // a point mass against N(0, 1)
+  CHECK(gaussian_kl(0, 0, 0, -inf) == inf);   // N(0, 1) against a point mass (was 0·∞)
+  CHECK(gaussian_kl(0, inf, 0, 0) == inf);
+  CHECK(gaussian_kl(0, 0, 0, inf) == inf);
+  CHECK(gaussian_kl(0, -inf, 0, inf) == inf);
+  CHECK(gaussian_kl(inf, 0, 0, 0) == inf);
+  CHECK(gaussian_kl(inf, 0, 0, 1000) == inf);  // ∞·e^-1000
+  CHECK(gaussian_kl(inf, 0, 0, inf) == inf);
+  CHECK(gaussian_kl(1, -1400, 3, -1401) == inf);  // 2e^1401 overflows: exact +inf
+  using Catch::Matchers::Contains;
+  CHECK_THROWS_AS(gaussian_kl(0, inf, 0, inf), std::domain_error);
+  CHECK_THROWS_WITH(gaussian_kl(0, inf, 0, inf), Contains("diffusion::gaussian_kl") && Contains("inf/inf"));
+  CHECK_THROWS_WITH(gaussian_kl(0, -inf, 0, -inf), Contains("0/0"));
+  CHECK_THROWS_WITH(gaussian_kl(inf, 0, inf, 0), Contains("inf - inf") && Contains("mean1 = inf"));
+  CHECK_THROWS_WITH(gaussian_kl(0, 0, nan, 0),
+                    Contains("mean2 is NaN") && Contains("mean1 = 0, log_var1 = 0, mean2 = nan, log_var2 = 0"));
+  CHECK_THROWS_AS(gaussian_kl(nan, 0, 0, 0), std::domain_error);
+
+  // standard_normal_kl.
+  CHECK(standard_normal_kl(0, -1000) == 499.5);
+  CHECK(standard_normal_kl(0, 1000) == inf);
+  CHECK(within(standard_normal_kl(0, 710), 1.1169973830808555e+308, 8));
+  CHECK(standard_normal_kl(1.5e154, 0) == 1.1250000000000002e+308);  // μ² overflows, ½μ² does not
+  CHECK(standard_normal_kl(0, inf) == inf);
+  CHECK(standard_normal_kl(0, -inf) == inf);
+  CHECK(standard_normal_kl(-inf, 0) == inf);
+  CHECK_THROWS_WITH(standard_normal_kl(nan, 0), Contains("diffusion::standard_normal_kl: mean is NaN"));
+  CHECK_THROWS_AS(standard_normal_kl(0, nan), std::domain_error);
+
+  // gaussian_log_likelihood: x = μ is −½(log 2π + ℓ) at every finite ℓ.
+  CHECK(gaussian_log_likelihood(0, 0, -1000) == 499.08106146679535);
+  CHECK(gaussian_log_likelihood(0, 0, 1000) == -500.91893853320465);
+  CHECK(within(gaussian_log_likelihood(1e-200, 0, -900), 449.0810614664289, 16));
+  CHECK(within(gaussian_log_likelihood(1e200, 0, 900), -682239057.1017798, 16));
+  CHECK(within(gaussian_log_likelihood(1e-300, 0, -1400), -51432633.961537994, 16));  // 1e-600 · e^1400
+  CHECK(gaussian_log_likelihood(0.25, 0.25, -inf) == inf);  // a point mass at x
+  CHECK(gaussian_log_likelihood(1, 0, -inf) == -inf);
+  CHECK(gaussian_log_likelihood(0, 0, inf) == -inf);
+  CHECK(gaussian_log_likelihood(inf, 0, 0) == -inf);
+  CHECK(gaussian_log_likelihood(0, -inf, -inf) == -inf);
+  CHECK_THROWS_WITH(gaussian_log_likelihood(inf, inf, 0), Contains("inf - inf"));
+  CHECK_THROWS_WITH(gaussian_log_likelihood(0, 0, nan), Contains("log_var is NaN") && Contains("x = 0"));
+
+  // The CDFs: erfc's correction term was ∞·0 at ±∞.
+  CHECK(diffusion::normal_cdf(-inf) == 0.0);
+  CHECK(diffusion::normal_cdf(inf) == 1.0);
+  CHECK(diffusion::normal_cdf(-1e308) == 0.0);
+  CHECK(diffusion::normal_cdf(1e308) == 1.0);
+  CHECK(diffusion::log_normal_cdf(inf) == 0.0);
+  CHECK(diffusion::log_normal_cdf(-inf) == -inf);
+  CHECK(diffusion::log_normal_cdf(-1e308) == -inf);  // −5e615
+  CHECK(within(diffusion::log_normal_cdf(-1.5e154), -1.1250000000000002e+308, 8));
+  CHECK(diffusion::normal_cdf_tanh_approx(-inf) == 0.0);
+  CHECK(diffusion::normal_cdf_tanh_approx(inf) == 1.0);
+  CHECK_THROWS_WITH(diffusion::normal_cdf(nan), Contains("diffusion::normal_cdf: x is NaN"));
+  CHECK_THROWS_AS(diffusion::log_normal_cdf(nan), std::domain_error);
+  CHECK_THROWS_AS(diffusion::normal_cdf_tanh_approx(nan), std::domain_error);
+
+  // Bin probabilities: infinite ends, a width whose half underflows, far tails.
+  CHECK(diffusion::log_normal_bin_probability(-inf, inf) == 0.0);
+  CHECK(diffusion::log_normal_bin_probability(-inf, 0) == std::log(0.5));
+  CHECK(diffusion::log_normal_bin_probability(0, inf) == std::log(0.5));
+  CHECK(diffusion::log_normal_bin_probability(1e300, inf) == -inf);  // was −∞ − (−∞)
+  CHECK(diffusion::log_normal_bin_probability(-inf, -1e300) == -inf);
+  CHECK(within(diffusion::log_normal_bin_probability(0, 5e-324), -745.3590104545859, 8));  // ½(b − a) underflowed to 0
+  CHECK(within(diffusion::log_normal_bin_probability(-30, -29.99), -455.37037945483564, 8));
+  CHECK(within(diffusion::log_normal_bin_probability(25, 25.5), -316.6394112324986, 8));
+  CHECK_THROWS_AS(diffusion::log_normal_bin_probability(nan, 1.0), std::domain_error);
+  CHECK_THROWS_WITH(diffusion::log_normal_bin_probability(0.0, nan), Contains("b is NaN"));
+}
+
+TEST_CASE("the discretized decoder gives the limits at extreme means and log-variances", "[distributions][extremes]") {
+  constexpr double inf = std::numeric_limits<double>::infinity();
+  using diffusion::discretized_gaussian_log_likelihood;
+  const double h = 1.0 / 255.0;
+  // Variance ∞: an interior bin has mass 0, an open one ½.
+  CHECK(discretized_gaussian_log_likelihood(0, 0, inf) == -inf);
+  CHECK(discretized_gaussian_log_likelihood(-1, 0, inf) == std::log(0.5));
+  CHECK(discretized_gaussian_log_likelihood(1, 0, inf) == std::log(0.5));
+  // Variance 0, a point mass at μ: 1 inside the bin, ½ on its edge, 0 outside.
+  CHECK(discretized_gaussian_log_likelihood(0, 0, -inf) == 0.0);
+  CHECK(discretized_gaussian_log_likelihood(0, h, -inf) == std::log(0.5));
+  CHECK(discretized_gaussian_log_likelihood(0, 0.5, -inf) == -inf);
+  CHECK(discretized_gaussian_log_likelihood(-1, -5, -inf) == 0.0);
+  CHECK(discretized_gaussian_log_likelihood(-1, 5, -inf) == -inf);
+  // Infinite means.
+  CHECK(discretized_gaussian_log_likelihood(0, inf, 0) == -inf);
+  CHECK(discretized_gaussian_log_likelihood(1, inf, 0) == 0.0);
+  CHECK(discretized_gaussian_log_likelihood(-1, -inf, 0) == 0.0);
+  CHECK(discretized_gaussian_log_likelihood(1, -inf, 0) == -inf);
+  CHECK_THROWS_AS(discretized_gaussian_log_likelihood(0, inf, inf), std::domain_error);
+  CHECK_THROWS_AS(discretized_gaussian_log_likelihood(0, std::nan(""), 0), std::domain_error);
+  CHECK_THROWS_AS(discretized_gaussian_log_likelihood(std::nan(""), 0, 0), std::domain_error);
+  CHECK_THROWS_WITH(discretized_gaussian_log_likelihood(0, 0, 0, {.cdf = static_cast<diffusion::cdf_method>(9)}),
+                    Catch::Matchers::Contains("cdf = 9"));
+  // σ = e^{-ℓ/2} underflows to 0 (ℓ = 3000): the bin of width 2h/σ is narrow, not empty (it threw).
+  CHECK(within(discretized_gaussian_log_likelihood(0, 0, 3000), -1505.767054897803, 8));
+  // μ = 1e17, σ = 1e17: (x ± h) − μ round alike, so a = b (it threw); the midpoint form is exact.
+  CHECK(within(discretized_gaussian_log_likelihood(0, 1e17, 78.28789316179756), -45.41100147870193, 8));
+  // 1e7 standard deviations out with a half-width of 2e-9 σ: a and b are 1 ulp apart.
+  CHECK(within(discretized_gaussian_log_likelihood(0, 19607843137254.902, 28.97771022245608), -50000000000020.305, 8));
+}
+
+// Issue 14, item 14: improved DDPM's edges are x < −0.999 and x > 0.999. The parity values are its
+// formulas evaluated in numpy float64 (centered_x = x − μ, (centered_x ± 1/255)·e^{−log_scale});
+// the budget, 1e-12 relative, covers √(2/π) and x³ rounded differently (a few ulp of a CDF near
+// 0.5, over a bin mass of 3e-3); the exact values are mpmath's.
+TEST_CASE("the tanh_approx decoder uses improved DDPM's edges, the exact one the grid's", "[distributions][reference]") {
+  using diffusion::cdf_method;
+  using diffusion::discretized_gaussian_log_likelihood;
+  // x = 0.999: the highest bin for the grid rule (0.999 ≥ 1 − h/2), an interior bin for improved DDPM.
+  CHECK(within(discretized_gaussian_log_likelihood(0.999, 0.9, 0.0), -0.7719171246720642, 8));
+  CHECK(discretized_gaussian_log_likelihood(0.999, 0.9, 0.0, {.cdf = cdf_method::tanh_approx}) ==
+        Approx(-5.771982047516548).epsilon(1e-12));
+  CHECK(within(discretized_gaussian_log_likelihood(-0.999, -0.9, 0.0), -0.7719171246720642, 8));
+  CHECK(discretized_gaussian_log_likelihood(-0.999, -0.9, 0.0, {.cdf = cdf_method::tanh_approx}) ==
+        Approx(-5.771982047516548).epsilon(1e-12));
+  // Beyond ±0.999 both open the bin.
+  CHECK(discretized_gaussian_log_likelihood(0.9995, 0.9, 0.0, {.cdf = cdf_method::tanh_approx}) ==
+        Approx(-0.7723462798196337).epsilon(1e-12));
+  // On the 8-bit grid the two rules open the same bins: with μ = x and σ = e^-1 an open bin has
+  // log Φ(h/σ) ≈ log ½, an interior one log(2Φ(h/σ) − 1) ≈ −4.8; the values then differ only by
+  // the tanh approximation's own error (≤ 3e-4 in Φ ≈ ½, so ≤ 6e-4 in the log; budget 2e-3).
+  for (double x : {-1.0, -1.0 + 2.0 / 255.0, 1.0 - 2.0 / 255.0, 1.0}) {
+    const double e = discretized_gaussian_log_likelihood(x, x, -2.0);
+    const double p = discretized_gaussian_log_likelihood(x, x, -2.0, {.cdf = cdf_method::tanh_approx});
+    INFO("x = " << x << ": exact " << e << ", tanh_approx " << p);
+    CHECK(std::abs(e - p) < 2e-3);
+  }
+}

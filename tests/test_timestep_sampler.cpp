@@ -7,7 +7,10 @@
 #include <diffusion/timestep_sampler.hpp>
 
 #include <cmath>
+#include <cstdint>
+#include <limits>
 #include <numeric>
+#include <span>
 #include <vector>
 
 namespace {
@@ -117,4 +120,78 @@ TEST_CASE("timestep samplers reject bad arguments", "[timestep_sampler][errors]"
   std::vector<std::size_t> t(3);
   std::vector<double> w(2);
   CHECK_THROWS_WITH(s.sample(0, t, w), Contains("timesteps.size() = 3 differs from weights.size() = 2"));
+}
+
+TEST_CASE("the uniform sampler draws without a weights buffer", "[timestep_sampler]") {
+  const diffusion::uniform_timestep_sampler s(1000, 77);
+  std::vector<std::size_t> a(64), b(64);
+  std::vector<double> w(64, 0.0);
+  s.sample(3, a);
+  s.sample(3, b, w);
+  CHECK(a == b);  // the same draws as the form with weights
+  for (double x : w) CHECK(x == 1.0);
+  s.sample(3, std::span<std::size_t>{});  // an empty batch is fine
+  for (std::size_t t : a) CHECK(t < 1000);
+}
+
+// Issue 14: T·history wrapped to 0 and update() wrote outside the table; squares of 1e200 overflowed
+// to a NaN probability.
+TEST_CASE("the loss-second-moment sampler refuses tables it cannot hold and never overflows",
+          "[timestep_sampler][errors][overflow]") {
+  using Catch::Matchers::Contains;
+  // 2^20 · 2^44 = 2^64 wraps to 0.
+  CHECK_THROWS_WITH(diffusion::loss_second_moment_sampler(std::size_t{1} << 20, 1, std::size_t{1} << 44),
+                    Contains("num_timesteps = 1048576") && Contains("history = 17592186044416") &&
+                        Contains("overflows size_t"));
+  CHECK_THROWS_AS(diffusion::loss_second_moment_sampler(std::size_t{1} << 20, 1, std::size_t{1} << 44),
+                  std::invalid_argument);
+  // 2^60 doubles: more than a vector holds; 2^56 doubles (512 PiB): not allocatable.
+  CHECK_THROWS_WITH(diffusion::loss_second_moment_sampler(std::size_t{1} << 20, 1, std::size_t{1} << 40),
+                    Contains("history = 1099511627776") && Contains("more than a vector holds"));
+  CHECK_THROWS_WITH(diffusion::loss_second_moment_sampler(std::size_t{1} << 20, 1, std::size_t{1} << 36),
+                    Contains("num_timesteps = 1048576") && Contains("cannot be allocated"));
+  CHECK_THROWS_WITH(diffusion::loss_second_moment_sampler(SIZE_MAX, 1, 2), Contains("overflows size_t"));
+
+  // Squares of 1e200 (and of the largest double) overflow; the root mean square does not.
+  for (double big : {1e200, std::numeric_limits<double>::max()}) {
+    INFO("loss = " << big);
+    diffusion::loss_second_moment_sampler s(2, 5, 1, 0.001);
+    s.update(std::vector<std::size_t>{0, 1}, std::vector<double>{big, big});
+    REQUIRE(s.warmed_up());
+    const auto p = s.probabilities();
+    CHECK(p[0] == 0.5);
+    CHECK(p[1] == 0.5);
+    std::vector<std::size_t> t(1000);
+    std::vector<double> w(1000);
+    s.sample(0, t, w);
+    for (double x : w) CHECK(x == 1.0);
+  }
+  {
+    // History 2: RMS(max, max) = max, RMS(max, 0) = max/√2; p ∝ (1, 1/√2), mixed with 0.001 uniform.
+    const double big = std::numeric_limits<double>::max();
+    diffusion::loss_second_moment_sampler s(2, 5, 2, 0.001);
+    for (int k = 0; k < 2; ++k) s.update(std::vector<std::size_t>{0, 1}, std::vector<double>{big, k == 0 ? big : 0.0});
+    const auto p = s.probabilities();
+    const double want0 = 0.999 / (1.0 + 1.0 / std::sqrt(2.0)) + 0.0005;
+    CHECK(p[0] == Approx(want0).epsilon(1e-14));
+    CHECK(p[1] == Approx(1.0 - want0).epsilon(1e-14));
+  }
+  {
+    // uniform_prob = 0 and losses 600 decades apart: p_0 = 1e-310 (subnormal) or 0; weights stay finite.
+    for (double tiny : {1e-10, 1e-300, 0.0}) {
+      INFO("tiny loss = " << tiny);
+      diffusion::loss_second_moment_sampler s(3, 11, 1, 0.0);
+      s.update(std::vector<std::size_t>{0, 1, 2}, std::vector<double>{tiny, 1e300, tiny});
+      for (double q : s.probabilities()) CHECK((std::isfinite(q) && q >= 0.0));
+      std::vector<std::size_t> t(10000);
+      std::vector<double> w(10000);
+      for (std::uint64_t k = 0; k < 10; ++k) {
+        s.sample(k, t, w);
+        for (std::size_t i = 0; i < t.size(); ++i) {
+          CHECK(t[i] == 1);
+          CHECK(w[i] == Approx(1.0 / 3.0).epsilon(1e-15));
+        }
+      }
+    }
+  }
 }

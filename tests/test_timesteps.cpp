@@ -176,3 +176,112 @@ TEST_CASE("respacing recomputes betas within 1 ulp of the reference and keeps th
   const auto rz = diffusion::respace(z, diffusion::inference_timesteps(1000, 10, diffusion::timestep_spacing::trailing));
   CHECK(rz.schedule.zero_terminal_snr());
 }
+
+// Issue 14: every T a size_t holds, in integer arithmetic that cannot overflow (the expected
+// values are exact rationals rounded half to even, from Python's fractions.Fraction).
+TEST_CASE("space_timesteps serves every T a size_t holds, exactly and in O(N)", "[timesteps][overflow]") {
+  using V = std::vector<std::size_t>;
+  using Catch::Matchers::Contains;
+  constexpr std::size_t M = SIZE_MAX;  // 18446744073709551615
+  auto values = [](const diffusion::timestep_sequence& s) { return V(s.begin(), s.end()); };
+
+  // "ddimN": (T + s − 1)/s wrapped and the stride search was O(T): it never ended.
+  CHECK(values(diffusion::space_timesteps(M, "ddim2")) == V{9223372036854775808u, 0});
+  CHECK(values(diffusion::space_timesteps(M, "ddim3")) == V{12297829382473034410u, 6148914691236517205u, 0});
+  const auto d7 = diffusion::space_timesteps(M, "ddim7");
+  REQUIRE(d7.size() == 7);
+  CHECK(d7[0] == 15811494920322472818u);  // 6 · 2635249153387078803
+  CHECK(values(diffusion::space_timesteps(M - 1, "ddim2")) == V{9223372036854775807u, 0});
+  CHECK_THROWS_WITH(diffusion::space_timesteps(M, "ddim1"), Contains("cannot take exactly 1 of"));
+  CHECK_THROWS_WITH(diffusion::space_timesteps(1, "ddim1"), Contains("cannot take exactly 1 of 1"));
+  // No stride gives 7 of 10 (strides 1 and 2 give 10 and 5): found by arithmetic, as before.
+  CHECK_THROWS_WITH(diffusion::space_timesteps(10, "ddim7"), Contains("cannot take exactly 7 of 10"));
+  // Stride 1 keeps all 2^64 − 1: valid, but not allocatable; said so, not std::length_error.
+  CHECK_THROWS_WITH(diffusion::space_timesteps(M, "ddim18446744073709551615"),
+                    Contains("asks for 18446744073709551615 timesteps, more than can be allocated"));
+  // A count may be anything a size_t holds; one more is "too large", not wrapped.
+  CHECK_THROWS_WITH(diffusion::space_timesteps(M, "ddim18446744073709551616"),
+                    Contains("too large") && Contains("18446744073709551615"));
+  // Sections of 2^64 − 1 and 2^63 timesteps: the float64 stride rounded to 2^64 (UB on conversion).
+  CHECK(values(diffusion::space_timesteps(M, "3")) == V{18446744073709551614u, 9223372036854775807u, 0});
+  CHECK(values(diffusion::space_timesteps(M, "2,3")) ==
+        V{18446744073709551614u, 13835058055282163711u, 9223372036854775808u, 9223372036854775807u, 0});
+  CHECK(values(diffusion::space_timesteps(M, "4")) ==
+        V{18446744073709551614u, 12297829382473034409u, 6148914691236517205u, 0});
+}
+
+TEST_CASE("inference_timesteps serves every T a size_t holds and stays bit-identical to numpy below 2^51",
+          "[timesteps][overflow]") {
+  using V = std::vector<std::size_t>;
+  using diffusion::timestep_spacing;
+  constexpr std::size_t M = SIZE_MAX;
+  auto values = [](const diffusion::timestep_sequence& s) { return V(s.begin(), s.end()); };
+  // T = 2^64 − 1: float64 rounds T − 1 to 2^64 (its conversion to size_t was UB).
+  CHECK(values(diffusion::inference_timesteps(M, 2, timestep_spacing::linspace)) == V{18446744073709551614u, 0});
+  CHECK(values(diffusion::inference_timesteps(M, 2, timestep_spacing::trailing)) ==
+        V{18446744073709551614u, 9223372036854775807u});
+  CHECK(values(diffusion::inference_timesteps(M, 5, timestep_spacing::linspace)) ==
+        V{18446744073709551614u, 13835058055282163710u, 9223372036854775807u, 4611686018427387904u, 0});
+  CHECK(values(diffusion::inference_timesteps(M, 5, timestep_spacing::trailing)) ==
+        V{18446744073709551614u, 14757395258967641291u, 11068046444225730968u, 7378697629483820645u,
+          3689348814741910322u});
+  CHECK(values(diffusion::inference_timesteps(M, 1, timestep_spacing::linspace)) == V{0});
+  CHECK(values(diffusion::inference_timesteps(M, 1, timestep_spacing::trailing)) == V{18446744073709551614u});
+  CHECK(values(diffusion::inference_timesteps(M, 3, timestep_spacing::leading, 5)) ==
+        V{12297829382473034410u + 5, 6148914691236517205u + 5, 5});
+  // T = 2^63: T − 1 rounded up to T in float64 and a valid request was refused.
+  CHECK(values(diffusion::inference_timesteps(std::size_t{1} << 63, 2, timestep_spacing::linspace)) ==
+        V{9223372036854775807u, 0});
+  CHECK(values(diffusion::inference_timesteps(std::size_t{1} << 63, 3, timestep_spacing::trailing)) ==
+        V{9223372036854775807u, 6148914691236517204u, 3074457345618258602u});
+  // Just above the bound N·T < 2^51: exact (2^52 + 3, N = 5).
+  CHECK(values(diffusion::inference_timesteps((std::size_t{1} << 52) + 3, 5, timestep_spacing::linspace)) ==
+        V{4503599627370498u, 3377699720527874u, 2251799813685249u, 1125899906842624u, 0});
+  CHECK(values(diffusion::inference_timesteps((std::size_t{1} << 52) + 3, 5, timestep_spacing::trailing)) ==
+        V{4503599627370498u, 3602879701896398u, 2702159776422298u, 1801439850948199u, 900719925474099u});
+  // Just below it numpy's float64 arange still decides: T = 2^40 + 12345, N = 1000 (numpy 1.24,
+  // np.round(np.arange(T, 0, -T/N)) - 1), where the exact rounding would differ by one at these positions.
+  const auto tr = diffusion::inference_timesteps((std::size_t{1} << 40) + 12345, 1000, timestep_spacing::trailing);
+  REQUIRE(tr.size() == 1000);
+  CHECK(tr[343] == 722379147559u);  // exact: ...558
+  CHECK(tr[467] == 586039704184u);  // exact: ...183
+  CHECK(tr[500] == 549755820060u);  // exact: ...059
+  // N timesteps that cannot be allocated: a clear error, not std::length_error from a vector.
+  CHECK_THROWS_WITH(diffusion::inference_timesteps(M, M, timestep_spacing::leading),
+                    Catch::Matchers::Contains("num_steps = 18446744073709551615") &&
+                        Catch::Matchers::Contains("more than can be allocated"));
+  CHECK_THROWS_WITH(diffusion::inference_timesteps(10, 2, static_cast<timestep_spacing>(7)),
+                    Catch::Matchers::Contains("spacing = 7"));
+}
+
+TEST_CASE("space_timesteps quotes at most 60 characters of the spec, escaped", "[timesteps][errors]") {
+  // A NUL used to cut what() short, and a 1 MiB spec made a 2 MiB message.
+  const std::string with_nul("ddim5\0x\x7f\"\\", 10);
+  try {
+    (void)diffusion::space_timesteps(1000, with_nul);
+    FAIL("no exception");
+  } catch (const std::invalid_argument& e) {
+    const std::string what = e.what();
+    INFO(what);
+    CHECK(what.find('\0') == std::string::npos);
+    CHECK(what.find(R"(spacing "ddim5\x00x\x7f\"\\")") != std::string::npos);
+    CHECK(what.find(R"(the count "5\x00x\x7f\"\\")") != std::string::npos);
+    CHECK(what.starts_with("diffusion::space_timesteps: "));
+  }
+  const std::string huge(std::size_t{1} << 20, 'a');
+  try {
+    (void)diffusion::space_timesteps(1000, huge);
+    FAIL("no exception");
+  } catch (const std::invalid_argument& e) {
+    const std::string what = e.what();
+    INFO(what);
+    CHECK(what.size() < 400);
+    CHECK(what.find("\"" + std::string(60, 'a') + "\" (the first 60 of 1048576 characters)") != std::string::npos);
+  }
+  // Exactly 60 characters are shown whole, without the note.
+  const std::string sixty(60, 'b');
+  CHECK_THROWS_WITH(diffusion::space_timesteps(1000, sixty),
+                    Catch::Matchers::Contains("\"" + sixty + "\"") && !Catch::Matchers::Contains("the first"));
+  // Bytes above 0x7f are escaped as well.
+  CHECK_THROWS_WITH(diffusion::space_timesteps(1000, "ddim\xc3\xa9"), Catch::Matchers::Contains(R"("\xc3\xa9")"));
+}

@@ -5,6 +5,7 @@
 #include "losses/distributions.hpp"
 #include "losses/losses.hpp"
 #include "losses/timestep_sampler.hpp"
+#include "losses/flow_matching.hpp"
 // The whole variational bound calls the model, so it lives in samplers/ (the losses layer does not
 // know the model concept); losses.hpp provided it before 0.2 and still does.
 #include "samplers/likelihood.hpp"

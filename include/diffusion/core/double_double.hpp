@@ -26,15 +26,20 @@ inline dd two_sum(double a, double b) noexcept {
   const double e = (a - (s - bb)) + (b - bb);
   return {s, e};
 }
-/// hi + lo = a with hi holding the top 26 bits (Veltkamp's split; exact for |a| < 2^996).
+/// hi + lo = a with hi holding the top 26 bits (Veltkamp's split). Exact for every finite a:
+/// above 2^995, where (2^27 + 1)·a would overflow, a is split scaled by 2^-28 (exact).
 inline dd veltkamp_split(double a) noexcept {
-  const double c = 134217729.0 * a;  // 2^27 + 1
-  const double hi = c - (c - a);
-  return {hi, a - hi};
+  constexpr double big = 0x1p995;
+  const bool scaled = a > big || a < -big;
+  const double as = scaled ? a * 0x1p-28 : a;
+  const double c = 134217729.0 * as;  // 2^27 + 1
+  const double hi = c - (c - as);
+  if (scaled) return {hi * 0x1p28, (as - hi) * 0x1p28};
+  return {hi, as - hi};
 }
 /// p + e = a * b exactly: the fma instruction where the target has one; Dekker's product
-/// otherwise, because a portable build's std::fma is a slow software routine (exact for
-/// |a|, |b| < 2^996 and no underflow, which covers every schedule quantity).
+/// otherwise, because a portable build's std::fma is a slow software routine (exact when p is
+/// finite and the partial products do not underflow, which covers every schedule quantity).
 inline dd two_prod(double a, double b) noexcept {
   const double p = a * b;
 #if defined(__FMA__) || defined(__ARM_FEATURE_FMA)

@@ -81,5 +81,26 @@ inline void check_index(std::string_view where, std::string_view name, std::size
                                   to_text(n) + ")");
 }
 
+/// A coefficient computed in double, as T; throws std::domain_error (naming it) when it is not
+/// finite in T (a σ of 1e39 is +∞ in float).
+template <real_scalar T>
+T coefficient(std::string_view where, std::string_view name, double value) {
+  const T v = static_cast<T>(value);
+  if (!std::isfinite(v))
+    throw_domain(where, std::string(name) + " = " + to_text(value) + " is not finite as " +
+                            (sizeof(T) == sizeof(float) ? "float" : "double") +
+                            ": the library's arithmetic would overflow the element type");
+  return v;
+}
+
+/// Throws std::domain_error when a public tensor function's kernel reported a non-finite output
+/// (a non-finite input, or a result beyond the range of the element type).
+inline void require_finite_output(std::string_view where, bool finite, std::string_view output) {
+  if (!finite)
+    throw_domain(where, std::string(output) +
+                            " has a non-finite element: an input is not finite, or the result overflows the "
+                            "element type");
+}
+
 }  // namespace detail
 }  // namespace diffusion

@@ -98,7 +98,13 @@ double prior_term(const noise_schedule& s, const X0& x0) {
   if (x.empty()) detail::throw_invalid(where, "x0 is empty");
   const schedule_step& st = s[s.size() - 1];
   const double lv = std::log1p(-st.alpha_bar);
-  const double kl = transform_sum(x, [&st, lv](double v) { return standard_normal_kl(st.sqrt_alpha_bar * v, lv); });
+  double kl = 0.0;
+  try {
+    kl = transform_sum(x, [&st, lv](double v) { return standard_normal_kl(st.sqrt_alpha_bar * v, lv); });
+  } catch (const std::domain_error&) {
+    // A non-finite x0 makes a term non-finite; name the element rather than the reduction.
+    detail::throw_non_finite(where, std::numeric_limits<double>::quiet_NaN(), std::pair{"x0", x});
+  }
   const double r = kl / static_cast<double>(x.size());
   if (!std::isfinite(r)) detail::throw_non_finite(where, r, std::pair{"x0", x});
   return r;
@@ -218,6 +224,9 @@ double vlb_term(const noise_schedule& s, std::size_t t, std::span<const T> x0, s
     detail::throw_invalid(where, "model_output.size() = " + detail::to_text(model_output.size()) + " must be " +
                                      detail::to_text(width) + (width == n ? " (x0.size())" : " (2 x0.size(): prediction and variance blocks)"));
   if (!grad.empty()) detail::check_same_size(where, "grad", grad.size(), "model_output", model_output.size());
+  detail::check_no_partial_overlap(where, "grad", grad, "model_output", model_output);
+  detail::check_no_partial_overlap(where, "grad", grad, "x0", x0);
+  detail::check_no_partial_overlap(where, "grad", grad, "xt", xt);
   const auto var_out = width == n ? std::span<const T>{} : model_output.subspan(n, n);
   detail::check_variance_output(where, opt.variance, var_out);
   if (t == 0 && opt.decoder == vlb_options::decoder_kind::discretized)
@@ -273,7 +282,8 @@ double vlb_term(const noise_schedule& s, std::size_t t, const X0& x0, const XT& 
 /// @param[in] x0 data (n; read for the x₀ and v targets only).
 /// @param[in] noise ε (n; read for the ε and v targets only).
 /// @param[in] model_output the prediction (n; only the first n are read when there is a variance block).
-/// @param[in] kind the target; `prediction::score` is refused (its scale diverges as t → 0: use ε).
+/// @param[in] kind the target (ε, x₀, v, or the flow velocity u = ε − x₀); `prediction::score` is refused
+///            (its scale diverges as t → 0: use ε).
 /// @param[out] grad optional: \f$\partial L/\partial\hat y = 2(\hat y - y)/n\f$, size n.
 /// @throws std::invalid_argument for sizes or a score target; std::domain_error for non-finite inputs.
 template <real_scalar T>
@@ -286,6 +296,9 @@ double simple_loss(const noise_schedule& s, std::size_t t, std::span<const T> x0
   if (model_output.size() < n)
     detail::throw_invalid(where, "model_output.size() = " + detail::to_text(model_output.size()) + " is less than x0.size() = " + detail::to_text(n));
   if (!grad.empty()) detail::check_same_size(where, "grad", grad.size(), "x0", n);
+  detail::check_no_partial_overlap(where, "grad", grad, "model_output", model_output);
+  detail::check_no_partial_overlap(where, "grad", grad, "x0", x0);
+  detail::check_no_partial_overlap(where, "grad", grad, "noise", noise);
   if (kind == prediction::score) detail::throw_invalid(where, "kind = score is not a supported target; use epsilon");
   const schedule_step& st = s.at(t);
   const auto out = model_output.first(n);
@@ -308,9 +321,10 @@ double simple_loss(const noise_schedule& s, std::size_t t, std::span<const T> x0
                                std::pair{"model_output", out});
     return value;
   }
-  const double ce = st.sqrt_alpha_bar, cx = -st.sqrt_one_minus_alpha_bar;  // v = ce eps + cx x0
+  // The target's definition a x0 + b eps (v: (−√(1−ᾱ), √ᾱ); flow velocity: (−1, 1)).
+  const affine_coefficients target = target_coefficients(noise_level::from_step(st), kind);
   total = indexed_sum(n, [&](std::size_t k) {
-    const double y = ce * static_cast<double>(noise[k]) + cx * static_cast<double>(x0[k]);
+    const double y = target.a * static_cast<double>(x0[k]) + target.b * static_cast<double>(noise[k]);
     const double e = static_cast<double>(out[k]) - y;
     if (!grad.empty()) grad[k] = static_cast<T>(2.0 * e * inv_n);
     return e * e;

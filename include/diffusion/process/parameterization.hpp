@@ -128,6 +128,61 @@ namespace detail {
   throw_domain(where, "converting " + std::string(to_string(from)) + " to " + std::string(to_string(to)) + " " +
                           std::string(why));
 }
+
+/// A positive quantity held as m·2^e (m = 0 or 0.5 ≤ m < 1): the conversion coefficients are
+/// quotients of α, σ, r and k, and forming them on m and e cannot overflow or underflow before the
+/// final result does (the scaling is exact, so the roundings are those of the plain formula).
+struct scaled {
+  double m;
+  int e;
+};
+inline scaled to_scaled(double x) noexcept {
+  int e = 0;
+  const double m = std::frexp(x, &e);
+  return {m, e};
+}
+inline scaled operator*(scaled a, scaled b) noexcept { return {a.m * b.m, a.e + b.e}; }
+inline scaled operator/(scaled a, scaled b) noexcept { return {a.m / b.m, a.e - b.e}; }
+inline scaled operator-(scaled a) noexcept { return {-a.m, a.e}; }
+inline double value(scaled a) noexcept { return std::ldexp(a.m, a.e); }
+
+inline bool is_normal_positive(double x) noexcept {
+  return x >= std::numeric_limits<double>::min() && x <= std::numeric_limits<double>::max();
+}
+
+/// α, σ, r = √(α² + σ²), r², k = α + σ and σ² of a level as scaled quantities. The level's
+/// stored squares and sums are used where they are normal numbers (they are the correctly rounded
+/// ones for a DDPM table, and r = 1 exactly for a VP level); where they overflowed or underflowed
+/// they are formed again on α and σ scaled by a common power of two.
+struct level_scales {
+  scaled alpha, sigma, r, r2, k, sigma_sq;
+  explicit level_scales(const noise_level& l) noexcept
+      : alpha(to_scaled(l.alpha)), sigma(to_scaled(l.sigma)), r{}, r2{}, k{}, sigma_sq{} {
+    const int e = l.alpha > l.sigma ? alpha.e : sigma.e;
+    const double a1 = std::ldexp(l.alpha, -e), s1 = std::ldexp(l.sigma, -e);  // max(a1, s1) ∈ [0.5, 1)
+    if (is_normal_positive(l.norm_sq)) {
+      r2 = to_scaled(l.norm_sq);
+      r = to_scaled(l.norm_sq == 1.0 ? 1.0 : std::sqrt(l.norm_sq));
+    } else {
+      const double n1 = a1 * a1 + s1 * s1;
+      r2 = to_scaled(n1) * scaled{0.5, 1 + 2 * e};
+      r = to_scaled(std::sqrt(n1)) * scaled{0.5, 1 + e};
+    }
+    k = is_normal_positive(l.alpha_plus_sigma) ? to_scaled(l.alpha_plus_sigma)
+                                               : to_scaled(a1 + s1) * scaled{0.5, 1 + e};
+    sigma_sq = is_normal_positive(l.sigma_sq) ? to_scaled(l.sigma_sq) : sigma * sigma;
+  }
+};
+
+/// The pair (a, b), refused with the level named if a coefficient overflows a double.
+inline affine_coefficients finite_pair(std::string_view where, const noise_level& l, prediction from, prediction to,
+                                       double a, double b) {
+  if (!std::isfinite(a) || !std::isfinite(b))
+    throw_domain(where, "converting " + std::string(to_string(from)) + " to " + std::string(to_string(to)) +
+                            " at alpha = " + to_text(l.alpha) + ", sigma = " + to_text(l.sigma) +
+                            " needs a coefficient beyond the double range (" + to_text(a) + ", " + to_text(b) + ")");
+  return {a, b};
+}
 }  // namespace detail
 
 /// @brief The definition of each prediction kind at a level, as a combination of the data and the
@@ -139,19 +194,20 @@ namespace detail {
 /// | v | (−σ/r, α/r), r = √(α² + σ²) (Salimans & Ho 2022 §4) |
 /// | score | (0, −1/σ) (Tweedie's formula, Song et al. 2021) |
 /// | u | (−1, 1) (Lipman et al. 2023; Esser et al. 2024) |
-/// @throws std::domain_error for the score at σ = 0 (the data's own score is not a function of x₀ and ε).
+/// @throws std::domain_error for the score at σ = 0 (the data's own score is not a function of x₀ and ε)
+///         or where 1/σ overflows.
 inline affine_coefficients target_coefficients(const noise_level& l, prediction kind) {
   switch (kind) {
     case prediction::epsilon: return {0.0, 1.0};
     case prediction::sample: return {1.0, 0.0};
     case prediction::v: {
-      const double r = l.norm_sq == 1.0 ? 1.0 : std::sqrt(l.norm_sq);
-      return {-l.sigma / r, l.alpha / r};
+      const detail::level_scales q(l);
+      return {-detail::value(q.sigma / q.r), detail::value(q.alpha / q.r)};
     }
     case prediction::score:
       if (l.sigma == 0.0)
         detail::throw_domain("diffusion::target_coefficients", "the score target divides by sigma = 0 (the noise-free level)");
-      return {0.0, -1.0 / l.sigma};
+      return detail::finite_pair("diffusion::target_coefficients", l, kind, kind, 0.0, -1.0 / l.sigma);
     case prediction::flow_velocity: return {-1.0, 1.0};
   }
   detail::throw_invalid("diffusion::target_coefficients", "unknown prediction kind");
@@ -177,51 +233,57 @@ inline noise_level level_at(const noise_schedule& s, std::size_t t) { return noi
 /// (x₀ from ε is DDPM Eq. 15 / iDDPM `_predict_xstart_from_eps`; the score row is Tweedie's
 /// formula, \f$\nabla\log q(x) = -\varepsilon/\sigma\f$; the u row solves \f$x = \alpha x_0 + \sigma\varepsilon\f$,
 /// \f$u = \varepsilon - x_0\f$.) Each coefficient is at most two operations on the level's entries,
-/// each correctly rounded for a DDPM table: ≤ 3 ulp (tested against 50-digit values).
+/// each correctly rounded for a DDPM table: ≤ 3 ulp (tested against 50-digit values). The
+/// operations run on mantissas and exponents (exact power-of-two scaling), so no intermediate
+/// overflows or underflows where the coefficient itself is a normal double (α·r for α = 10^-200,
+/// α² + σ² for α = 10^200).
 /// @throws std::domain_error where the conversion divides by α = 0 (zero terminal SNR: x₀ cannot
 ///         be recovered from ε, score or u there) or by σ = 0 (the data itself: ε cannot be recovered
-///         from x₀ there).
+///         from x₀ there), or where a coefficient is beyond the double range (1/α for α = 10^-320).
 inline affine_coefficients conversion_coefficients(const noise_level& l, prediction from, prediction to) {
   constexpr std::string_view where = "diffusion::conversion_coefficients";
   if (from == to) return {0.0, 1.0};
   using P = prediction;
-  const double a = l.alpha, s = l.sigma;
-  const double r = l.norm_sq == 1.0 ? 1.0 : std::sqrt(l.norm_sq), r2 = l.norm_sq, k = l.alpha_plus_sigma;
   // Which divisor each row needs: ε and score need α for x₀, v and u; x₀ needs σ for ε, v,
   // score and u; v needs σ for the score only; u needs σ for the score.
   const bool needs_alpha = (from == P::epsilon || from == P::score) && to != P::epsilon && to != P::score;
   const bool needs_sigma = (from == P::sample && to != P::sample) || (from == P::v && to == P::score) ||
                            (from == P::flow_velocity && to == P::score) || (from == P::epsilon && to == P::score);
-  if (needs_alpha && a == 0.0)
+  if (needs_alpha && l.alpha == 0.0)
     detail::throw_conversion_undefined(where, from, to, "divides by alpha = 0 (zero terminal SNR)");
-  if (needs_sigma && s == 0.0)
+  if (needs_sigma && l.sigma == 0.0)
     detail::throw_conversion_undefined(where, from, to, "divides by sigma = 0 (the noise-free level)");
+  const detail::level_scales q(l);
+  const detail::scaled a = q.alpha, s = q.sigma, r = q.r, r2 = q.r2, k = q.k, one{0.5, 1};
+  auto pair = [&](detail::scaled x, detail::scaled y) {
+    return detail::finite_pair(where, l, from, to, detail::value(x), detail::value(y));
+  };
   switch (from) {
     case P::epsilon:
-      if (to == P::sample) return {1.0 / a, -s / a};
-      if (to == P::v) return {-s / (a * r), r / a};
-      if (to == P::score) return {0.0, -1.0 / s};
-      return {-1.0 / a, k / a};  // u
+      if (to == P::sample) return pair(one / a, -(s / a));
+      if (to == P::v) return pair(-(s / (a * r)), r / a);
+      if (to == P::score) return pair({0.0, 0}, -(one / s));
+      return pair(-(one / a), k / a);  // u
     case P::sample:
-      if (to == P::epsilon) return {1.0 / s, -a / s};
-      if (to == P::v) return {a / (s * r), -r / s};
-      if (to == P::score) return {-1.0 / l.sigma_sq, a / l.sigma_sq};
-      return {1.0 / s, -k / s};  // u
+      if (to == P::epsilon) return pair(one / s, -(a / s));
+      if (to == P::v) return pair(a / (s * r), -(r / s));
+      if (to == P::score) return pair(-(one / q.sigma_sq), a / q.sigma_sq);
+      return pair(one / s, -(k / s));  // u
     case P::v:
-      if (to == P::epsilon) return {s / r2, a / r};
-      if (to == P::sample) return {a / r2, -s / r};
-      if (to == P::score) return {-1.0 / r2, -a / (s * r)};
-      return {(s - a) / r2, k / r};  // u
+      if (to == P::epsilon) return pair(s / r2, a / r);
+      if (to == P::sample) return pair(a / r2, -(s / r));
+      if (to == P::score) return pair(-(one / r2), -(a / (s * r)));
+      return pair(detail::to_scaled(l.sigma - l.alpha) / r2, k / r);  // u
     case P::score:
-      if (to == P::epsilon) return {0.0, -s};
-      if (to == P::sample) return {1.0 / a, l.sigma_sq / a};
-      if (to == P::v) return {-s / (a * r), -(s * r) / a};
-      return {-1.0 / a, -(s * k) / a};  // u
+      if (to == P::epsilon) return pair({0.0, 0}, -s);
+      if (to == P::sample) return pair(one / a, q.sigma_sq / a);
+      if (to == P::v) return pair(-(s / (a * r)), -((s * r) / a));
+      return pair(-(one / a), -((s * k) / a));  // u
     case P::flow_velocity:
-      if (to == P::epsilon) return {1.0 / k, a / k};
-      if (to == P::sample) return {1.0 / k, -s / k};
-      if (to == P::v) return {(a - s) / (k * r), r / k};
-      return {-1.0 / (s * k), -a / (s * k)};  // score
+      if (to == P::epsilon) return pair(one / k, a / k);
+      if (to == P::sample) return pair(one / k, -(s / k));
+      if (to == P::v) return pair(detail::to_scaled(l.alpha - l.sigma) / (k * r), r / k);
+      return pair(-(one / (s * k)), -(a / (s * k)));  // score
   }
   detail::throw_invalid(where, "unknown prediction kind");
 }

@@ -102,8 +102,9 @@ class noise_schedule {
   [[nodiscard]] std::span<const schedule_step> steps() const noexcept { return steps_; }
   /// The betas the schedule was built from.
   [[nodiscard]] std::span<const double> betas() const noexcept { return betas_; }
-  /// True when ᾱ at the last step is 0 (β_{T−1} = 1).
-  [[nodiscard]] bool zero_terminal_snr() const noexcept { return steps_.back().alpha_bar == 0.0; }
+  /// True when the last β is 1 (ᾱ_{T−1} = 0 exactly). A schedule whose ᾱ underflows to 0 with
+  /// every β < 1 is not zero-terminal-SNR; its σ is +∞ from the step where ᾱ underflowed.
+  [[nodiscard]] bool zero_terminal_snr() const noexcept { return betas_.back() == 1.0; }
 
   /// @brief One column of the table, e.g. `s.column(&schedule_step::log_snr)`, for plots.
   [[nodiscard]] std::vector<double> column(double schedule_step::*member) const {

@@ -130,8 +130,8 @@ inline std::vector<double> geometric_sigmas(std::size_t n, double sigma_min, dou
 /// `DiscreteSchedule.t_to_sigma`; diffusers interpolates σ itself, linearly, instead):
 /// \f$\log\sigma(t) = (1-w)\log\sigma_{\lfloor t\rfloor} + w\log\sigma_{\lceil t\rceil}\f$, \f$w = t - \lfloor t\rfloor\f$.
 ///
-/// t is a 0-based code index in [0, T−1]. With a zero terminal SNR schedule σ_{T−1} = ∞
-/// and every t > T−2 maps to +∞.
+/// t is a 0-based code index in [0, T−1]. Where σ_{k} = ∞ (zero terminal SNR, or ᾱ underflowed
+/// to 0) every t > k − 1 maps to +∞.
 /// @throws std::out_of_range if t is outside [0, T−1] or NaN.
 inline double t_to_sigma(const noise_schedule& s, double t) {
   const double last = static_cast<double>(s.size() - 1);
@@ -142,19 +142,34 @@ inline double t_to_sigma(const noise_schedule& s, double t) {
   const auto i = static_cast<std::size_t>(lo);
   const double w = t - lo;
   if (w == 0.0) return s[i].sigma;
+  // Between a finite σ and σ = +∞ (zero terminal SNR, or ᾱ underflowed) log σ is +∞ for every w > 0.
+  if (!std::isfinite(s[i + 1].sigma)) return std::numeric_limits<double>::infinity();
   const double a = std::log(s[i].sigma), b = std::log(s[i + 1].sigma);
   return std::exp(a + w * (b - a));
 }
 
+namespace detail {
+/// The number of leading steps with a finite σ (σ is nondecreasing in t; it is +∞ at a zero
+/// terminal SNR step and where ᾱ has underflowed to 0).
+inline std::size_t finite_sigma_steps(const noise_schedule& s) noexcept {
+  const auto steps = s.steps();
+  return static_cast<std::size_t>(
+      std::partition_point(steps.begin(), steps.end(), [](const schedule_step& st) { return std::isfinite(st.sigma); }) -
+      steps.begin());
+}
+}  // namespace detail
+
 /// @brief The σ range of a discrete schedule: [σ_0, σ_max], σ_max the largest finite σ (σ_{T−1}, or
-/// σ_{T−2} with a zero terminal SNR). A σ list for a sampler over a model trained on the schedule
-/// must lie in it (its last entry may be 0): @ref sigma_to_t refuses anything outside.
+/// σ_{T−2} with a zero terminal SNR, or the last step before ᾱ underflows to 0). A σ list for a
+/// sampler over a model trained on the schedule must lie in it (its last entry may be 0):
+/// @ref sigma_to_t refuses anything outside.
+/// @throws std::invalid_argument if no step has a finite σ.
 inline std::pair<double, double> sigma_range(const noise_schedule& s) {
-  std::size_t n = s.size();
-  if (s.zero_terminal_snr()) --n;
+  const std::size_t n = detail::finite_sigma_steps(s);
   if (n == 0)
     detail::throw_invalid("diffusion::sigma_range",
-                          "the schedule has one step and it has zero terminal SNR: no finite sigma");
+                          "the schedule has no step with a finite sigma (zero terminal SNR, or alpha_bar underflowed to 0, "
+                          "from its first step)");
   return {s[0].sigma, s[n - 1].sigma};
 }
 
@@ -164,12 +179,12 @@ inline std::pair<double, double> sigma_range(const noise_schedule& s) {
 /// @param[in] sigma σ ∈ [σ_0, σ_max], where σ_max is the largest finite σ of the schedule.
 /// @throws std::out_of_range if σ is outside that range (k-diffusion clamps silently; we do not).
 inline double sigma_to_t(const noise_schedule& s, double sigma) {
-  std::size_t n = s.size();
-  if (s.zero_terminal_snr()) --n;  // the last sigma is +inf
+  const std::size_t n = detail::finite_sigma_steps(s);  // the steps after have sigma = +inf
   if (n == 0)
     detail::throw_out_of_range("diffusion::sigma_to_t", "sigma = " + detail::to_text(sigma) +
-                                                            " cannot be mapped: the schedule's only step has zero "
-                                                            "terminal SNR (no finite sigma)");
+                                                            " cannot be mapped: the schedule has no step with a finite "
+                                                            "sigma (zero terminal SNR, or alpha_bar underflowed to 0, "
+                                                            "from its first step)");
   const double smin = s[0].sigma, smax = s[n - 1].sigma;
   if (!(sigma >= smin && sigma <= smax))
     detail::throw_out_of_range("diffusion::sigma_to_t", "sigma = " + detail::to_text(sigma) +

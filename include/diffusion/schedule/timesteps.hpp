@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <limits>
+#include <new>
 #include <optional>
 #include <span>
 #include <string>
@@ -94,6 +96,101 @@ class timestep_sequence {
   std::size_t num_train_;
 };
 
+namespace detail {
+
+/// The quotient and remainder of an exact integer division.
+struct quotient_remainder {
+  std::size_t quotient, remainder;
+};
+
+/// \f$(\lfloor ab/d\rfloor,\ ab \bmod d)\f$ for a, b < d, exactly and without overflow for every
+/// size_t: binary long multiplication that keeps the partial product reduced modulo d.
+inline quotient_remainder mul_div(std::size_t a, std::size_t b, std::size_t d) noexcept {
+  DIFFUSION_ASSERT(a < d && b < d);
+  std::size_t q = 0, r = 0;  // invariant: q·d + r = a·(b >> bit), r < d
+  for (int bit = std::numeric_limits<std::size_t>::digits - 1; bit >= 0; --bit) {
+    q <<= 1;  // q ≤ a·b/d < b: never overflows
+    if (r >= d - r) {
+      r -= d - r;
+      ++q;
+    } else {
+      r += r;
+    }
+    if ((b >> bit) & 1u) {
+      if (r >= d - a) {
+        r -= d - a;
+        ++q;
+      } else {
+        r += a;
+      }
+    }
+  }
+  return {q, r};
+}
+
+/// \f$i\cdot n/d\f$ rounded half to even, exactly, for 0 ≤ i ≤ d, d ≥ 1 (the result is ≤ n).
+inline std::size_t scaled_round_half_even(std::size_t i, std::size_t n, std::size_t d) noexcept {
+  DIFFUSION_ASSERT(d >= 1 && i <= d);
+  if (i == d) return n;
+  // i·n/d = i·(n / d) + i·(n mod d)/d, the second part by mul_div (i, n mod d < d).
+  const auto [q, r] = mul_div(i, n % d, d);
+  std::size_t v = i * (n / d) + q;  // ≤ i·n/d < n
+  if (r > d - r || (r == d - r && (v & 1u) != 0)) ++v;
+  return v;
+}
+
+/// True when a·b < 2^bits, for a, b ≥ 1 (no overflow).
+inline bool product_below_pow2(std::size_t a, std::size_t b, int bits) noexcept {
+  const std::size_t limit = std::size_t{1} << bits;
+  return a < limit && b <= (limit - 1) / a;
+}
+
+/// A vector of n timesteps, or std::invalid_argument naming the request when n cannot be allocated.
+inline std::vector<std::size_t> allocate_timesteps(std::string_view where, std::string_view what, std::size_t n) {
+  std::vector<std::size_t> v;
+  const auto refuse = [&] {
+    throw_invalid(where, std::string(what) + " asks for " + to_text(n) +
+                             " timesteps, more than can be allocated (" + to_text(v.max_size()) +
+                             " at most, and only as far as memory allows)");
+  };
+  if (n > v.max_size()) refuse();
+  try {
+    v.reserve(n);
+  } catch (const std::bad_alloc&) {
+    refuse();
+  } catch (const std::length_error&) {
+    refuse();
+  }
+  return v;
+}
+
+/// A user string for an error message: quoted, at most 60 characters, with `"`, `\` and every
+/// byte outside printable ASCII escaped (`\x00`), and the full length stated when truncated.
+inline std::string quote_text(std::string_view s) {
+  constexpr std::size_t max_chars = 60;
+  constexpr char hex[] = "0123456789abcdef";
+  std::string out = "\"";
+  const std::size_t shown = std::min(s.size(), max_chars);
+  for (std::size_t k = 0; k < shown; ++k) {
+    const auto c = static_cast<unsigned char>(s[k]);
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += static_cast<char>(c);
+    } else if (c >= 0x20 && c < 0x7f) {
+      out += static_cast<char>(c);
+    } else {
+      out += "\\x";
+      out += hex[c >> 4];
+      out += hex[c & 0xf];
+    }
+  }
+  out += '"';
+  if (shown < s.size()) out += " (the first " + to_text(shown) + " of " + to_text(s.size()) + " characters)";
+  return out;
+}
+
+}  // namespace detail
+
 /// @brief How inference_timesteps() places N steps in [0, T−1] (diffusers' `timestep_spacing`;
 /// Lin et al. 2023 Table 2 compares them).
 enum class timestep_spacing {
@@ -111,13 +208,23 @@ enum class timestep_spacing {
 /// not 812). As in diffusers, `steps_offset` applies to `leading` only; the other
 /// spacings ignore it (stated here because it surprises: Stable Diffusion 1.x configs set
 /// `steps_offset = 1` with leading spacing).
+///
+/// Every T a size_t holds is served, in integer arithmetic that cannot overflow. For N·T < 2^51
+/// (every practical schedule) linspace and trailing repeat numpy's float64 operations, so the
+/// result is bit-identical to diffusers, including where float64 rounding moves a value that is
+/// exactly halfway (T = 26, N = 23 gives 13 where the exact half-to-even rounding of 11·25/22 is
+/// 12); below that bound those operations provably give N distinct timesteps in [0, T−1]. Above
+/// it, where float64 can no longer hold the timesteps apart (numpy then returns duplicates, or
+/// values ≥ T), the values are the exact rationals \f$i(T-1)/(N-1)\f$ (linspace) and
+/// \f$T(N-i)/N - 1\f$ (trailing), rounded half to even.
 /// @param[in] num_train_timesteps T ≥ 1.
 /// @param[in] num_steps N, 1 ≤ N ≤ T.
 /// @param[in] spacing see @ref timestep_spacing.
 /// @param[in] steps_offset added to every leading timestep.
 /// @return the N timesteps, descending.
-/// @throws std::invalid_argument for N = 0 or N > T, or when leading + offset reaches T
-///         (diffusers #10003 indexes past the end there instead).
+/// @throws std::invalid_argument for N = 0 or N > T, when leading + offset reaches T
+///         (diffusers #10003 indexes past the end there instead), or when N timesteps cannot
+///         be allocated.
 inline timestep_sequence inference_timesteps(std::size_t num_train_timesteps, std::size_t num_steps,
                                              timestep_spacing spacing, std::size_t steps_offset = 0) {
   constexpr std::string_view where = "diffusion::inference_timesteps";
@@ -126,41 +233,58 @@ inline timestep_sequence inference_timesteps(std::size_t num_train_timesteps, st
   if (N == 0 || N > T)
     detail::throw_invalid(where, "num_steps = " + detail::to_text(N) + " is outside the allowed range [1, " +
                                      detail::to_text(T) + "] (num_train_timesteps)");
-  std::vector<std::size_t> t(N);
+  if (spacing != timestep_spacing::linspace && spacing != timestep_spacing::leading &&
+      spacing != timestep_spacing::trailing)
+    detail::throw_invalid(where, "spacing = " + detail::to_text(static_cast<int>(spacing)) +
+                                     " is not one of linspace, leading, trailing");
+  if (spacing == timestep_spacing::leading) {
+    const std::size_t base = (N - 1) * (T / N);  // < T
+    if (steps_offset >= T - base)                // base + steps_offset >= T, without wrapping around
+      detail::throw_invalid(where, "leading spacing with steps_offset = " + detail::to_text(steps_offset) +
+                                       " and num_steps = " + detail::to_text(N) + " gives timestep " +
+                                       detail::to_text(base) + " + " + detail::to_text(steps_offset) +
+                                       ", outside the allowed range [0, " + detail::to_text(T) + ")");
+  }
+  // numpy's float64 arithmetic is exact enough below this bound (see the doc comment).
+  const bool as_numpy = detail::product_below_pow2(N, T, 51);
+  std::vector<std::size_t> t = detail::allocate_timesteps(where, "num_steps = " + detail::to_text(N), N);
+  t.resize(N);
   switch (spacing) {
     case timestep_spacing::linspace: {
-      // numpy.linspace: y_i = i * ((T-1)/(N-1)), last set to T-1 exactly; then round half to even.
-      const double step = N > 1 ? static_cast<double>(T - 1) / static_cast<double>(N - 1) : 0.0;
-      for (std::size_t i = 0; i < N; ++i) {
-        const double y = i + 1 == N && N > 1 ? static_cast<double>(T - 1) : static_cast<double>(i) * step;
-        t[N - 1 - i] = static_cast<std::size_t>(std::nearbyint(y));
+      if (as_numpy) {
+        // numpy.linspace: y_i = i * ((T-1)/(N-1)), last set to T-1 exactly; then round half to even.
+        const double step = N > 1 ? static_cast<double>(T - 1) / static_cast<double>(N - 1) : 0.0;
+        for (std::size_t i = 0; i < N; ++i) {
+          const double y = i + 1 == N && N > 1 ? static_cast<double>(T - 1) : static_cast<double>(i) * step;
+          t[N - 1 - i] = static_cast<std::size_t>(std::nearbyint(y));
+        }
+      } else {
+        for (std::size_t i = 0; i < N; ++i)
+          t[N - 1 - i] = N == 1 ? 0 : detail::scaled_round_half_even(i, T - 1, N - 1);
       }
       break;
     }
     case timestep_spacing::leading: {
-      const std::size_t ratio = T / N;
-      const std::size_t base = (N - 1) * ratio;  // < T
-      if (steps_offset >= T - base)             // base + steps_offset >= T, without wrapping around
-        detail::throw_invalid(where, "leading spacing with steps_offset = " + detail::to_text(steps_offset) +
-                                         " and num_steps = " + detail::to_text(N) + " gives timestep " +
-                                         detail::to_text(base) + " + " + detail::to_text(steps_offset) +
-                                         ", outside the allowed range [0, " + detail::to_text(T) + ")");
+      const std::size_t ratio = T / N;  // checked above: (N − 1)·ratio + steps_offset < T
       for (std::size_t i = 0; i < N; ++i) t[N - 1 - i] = i * ratio + steps_offset;
       break;
     }
     case timestep_spacing::trailing: {
-      // numpy.arange(T, 0, -T/N): start + i*delta with delta = (start + step) - start; round half to even; minus 1.
-      const double start = static_cast<double>(T);
-      const double step = -start / static_cast<double>(N);
-      const double delta = (start + step) - start;
-      for (std::size_t i = 0; i < N; ++i) {
-        const double y = i == 0 ? start : start + static_cast<double>(i) * delta;
-        t[i] = static_cast<std::size_t>(std::nearbyint(y)) - 1;
+      if (as_numpy) {
+        // numpy.arange(T, 0, -T/N): start + i*delta with delta = (start + step) - start; round half to even; minus 1.
+        const double start = static_cast<double>(T);
+        const double step = -start / static_cast<double>(N);
+        const double delta = (start + step) - start;
+        for (std::size_t i = 0; i < N; ++i) {
+          const double y = i == 0 ? start : start + static_cast<double>(i) * delta;
+          t[i] = static_cast<std::size_t>(std::nearbyint(y)) - 1;
+        }
+      } else {
+        // T(N - i)/N ≥ T/N ≥ 1, so the rounded value is ≥ 1.
+        for (std::size_t i = 0; i < N; ++i) t[i] = detail::scaled_round_half_even(N - i, T, N) - 1;
       }
       break;
     }
-    default:
-      detail::throw_invalid(where, "spacing is not one of linspace, leading, trailing");
   }
   return timestep_sequence(std::move(t), T);
 }
@@ -168,20 +292,20 @@ inline timestep_sequence inference_timesteps(std::size_t num_train_timesteps, st
 namespace detail {
 /// Parses a non-empty run of decimal digits into a positive count; throws otherwise.
 inline std::size_t parse_count(std::string_view where, std::string_view spec, std::string_view token) {
-  if (token.empty())
-    throw_invalid(where, "spacing \"" + std::string(spec) + "\" has an empty count; expected \"ddimN\" or a "
-                                                            "comma-separated list of positive integers");
+  const auto grammar = "; expected \"ddimN\" or a comma-separated list of positive integers";
+  if (token.empty()) throw_invalid(where, "spacing " + quote_text(spec) + " has an empty count" + grammar);
   std::size_t v = 0;
   for (char c : token) {
     if (c < '0' || c > '9')
-      throw_invalid(where, "spacing \"" + std::string(spec) + "\" has the count \"" + std::string(token) +
-                               "\", which is not a positive integer; expected \"ddimN\" or a "
-                               "comma-separated list of positive integers");
-    if (v > (std::size_t{1} << 40))
-      throw_invalid(where, "spacing \"" + std::string(spec) + "\": the count \"" + std::string(token) + "\" is too large");
-    v = v * 10 + static_cast<std::size_t>(c - '0');
+      throw_invalid(where, "spacing " + quote_text(spec) + " has the count " + quote_text(token) +
+                               ", which is not a positive integer" + grammar);
+    const auto digit = static_cast<std::size_t>(c - '0');
+    if (v > (std::numeric_limits<std::size_t>::max() - digit) / 10)
+      throw_invalid(where, "spacing " + quote_text(spec) + ": the count " + quote_text(token) +
+                               " is too large (more than " + to_text(std::numeric_limits<std::size_t>::max()) + ")");
+    v = v * 10 + digit;
   }
-  if (v == 0) throw_invalid(where, "spacing \"" + std::string(spec) + "\" has a count of 0; counts must be >= 1");
+  if (v == 0) throw_invalid(where, "spacing " + quote_text(spec) + " has a count of 0; counts must be >= 1");
   return v;
 }
 }  // namespace detail
@@ -190,18 +314,25 @@ inline std::size_t parse_count(std::string_view where, std::string_view spec, st
 /// which of T timesteps to keep, from a string.
 ///
 /// - `"ddimN"`: the smallest integer stride s in [1, T) with |range(0, T, s)| = N
-///   (so, as in iDDPM, `"ddim1"` is never possible);
+///   (so, as in iDDPM, `"ddim1"` is never possible); s = ⌈T/N⌉ when that works, found in O(1);
 /// - `"a,b,c"`: split T into as many sections (the first T mod k one longer), and take
-///   `round(j·(size−1)/(count−1))` in each, j = 0 … count−1, accumulating the stride by
-///   repeated addition and rounding half to even as Python does.
+///   `round(j·(size−1)/(count−1))` in each, j = 0 … count−1. Where count·size < 2^50 (every
+///   practical schedule) this accumulates the stride by repeated float64 addition and rounds half
+///   to even, as Python does, so the result is bit-identical to iDDPM's; that accumulation
+///   provably stays within a quarter step there. Above the bound, where it would drift by whole
+///   timesteps (iDDPM then returns duplicates or indices outside the section), the exact rational
+///   is rounded half to even in integer arithmetic.
 ///
-/// Stricter than iDDPM: counts must be plain positive decimal integers (iDDPM's `int()`
-/// also takes " 5", "+5" and "1_0", and a count of 0 silently takes nothing).
+/// Every T a size_t holds is served without overflow. Stricter than iDDPM: counts must be plain
+/// positive decimal integers (iDDPM's `int()` also takes " 5", "+5" and "1_0", and a count of 0
+/// silently takes nothing). Error messages quote at most 60 characters of the string, with
+/// non-printable bytes escaped.
 /// @param[in] num_train_timesteps T ≥ 1.
 /// @param[in] spec the spacing string.
 /// @return the kept timesteps, descending.
 /// @throws std::invalid_argument for a malformed string or an impossible request
-///         ("ddim7" with T = 10, a section asked for more steps than it has).
+///         ("ddim7" with T = 10, a section asked for more steps than it has), or when the kept
+///         timesteps cannot be allocated.
 inline timestep_sequence space_timesteps(std::size_t num_train_timesteps, std::string_view spec) {
   constexpr std::string_view where = "diffusion::space_timesteps";
   const std::size_t T = num_train_timesteps;
@@ -209,16 +340,15 @@ inline timestep_sequence space_timesteps(std::size_t num_train_timesteps, std::s
   std::vector<std::size_t> kept;
   if (spec.starts_with("ddim")) {
     const std::size_t n = detail::parse_count(where, spec, spec.substr(4));
-    for (std::size_t s = 1; s < T; ++s) {
-      if ((T + s - 1) / s == n) {
-        for (std::size_t t = 0; t < T; t += s) kept.push_back(t);
-        break;
-      }
-    }
-    if (kept.empty())
-      detail::throw_invalid(where, "spacing \"" + std::string(spec) + "\": cannot take exactly " +
+    // |range(0, T, s)| = ⌈T/s⌉ falls as s grows, and ⌈T/s⌉ ≤ n exactly when s ≥ ⌈T/n⌉: the
+    // smallest candidate is s = ⌈T/n⌉, and no stride works if it does not.
+    const std::size_t s = T / n + (T % n != 0 ? 1 : 0);
+    if (!(s < T && T / s + (T % s != 0 ? 1 : 0) == n))
+      detail::throw_invalid(where, "spacing " + detail::quote_text(spec) + ": cannot take exactly " +
                                        detail::to_text(n) + " of " + detail::to_text(T) +
                                        " timesteps with an integer stride in [1, " + detail::to_text(T) + ")");
+    kept = detail::allocate_timesteps(where, "spacing " + detail::quote_text(spec), n);
+    for (std::size_t k = n; k-- > 0;) kept.push_back(k * s);  // (n − 1)·s < T: no overflow
   } else {
     std::vector<std::size_t> counts;
     std::size_t pos = 0;
@@ -227,25 +357,36 @@ inline timestep_sequence space_timesteps(std::size_t num_train_timesteps, std::s
       counts.push_back(detail::parse_count(where, spec, spec.substr(pos, comma == spec.npos ? spec.npos : comma - pos)));
       if (comma == spec.npos) break;
       if (counts.size() == T)  // and a comma follows: at least T + 1 sections
-        detail::throw_invalid(where, "spacing \"" + std::string(spec) + "\" has more sections than the " +
+        detail::throw_invalid(where, "spacing " + detail::quote_text(spec) + " has more sections than the " +
                                          detail::to_text(T) + " timesteps");
       pos = comma + 1;
     }
     const std::size_t size_per = T / counts.size(), extra = T % counts.size();
+    std::size_t total = 0;  // ≤ T once every section is checked
+    for (std::size_t k = 0; k < counts.size(); ++k) {
+      const std::size_t size = size_per + (k < extra ? 1 : 0);
+      if (size < counts[k])
+        detail::throw_invalid(where, "spacing " + detail::quote_text(spec) + ": section " + detail::to_text(k) +
+                                         " has " + detail::to_text(size) + " timesteps, fewer than the " +
+                                         detail::to_text(counts[k]) + " asked for");
+      total += counts[k];
+    }
+    kept = detail::allocate_timesteps(where, "spacing " + detail::quote_text(spec), total);
     std::size_t start = 0;
     for (std::size_t k = 0; k < counts.size(); ++k) {
       const std::size_t size = size_per + (k < extra ? 1 : 0);
       const std::size_t count = counts[k];
-      if (size < count)
-        detail::throw_invalid(where, "spacing \"" + std::string(spec) + "\": section " + detail::to_text(k) +
-                                         " has " + detail::to_text(size) + " timesteps, fewer than the " +
-                                         detail::to_text(count) + " asked for");
-      const double stride =
-          count <= 1 ? 1.0 : static_cast<double>(size - 1) / static_cast<double>(count - 1);
-      double cur = 0.0;
-      for (std::size_t j = 0; j < count; ++j) {
-        kept.push_back(start + static_cast<std::size_t>(std::nearbyint(cur)));
-        cur += stride;
+      if (count == 1) {
+        kept.push_back(start);
+      } else if (detail::product_below_pow2(count, size, 50)) {
+        const double stride = static_cast<double>(size - 1) / static_cast<double>(count - 1);
+        double cur = 0.0;
+        for (std::size_t j = 0; j < count; ++j) {
+          kept.push_back(start + static_cast<std::size_t>(std::nearbyint(cur)));
+          cur += stride;
+        }
+      } else {
+        for (std::size_t j = 0; j < count; ++j) kept.push_back(start + detail::scaled_round_half_even(j, size - 1, count - 1));
       }
       start += size;
     }
