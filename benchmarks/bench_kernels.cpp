@@ -9,6 +9,8 @@
 //   implementations  ours       the library's fused single-pass kernel (kernels.hpp), noise
 //                               generated inside it (kernels::philox_stream)
 //                    ours_2t    the same with parallel_policy{.threads = 2}
+//                    ours_par   the same with diffusion::par, every hardware thread
+//                               (normals and ddpm only)
 //                    unfused    our Philox noise into a buffer, then one pass per operation
 //                    plain      one scalar loop, noise from std::normal_distribution/mt19937
 //                    eigen      one Eigen array expression (noise: NullaryExpr over
@@ -21,8 +23,19 @@
 // output, 16 B for DDPM and DDIM (they also write x̂₀, in every implementation), 8 B for
 // q_sample_rng, 4 B for normals alone; so it is comparable across implementations and with the triad's 12 B.
 // normals_per_second counts the normals drawn; allocs_per_iter the calls of global operator
-// new per iteration (this file replaces it); bit_identical (ours_2t only) is 1 when the
-// 2-thread output equals the 1-thread output bit for bit.
+// new per iteration (this file replaces it); bit_identical (ours_2t, ours_par) is 1 when the
+// threaded output equals the 1-thread output bit for bit; pool_workers, pool_cpus and
+// pool_widened (ours_2t, ours_par) are diffusion::worker_pool_status(): the pool's workers,
+// the CPUs they may use, and 1 when the thread that started the pool was pinned to one core
+// and the workers were given the process's CPUs instead.
+//
+// --pin_caller pins the benchmark's main thread to the first CPU of its affinity mask before
+// anything runs (Linux), as OMP_PROC_BIND=close pins the initial thread of an OpenMP program
+// (PyTorch, oneDNN deployments): the ours_2t and ours_par rows then show whether the worker
+// pool still spreads over the CPUs (it should: see execution.hpp, "CPU affinity"). E.g.
+//   bench_kernels --pin_caller --benchmark_filter='^(ddpm|normals)/ours' --max_elements=67108864
+// (`taskset -c 0 bench_kernels` confines the whole process instead; the pool cannot tell
+// the two apart and spreads in both cases.)
 //
 // Sizes: 16 K (a 4×64×64 Stable Diffusion latent), 256 K, 4 M and 64 M floats; the
 // std::normal_distribution baselines stop at 4 M (its rate does not depend on size and
@@ -59,6 +72,10 @@
 
 #if defined(__SSE2__)
 #include <immintrin.h>
+#endif
+
+#if defined(__linux__)
+#include <sched.h>
 #endif
 
 // ---------------------------------------------------------------------------------------
@@ -219,6 +236,9 @@ const diffusion::philox_normal& philox() {
 /// 16 K the call stays on one thread).
 constexpr parallel_policy two_threads{.threads = 2};
 
+/// Every hardware thread (diffusion::par), same minimum.
+constexpr parallel_policy all_threads{};
+
 // ---------------------------------------------------------------------------------------
 // The runner: per-iteration body, counters, allocation count, and for ours_2t the check that
 // two threads give the bits of one.
@@ -238,6 +258,10 @@ void run(benchmark::State& state, step_info info, const body_fn& body, const bod
     std::memcpy(b.check.data(), b.out.data(), n * sizeof(float));
     body(b, 7);
     state.counters["bit_identical"] = std::memcmp(b.check.data(), b.out.data(), n * sizeof(float)) == 0 ? 1.0 : 0.0;
+    const diffusion::worker_pool_info pool_info = diffusion::worker_pool_status();  // started by body when n is large
+    state.counters["pool_workers"] = static_cast<double>(pool_info.workers);
+    state.counters["pool_cpus"] = static_cast<double>(pool_info.worker_cpus);
+    state.counters["pool_widened"] = pool_info.widened ? 1.0 : 0.0;
   }
   // Warm-up (caches, branch predictors); the 64 M buffers were touched when the pool made them
   // and one call there takes 0.1–1 s, so they go straight to the timed loop.
@@ -604,13 +628,17 @@ void add(const std::string& name, step_info info, body_fn body, std::size_t cap 
     if (n <= max_elements && n <= cap) b->Arg(static_cast<std::int64_t>(n));
 }
 
-/// Registers ours (1 and 2 threads) for a step given as a template over the policy.
+/// Registers ours (1 and 2 threads, and with all_par every hardware thread) for a step given
+/// as a template over the policy.
 template <void (*Seq)(const sequential_policy&, buffers&, std::uint64_t),
           void (*Par)(const parallel_policy&, buffers&, std::uint64_t)>
-void add_ours(const std::string& step, step_info info) {
+void add_ours(const std::string& step, step_info info, bool all_par = false) {
   add(step + "/ours", info, [](buffers& b, std::uint64_t k) { Seq(diffusion::seq, b, k); });
   add(step + "/ours_2t", info, [](buffers& b, std::uint64_t k) { Par(two_threads, b, k); }, ~std::size_t{0},
       [](buffers& b, std::uint64_t k) { Seq(diffusion::seq, b, k); });
+  if (all_par)
+    add(step + "/ours_par", info, [](buffers& b, std::uint64_t k) { Par(all_threads, b, k); }, ~std::size_t{0},
+        [](buffers& b, std::uint64_t k) { Seq(diffusion::seq, b, k); });
 }
 
 /// Registers a baseline that draws from a std::normal_distribution kept across iterations.
@@ -629,13 +657,13 @@ void register_all() {
   add("bandwidth/triad_2t", quiet, [](buffers& b, std::uint64_t k) { triad(two_threads, b, k); });
   add("overhead/spawn_join_2t", {0, false}, spawn_join, std::size_t{1} << 14);
 
-  add_ours<normals_ours<sequential_policy>, normals_ours<parallel_policy>>("normals", {4, true});
+  add_ours<normals_ours<sequential_policy>, normals_ours<parallel_policy>>("normals", {4, true}, true);
   add_std_normal("normals/plain", {4, true}, [](buffers& b, std_normal& g) {
     float* o = b.out.data();
     for (std::size_t i = 0; i < b.n; ++i) o[i] = g();
   });
 
-  add_ours<ddpm_ours<sequential_policy>, ddpm_ours<parallel_policy>>("ddpm", noisy_x0);
+  add_ours<ddpm_ours<sequential_policy>, ddpm_ours<parallel_policy>>("ddpm", noisy_x0, true);
   add("ddpm/unfused", noisy_x0, ddpm_unfused);
   add_std_normal("ddpm/plain", noisy_x0, ddpm_plain);
   add_std_normal("ddpm/eigen", noisy_x0, ddpm_eigen);
@@ -677,14 +705,44 @@ void register_all() {
   add_std_normal("langevin/eigen", noisy, langevin_eigen);
 }
 
+/// --pin_caller (removed from argv): pins this thread to the first CPU of its affinity mask,
+/// before any parallel call starts the worker pool. Returns the CPU, or -1 if not pinned.
+int read_pin_caller(int& argc, char** argv) {
+  bool pin = false;
+  int kept = 1;
+  for (int i = 1; i < argc; ++i) {
+    if (std::string_view(argv[i]) == "--pin_caller")
+      pin = true;
+    else
+      argv[kept++] = argv[i];
+  }
+  argc = kept;
+  if (!pin) return -1;
+#if defined(__linux__)
+  cpu_set_t mask;
+  CPU_ZERO(&mask);
+  if (sched_getaffinity(0, sizeof mask, &mask) != 0) return -1;
+  for (std::size_t c = 0; c < CPU_SETSIZE; ++c) {
+    if (!CPU_ISSET(c, &mask)) continue;
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(c, &one);
+    return sched_setaffinity(0, sizeof one, &one) == 0 ? static_cast<int>(c) : -1;
+  }
+#endif
+  return -1;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   bench::read_size_cap(argc, argv, max_elements);
+  const int pinned_cpu = read_pin_caller(argc, argv);
   register_all();
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   benchmark::AddCustomContext("max_elements", std::to_string(max_elements));
+  benchmark::AddCustomContext("caller_pinned_to_cpu", pinned_cpu < 0 ? "no" : std::to_string(pinned_cpu));
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   return 0;

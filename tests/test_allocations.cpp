@@ -9,6 +9,7 @@
 #include <diffusion/sampler_karras.hpp>
 #include <diffusion/sampler_langevin.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstddef>
@@ -27,8 +28,10 @@ std::atomic<std::size_t> allocations{0};
 // Every replaceable allocation function is replaced, so that no allocation made through one
 // family (for example ASan's nothrow or array new) is released through another.
 namespace {
+std::atomic<bool> refuse_all{false};  // every allocation fails while set (the out-of-memory test)
 void* counted_alloc(std::size_t size, std::size_t align = alignof(std::max_align_t)) {
   ++allocations;
+  if (refuse_all.load()) return nullptr;
   size = size ? size : 1;
   if (align <= alignof(std::max_align_t)) return std::malloc(size);
   return std::aligned_alloc(align, (size + align - 1) / align * align);
@@ -172,6 +175,27 @@ TEST_CASE("Fused philox_normal paths allocate nothing per step", "[samplers][all
                                       hooks);
   REQUIRE(counts.size() == 50);
   CHECK(counts.front() == counts.back());
+}
+
+TEST_CASE("A parallel kernel whose worker pool cannot be allocated runs on the calling thread", "[kernels][allocation][threads]") {
+  // ctest runs each test case in its own process, so the pool is not started yet: its creation
+  // (slots, threads, CPU masks) fails with bad_alloc inside a noexcept kernel. The call must run
+  // sequentially, not terminate (issue 14 item 5). Where the pool already runs (all cases in one
+  // process) the call takes the pool and the check is the same.
+  const std::size_t n = std::size_t{1} << 16;
+  std::vector<float> x(n, 1.5f), y(n, -0.25f), out(n), expected(n);
+  const diffusion::parallel_policy two{2, 1024};
+  diffusion::kernels::affine2(0.5f, std::span<const float>(x), 3.0f, std::span<const float>(y), std::span<float>(expected));
+  refuse_all = true;
+  const bool finite = diffusion::kernels::affine2(0.5f, std::span<const float>(x), 3.0f, std::span<const float>(y),
+                                                  std::span<float>(out), two);
+  refuse_all = false;
+  CHECK(finite);
+  CHECK(out == expected);
+  // Once memory is back the next call may start the pool, and gives the same result.
+  std::fill(out.begin(), out.end(), 0.0f);
+  diffusion::kernels::affine2(0.5f, std::span<const float>(x), 3.0f, std::span<const float>(y), std::span<float>(out), two);
+  CHECK(out == expected);
 }
 
 TEST_CASE("A parallel kernel call allocates nothing once the pool is running", "[kernels][allocation][threads]") {

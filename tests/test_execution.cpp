@@ -2,7 +2,9 @@
 // are exactly the split ⌊units·i/t⌋·grain for t = min(threads, n / min_elements_per_thread,
 // units), each run once, the first on the calling thread; the first exception by range order
 // comes back after every range ran; calls from several threads at once and calls nested in a
-// range neither deadlock nor change the ranges; the pool's threads persist across calls.
+// range neither deadlock nor change the ranges; the pool's threads persist across calls; on
+// Linux, a pool started from a thread pinned to one CPU runs its workers on the process's
+// CPUs (checked in a fresh process, since the pool is a process-wide static).
 #include <catch2/catch.hpp>
 
 #include <diffusion/execution.hpp>
@@ -19,6 +21,13 @@
 #include <utility>
 #include <vector>
 
+#if defined(__linux__)
+#include <sched.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#endif
+
 namespace {
 
 using diffusion::parallel_policy;
@@ -26,6 +35,14 @@ using diffusion::detail::for_each_range;
 using range = std::pair<std::size_t, std::size_t>;
 
 unsigned hardware_threads() { return std::max(std::thread::hardware_concurrency(), 1u); }
+
+/// The threads a call can use: the pool's workers and the caller (starts the pool).
+std::size_t pool_threads() {
+  for_each_range(parallel_policy{2, 1}, 2, 1, [](std::size_t, std::size_t) {});
+  const diffusion::worker_pool_info info = diffusion::worker_pool_status();
+  REQUIRE(info.started);
+  return info.workers + 1;
+}
 
 /// The split the policy must produce (the formula of the thread-per-call implementation).
 std::vector<range> expected_ranges(const parallel_policy& p, std::size_t n, std::size_t grain) {
@@ -88,7 +105,7 @@ TEST_CASE("for_each_range runs the split of the thread-per-call version, every i
           CHECK(distinct <= std::max<std::size_t>(expected_ranges(p, n, grain).size(), 1));
           CHECK(distinct <= hardware_threads());
           // A split call really uses the pool when there is one (nothing else holds it here).
-          if (expected_ranges(p, n, grain).size() >= 2 && hardware_threads() >= 2) CHECK(distinct >= 2);
+          if (expected_ranges(p, n, grain).size() >= 2 && pool_threads() >= 2) CHECK(distinct >= 2);
         }
 }
 
@@ -117,10 +134,20 @@ TEST_CASE("the pool's threads persist across calls and are capped at hardware_co
       const std::lock_guard<std::mutex> lock(m);
       ids.insert(std::this_thread::get_id());
     });
-  // The caller plus the same hardware_concurrency() − 1 workers every time.
-  CHECK(ids.size() <= hardware_threads());
+  // The caller plus the same workers every time, at most hardware_concurrency() − 1 of them.
+  const diffusion::worker_pool_info info = diffusion::worker_pool_status();
+  REQUIRE(info.started);
+  CHECK(info.workers + 1 <= hardware_threads());
+  CHECK(ids.size() <= info.workers + 1);
   CHECK(ids.count(std::this_thread::get_id()) == 1);
-  if (hardware_threads() >= 2) CHECK(ids.size() >= 2);
+  if (info.workers >= 1) CHECK(ids.size() >= 2);
+#if defined(__linux__)
+  // No more workers than the CPUs they may use, less the caller's share.
+  CHECK(info.caller_cpus >= 1);
+  CHECK(info.worker_cpus >= info.caller_cpus);
+  CHECK(info.workers + 1 <= info.worker_cpus);
+  CHECK(info.widened == info.caller_pinned);
+#endif
 }
 
 TEST_CASE("calls after the workers fell asleep, and a caller that sleeps while waiting", "[execution]") {
@@ -217,3 +244,151 @@ TEST_CASE("a parallel call nested in a range runs inline, with the same split", 
                                    }),
                     "nested");
 }
+
+// --------------------------------------------------------------------------------------
+// CPU affinity (Linux). The pool is a process-wide static started once, so each scenario
+// runs in a fresh process: the visible test starts this test program again (/proc/self/exe)
+// with the name of a hidden test ("[.]"), which sets the starting thread's affinity, starts
+// the pool and checks where its workers may run.
+
+#if defined(__linux__)
+namespace {
+
+/// The calling thread's affinity mask (at most CPU_SETSIZE CPUs: enough for the tests).
+cpu_set_t this_thread_mask() {
+  cpu_set_t m;
+  CPU_ZERO(&m);
+  REQUIRE(sched_getaffinity(0, sizeof m, &m) == 0);
+  return m;
+}
+
+std::vector<std::size_t> cpus_of(const cpu_set_t& m) {
+  std::vector<std::size_t> cpus;
+  for (std::size_t c = 0; c < CPU_SETSIZE; ++c)
+    if (CPU_ISSET(c, &m)) cpus.push_back(c);
+  return cpus;
+}
+
+/// Where each range of one parallel call ran: whether on the caller, and the mask of its thread.
+struct range_site {
+  bool caller;
+  cpu_set_t mask;
+  int cpu;
+};
+
+std::vector<range_site> run_and_record_sites() {
+  const std::thread::id caller = std::this_thread::get_id();
+  std::mutex m;
+  std::vector<range_site> sites;
+  // Many small ranges, each long enough (≈ 1 ms) that every worker takes part.
+  for_each_range(parallel_policy{64, 1}, 64, 1, [&](std::size_t, std::size_t) {
+    const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(1);
+    while (std::chrono::steady_clock::now() < until) {
+    }
+    range_site s{std::this_thread::get_id() == caller, {}, sched_getcpu()};
+    CPU_ZERO(&s.mask);
+    sched_getaffinity(0, sizeof s.mask, &s.mask);
+    const std::lock_guard<std::mutex> lock(m);
+    sites.push_back(s);
+  });
+  return sites;
+}
+
+/// Runs the hidden test `name` in a new process of this program; its exit status.
+int run_in_fresh_process(const std::string& name) {
+  std::vector<char> self(4096, '\0');
+  const ssize_t len = readlink("/proc/self/exe", self.data(), self.size() - 1);
+  REQUIRE(len > 0);
+  std::string test = name;
+  char* argv[] = {self.data(), test.data(), nullptr};
+  pid_t pid = 0;
+  REQUIRE(posix_spawn(&pid, self.data(), nullptr, nullptr, argv, environ) == 0);
+  int status = 0;
+  REQUIRE(waitpid(pid, &status, 0) == pid);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+}
+
+}  // namespace
+
+TEST_CASE("affinity child: pool started from a thread pinned to one CPU", "[.][affinity_child]") {
+  REQUIRE_FALSE(diffusion::worker_pool_status().started);  // a fresh process
+  const std::vector<std::size_t> allowed = cpus_of(this_thread_mask());
+  REQUIRE(allowed.size() >= 2);
+  // Pin this thread to one CPU, as OMP_PROC_BIND=close pins an OpenMP program's initial thread.
+  const std::size_t pinned = allowed.front();
+  cpu_set_t one;
+  CPU_ZERO(&one);
+  CPU_SET(pinned, &one);
+  REQUIRE(sched_setaffinity(0, sizeof one, &one) == 0);
+
+  const std::vector<range_site> sites = run_and_record_sites();
+  const diffusion::worker_pool_info info = diffusion::worker_pool_status();
+  INFO("pinned to CPU " << pinned << "; pool: " << info.workers << " workers on " << info.worker_cpus
+                        << " CPUs, caller " << info.caller_cpus << " CPUs");
+  REQUIRE(info.started);
+  CHECK(info.caller_cpus == 1);
+  CHECK(info.caller_pinned);
+  CHECK(info.widened);
+  CHECK(info.worker_cpus >= allowed.size());  // at least the CPUs this process had before pinning
+  CHECK(info.workers >= 1);
+  std::size_t worker_ranges = 0, off_pinned_cpu = 0;
+  for (const range_site& s : sites) {
+    if (s.caller) {
+      CHECK(CPU_EQUAL(&s.mask, &one));  // the caller's own mask is not touched
+      continue;
+    }
+    ++worker_ranges;
+    // Not confined to the pinned CPU: every CPU this process may use before pinning is allowed.
+    CHECK(CPU_COUNT(&s.mask) >= 2);
+    for (const std::size_t c : allowed) CHECK(CPU_ISSET(c, &s.mask));
+    off_pinned_cpu += static_cast<std::size_t>(s.cpu) != pinned;
+  }
+  CHECK(worker_ranges >= 1);
+  // Where the scheduler put them is not checked (a loaded machine may keep them waiting);
+  // reported for the record.
+  WARN(worker_ranges << " of " << sites.size() << " ranges ran on workers, " << off_pinned_cpu
+                     << " of those on a CPU other than the pinned one");
+  const cpu_set_t after = this_thread_mask();
+  CHECK(CPU_EQUAL(&after, &one));
+}
+
+TEST_CASE("affinity child: pool started from a thread restricted to several cores", "[.][affinity_child]") {
+  REQUIRE_FALSE(diffusion::worker_pool_status().started);
+  const std::vector<std::size_t> allowed = cpus_of(this_thread_mask());
+  REQUIRE(allowed.size() >= 3);
+  // All but the last CPU: a deliberate restriction (taskset -c, numactl), kept by the pool.
+  cpu_set_t some;
+  CPU_ZERO(&some);
+  for (std::size_t i = 0; i + 1 < allowed.size(); ++i) CPU_SET(allowed[i], &some);
+  REQUIRE(sched_setaffinity(0, sizeof some, &some) == 0);
+
+  const std::vector<range_site> sites = run_and_record_sites();
+  const diffusion::worker_pool_info info = diffusion::worker_pool_status();
+  REQUIRE(info.started);
+  CHECK(info.caller_cpus == allowed.size() - 1);
+  CHECK_FALSE(info.widened);
+  CHECK(info.worker_cpus == allowed.size() - 1);
+  CHECK(info.workers + 1 <= allowed.size() - 1);  // no more threads than its CPUs
+  for (const range_site& s : sites) CHECK(CPU_EQUAL(&s.mask, &some));
+}
+
+TEST_CASE("the worker pool does not inherit a caller's binding to one CPU (fresh processes)", "[execution][affinity]") {
+  const std::vector<std::size_t> allowed = cpus_of(this_thread_mask());
+  if (allowed.size() < 2) {
+    WARN("skipped: this process may use " << allowed.size() << " CPU");
+    return;
+  }
+  CHECK(run_in_fresh_process("affinity child: pool started from a thread pinned to one CPU") == 0);
+  // A restriction to several CPUs is kept: needs 3 or more CPUs, of which all but the last
+  // are not the hardware threads of one core (the child would see a pinned caller).
+  const diffusion::detail::cpu_mask core =
+      diffusion::detail::cpu_mask::core_of(allowed.front(), CPU_SETSIZE);
+  bool one_core = core.cpus() != 0;
+  for (std::size_t i = 0; i + 1 < allowed.size(); ++i)
+    one_core = one_core && core.contains(allowed[i]);
+  if (allowed.size() >= 3 && !one_core)
+    CHECK(run_in_fresh_process("affinity child: pool started from a thread restricted to several cores") == 0);
+  else
+    WARN("restriction to several cores not checked: this process may use " << allowed.size() << " CPUs");
+}
+#endif

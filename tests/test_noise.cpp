@@ -274,6 +274,98 @@ TEMPLATE_TEST_CASE("detail::philox_row (a stream with its plan built once) equal
   }
 }
 
+// --------------------------------------------------------------------------------------
+// Reference streams: checksums of fill (the SIMD path wherever a whole chunk fits) and of
+// at() (the scalar path), recorded from the implementation before the AVX-512 path and the
+// fused last round existed (commit 7dcdeec, GCC 12, x86-64): with -march=x86-64 and
+// x86-64-v2 (no fused multiply–add) and with -march=x86-64-v3 and native AVX-512 (fused),
+// each family giving one set of values whatever the SIMD width. Any change to the bits a
+// build produces, in the integer part or in the rounding of the transform, shows here.
+
+namespace {
+
+/// The xsimd architecture of the generator's SIMD path ("none" without one).
+const char* noise_arch_name() {
+  using A = diffusion::detail::noise_arch;
+  if constexpr (std::is_void_v<A>)
+    return "none";
+  else
+    return A::name();
+}
+
+/// FNV-1a (64-bit) over the little-endian bytes of the values.
+template <class T>
+u64 fnv1a(std::span<const T> values) {
+  u64 h = 0xcbf29ce484222325ull;
+  for (const T x : values) {
+    const auto b = std::bit_cast<bits_t<T>>(x);
+    for (std::size_t i = 0; i < sizeof(T); ++i) {
+      h ^= (b >> (8 * i)) & 0xFF;
+      h *= 0x100000001b3ull;
+    }
+  }
+  return h;
+}
+
+struct reference_stream {
+  u64 seed, sample, step, offset;
+  std::size_t n;
+  u64 float_hash, double_hash;
+};
+
+// {seed, sample, step, offset, n, FNV-1a of the float normals, of the double normals}
+constexpr reference_stream reference_fused[] = {
+    {0x5eed5eedull, 0, 0, 0, 65536, 0x4b3b56a0086a1837ull, 0x3a858cbac4e80a35ull},
+    {20240611, 4, 11, 3, 10007, 0xb72d148826f1e42aull, 0x4971aeae7b567f5aull},
+    {0xc0ffeeull, 0xffffffffull, 999, (u64{1} << 34) - 777, 5000, 0xd80ecef29a627adbull, 0x1986b157775b0b45ull},
+    {1, 2, 3, ~u64{0} - 300, 1000, 0x176fece12abfd864ull, 0xe3b1eb914931c1ebull},
+};
+constexpr reference_stream reference_unfused[] = {
+    {0x5eed5eedull, 0, 0, 0, 65536, 0x541a03e7ccf8f2ceull, 0x47ce60163b2c6597ull},
+    {20240611, 4, 11, 3, 10007, 0x4377ccd9ab78a737ull, 0xfbf16ee592c3ecd9ull},
+    {0xc0ffeeull, 0xffffffffull, 999, (u64{1} << 34) - 777, 5000, 0xd61d63e45c441e11ull, 0x1ddebc01a107f93dull},
+    {1, 2, 3, ~u64{0} - 300, 1000, 0x4038fcf8b6f227a4ull, 0x933f527277f10d82ull},
+};
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("philox_normal: fill and at() reproduce the recorded reference streams bit for bit", "[noise]",
+                   float, double) {
+  using T = TestType;
+  using row_t = diffusion::detail::philox_row<T>;
+  WARN("noise SIMD path: " << noise_arch_name() << ", " << row_t::chunk
+                           << " normals per kernel chunk; fused multiply-add: " << diffusion::simd::fused_madd);
+  const auto& table = diffusion::simd::fused_madd ? reference_fused : reference_unfused;
+  for (const reference_stream& r : table) {
+    INFO("seed = " << r.seed << " sample = " << r.sample << " step = " << r.step << " offset = " << r.offset
+                   << " n = " << r.n);
+    const u64 expected = std::is_same_v<T, float> ? r.float_hash : r.double_hash;
+    const philox_normal noise(r.seed);
+    std::vector<T> v(r.n);
+    noise.fill(r.sample, r.step, r.offset, std::span<T>(v));
+    CHECK(fnv1a<T>(v) == expected);
+    for (std::size_t i = 0; i < r.n; ++i) v[i] = noise.at<T>(r.sample, r.step, r.offset + i);
+    CHECK(fnv1a<T>(v) == expected);
+    // And through the fused kernels' interface: whole SIMD chunks where simd_chunks_at allows.
+    const row_t row(noise.key(), r.sample, r.step);
+    std::fill(v.begin(), v.end(), T(0));
+    std::size_t done = 0;
+    if constexpr (row_t::chunk != 0) {
+      const std::size_t head = static_cast<std::size_t>((row_t::chunk - r.offset % row_t::chunk) % row_t::chunk);
+      row.fill(r.offset, std::span<T>(v).first(std::min(head, r.n)));
+      done = std::min(head, r.n);
+      const std::size_t chunks = row.simd_chunks_at(r.offset + done, r.n - done);
+      if (chunks != 0) {
+        const auto run = row.simd_run(r.offset + done);
+        for (std::size_t c = 0; c < chunks; ++c, done += row_t::chunk)
+          row.simd_chunk(run, r.offset + done, v.data() + done);
+      }
+    }
+    row.fill(r.offset + done, std::span<T>(v).subspan(done));
+    CHECK(fnv1a<T>(v) == expected);
+  }
+}
+
 TEMPLATE_TEST_CASE("philox_normal: different seeds, samples and steps give different streams", "[noise]", float,
                    double) {
   using T = TestType;

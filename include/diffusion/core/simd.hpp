@@ -7,7 +7,7 @@
 /// a rounded product and sum), else xsimd's best for the build. Every SIMD loop of the library
 /// (element-wise kernels, reductions, the normal transform) uses it, so a build has one answer.
 ///
-/// **Multiply–add rule.** Every product that feeds a sum is written as @ref diffusion::simd::madd:
+/// **Multiply–add rule.** Every product that feeds a sum is written as @ref diffusion::simd::madd "simd::madd":
 /// one fused operation where the SIMD target has a fused multiply–add (FMA3, FMA4, NEON), a
 /// rounded product and a rounded sum elsewhere — never a software `std::fma`. The scalar and the
 /// SIMD form round alike, so a loop's bulk and its scalar tail give the same bits, and compiler

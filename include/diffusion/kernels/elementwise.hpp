@@ -365,8 +365,8 @@ struct map_scalar_body {
 /// kernels::no_noise, the lane of the noise at k as the last argument) and returns the NO output
 /// lanes: one value of the lane type for NO = 1, else a `std::array` of NO values. The lane type
 /// V is `xsimd::batch<T, simd::arch>` in the bulk and T in the tail; the body must use the same
-/// IEEE operations on both (`+ − × ÷`, @ref kernels::madd for every product that feeds a sum,
-/// @ref kernels::clamp), so that SIMD and scalar give the same bits. Broadcast a coefficient c
+/// IEEE operations on both (`+ − × ÷`, kernels::madd (simd::madd) for every product that feeds a sum,
+/// kernels::clamp()), so that SIMD and scalar give the same bits. Broadcast a coefficient c
 /// as `V(c)`.
 ///
 /// Every input is read once and every output written once; an output may be the same array as
@@ -402,21 +402,21 @@ bool map(const P& policy, const Z& z, const std::array<std::span<T>, NO>& out,
   return detail::run<T>(policy, n, z, body);
 }
 
-/// @brief The output list of @ref kernels::map: `kernels::outputs(x, d)`.
+/// @brief The output list of kernels::map(): `kernels::outputs(x, d)`.
 /// @param[in] first the first output; @param[in] rest the others (spans of the same T).
 template <real_scalar T, class... S>
 std::array<std::span<T>, 1 + sizeof...(S)> outputs(std::span<T> first, S... rest) noexcept {
   return {first, std::span<T>(rest)...};
 }
 
-/// @brief The input list of @ref kernels::map: `kernels::inputs<T>(x, denoised)`.
+/// @brief The input list of kernels::map(): `kernels::inputs<T>(x, denoised)`.
 /// @param[in] first the first input; @param[in] rest the others (anything a span of const T is made from).
 template <real_scalar T, class... S>
 std::array<std::span<const T>, 1 + sizeof...(S)> inputs(std::span<const T> first, const S&... rest) noexcept {
   return {first, std::span<const T>(rest)...};
 }
 
-/// @brief @ref kernels::map for bodies that have no bit-identical SIMD form (such as `std::exp` per
+/// @brief kernels::map() for bodies that have no bit-identical SIMD form (such as `std::exp` per
 /// element): `f` is called element by element with scalars T (inputs, then the noise value unless
 /// Z is no_noise) and returns one T. The noise is still generated chunk-wise inside the pass.
 /// @param[in] policy sequential or parallel; @param[in] z the noise operand;

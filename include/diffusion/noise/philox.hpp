@@ -34,6 +34,15 @@
 #include "../core/simd.hpp"
 #include "../core/tensor.hpp"
 
+// GCC up to 12.2 warns "'__Y' may be used uninitialized" inside its own AVX-512 intrinsics (their
+// _mm512_undefined_* operand; GCC bug 105593, fixed in 12.3) wherever one is inlined, which a
+// -Werror build of the AVX-512 path turns into an error: silenced for this header's code only.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__AVX512F__)
+#define DIFFUSION_PHILOX_AVX512_PRAGMA 1
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
 /// @defgroup noise Noise
 /// @brief Counter-based random numbers: Philox4x32-10 and normals that are a pure
 /// function of (seed, sample, step, index).
@@ -55,7 +64,7 @@ concept noise_source = requires(S& source, std::uint64_t index, std::span<float>
 };
 
 /// @brief A source of standard normal noise for tensors of T: `s.fill(sample, step, offset,
-/// std::span<T>)` (what a sampler over T needs; @ref noise_source asks for both float and double).
+/// std::span<T>)` (what a sampler over T needs; @ref diffusion::noise_source "noise_source" asks for both float and double).
 template <class S, class T>
 concept noise_source_for = requires(S& source, std::uint64_t index, std::span<T> out) {
   source.fill(index, index, index, out);
@@ -175,6 +184,38 @@ struct lane_group {
   }
 };
 
+/// Whether the generator's SIMD path uses AVX-512: AVX-512F (its 32- and 64-bit integer and
+/// float operations are all the generator needs) and FMA3, which every AVX-512 processor has
+/// (a build that enables AVX-512F without FMA, e.g. `-mavx512f` alone, keeps simd::arch).
+inline constexpr bool noise_avx512 = XSIMD_WITH_AVX512F && XSIMD_WITH_FMA3_AVX2;
+
+/// The xsimd architecture of the generator's SIMD path: AVX-512 where the build has it, else
+/// the library's one choice, simd::arch (see core/simd.hpp; it stays AVX2 on AVX-512 builds
+/// for the kernels). The generator may be wider than the kernels because its results do not
+/// depend on the width: its Philox part is exact integer work, and its transform executes
+/// the same IEEE operations in every lane, fused where the FMA3 path fuses (madd and nmadd
+/// below call the AVX-512 FMA instructions, since xsimd 8.1's fma is not fused there). The
+/// normals of an AVX-512 build are those of every FMA build, bit for bit (tests/test_noise.cpp
+/// checks them against recorded checksums).
+#if XSIMD_WITH_AVX512F && XSIMD_WITH_FMA3_AVX2
+using noise_arch = xsimd::avx512f;
+#else
+using noise_arch = simd::arch;
+#endif
+
+/// Whether the generator has a SIMD path for T.
+template <class T>
+inline constexpr bool noise_has_batch = noise_avx512 || simd::has_batch<T>;
+
+/// Whether V is an xsimd batch on an AVX-512 architecture (xsimd 8.1 has no fused
+/// multiply–add kernel there: its fma is a rounded product and a rounded sum).
+template <class V>
+inline constexpr bool is_avx512_batch = false;
+#if XSIMD_WITH_AVX512F
+template <class T, class A>
+inline constexpr bool is_avx512_batch<xsimd::batch<T, A>> = std::is_base_of_v<xsimd::avx512f, A>;
+#endif
+
 template <class V>
 struct noise_lane;
 template <>
@@ -218,8 +259,8 @@ struct noise_constants<float> {
   static constexpr int uniform_shift = 9;                       // m = top 23 bits of a 32-bit word
   static constexpr float uniform_offset = 1.0f - 0x1p-24f;      // (1 + m·2^-23) − this = (2m+1)·2^-24
   static constexpr std::uint32_t eighth_turn = 0x20000000u;     // 2^29: half a quadrant of u
-  static constexpr std::uint32_t quadrant_mask = 0x001FFFFFu;   // 2^21 − 1
-  static constexpr float half_ulp = 0x1p-24f;                   // 2^-(p+1)
+  static constexpr std::uint32_t angle_mask = 0x003FFFFEu;      // 2·(2^21 − 1): 2j in place
+  static constexpr std::uint32_t angle_bits = 0x3F000001u;      // ½ with mantissa field 1
   static constexpr std::uint32_t sign_bit = 0x80000000u;
   static constexpr float ln2_hi = 0x1.62p-1f;      // k·ln2_hi exact for |k| < 2^15
   static constexpr float ln2_lo = 0x1.c85fep-10f;  // ln 2 − ln2_hi
@@ -242,9 +283,9 @@ struct noise_constants<double> {
   static constexpr double exponent_offset = 0x1p52 + 1023.0;
   static constexpr int uniform_shift = 12;
   static constexpr double uniform_offset = 1.0 - 0x1p-53;
-  static constexpr std::uint64_t eighth_turn = 0x2000000000000000ull;    // 2^61
-  static constexpr std::uint64_t quadrant_mask = 0x0003FFFFFFFFFFFFull;  // 2^50 − 1
-  static constexpr double half_ulp = 0x1p-53;
+  static constexpr std::uint64_t eighth_turn = 0x2000000000000000ull;  // 2^61
+  static constexpr std::uint64_t angle_mask = 0x0007FFFFFFFFFFFEull;   // 2·(2^50 − 1)
+  static constexpr std::uint64_t angle_bits = 0x3FE0000000000001ull;   // ½ with mantissa field 1
   static constexpr std::uint64_t sign_bit = 0x8000000000000000ull;
   static constexpr double ln2_hi = 0x1.62e42p-1;  // 25 significant bits: k·ln2_hi exact for |k| < 2^28
   static constexpr double ln2_lo = 0x1.fdf473de6af28p-22;
@@ -288,6 +329,12 @@ template <class V>
 DIFFUSION_INLINE V madd(const V& a, const V& b, const V& c) noexcept {
   if constexpr (noise_lane<V>::kind == 2)
     return V::map([](const auto& x, const auto& y, const auto& z) { return madd(x, y, z); }, a, b, c);
+#if XSIMD_WITH_AVX512F
+  else if constexpr (simd::fused_madd && is_avx512_batch<V> && std::is_same_v<typename noise_lane<V>::scalar, float>)
+    return V(_mm512_fmadd_ps(a, b, c));  // the fused instruction, as xsimd::fma is on FMA3
+  else if constexpr (simd::fused_madd && is_avx512_batch<V>)
+    return V(_mm512_fmadd_pd(a, b, c));
+#endif
   else
     return simd::madd(a, b, c);
 }
@@ -306,6 +353,12 @@ DIFFUSION_INLINE V nmadd(const V& a, const V& b, const V& c) noexcept {
     return V::map([](const auto& x, const auto& y, const auto& z) { return nmadd(x, y, z); }, a, b, c);
   else if constexpr (!simd::fused_madd)
     return c - a * b;
+#if XSIMD_WITH_AVX512F
+  else if constexpr (is_avx512_batch<V> && std::is_same_v<typename noise_lane<V>::scalar, float>)
+    return V(_mm512_fnmadd_ps(a, b, c));  // −(a·b) + c with one rounding = fma(−a, b, c)
+  else if constexpr (is_avx512_batch<V>)
+    return V(_mm512_fnmadd_pd(a, b, c));
+#endif
   else if constexpr (noise_lane<V>::kind == 1) {
     if constexpr (noise_fused_fnma<typename V::arch_type>)
       return xsimd::fnma(a, b, c);
@@ -355,20 +408,35 @@ DIFFUSION_INLINE V log_positive(V x) noexcept {
   return madd(k, V(K::ln2_hi), madd(k, V(K::ln2_lo), log1p_f));
 }
 
-/// All ones in the lanes of an unsigned word whose top bit is set, zero elsewhere.
-template <class U>
-DIFFUSION_INLINE U top_bit_mask(const U& x) noexcept {
-  if constexpr (requires { typename U::batch_type; }) {  // lane_group
-    return U::map([](const auto& y) { return top_bit_mask(y); }, x);
-  } else if constexpr (std::is_same_v<U, std::uint32_t>) {
-    return std::bit_cast<std::uint32_t>(std::bit_cast<std::int32_t>(x) >> 31);  // arithmetic shift (C++20)
-  } else if constexpr (std::is_same_v<U, std::uint64_t>) {
-    return std::uint64_t{0} - (x >> 63);
-  } else if constexpr (std::is_same_v<typename U::value_type, std::uint32_t>) {
-    using signed_batch = xsimd::batch<std::int32_t, typename U::arch_type>;
-    return xsimd::bitwise_cast<U>(xsimd::bitwise_cast<signed_batch>(x) >> 31);
+/// Lane by lane, `if_set` where the top bit of the unsigned word `m` is set, else `if_clear`.
+/// On AVX and SSE4.1 one blendv instruction, which reads exactly that bit; elsewhere a
+/// comparison and xsimd::select.
+template <class U, class V>
+DIFFUSION_INLINE V select_top_bit(const U& m, const V& if_set, const V& if_clear) noexcept {
+  if constexpr (noise_lane<V>::kind == 2) {
+    return V::map([](const auto& x, const auto& a, const auto& b) { return select_top_bit(x, a, b); }, m, if_set,
+                  if_clear);
+  } else if constexpr (noise_lane<V>::kind == 0) {
+    return (m >> (8 * sizeof(U) - 1)) != 0 ? if_set : if_clear;
   } else {
-    return U(std::uint64_t{0}) - (x >> 63);  // AVX2 has no 64-bit arithmetic shift
+    using T = typename noise_lane<V>::scalar;
+    [[maybe_unused]] constexpr std::size_t bytes = sizeof(typename V::register_type);
+#if defined(__AVX__)
+    if constexpr (bytes == 32 && std::is_same_v<T, float>)
+      return V(_mm256_blendv_ps(if_clear, if_set, _mm256_castsi256_ps(m)));
+    else if constexpr (bytes == 32)
+      return V(_mm256_blendv_pd(if_clear, if_set, _mm256_castsi256_pd(m)));
+#endif
+#if defined(__SSE4_1__)
+    if constexpr (bytes == 16 && std::is_same_v<T, float>)
+      return V(_mm_blendv_ps(if_clear, if_set, _mm_castsi128_ps(m)));
+    else if constexpr (bytes == 16)
+      return V(_mm_blendv_pd(if_clear, if_set, _mm_castsi128_pd(m)));
+#endif
+    using S = xsimd::batch<std::make_signed_t<typename noise_lane<T>::bits>, typename V::arch_type>;
+    const S x = xsimd::bitwise_cast<S>(m);
+    return from_bits<V>(xsimd::bitwise_cast<U>(
+        xsimd::select(x < S(0), xsimd::bitwise_cast<S>(to_bits(if_set)), xsimd::bitwise_cast<S>(to_bits(if_clear)))));
   }
 }
 
@@ -383,43 +451,60 @@ DIFFUSION_INLINE V uniform_from_word(typename noise_lane<V>::bits w) noexcept {
   return from_bits<V>((w >> K::uniform_shift) | U(K::one_bits)) - V(K::uniform_offset);
 }
 
-/// sin 2πu and cos 2πu for u = u(w) (see uniform_from_word), with an exact reduction done
-/// on the integer word: t = w + 2^(W−3) (mod 2^W) has q = round(4u) mod 4 in its top two
-/// bits, and with j = (t >> (W − p)) mod 2^(p−2) the remainder is
-/// f = u − q/4 = (2j − 2^(p−2) + 1)·2^−(p+1) = ((1 + j·2^−p) − 9/8) + 2^−(p+1), |f| < 1/8.
-/// Then sin 2πf = f·S(f²), cos 2πf = 1 + f²·C(f²), and the quadrant swaps and negates.
+/// cos 2πu and sin 2πu for u = u(w) (see uniform_from_word) as `a ⊕ n` and `b ⊕ n`: two
+/// values and one sign (n is 0 or the sign bit in every lane), so that Box–Muller can put
+/// the sign on r once instead of on both products (r·(±x) = ±(r·x) exactly).
+///
+/// Exact reduction on the integer word: t = w + 2^(W−3) (mod 2^W) has q = round(4u) mod 4
+/// in its top two bits, and with j = (t >> (W − p)) mod 2^(p−2) the remainder is
+/// f = u − q/4 = (2j + 1)·2^−(p+1) − 1/8, |f| < 1/8, computed exactly as X − 5/8 with
+/// X = ½ + (2j + 1)·2^−(p+1) (the float with exponent of ½ and mantissa field 2j + 1,
+/// built by masking and or-ing; X and 5/8 lie within a factor 2, so the difference is
+/// exact). Then s = sin 2πf = f·S(f²), c = cos 2πf = 1 + f²·C(f²), and the quadrant:
+/// q = 0, 1, 2, 3 give (cos, sin) = (c, s), (−s, c), (−c, −s), (s, −c), that is
+/// (a, b) = (c, s) for even q and (−s, c) for odd q (bit 0 of q is the top bit of t << 1),
+/// and n = the sign bit for q ≥ 2 (the sign bit of t).
 template <class V>
-DIFFUSION_INLINE void sincos_2pi_word(typename noise_lane<V>::bits w, V& sin_out, V& cos_out) noexcept {
+DIFFUSION_INLINE void sincos_2pi_parts(typename noise_lane<V>::bits w, V& a, V& b,
+                                       typename noise_lane<V>::bits& n) noexcept {
   using T = typename noise_lane<V>::scalar;
   using K = noise_constants<T>;
   using U = typename noise_lane<V>::bits;
   const U t = w + U(K::eighth_turn);
-  const V f = (from_bits<V>(((t >> K::uniform_shift) & U(K::quadrant_mask)) | U(K::one_bits)) - V(T(1.125))) +
-              V(K::half_ulp);  // both steps exact
+  const V f = from_bits<V>(((t >> (K::uniform_shift - 1)) & U(K::angle_mask)) | U(K::angle_bits)) - V(T(0.625));
   const V y = f * f;
   // f·(s0 + y·S'(y)) with s0 split in two, so its rounding does not reach the result.
   const V s = madd(f, V(K::sin_hi), f * madd(y, horner(y, K::sin_poly), V(K::sin_lo)));
   const V c = madd(y, horner(y, K::cos_poly), V(T(1)));
-  // q mod 4 = 0, 1, 2, 3: (sin, cos) = (s, c), (c, −s), (−s, −c), (−c, s). Bit 0 of q
-  // (bit W−2 of t) swaps; bit 1 of q (t's sign bit) negates sin; bit 1 of q + 1 negates cos.
-  const U sign(K::sign_bit);
-  const U t2 = t << 1;
-  const U sb = to_bits(s), cb = to_bits(c);
-  const U swap = (sb ^ cb) & top_bit_mask(t2);
-  sin_out = from_bits<V>(sb ^ swap ^ (t & sign));
-  cos_out = from_bits<V>(cb ^ swap ^ ((t ^ t2) & sign));
+  const U odd = t << 1;
+  a = select_top_bit(odd, from_bits<V>(to_bits(s) ^ U(K::sign_bit)), c);
+  b = select_top_bit(odd, c, s);
+  n = t & U(K::sign_bit);
 }
 
-/// Box–Muller from two words: z0 = r cos 2πu(w1), z1 = r sin 2πu(w1), r = √(−2 ln u(w0)).
+/// sin 2πu and cos 2πu for u = u(w) (see sincos_2pi_parts).
+template <class V>
+DIFFUSION_INLINE void sincos_2pi_word(typename noise_lane<V>::bits w, V& sin_out, V& cos_out) noexcept {
+  V a, b;
+  typename noise_lane<V>::bits n;
+  sincos_2pi_parts<V>(w, a, b, n);
+  sin_out = from_bits<V>(to_bits(b) ^ n);
+  cos_out = from_bits<V>(to_bits(a) ^ n);
+}
+
+/// Box–Muller from two words: z0 = r cos 2πu(w1), z1 = r sin 2πu(w1), r = √(−2 ln u(w0)),
+/// the quadrant's sign applied to r (see sincos_2pi_parts).
 template <class V>
 DIFFUSION_INLINE void box_muller(typename noise_lane<V>::bits radius_word,
-                                       typename noise_lane<V>::bits angle_word, V& z0, V& z1) noexcept {
+                                 typename noise_lane<V>::bits angle_word, V& z0, V& z1) noexcept {
   using T = typename noise_lane<V>::scalar;
   const V r = sqrt_lane(log_positive(uniform_from_word<V>(radius_word)) * V(T(-2)));
-  V s, c;
-  sincos_2pi_word<V>(angle_word, s, c);
-  z0 = r * c;
-  z1 = r * s;
+  V a, b;
+  typename noise_lane<V>::bits n;
+  sincos_2pi_parts<V>(angle_word, a, b, n);
+  const V signed_r = from_bits<V>(to_bits(r) ^ n);
+  z0 = signed_r * a;
+  z1 = signed_r * b;
 }
 
 template <class T>
@@ -441,6 +526,9 @@ DIFFUSION_INLINE xsimd::batch<std::uint64_t, A> mul_lo32(const xsimd::batch<std:
                                                                std::uint32_t m) noexcept {
   using batch = xsimd::batch<std::uint64_t, A>;
   [[maybe_unused]] constexpr std::size_t bytes = sizeof(typename batch::register_type);
+#if defined(__AVX512F__)
+  if constexpr (bytes == 64) return batch(_mm512_mul_epu32(x, _mm512_set1_epi64(m)));
+#endif
 #if defined(__AVX2__)
   if constexpr (bytes == 32) return batch(_mm256_mul_epu32(x, _mm256_set1_epi64x(m)));
 #endif
@@ -464,18 +552,33 @@ DIFFUSION_INLINE void philox_round(B& c0, B& c1, B& c2, B& c3, const B& k0, cons
   c3 = p0;
 }
 
-/// Batches of blocks per SIMD chunk, processed together for instruction-level
-/// parallelism; more spill registers. Measured best (AVX2 and SSE2, GCC 12, Zen 3): 2 for
-/// float on 256-bit batches, 4 on 128-bit ones; 4 for double.
+/// Batches of blocks that philox_normal::fill processes together (their instructions
+/// interleaved), for instruction-level parallelism: 4 for every type and width. The
+/// transform is a long dependency chain (Philox: 10 × (multiply, shift, xor); then ln with a
+/// division, √, the polynomials), so fewer groups leave the core waiting on latencies, and
+/// more spill registers. Measured with GCC 12 on AMD Zen 5 (benchmarks/bench_noise.cpp, float
+/// and double): 4 groups beat 2 by 1.2–1.3× on AVX2 (despite the spills of 16 ymm registers)
+/// and on AVX-512; 8 gain nothing.
 template <class T>
-inline constexpr std::size_t noise_chunk_groups = std::is_same_v<T, double>
-                                                      ? 4
-                                                      : (xsimd::batch<std::uint64_t, simd::arch>::size > 2 ? 2 : 4);
+inline constexpr std::size_t noise_fill_groups = 4;
 
-/// Blocks per SIMD chunk.
+/// Batches of blocks per SIMD chunk of philox_row, the unit the fused kernels take their
+/// normals in: as fill's 4, except 2 on 512-bit batches. A kernel consumes a chunk with one
+/// call of its body per 8 floats (AVX2), unrolled; 128 floats (4 groups of AVX-512) make 16
+/// calls, which GCC 12 stopped inlining for the DDPM step's body (2.5× slower, measured),
+/// while 64 floats make 8, as on AVX2.
+template <class T>
+inline constexpr std::size_t noise_chunk_groups =
+    xsimd::batch<std::uint64_t, noise_arch>::size > 4 ? 2 : noise_fill_groups<T>;
+
+/// Blocks per SIMD chunk of philox_row.
 template <class T>
 inline constexpr std::size_t noise_chunk_blocks =
-    (xsimd::batch<std::uint64_t, simd::arch>::size) * noise_chunk_groups<T>;
+    (xsimd::batch<std::uint64_t, noise_arch>::size) * noise_chunk_groups<T>;
+
+/// Blocks per step of philox_normal::fill's SIMD loop.
+template <class T>
+inline constexpr std::size_t noise_fill_blocks = (xsimd::batch<std::uint64_t, noise_arch>::size) * noise_fill_groups<T>;
 
 /// Whether the SIMD chunk interleaves its (cos, sin) batches with xsimd::zip_lo/zip_hi.
 /// Those interleave within each 128-bit part of the register on x86 (SSE, AVX, AVX-512
@@ -487,7 +590,7 @@ inline constexpr bool noise_zip_store =
 #elif defined(__x86_64__) || defined(__i386__) || defined(_M_X64) || defined(_M_IX86)
     true;
 #else
-    sizeof(typename xsimd::batch<std::uint64_t, simd::arch>::register_type) == 16;
+    sizeof(typename xsimd::batch<std::uint64_t, noise_arch>::register_type) == 16;
 #endif
 
 /// The block, relative to the batch's first, that 64-bit lane i of a batch of S lanes
@@ -508,6 +611,8 @@ struct philox_simd_plan {
   std::array<B, philox_rounds> k0_lanes, k1_lanes;
   std::uint64_t m1_sample;  // M1·lo32(sample): round 0's product of the constant word
   B x20, x01;               // round 0's word 2 and round 1's word 0, less the per-lane terms
+  B last_k0_high, last_k1_high;  // the last round's key words, each in the high half of every lane
+  B last_key;                    // the last round's key, k0 in the low half, k1 in the high half
 
   /// The words of rounds 1 and 2 that depend on the counter's high word H only; a run of
   /// chunks that does not cross a multiple of 2^32 blocks shares them.
@@ -525,6 +630,9 @@ struct philox_simd_plan {
       key[0] += philox_w0;
       key[1] += philox_w1;
     }
+    last_k0_high = B(std::uint64_t{k0[philox_rounds - 1]} << 32);
+    last_k1_high = B(std::uint64_t{k1[philox_rounds - 1]} << 32);
+    last_key = B(k0[philox_rounds - 1] | std::uint64_t{k1[philox_rounds - 1]} << 32);
     x20 = B(static_cast<std::uint32_t>(step_index) ^ k1[0]);
     x01 = B(static_cast<std::uint32_t>(m1_sample) ^ k0[1]);
   }
@@ -536,19 +644,20 @@ struct philox_simd_plan {
     return {B(static_cast<std::uint32_t>(q0 >> 32) ^ k1[1]), B(static_cast<std::uint32_t>(q0) ^ k1[2])};
   }
 
-  /// Philox4x32-10 of the counters (L + p(lane), H, sample, step) for `Groups` batches of
-  /// blocks, L = low + g·lanes for batch g, p = noise_lane_block, hw = at_high(H); the words
-  /// are left in c0..c3 (low halves).
-  template <std::size_t Groups>
+  /// The first `Rounds` (≥ 3) rounds of Philox4x32-10 of the counters (L + p(lane), H, sample,
+  /// step) for `Groups` batches of blocks, L = low + g·lanes for batch g, p = noise_lane_block,
+  /// hw = at_high(H); the words are left in c0..c3 (low halves).
+  template <std::size_t Rounds = philox_rounds, std::size_t Groups>
   DIFFUSION_INLINE void run(std::uint32_t low, const high_words& hw, B (&c0)[Groups], B (&c1)[Groups],
-                                  B (&c2)[Groups], B (&c3)[Groups]) const noexcept {
-    run(std::make_index_sequence<Groups>{}, low, hw, c0, c1, c2, c3);
+                            B (&c2)[Groups], B (&c3)[Groups]) const noexcept {
+    static_assert(Rounds >= 3 && Rounds <= philox_rounds);
+    run<Rounds>(std::make_index_sequence<Groups>{}, low, hw, c0, c1, c2, c3);
   }
 
  private:
-  template <std::size_t Groups, std::size_t... G>
+  template <std::size_t Rounds, std::size_t Groups, std::size_t... G>
   DIFFUSION_INLINE void run(std::index_sequence<G...>, std::uint32_t low, const high_words& hw, B (&c0)[Groups],
-                                  B (&c1)[Groups], B (&c2)[Groups], B (&c3)[Groups]) const noexcept {
+                            B (&c1)[Groups], B (&c2)[Groups], B (&c3)[Groups]) const noexcept {
     constexpr std::size_t lanes = B::size;
     alignas(64) static constexpr std::array<std::uint64_t, lanes> lane_blocks = [] {
       std::array<std::uint64_t, lanes> a{};
@@ -569,8 +678,7 @@ struct philox_simd_plan {
     ((c1[G] = p1[G]), ...);
     ((c2[G] = (p0[G] >> 32) ^ hw.x22), ...);
     ((c3[G] = p0[G]), ...);
-    for (std::size_t r = 3; r < static_cast<std::size_t>(philox_rounds); ++r)
-      (philox_round(c0[G], c1[G], c2[G], c3[G], k0_lanes[r], k1_lanes[r]), ...);
+    for (std::size_t r = 3; r < Rounds; ++r) (philox_round(c0[G], c1[G], c2[G], c3[G], k0_lanes[r], k1_lanes[r]), ...);
   }
 };
 
@@ -588,7 +696,7 @@ struct no_philox_plan {
 /// The SIMD Philox plan of a stream for normals of type T.
 template <class T>
 using philox_plan =
-    std::conditional_t<simd::has_batch<T>, philox_simd_plan<xsimd::batch<std::uint64_t, simd::arch>>, no_philox_plan>;
+    std::conditional_t<noise_has_batch<T>, philox_simd_plan<xsimd::batch<std::uint64_t, noise_arch>>, no_philox_plan>;
 
 /// Block indices wrap with k: ⌊k/per_block⌋ < 2^64/per_block.
 template <class T>
@@ -611,44 +719,53 @@ template <class T>
   return z;
 }
 
-/// One chunk of noise_chunk_blocks blocks from block b on, SIMD path, written to
-/// out[0, noise_chunk_blocks · normals_per_block).
+/// `Groups` batches of blocks from block b on (lanes · Groups blocks), SIMD path, written to
+/// out[0, lanes · Groups · normals_per_block).
 /// Lane j of a 64-bit batch is block b + p(j), p = noise_lane_block. float: the 32-bit
 /// lanes (2j, 2j+1) carry the pairs (x0, x1) and (x2, x3) of that block, i.e. its normals
 /// (0, 1) and (2, 3); double: lane j gives its normals 0 and 1. Either way the output is
 /// interleave(cos, sin), in block order.
 /// @pre the chunk does not cross a multiple of 2^32 blocks.
-template <class T>
-DIFFUSION_INLINE void philox_simd_chunk(const philox_plan<T>& plan,
-                                              const typename philox_plan<T>::high_words& hw, std::uint64_t b,
-                                              T* out) noexcept {
+template <class T, std::size_t Groups>
+DIFFUSION_INLINE void philox_simd_chunk(const philox_plan<T>& plan, const typename philox_plan<T>::high_words& hw,
+                                        std::uint64_t b, T* out) noexcept {
   static_assert(std::endian::native == std::endian::little, "the lane layout assumes little-endian lanes");
-  using u64 = xsimd::batch<std::uint64_t, simd::arch>;
-  using real = xsimd::batch<T, simd::arch>;
-  constexpr std::size_t nb = noise_chunk_blocks<T>, groups = noise_chunk_groups<T>;
+  using u64 = xsimd::batch<std::uint64_t, noise_arch>;
+  using real = xsimd::batch<T, noise_arch>;
+  constexpr std::size_t groups = Groups, nb = u64::size * groups;
   constexpr std::size_t per_group = real::size;  // (cos, sin) pairs per group
   static_assert(per_group * groups * 2 == nb * normals_per_block<T>);
 
   u64 c0[groups], c1[groups], c2[groups], c3[groups];
-  plan.run(static_cast<std::uint32_t>(b), hw, c0, c1, c2, c3);
+  plan.template run<philox_rounds - 1>(static_cast<std::uint32_t>(b), hw, c0, c1, c2, c3);
 
-  // The transform on all groups at once (a lane_group), for instruction-level parallelism.
+  // The last round, fused with the packing of its words into the transform's lanes: its
+  // outputs are x0 = hi(p1) ⊕ c1 ⊕ k0, x1 = lo(p1), x2 = hi(p0) ⊕ c3 ⊕ k1, x3 = lo(p0) with
+  // p0 = M0·c0 and p1 = M1·c2, and a 64-bit product holds hi in its high half and lo in its
+  // low half, which is where the packing wants x2 (float) and all four words (double): no
+  // shift down for the round and back up for the packing.
   using group = lane_group<real, groups>;
   using group_bits = typename noise_lane<group>::bits;
   group_bits radius_words, angle_words;
   for (std::size_t g = 0; g < groups; ++g) {
+    const u64 p0 = mul_lo32(c0[g], philox_m0), p1 = mul_lo32(c2[g], philox_m1);
     if constexpr (std::is_same_v<T, float>) {
-      using u32 = xsimd::batch<std::uint32_t, simd::arch>;
+      // 32-bit lane 2j: x0 (radius) and x1 (angle) of block j; lane 2j + 1: x2 and x3.
+      using u32 = xsimd::batch<std::uint32_t, noise_arch>;
       constexpr auto odd = odd_lanes<u32>(std::make_index_sequence<u32::size>{});
-      // 32-bit lane 2j: word 0 (resp. 1) of block j; lane 2j + 1: word 2 (resp. 3).
-      radius_words.v[g] = xsimd::select(odd, xsimd::bitwise_cast<u32>(c2[g] << 32), xsimd::bitwise_cast<u32>(c0[g]));
-      angle_words.v[g] = xsimd::select(odd, xsimd::bitwise_cast<u32>(c3[g] << 32), xsimd::bitwise_cast<u32>(c1[g]));
+      const auto w = [](const u64& x) { return xsimd::bitwise_cast<u32>(x); };
+      const u32 hi = xsimd::select(odd, w(p0), w(p1 >> 32));             // hi(p1) | hi(p0)
+      const u32 xor_in = xsimd::select(odd, w(c3[g] << 32), w(c1[g]));  // c1 | c3
+      radius_words.v[g] = hi ^ xor_in ^ w(plan.last_key);
+      angle_words.v[g] = xsimd::select(odd, w(p0 << 32), w(p1));  // lo(p1) | lo(p0)
     } else {
-      const u64 low(0xFFFFFFFFu);
-      radius_words.v[g] = (c0[g] << 32) | (c1[g] & low);  // word 0 high, word 1 low
-      angle_words.v[g] = (c2[g] << 32) | (c3[g] & low);
+      // The 64-bit words x0:x1 and x2:x3 (first word high): x0:x1 = p1 ⊕ (c1 ⊕ k0)·2^32.
+      radius_words.v[g] = p1 ^ (c1[g] << 32) ^ plan.last_k0_high;
+      angle_words.v[g] = p0 ^ (c3[g] << 32) ^ plan.last_k1_high;
     }
   }
+
+  // The transform on all groups at once (a lane_group), for instruction-level parallelism.
   group z0, z1;
   box_muller<group>(radius_words, angle_words, z0, z1);
   if constexpr (noise_zip_store) {
@@ -689,32 +806,38 @@ void philox_fill(std::array<std::uint32_t, 2> key, std::uint64_t sample, std::ui
     k += take;
   };
   if (n != 0 && k % per_block != 0) scalar_block();
-  if constexpr (simd::has_batch<T>) {
-    constexpr std::size_t chunk_blocks = noise_chunk_blocks<T>, chunk = chunk_blocks * per_block;
-    if (n - done >= chunk) {
-      const auto& plan = make_plan();
-      while (n - done >= chunk) {
+  if constexpr (noise_has_batch<T>) {
+    // Whole SIMD steps of `Groups` batches, up to the next multiple of 2^32 blocks; a step
+    // that would cross it (or wrap) goes to the scalar path.
+    const auto simd_steps = [&]<std::size_t Groups>(const philox_plan<T>& plan) {
+      constexpr std::size_t step_blocks = xsimd::batch<std::uint64_t, noise_arch>::size * Groups;
+      constexpr std::size_t step_normals = step_blocks * per_block;
+      while (n - done >= step_normals) {
         const std::uint64_t b = k / per_block;
-        // Whole chunks up to the next multiple of 2^32 blocks go to the SIMD path; a
-        // chunk that would cross it (or wrap) goes to the scalar one.
         const std::uint64_t before_boundary = (std::uint64_t{1} << 32) - (b & 0xFFFFFFFFu);
-        const std::size_t chunks =
-            static_cast<std::size_t>(std::min<std::uint64_t>((n - done) / chunk, before_boundary / chunk_blocks));
-        if (chunks != 0) {
+        const std::size_t steps =
+            static_cast<std::size_t>(std::min<std::uint64_t>((n - done) / step_normals, before_boundary / step_blocks));
+        if (steps != 0) {
           const auto hw = plan.at_high(static_cast<std::uint32_t>(b >> 32));
-          for (std::size_t i = 0; i < chunks; ++i)
-            philox_simd_chunk<T>(plan, hw, b + i * chunk_blocks, out.data() + done + i * chunk);
-          done += chunks * chunk;
-          k += chunks * chunk;
+          for (std::size_t i = 0; i < steps; ++i)
+            philox_simd_chunk<T, Groups>(plan, hw, b + i * step_blocks, out.data() + done + i * step_normals);
+          done += steps * step_normals;
+          k += steps * step_normals;
         } else {
-          for (std::size_t j = 0; j < chunk_blocks; ++j) {
+          for (std::size_t j = 0; j < step_blocks; ++j) {
             const auto z = philox_block<T>(key, sample, step, (b + j) & philox_block_mask<T>);
             std::copy_n(z.begin(), per_block, out.begin() + static_cast<std::ptrdiff_t>(done + j * per_block));
           }
-          done += chunk;
-          k += chunk;
+          done += step_normals;
+          k += step_normals;
         }
       }
+    };
+    if (n - done >= noise_chunk_blocks<T> * per_block) {
+      const auto& plan = make_plan();
+      simd_steps.template operator()<noise_fill_groups<T>>(plan);
+      if constexpr (noise_chunk_groups<T> != noise_fill_groups<T>)  // what is left in smaller steps
+        simd_steps.template operator()<noise_chunk_groups<T>>(plan);
     }
   }
   while (done < n) scalar_block();
@@ -730,7 +853,7 @@ class philox_row {
       : key_(key), sample_(sample), step_(step), plan_(key, sample, step) {}
 
   /// Normals per SIMD chunk; 0 where T has no SIMD path.
-  static constexpr std::size_t chunk = simd::has_batch<T> ? noise_chunk_blocks<T> * normals_per_block<T> : 0;
+  static constexpr std::size_t chunk = noise_has_batch<T> ? noise_chunk_blocks<T> * normals_per_block<T> : 0;
 
   DIFFUSION_INLINE void fill(std::uint64_t offset, std::span<T> out) const noexcept {
     philox_fill<T>(key_, sample_, step_, offset, out, [this]() -> const philox_plan<T>& { return plan_; });
@@ -762,7 +885,7 @@ class philox_row {
                                          T* out) const noexcept
     requires(chunk != 0)
   {
-    philox_simd_chunk<T>(plan_, run, k / normals_per_block<T>, out);
+    philox_simd_chunk<T, noise_chunk_groups<T>>(plan_, run, k / normals_per_block<T>, out);
   }
 
  private:
@@ -841,9 +964,11 @@ class philox_normal {
 
   /// @brief Writes normals `offset, ..., offset + out.size() − 1` of stream (sample, step).
   ///
-  /// Cost: one Philox4x32-10 block per 4 (float) or 2 (double) normals; whole chunks of
-  /// 2 (float) or 4 (double) batches of blocks take the SIMD path, the ends the scalar one
-  /// (bit-identical). See benchmarks/bench_noise.cpp for measured speeds.
+  /// Cost: one Philox4x32-10 block per 4 (float) or 2 (double) normals; whole steps of 4
+  /// SIMD batches of blocks (float: 32 normals per step with SSE2, 64 with AVX2, 128 with
+  /// AVX-512) take the SIMD path, the ends the scalar one (bit-identical). Measured: about
+  /// 1.0 G float normals/s per core with AVX2 + FMA and 2.4 G/s with AVX-512 (AMD Zen 5; see
+  /// docs/performance.md and benchmarks/bench_noise.cpp).
   /// @param[in] sample stream coordinate, taken mod \f$2^{32}\f$ (e.g. the batch row).
   /// @param[in] step stream coordinate, taken mod \f$2^{32}\f$ (e.g. the 0-based sampler step).
   /// @param[in] offset index of the first normal written (indices are taken mod \f$2^{64}\f$).
@@ -872,3 +997,8 @@ static_assert(noise_source<const philox_normal>);
 }  // namespace diffusion
 
 /// @}
+
+#if defined(DIFFUSION_PHILOX_AVX512_PRAGMA)
+#pragma GCC diagnostic pop
+#undef DIFFUSION_PHILOX_AVX512_PRAGMA
+#endif
