@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs, on Debian 12, whatever the project needs that is missing: the compiler and
-# CMake, the fixed dependencies (Eigen 3.4, xsimd 8.1 with xtl, Catch2 2.13, Google
-# Benchmark 1.7), what the examples use (zlib, stb_image_write, gnuplot, the
-# Fashion-MNIST dataset), Doxygen with a local MathJax, and clang with libFuzzer for the fuzz
-# target. Installs nothing that is already there; runs apt-get update only when needed.
+# CMake, the fixed dependencies (xsimd 8.1 with xtl for the library; Eigen 3.4 for the tests,
+# examples and benchmarks that use Eigen objects; Catch2 2.13, Google Benchmark 1.7), what
+# the examples use (zlib, stb_image_write, gnuplot, the Fashion-MNIST dataset), Doxygen with a local MathJax, Chromium (headless, for
+# scripts/check-docs-math.sh, which renders the docs' formulas), and clang with libFuzzer for
+# the fuzz target. Installs nothing that is already there; runs apt-get update only when needed.
 # Run as root (or with sudo available).
 set -euo pipefail
 
@@ -12,7 +13,7 @@ packages=(
   libeigen3-dev libxsimd-dev xtl-dev
   zlib1g-dev libstb-dev gnuplot-nox dataset-fashion-mnist
   catch2 libbenchmark-dev nlohmann-json3-dev
-  doxygen libjs-mathjax
+  doxygen libjs-mathjax chromium
   clang libclang-rt-14-dev
 )
 

@@ -24,6 +24,7 @@
 #include <concepts>
 #include <cstddef>
 #include <limits>
+#include <memory>
 #include <numbers>
 #include <span>
 #include <string>
@@ -32,11 +33,11 @@
 #include <utility>
 #include <vector>
 
-#include <Eigen/Core>
-
 #include "../core/config.hpp"
 #include "../core/errors.hpp"
 #include "../core/tensor.hpp"
+#include "../kernels/linear.hpp"
+#include "../kernels/reductions.hpp"
 #include "../process/parameterization.hpp"
 #include "denoiser.hpp"
 
@@ -126,7 +127,7 @@ inline double from_x0(prediction what, const level& l, double xt, double x0) {
 /// @endcode
 class gaussian_mixture_data {
  public:
-  /// The model reads σ, not timesteps (@ref sigma_conditioned): it needs no schedule in σ-space.
+  /// The model reads σ, not timesteps (@ref diffusion::sigma_conditioned "sigma_conditioned"): it needs no schedule in σ-space.
   static constexpr bool conditions_on_sigma = true;
   /// @param[in] weights \f$w_j > 0\f$, finite, one per component; normalized to sum 1 here.
   /// @param[in] means \f$\mu_j\f$: one vector per component, all of the same size n ≥ 1, finite.
@@ -406,8 +407,10 @@ class gaussian_mixture_data {
 ///
 /// Algorithm, per block of up to 16 rows:
 /// 1. the squared distances \f$D_i = \lVert x_t\rVert^2 - 2c\,x_i\cdot x_t + c^2\lVert x_i\rVert^2\f$ from the precomputed
-///    \f$\lVert x_i\rVert^2\f$ and one Eigen matrix product of the block with the stored data (a row-major
-///    map; a matrix–vector product for one row);
+///    \f$\lVert x_i\rVert^2\f$ (compensated, @ref diffusion::sum_of_squares "sum_of_squares") and the products
+///    \f$x_i\cdot x_t\f$ of the block's rows with every stored example (kernels::row_dots: each example read once
+///    per block, SIMD with several accumulators; any summation order has the standard error bound
+///    \f$\gamma_n\lVert x_t\rVert\lVert x_i\rVert\f$, \f$\gamma_n = nu/(1-nu)\f$);
 /// 2. the window and the cancellation repair: the expansion has an error of up to
 ///    \f$\gamma(\lVert x_t\rVert + c\lVert x_i\rVert)^2\f$, \f$\gamma = (n+8)u\f$, i.e. a relative error \f$\kappa_i\gamma\f$ with
 ///    \f$\kappa_i = (\lVert x_t\rVert + c\lVert x_i\rVert)^2/D_i\f$: large when x_t is close to \f$c\,x_i\f$ (σ → 0), where
@@ -419,29 +422,33 @@ class gaussian_mixture_data {
 ///    the data per row;
 /// 3. the weights \f$\exp(-(D_i - D_{\min})/(2d^2))\f$ over the window, 0 outside it, which moves the
 ///    result by less than \f$e^{-40} \approx 4\cdot10^{-18}\f$ relative;
-/// 4. the weighted sum over the window's rows when it holds at most N/8 examples, else as a
-///    second matrix product (for all such rows of the block at once).
+/// 4. the weighted sum \f$\sum_i w_i x_i\f$ (kernels::add_weighted_rows, the examples added in increasing
+///    order) over the window's rows when it holds at most N/8 examples, else for all such rows of
+///    the block in one pass over the union of their windows, then the division by \f$\sum_i w_i\f$.
 ///
 /// Accuracy: every exponent that matters is within \f$16(n+8)u\,D_i/(2d^2)\f$ of its exact value (when
 /// recomputed, within the direct evaluation's \f$((n+2)u + 2u\sqrt{\kappa_i})\,D_i/(2d^2)\f$, the effect of
 /// rounding x_t itself), so E[x₀|x_t] is within twice that times the weighted spread
-/// \f$\sum_i w_i\lVert x_i - E[x_0|x_t]\rVert_\infty\f$, plus 8u max|x|. The tests check exactly this budget
-/// against a long-double evaluation (observed ≤ 30 % of it), including points offset by 1e4
-/// with neighbours 1e-3 apart, where the expansion alone errs by ~1 in the exponents. Near an
-/// example as σ → 0 (down to subnormal σ) the output is that example exactly; at σ = +∞ the
-/// weights are uniform and the output is the precomputed mean.
+/// \f$\sum_i w_i\lVert x_i - E[x_0|x_t]\rVert_\infty\f$, plus the rounding of step 4: at most
+/// \f$(\gamma_{J+1} + u)\max|x|\f$ for a window of J examples, a few u in practice. The tests check
+/// this budget, with 8u max|x| for step 4, against a long-double evaluation (observed ≤ 30 % of
+/// it), including points offset by 1e4 with neighbours 1e-3 apart, where the expansion alone
+/// errs by ~1 in the exponents. Near an example as σ → 0 (down to subnormal σ) the output is
+/// that example exactly; at σ = +∞ the weights are uniform and the output is the precomputed
+/// mean.
 ///
-/// Storage is double (N·n·8 bytes, 376 MB for 60000 × 784). Eigen has no mixed float×double
-/// product, so float storage would accumulate the products in float, with an exponent error of
-/// up to \f$(n+8)2^{-24}(\lVert x_t\rVert + c\lVert x_i\rVert)^2/(2d^2)\f$, about 0.04/d² for 784 pixels in [−1, 1]:
-/// weights wrong by percents at σ ≈ 1, and the repair would have to recompute almost every
-/// example. Float input is copied exactly into double.
+/// Storage is double (N·n·8 bytes, 376 MB for 60000 × 784). Float storage with the products
+/// accumulated in float would have an exponent error of up to
+/// \f$(n+8)2^{-24}(\lVert x_t\rVert + c\lVert x_i\rVert)^2/(2d^2)\f$, about 0.04/d² for 784 pixels in [−1, 1]: weights
+/// wrong by percents at σ ≈ 1, and the repair would have to recompute almost every example.
+/// Float input is copied exactly into double.
 ///
 /// Cost per call: the products read the data once per block of 16 rows; the weighted sum reads
-/// it again only for rows whose window exceeds N/8 (σ ≳ 1 on image-like data). Each call
-/// allocates its scratch: 16·N doubles for the products, up to 16·N more for a weighted-sum
-/// product, the windows (at most N indices and weights per row), and 2·rows·n. All members are
-/// const and keep no state between calls, so concurrent calls are safe.
+/// it again only for rows whose window exceeds N/8 (σ ≳ 1 on image-like data), once for all such
+/// rows of a block. Each call allocates its scratch: 16·N doubles for the products, up to 16·N
+/// more (and N indices) for the weighted sums of such rows, the windows (at most N indices and
+/// weights per row), and 2·rows·n. All members are const and keep no state between calls, so
+/// concurrent calls are safe.
 ///
 /// @code
 /// const diffusion::empirical_data train(images, 784);  // 60000 × 784 floats, copied into double
@@ -450,7 +457,7 @@ class gaussian_mixture_data {
 /// @endcode
 class empirical_data {
  public:
-  /// The model reads σ, not timesteps (@ref sigma_conditioned): it needs no schedule in σ-space.
+  /// The model reads σ, not timesteps (@ref diffusion::sigma_conditioned "sigma_conditioned"): it needs no schedule in σ-space.
   static constexpr bool conditions_on_sigma = true;
   /// @param[in] data N·n finite values, example i in [i·n, (i+1)·n) (an rvalue is moved in, not copied).
   /// @param[in] dim n ≥ 1, the number of elements of one example.
@@ -470,17 +477,17 @@ class empirical_data {
       if (!std::isfinite(data_[e]))
         detail::throw_invalid(where, "data[" + to_text(e) + "] (example " + to_text(e / dim_) + ", element " +
                                          to_text(e % dim_) + ") = " + to_text(data_[e]) + " must be finite");
-    const auto x = rows_view();
     norm2_.resize(count_);
     norm_.resize(count_);
     for (std::size_t i = 0; i < count_; ++i) {
-      norm2_[i] = x.row(index(i)).squaredNorm();
+      norm2_[i] = sum_of_squares(example_row(i));
       if (!std::isfinite(norm2_[i]))
         detail::throw_invalid(where, "example " + to_text(i) + " has a squared norm that overflows; scale the data");
       norm_[i] = std::sqrt(norm2_[i]);
     }
-    mean_.resize(dim_);
-    Eigen::Map<Eigen::RowVectorXd>(mean_.data(), index(dim_)) = x.colwise().sum() / static_cast<double>(count_);
+    mean_.assign(dim_, 0.0);
+    kernels::add_weighted_rows<double>(std::vector<double>(count_, 1.0), data_, dim_, mean_);  // Σ x_i, in order
+    for (double& v : mean_) v /= static_cast<double>(count_);
   }
 
   /// @brief Copies float or double data from any @ref tensor (vector, span, Eigen object…);
@@ -552,7 +559,7 @@ class empirical_data {
   }
 
   /// @brief The exact prediction of the chosen kind for every row (one σ per row), computed in
-  /// double and rounded once to T. Rows are processed in blocks of 16 through matrix products.
+  /// double and rounded once to T. Rows are processed in blocks of 16, one pass over the data each.
   /// @pre `in.row_size() == dim()`, `out.size() == in.x.size()`, every σ ∈ [0, +∞] (asserted).
   /// @throws std::domain_error for a score at σ = 0 (before writing anything).
   template <real_scalar T, class Context>
@@ -572,13 +579,12 @@ class empirical_data {
 
  private:
   using level = detail::mixture_impl::level;
-  using row_matrix = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-  static constexpr std::size_t block_rows = 16;  // rows per matrix product (scratch 16·N doubles)
+  static constexpr std::size_t block_rows = 16;  // rows per pass over the data (scratch 16·N doubles)
   static constexpr double cancellation_limit = 16.0;  // κ above which D_i is recomputed
 
-  static Eigen::Index index(std::size_t i) { return static_cast<Eigen::Index>(i); }
-  [[nodiscard]] Eigen::Map<const row_matrix> rows_view() const {
-    return Eigen::Map<const row_matrix>(data_.data(), index(count_), index(dim_));
+  // Example i (n values), unchecked.
+  [[nodiscard]] std::span<const double> example_row(std::size_t i) const noexcept {
+    return {data_.data() + i * dim_, dim_};
   }
   template <class T>
   static std::vector<double> widen(std::span<const T> s) {
@@ -595,34 +601,53 @@ class empirical_data {
 
   // Scratch of one call, for blocks of up to `block` rows.
   struct workspace {
-    Eigen::MatrixXd dist;  // block × N, column-major: the products x_i·x_t, then the squared distances
-    row_matrix y;          // the block's rows of x_t
-    std::vector<std::vector<std::size_t>> window;  // per row: the examples that may carry weight
+    // N × rows, not initialized: the products x_i·x_t (dist[i·rows + b]), then the squared
+    // distances, then the weights of step 4's union of windows.
+    std::unique_ptr<double[]> dist;
+    std::vector<double> y;  // rows × n: the block's rows of x_t
+    std::vector<std::vector<std::size_t>> window;  // per row: the examples that may carry weight (increasing)
     std::vector<std::vector<double>> weight;       // per row: their weights exp(−(D_i − D_min)/(2d²))
     std::vector<double> sum, min_dist;             // per row: Σ weight (≥ 1) and D_min
     workspace(std::size_t count, std::size_t block, std::size_t dim)
-        : dist(index(block), index(count)), y(index(block), index(dim)), window(block), weight(block), sum(block),
-          min_dist(block) {}
+        : dist(std::make_unique_for_overwrite<double[]>(count * block)),
+          y(block * dim),
+          window(block),
+          weight(block),
+          sum(block),
+          min_dist(block) {
+      for (auto& w : window) w.reserve(count);  // address space only: pages are touched as windows grow
+    }
   };
+
+  // ‖y − c x‖² directly (the repair of step 2).
+  [[nodiscard]] double direct_distance(const double* y, double c, const double* x) const noexcept {
+    double s = 0.0;
+    for (std::size_t k = 0; k < dim_; ++k) {
+      const double d = y[k] - c * x[k];
+      s += d * d;
+    }
+    return s;
+  }
 
   // Steps 1–3 for the first `rows` rows of ws.y at levels l[b] (0 < σ < ∞): fills ws.window,
   // ws.weight, ws.sum and ws.min_dist of those rows.
   void weigh(const level* l, std::size_t rows, workspace& ws) const {
     constexpr double infinity = std::numeric_limits<double>::infinity();
-    const auto x = rows_view();
-    const std::size_t B = static_cast<std::size_t>(ws.dist.rows());
+    const std::size_t B = rows;  // the products of example i are dist[i·B, (i+1)·B)
     const double gamma = static_cast<double>(dim_ + 8) * 0x1p-53;
     const double cutoff = std::log(static_cast<double>(count_)) + 40.0;
+    const std::span<const double> y(ws.y.data(), rows * dim_);
     std::vector<double> xt2(rows), xtn(rows), limit(rows, infinity);
     for (std::size_t b = 0; b < rows; ++b) {
-      xt2[b] = ws.y.row(index(b)).squaredNorm();
+      xt2[b] = sum_of_squares(y.subspan(b * dim_, dim_));
       xtn[b] = std::sqrt(xt2[b]);
     }
-    // Step 1: the products, then in place the expanded squared distances, example by example so
-    // that the block's column of products is read contiguously; `limit` first collects the least
-    // upper bound of D_min that the error bounds γ(‖x_t‖ + c‖x_i‖)² give.
-    ws.dist.topRows(index(rows)).noalias() = ws.y.topRows(index(rows)) * x.transpose();
-    double* dist = ws.dist.data();
+    // Step 1: the products (each example read once for the block), then in place the expanded
+    // squared distances, example by example so that the block's products are read contiguously;
+    // `limit` first collects the least upper bound of D_min that the error bounds
+    // γ(‖x_t‖ + c‖x_i‖)² give.
+    double* dist = ws.dist.get();
+    kernels::row_dots<double>(y, data_, dim_, std::span<double>(dist, count_ * B));
     for (std::size_t i = 0; i < count_; ++i)
       for (std::size_t b = 0; b < rows; ++b) {
         double& di = dist[i * B + b];
@@ -643,12 +668,12 @@ class empirical_data {
     // Step 2, the repair: window members whose expansion cancelled (κ_i > 16) get their distance
     // recomputed directly. Step 3: the weights relative to the smallest distance.
     for (std::size_t b = 0; b < rows; ++b) {
-      const auto y = ws.y.row(index(b));
+      const double* yb = y.data() + b * dim_;
       double min_dist = infinity;
       for (std::size_t i : ws.window[b]) {
         double& di = dist[i * B + b];
         const double e = xtn[b] + l[b].alpha * norm_[i];
-        if (e * e > cancellation_limit * di) di = (y - l[b].alpha * x.row(index(i))).squaredNorm();
+        if (e * e > cancellation_limit * di) di = direct_distance(yb, l[b].alpha, data_.data() + i * dim_);
         min_dist = std::min(min_dist, di);
       }
       ws.weight[b].resize(ws.window[b].size());
@@ -666,18 +691,17 @@ class empirical_data {
 
   // weigh() for one row x (n doubles) at level l, including σ = +∞ (uniform weights).
   void weigh_one(const level& l, const double* xt, workspace& ws) const {
-    ws.y.row(0) = Eigen::Map<const Eigen::RowVectorXd>(xt, index(dim_));
+    std::copy(xt, xt + dim_, ws.y.begin());
     if (l.alpha != 0.0) return weigh(&l, 1, ws);
     ws.window[0].resize(count_);
     for (std::size_t i = 0; i < count_; ++i) ws.window[0][i] = i;
     ws.weight[0].assign(count_, 1.0);
     ws.sum[0] = static_cast<double>(count_);
-    ws.min_dist[0] = ws.y.row(0).squaredNorm();  // every D_i = ‖x_t‖²
+    ws.min_dist[0] = sum_of_squares(std::span<const double>(xt, dim_));  // every D_i = ‖x_t‖²
   }
 
   // E[x0 | x_t] for `rows` rows of x_t (row-major doubles) with per-row σ, into x0.
   void posterior_means(std::span<const double> sigma, const double* xt, std::size_t rows, double* x0) const {
-    const auto x = rows_view();
     std::vector<std::size_t> general;  // rows with 0 < σ < ∞
     for (std::size_t r = 0; r < rows; ++r) {
       if (sigma[r] == 0.0)
@@ -691,36 +715,56 @@ class empirical_data {
     const std::size_t block = std::min(block_rows, general.size());
     workspace ws(count_, block, dim_);
     std::vector<level> levels(block);
-    std::vector<std::size_t> dense;  // block rows whose weighted sum is a matrix product
+    std::vector<std::size_t> dense, visited, next;  // dense: block rows whose windows exceed N/8
+    std::vector<double> sums;
+    visited.reserve(count_);
     for (std::size_t start = 0; start < general.size(); start += block) {
       const std::size_t rows_here = std::min(block, general.size() - start);
       for (std::size_t b = 0; b < rows_here; ++b) {
         const std::size_t r = general[start + b];
         levels[b] = level::preserving(sigma[r]);
-        ws.y.row(index(b)) = Eigen::Map<const Eigen::RowVectorXd>(xt + r * dim_, index(dim_));
+        std::copy(xt + r * dim_, xt + (r + 1) * dim_, ws.y.begin() + static_cast<std::ptrdiff_t>(b * dim_));
       }
       weigh(levels.data(), rows_here, ws);
-      // Step 4: few weights: a sum over the window's rows; many: one product for all such rows.
+      // Step 4: few weights: a sum over the window's rows; many: one pass over the union of the
+      // windows for all such rows (weight 0 where a row's window lacks the example).
       dense.clear();
       for (std::size_t b = 0; b < rows_here; ++b) {
         if (ws.window[b].size() > count_ / 8) {
           dense.push_back(b);
           continue;
         }
-        Eigen::Map<Eigen::RowVectorXd> out(x0 + general[start + b] * dim_, index(dim_));
-        out.setZero();
-        for (std::size_t m = 0; m < ws.window[b].size(); ++m) out.noalias() += ws.weight[b][m] * x.row(index(ws.window[b][m]));
-        out /= ws.sum[b];
+        const std::span<double> out(x0 + general[start + b] * dim_, dim_);
+        std::fill(out.begin(), out.end(), 0.0);
+        kernels::add_weighted_rows<double>(ws.weight[b], ws.window[b], data_, dim_, out);
+        for (double& v : out) v /= ws.sum[b];
       }
       if (dense.empty()) continue;
-      row_matrix weights = row_matrix::Zero(index(dense.size()), index(count_));
-      for (std::size_t m = 0; m < dense.size(); ++m)
-        for (std::size_t t = 0; t < ws.window[dense[m]].size(); ++t)
-          weights(index(m), index(ws.window[dense[m]][t])) = ws.weight[dense[m]][t];
-      const row_matrix sums = weights * x;
-      for (std::size_t m = 0; m < dense.size(); ++m)
-        Eigen::Map<Eigen::RowVectorXd>(x0 + general[start + dense[m]] * dim_, index(dim_)) =
-            sums.row(index(m)) / ws.sum[dense[m]];
+      const std::size_t md = dense.size();
+      double* weights = ws.dist.get();  // the distances are spent: the weights of the union (≤ N × md)
+      visited.clear();
+      next.assign(md, 0);  // per dense row: its next window position
+      for (std::size_t i = 0; i < count_; ++i) {
+        bool any = false;
+        for (std::size_t m = 0; m < md; ++m) {
+          const auto& win = ws.window[dense[m]];
+          any = any || (next[m] < win.size() && win[next[m]] == i);
+        }
+        if (!any) continue;
+        double* w = weights + visited.size() * md;
+        visited.push_back(i);
+        for (std::size_t m = 0; m < md; ++m) {
+          const auto& win = ws.window[dense[m]];
+          const bool member = next[m] < win.size() && win[next[m]] == i;
+          w[m] = member ? ws.weight[dense[m]][next[m]++] : 0.0;
+        }
+      }
+      sums.assign(md * dim_, 0.0);
+      kernels::add_weighted_rows<double>(std::span<const double>(weights, visited.size() * md), visited, data_, dim_, sums);
+      for (std::size_t m = 0; m < md; ++m) {
+        double* out = x0 + general[start + dense[m]] * dim_;
+        for (std::size_t k = 0; k < dim_; ++k) out[k] = sums[m * dim_ + k] / ws.sum[dense[m]];
+      }
     }
   }
 
