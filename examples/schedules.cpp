@@ -3,16 +3,24 @@
 // SNR rescale (Lin et al. 2023, Algorithm 1) of the first two, against t/T: the shape of
 // improved DDPM's Fig. 5. A second figure shows how much L_simple reweights the true bound:
 // the Eq. 12 weight of DDPM, β_t² / (2σ_t² α_t (1 − ᾱ_t)), relative to L_simple's weight 1, with
-// σ_t² = β_t and σ_t² = β̃_t, for the linear and cosine schedules.
+// σ_t² = β_t and σ_t² = β̃_t, for the linear and cosine schedules. A third figure draws the
+// rectified-flow σ lists of SD3 (shift 3, Esser et al. 2024 Eq. 23) and Flux (time shift with
+// μ = flux_mu(4096) = 1.15, a 1024² image), 28 steps each, beside the VP schedules on one axis, the
+// log-SNR: log(α²/σ²) = 2 log((1 − σ)/σ) for a flow level x = (1 − σ) x0 + σ ε, log(ᾱ/(1 − ᾱ)) for VP.
 //
 // Prints sample rows and the terminal √ᾱ_T and SNR_T of each schedule, and checks them
-// against Lin et al. 2023, Table 1 (T = 1000). Exit status 1 when a check fails.
+// against Lin et al. 2023, Table 1 (T = 1000); prints the flow σ lists and checks that both
+// shifts are a constant offset of the log-SNR: −2 log s for SD3's shift s, −2μ for Flux's.
+// Exit status 1 when a check fails.
 //
 //   schedules [--steps T] [--out-dir DIR] [--width PX] [--help]
 #include <diffusion/ddpm.hpp>
 
+#include <algorithm>
 #include <cmath>
+#include <cstddef>
 #include <cstdio>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -31,7 +39,8 @@ struct named_schedule {
 int main(int argc, char** argv) {
   ex::cli args(argc, argv, "schedules",
                "Plots alpha-bar, log-SNR and beta of linear, scaled_linear, cosine and zero-terminal-SNR schedules "
-               "(improved DDPM Fig. 5) and the L_simple / Eq. 12 weight ratio; checks Lin et al. 2023 Table 1.");
+               "(improved DDPM Fig. 5), the L_simple / Eq. 12 weight ratio, and the SD3 and Flux flow sigma lists "
+               "beside the VP schedules in log-SNR; checks Lin et al. 2023 Table 1 and the flow shifts' log-SNR offsets.");
   const long steps = args.integer("--steps", 1000, "number of diffusion steps T (Table 1 is checked at T = 1000)");
   const std::string out_dir = args.text("--out-dir", ".", "directory for the PNG, .dat and .gp files");
   const long width = args.integer("--width", 1200, "width of the schedule figure in pixels");
@@ -112,13 +121,76 @@ int main(int argc, char** argv) {
   }
   ex::plot::save(w, out_dir + "/vlb_weights.png");
 
+  // ---- Figure 3: rectified-flow σ lists (SD3, Flux) beside the VP schedules, in log-SNR ----
+  // A flow level x = (1 − σ) x0 + σ ε has log-SNR 2 log((1 − σ)/σ) (noise_level::flow(σ).log_snr()); a VP
+  // step log(ᾱ/(1 − ᾱ)). SD3 and Flux train with t = 1000 σ, so their t/T is σ itself.
+  const std::size_t flow_steps = 28;
+  const double flux_mu_1024 = flux_mu(4096.0);  // a 1024² image: 64² latent patches, μ = 1.15
+  struct flow_list {
+    std::string name;
+    std::vector<double> sigmas;  // 28 σ then the final 0
+    std::string colour, marker;  // gnuplot: line colour; point type and size
+  };
+  const std::vector<flow_list> flows = {
+      {"flow, no shift", flow_sigmas(flow_steps).sigmas, "black", "pt 6 ps 0.7"},
+      {"SD3, shift 3", flow_sigmas(flow_steps, {.shift = 3.0}).sigmas, "#e6550d", "pt 4 ps 1.1"},
+      {"Flux, mu = 1.15", flow_sigmas(flow_steps, {.dynamic = true, .mu = flux_mu_1024}).sigmas, "#3182bd", "pt 7 ps 0.5"},
+  };
+  auto flow_log_snr = [](double sigma) { return noise_level::flow(sigma).log_snr(); };
+  ex::plot::figure fl;
+  fl.columns = 2;
+  fl.width = f.width;
+  fl.height = f.width * 2 / 5;
+  fl.title = "Rectified flow (SD3, Flux; 28 steps) beside VP schedules: log-SNR = 2 log((1 - sigma)/sigma) for flow, "
+             "log(alpha-bar/(1 - alpha-bar)) for VP";
+  fl.panels.resize(2);
+  ex::plot::panel& ft = fl.panels[0];
+  ft.title = "log-SNR against t/T (flow: t/T = sigma); points: the 28 sampling sigmas";
+  ft.xlabel = "t/T";
+  ft.ylabel = "log-SNR";
+  ft.commands = "set key bottom left\nset yrange [-16:16]";
+  for (std::size_t k : {std::size_t{0}, std::size_t{1}, std::size_t{2}})
+    ft.curves.push_back({all[k].name + " (VP)", x, all[k].s.column(&schedule_step::log_snr)});
+  {
+    std::vector<double> ls(T);
+    for (std::size_t i = 0; i < T; ++i) ls[i] = flow_log_snr(x[i]);
+    ft.curves.push_back({"rectified flow, sigma = t/T", x, ls, "lines lw 2 dt 2 lc rgb 'black'"});
+  }
+  ex::plot::panel& fs = fl.panels[1];
+  fs.title = "log-SNR at each of 28 sampling steps (VP: trailing timesteps)";
+  fs.xlabel = "step i / 28 (0: the first, noisiest step)";
+  fs.ylabel = "log-SNR";
+  fs.commands = "set key top left\nset yrange [-16:16]";
+  const std::size_t vp_steps = std::min(flow_steps, T);
+  std::vector<double> step_x(flow_steps);
+  for (std::size_t i = 0; i < flow_steps; ++i) step_x[i] = static_cast<double>(i) / static_cast<double>(flow_steps);
+  const timestep_sequence vp_ts = inference_timesteps(T, vp_steps, timestep_spacing::trailing);
+  for (std::size_t k : {std::size_t{0}, std::size_t{1}, std::size_t{2}}) {
+    std::vector<double> ys(vp_steps);
+    for (std::size_t i = 0; i < vp_steps; ++i) ys[i] = all[k].s[vp_ts[i]].log_snr;
+    fs.curves.push_back({all[k].name + " (VP)", std::vector<double>(step_x.begin(), step_x.begin() + static_cast<std::ptrdiff_t>(vp_steps)),
+                         ys, "linespoints lw 1 pt 7 ps 0.5"});
+  }
+  for (const flow_list& fw : flows) {
+    std::vector<double> sx, ys;
+    for (std::size_t i = 0; i < flow_steps; ++i) {  // σ_0 = 1 has log-SNR −∞: not drawn
+      ys.push_back(flow_log_snr(fw.sigmas[i]));
+      sx.push_back(fw.sigmas[i]);
+    }
+    fs.curves.push_back({fw.name + " (flow)", step_x, ys, "linespoints lw 1.5 dt 2 " + fw.marker + " lc rgb '" + fw.colour + "'"});
+    if (fw.name != flows[0].name) ft.curves.push_back({fw.name + " (flow)", sx, ys, "points " + fw.marker + " lc rgb '" + fw.colour + "'"});
+  }
+  ex::plot::save(fl, out_dir + "/flow_schedules.png");
+
   // ---- Table of sample rows ----
   std::printf("\nSample rows (t is the paper's 1-based step; weights are the Eq. 12 weight relative to L_simple's 1)\n");
   std::printf("%-24s %5s %12s %12s %10s %12s %12s\n", "schedule", "t", "beta_t", "alpha-bar_t", "log-SNR", "w(beta)",
               "w(beta~)");
   std::vector<std::size_t> rows;
   for (double f01 : {0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0}) {
-    const auto t = f01 == 0.0 ? std::size_t{2} : static_cast<std::size_t>(std::lround(f01 * static_cast<double>(T)));
+    // 1-based t ≥ 1 (at T < 10 the 10 % row would round to t = 0).
+    const auto t = f01 == 0.0 ? std::size_t{2}
+                              : std::max<std::size_t>(1, static_cast<std::size_t>(std::lround(f01 * static_cast<double>(T))));
     if (rows.empty() || rows.back() != t) rows.push_back(t);
   }
   for (const auto& [name, s] : all) {
@@ -160,6 +232,31 @@ int main(int argc, char** argv) {
     } else {
       std::printf("(not in Table 1)\n");
     }
+  }
+
+  // ---- Rectified-flow σ lists, and the log-SNR offsets of the shifts ----
+  // sd3_shift: (1 − σ')/σ' = (1 − σ)/(s σ), so log-SNR' = log-SNR − 2 log s at every σ ∈ (0, 1);
+  // the exponential time shift: (1 − σ')/σ' = e^−μ (1 − σ)/σ, log-SNR' = log-SNR − 2μ. Checked on the
+  // 27 steps strictly inside (0, 1) to 1e-12 (the rounding of σ' and of 1 − σ' near σ' = 1: < 1e-13).
+  std::printf("\nRectified-flow sigma lists, %zu steps (flow_sigmas; Flux mu = flux_mu(4096) = %.4f); log-SNR = 2 log((1 - sigma)/sigma)\n",
+              flow_steps, flux_mu_1024);
+  std::printf("%5s %12s %10s %12s %10s %12s %10s %16s\n", "step", "sigma", "log-SNR", "SD3 sigma", "log-SNR", "Flux sigma",
+              "log-SNR", "scaled_linear VP");
+  for (std::size_t i : {std::size_t{0}, std::size_t{1}, std::size_t{7}, std::size_t{14}, std::size_t{21}, std::size_t{26},
+                        std::size_t{27}}) {
+    const double vp = i < vp_steps ? all[1].s[vp_ts[i]].log_snr : std::numeric_limits<double>::quiet_NaN();
+    std::printf("%5zu %12.6g %10.4f %12.6g %10.4f %12.6g %10.4f %16.4f\n", i, flows[0].sigmas[i], flow_log_snr(flows[0].sigmas[i]),
+                flows[1].sigmas[i], flow_log_snr(flows[1].sigmas[i]), flows[2].sigmas[i], flow_log_snr(flows[2].sigmas[i]), vp);
+  }
+  for (std::size_t k : {std::size_t{1}, std::size_t{2}}) {
+    const double offset = k == 1 ? -2.0 * std::log(3.0) : -2.0 * flux_mu_1024;
+    double worst = 0.0;
+    for (std::size_t i = 1; i < flow_steps; ++i)
+      worst = std::max(worst, std::abs(flow_log_snr(flows[k].sigmas[i]) - flow_log_snr(flows[0].sigmas[i]) - offset));
+    const bool ok = worst <= 1e-12;
+    if (!ok) ++failures;
+    std::printf("%-16s log-SNR - unshifted log-SNR = %+.6f (%s) at every step; largest deviation %.2g: %s\n",
+                flows[k].name.c_str(), offset, k == 1 ? "-2 log 3" : "-2 mu", worst, ok ? "pass" : "FAIL");
   }
   std::printf("\n%s\n", failures == 0 ? "All checks passed." : "Some checks FAILED.");
   return failures == 0 ? 0 : 1;

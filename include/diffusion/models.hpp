@@ -7,3 +7,4 @@
 #include "models/guidance.hpp"
 #include "models/analytic.hpp"
 #include "models/mixture.hpp"
+#include "models/edm.hpp"

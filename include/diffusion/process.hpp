@@ -7,3 +7,4 @@
 #include "process/forward.hpp"
 #include "process/posterior.hpp"
 #include "process/convert.hpp"
+#include "process/edm.hpp"

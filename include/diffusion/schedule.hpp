@@ -6,3 +6,4 @@
 #include "schedule/noise_schedule.hpp"
 #include "schedule/sigmas.hpp"
 #include "schedule/timesteps.hpp"
+#include "schedule/flow.hpp"

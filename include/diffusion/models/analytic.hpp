@@ -38,7 +38,7 @@ namespace diffusion {
 /// deviation of 0 is a point mass (DDPM §3.2's other extreme).
 class gaussian_data {
  public:
-  /// The model reads σ, not timesteps (@ref sigma_conditioned): it needs no schedule in σ-space.
+  /// The model reads σ, not timesteps (@ref diffusion::sigma_conditioned "sigma_conditioned"): it needs no schedule in σ-space.
   static constexpr bool conditions_on_sigma = true;
   /// @param[in] mean μ, one per dimension, finite.
   /// @param[in] stddev s ≥ 0, same size, finite.

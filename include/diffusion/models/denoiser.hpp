@@ -37,14 +37,17 @@ struct no_context {};
 /// timestep and its noise level σ. The library never looks inside the context.
 template <real_scalar T, class Context = no_context>
 struct denoiser_input {
-  /// x_t in the variance-preserving scale \f$x_t = \sqrt{\bar\alpha}\,x_0 + \sqrt{1-\bar\alpha}\,\varepsilon\f$:
-  /// `rows()` rows of equal length, contiguous, owned by the caller.
+  /// x_t in the model's own scale, \f$x_t = \alpha\,x_0 + \sigma\,\varepsilon\f$ (variance preserving for DDPM-family
+  /// models, \f$(1-\sigma)x_0 + \sigma\varepsilon\f$ for rectified flow): `rows()` rows of equal length,
+  /// contiguous, owned by the caller.
   std::span<const T> x;
-  /// Per row: the 0-based training timestep (fractional when a σ-sampler interpolates).
+  /// Per row: the model's time input — the 0-based training timestep of a DDPM-family model
+  /// (fractional when a σ-sampler interpolates), σ·N for a rectified-flow model, c_noise for EDM.
   std::span<const double> timesteps;
-  /// Per row: the noise level \f$\sigma = \sqrt{(1-\bar\alpha)/\bar\alpha}\f$ at that timestep (+∞ at zero
-  /// terminal SNR). Analytic models use it, neural ones the timestep; σ rather than ᾱ because
-  /// both \f$\bar\alpha = 1/(1+\sigma^2)\f$ and \f$1-\bar\alpha = \sigma^2/(1+\sigma^2)\f$ follow from it without cancellation.
+  /// Per row: the noise ratio σ/α of the model's process at that time — for a DDPM table
+  /// \f$\sqrt{(1-\bar\alpha)/\bar\alpha}\f$, for rectified flow σ/(1 − σ) — +∞ at zero SNR (pure noise). Analytic
+  /// models use it (@ref noise_level::preserving, or σ = ratio/(1 + ratio) for a flow), neural ones the
+  /// timestep; the ratio rather than ᾱ because α and σ of any process follow from it without cancellation.
   std::span<const double> sigma;
   /// Conditioning passed through untouched (null for @ref no_context).
   const Context* context = nullptr;
@@ -62,9 +65,9 @@ concept denoiser = real_scalar<T> && requires(M& m, const M& cm, const denoiser_
   m(in, out);
 };
 
-/// @brief A model that reads the noise ratio σ (the `sigma` of @ref denoiser_input) rather than a
+/// @brief A model that reads the noise ratio σ (the `sigma` of @ref diffusion::denoiser_input "denoiser_input") rather than a
 /// training timestep: it declares `static constexpr bool conditions_on_sigma = true;` (the analytic
-/// models do). Such a model may be wrapped by @ref sigma_space_model without a schedule.
+/// models do). Such a model may be wrapped by @ref diffusion::sigma_space_model "sigma_space_model" without a schedule.
 template <class M>
 concept sigma_conditioned = requires { requires std::remove_cvref_t<M>::conditions_on_sigma; };
 

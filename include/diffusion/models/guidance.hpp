@@ -80,15 +80,16 @@ void guidance_row(std::string_view where, std::span<const T> cb, std::span<const
   if (w == 0.0) {
     if (ob.data() != ub.data()) std::copy(ub.begin(), ub.end(), ob.begin());
   } else {
-    kernels::guidance_combine(static_cast<T>(w), cb, ub, ob);
+    require_finite_output(where, kernels::guidance_combine(coefficient<T>(where, "guidance_scale", w), cb, ub, ob),
+                          "the guided output");
   }
   if (phi > 0.0) {
     const double ss_g = guidance_centered_sum_squares(std::span<const T>(ob));
     if (!(ss_g > 0.0))
       throw_domain(where, "row " + to_text(b) + " of the guided output has no spread (std = 0 over " + to_text(n) +
                               " elements): guidance_rescale = " + to_text(phi) + " is undefined there");
-    const T f = static_cast<T>(phi * std::sqrt(ss_c / ss_g) + (1.0 - phi));
-    kernels::scale(f, std::span<const T>(ob), ob);
+    const T f = coefficient<T>(where, "the rescale factor", phi * std::sqrt(ss_c / ss_g) + (1.0 - phi));
+    require_finite_output(where, kernels::scale(f, std::span<const T>(ob), ob), "the guided output");
   }
 }
 
@@ -125,6 +126,8 @@ void apply_guidance(std::span<const T> conditional, std::span<const T> unconditi
   detail::check_guidance_options(where, opt);
   detail::check_same_size(where, "conditional", conditional.size(), "unconditional", unconditional.size());
   detail::check_same_size(where, "conditional", conditional.size(), "out", out.size());
+  detail::check_no_partial_overlap(where, "conditional", conditional, "out", out);
+  detail::check_no_partial_overlap(where, "unconditional", unconditional, "out", out);
   const std::size_t n = detail::rows_split(where, out.size(), rows, "out");
   if (opt.guidance_scale == 1.0) {  // the conditional output itself; the rescale factor is then exactly 1
     if (out.data() != conditional.data()) std::copy(conditional.begin(), conditional.end(), out.begin());
@@ -177,7 +180,7 @@ class classifier_free_guidance {
     set_options(opt);
   }
 
-  /// The guided model reads σ when both models do (@ref sigma_conditioned).
+  /// The guided model reads σ when both models do (@ref diffusion::sigma_conditioned "sigma_conditioned").
   static constexpr bool conditions_on_sigma = sigma_conditioned<Conditional> && sigma_conditioned<Unconditional>;
 
   /// What both models predict.

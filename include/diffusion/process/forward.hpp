@@ -3,7 +3,10 @@
 /// (Algorithm 1, line 5) and the velocity target of Salimans & Ho 2022.
 ///
 /// Every function computes its coefficients in double from the schedule, then applies
-/// them element-wise in the tensor's own type (float or double) through @ref kernels.
+/// them element-wise in the tensor's own type (float or double) through @ref kernels. Outputs
+/// may be the same array as an input (in place) but must not overlap one partially
+/// (std::invalid_argument); a non-finite output element (from a non-finite input, or an overflow
+/// of the element type) raises std::domain_error: no NaN or ±∞ is returned silently.
 /// Timesteps are 0-based code indices (the paper's t = index + 1). Each tensor function
 /// comes in two forms: one timestep for the whole tensor, or a batch with one timestep
 /// per row (any contiguous range of integers; the tensor splits evenly into that many
@@ -23,6 +26,7 @@
 #include "../noise/philox.hpp"
 #include "../schedule/noise_schedule.hpp"
 #include "batch.hpp"
+#include "parameterization.hpp"
 
 /// @defgroup gaussian Forward process and posterior
 /// @brief q(x_t|x₀) (DDPM Eq. 4), q(x_{t−1}|x_t,x₀) (Eq. 6–7) and its skips.
@@ -70,8 +74,12 @@ void q_sample(const noise_schedule& s, std::size_t t, const X0& x0, const E& noi
   detail::check_same_size(where, "x0", a.size(), "noise", e.size());
   detail::check_same_size(where, "x0", a.size(), "xt", o.size());
   if (a.empty()) detail::throw_invalid(where, "x0 is empty");
+  detail::check_no_partial_overlap(where, "x0", a, "xt", o);
+  detail::check_no_partial_overlap(where, "noise", e, "xt", o);
   const schedule_step& st = s.at(t);
-  kernels::affine2(static_cast<T>(st.sqrt_alpha_bar), a, static_cast<T>(st.sqrt_one_minus_alpha_bar), e, o);
+  detail::require_finite_output(
+      where, kernels::affine2(static_cast<T>(st.sqrt_alpha_bar), a, static_cast<T>(st.sqrt_one_minus_alpha_bar), e, o),
+      "xt");
 }
 
 /// @brief Batched q_sample(): row b of the tensors uses timestep `timesteps[b]` (training, Algorithm 1).
@@ -88,11 +96,16 @@ void q_sample(const noise_schedule& s, const R& timesteps, const X0& x0, const E
   auto o = as_mutable_span(xt);
   detail::check_same_size(where, "x0", a.size(), "noise", e.size());
   detail::check_same_size(where, "x0", a.size(), "xt", o.size());
+  detail::check_no_partial_overlap(where, "x0", a, "xt", o);
+  detail::check_no_partial_overlap(where, "noise", e, "xt", o);
+  bool finite = true;
   detail::for_each_row(where, s, timesteps, a.size(), [&](std::size_t t, std::size_t off, std::size_t len) {
     const schedule_step& st = s[t];
-    kernels::affine2(static_cast<T>(st.sqrt_alpha_bar), a.subspan(off, len),
-                     static_cast<T>(st.sqrt_one_minus_alpha_bar), e.subspan(off, len), o.subspan(off, len));
+    finite = kernels::affine2(static_cast<T>(st.sqrt_alpha_bar), a.subspan(off, len),
+                              static_cast<T>(st.sqrt_one_minus_alpha_bar), e.subspan(off, len), o.subspan(off, len)) &&
+             finite;
   });
+  detail::require_finite_output(where, finite, "xt");
 }
 
 /// @brief q_sample() with the noise generated inside the kernel (kernels::affine_noise, one pass,
@@ -116,9 +129,13 @@ void q_sample(const noise_schedule& s, std::size_t t, const X0& x0, const philox
   auto o = as_mutable_span(xt);
   detail::check_same_size(where, "x0", a.size(), "xt", o.size());
   if (a.empty()) detail::throw_invalid(where, "x0 is empty");
+  detail::check_no_partial_overlap(where, "x0", a, "xt", o);
   const schedule_step& st = s.at(t);
-  kernels::affine_noise(static_cast<T>(st.sqrt_alpha_bar), a, static_cast<T>(st.sqrt_one_minus_alpha_bar),
-                        kernels::philox_stream{&noise, sample, step}, o);
+  detail::require_finite_output(where,
+                                kernels::affine_noise(static_cast<T>(st.sqrt_alpha_bar), a,
+                                                      static_cast<T>(st.sqrt_one_minus_alpha_bar),
+                                                      kernels::philox_stream{&noise, sample, step}, o),
+                                "xt");
 }
 
 /// @brief Batched q_sample() with in-kernel noise: row b uses timestep `timesteps[b]` and the
@@ -141,12 +158,16 @@ void q_sample(const noise_schedule& s, const R& timesteps, const X0& x0, const p
   auto a = as_span(x0);
   auto o = as_mutable_span(xt);
   detail::check_same_size(where, "x0", a.size(), "xt", o.size());
+  detail::check_no_partial_overlap(where, "x0", a, "xt", o);
+  bool finite = true;
   detail::for_each_row(where, s, timesteps, a.size(), [&](std::size_t t, std::size_t off, std::size_t len) {
     const schedule_step& st = s[t];
-    kernels::affine_noise(static_cast<T>(st.sqrt_alpha_bar), a.subspan(off, len),
-                          static_cast<T>(st.sqrt_one_minus_alpha_bar),
-                          kernels::philox_stream{&noise, first_sample + off / len, step}, o.subspan(off, len));
+    finite = kernels::affine_noise(static_cast<T>(st.sqrt_alpha_bar), a.subspan(off, len),
+                                   static_cast<T>(st.sqrt_one_minus_alpha_bar),
+                                   kernels::philox_stream{&noise, first_sample + off / len, step}, o.subspan(off, len)) &&
+             finite;
   });
+  detail::require_finite_output(where, finite, "xt");
 }
 
 /// @brief The velocity target \f$v = \sqrt{\bar\alpha_t}\,\varepsilon - \sqrt{1-\bar\alpha_t}\,x_0\f$
@@ -169,8 +190,12 @@ void velocity_target(const noise_schedule& s, std::size_t t, const X0& x0, const
   detail::check_same_size(where, "x0", a.size(), "noise", e.size());
   detail::check_same_size(where, "x0", a.size(), "v", o.size());
   if (a.empty()) detail::throw_invalid(where, "x0 is empty");
+  detail::check_no_partial_overlap(where, "x0", a, "v", o);
+  detail::check_no_partial_overlap(where, "noise", e, "v", o);
   const schedule_step& st = s.at(t);
-  kernels::affine2(static_cast<T>(-st.sqrt_one_minus_alpha_bar), a, static_cast<T>(st.sqrt_alpha_bar), e, o);
+  detail::require_finite_output(
+      where, kernels::affine2(static_cast<T>(-st.sqrt_one_minus_alpha_bar), a, static_cast<T>(st.sqrt_alpha_bar), e, o),
+      "v");
 }
 
 /// @brief Batched @ref velocity_target, one timestep per row.
@@ -185,11 +210,72 @@ void velocity_target(const noise_schedule& s, const R& timesteps, const X0& x0, 
   auto o = as_mutable_span(v);
   detail::check_same_size(where, "x0", a.size(), "noise", e.size());
   detail::check_same_size(where, "x0", a.size(), "v", o.size());
+  detail::check_no_partial_overlap(where, "x0", a, "v", o);
+  detail::check_no_partial_overlap(where, "noise", e, "v", o);
+  bool finite = true;
   detail::for_each_row(where, s, timesteps, a.size(), [&](std::size_t t, std::size_t off, std::size_t len) {
     const schedule_step& st = s[t];
-    kernels::affine2(static_cast<T>(-st.sqrt_one_minus_alpha_bar), a.subspan(off, len),
-                     static_cast<T>(st.sqrt_alpha_bar), e.subspan(off, len), o.subspan(off, len));
+    finite = kernels::affine2(static_cast<T>(-st.sqrt_one_minus_alpha_bar), a.subspan(off, len),
+                              static_cast<T>(st.sqrt_alpha_bar), e.subspan(off, len), o.subspan(off, len)) &&
+             finite;
   });
+  detail::require_finite_output(where, finite, "v");
+}
+
+// ---------------------------------------------------------------------------------------
+// Any noise level (rectified flow, EDM, VP)
+// ---------------------------------------------------------------------------------------
+
+/// @brief Samples \f$x = \alpha\,x_0 + \sigma\,\varepsilon\f$ at any noise level (process/parameterization.hpp): the
+/// forward process of rectified flow (\f$(1-\sigma)x_0 + \sigma\varepsilon\f$, @ref noise_level::flow), of EDM / VE
+/// (\f$x_0 + \sigma\varepsilon\f$) or of a VP level.
+/// @param[in] l the level; @param[in] x0 data; @param[in] noise ε, same size; @param[out] xt result (may alias x0 or noise).
+/// @throws std::invalid_argument if sizes differ or are 0, or arrays overlap partially; std::domain_error for a
+///         non-finite output.
+template <tensor X0, tensor E, mutable_tensor Out>
+void q_sample(const noise_level& l, const X0& x0, const E& noise, Out&& xt) {
+  static_assert(detail::same_value_v<X0, E> && detail::same_value_v<X0, Out>,
+                "q_sample: x0, noise and xt must have the same element type");
+  constexpr std::string_view where = "diffusion::q_sample";
+  using T = tensor_value_t<X0>;
+  auto a = as_span(x0);
+  auto e = as_span(noise);
+  auto o = as_mutable_span(xt);
+  detail::check_same_size(where, "x0", a.size(), "noise", e.size());
+  detail::check_same_size(where, "x0", a.size(), "xt", o.size());
+  if (a.empty()) detail::throw_invalid(where, "x0 is empty");
+  detail::check_no_partial_overlap(where, "x0", a, "xt", o);
+  detail::check_no_partial_overlap(where, "noise", e, "xt", o);
+  detail::require_finite_output(where,
+                                kernels::affine2(detail::coefficient<T>(where, "alpha", l.alpha), a,
+                                                 detail::coefficient<T>(where, "sigma", l.sigma), e, o),
+                                "xt");
+}
+
+/// @brief The training target of a model of kind `kind` at a level: \f$a\,x_0 + b\,\varepsilon\f$ with
+/// (a, b) = @ref target_coefficients (ε; x₀; v = (αε − σx₀)/r; the flow-matching target u = ε − x₀).
+/// @param[in] l the level; @param[in] kind the target; @param[in] x0 data; @param[in] noise ε;
+/// @param[out] target result (may alias x0 or noise).
+/// @throws as @ref q_sample, and std::domain_error for the score at σ = 0.
+template <tensor X0, tensor E, mutable_tensor Out>
+void prediction_target(const noise_level& l, prediction kind, const X0& x0, const E& noise, Out&& target) {
+  static_assert(detail::same_value_v<X0, E> && detail::same_value_v<X0, Out>,
+                "prediction_target: x0, noise and target must have the same element type");
+  constexpr std::string_view where = "diffusion::prediction_target";
+  using T = tensor_value_t<X0>;
+  auto a = as_span(x0);
+  auto e = as_span(noise);
+  auto o = as_mutable_span(target);
+  detail::check_same_size(where, "x0", a.size(), "noise", e.size());
+  detail::check_same_size(where, "x0", a.size(), "target", o.size());
+  if (a.empty()) detail::throw_invalid(where, "x0 is empty");
+  detail::check_no_partial_overlap(where, "x0", a, "target", o);
+  detail::check_no_partial_overlap(where, "noise", e, "target", o);
+  const affine_coefficients k = target_coefficients(l, kind);
+  detail::require_finite_output(where,
+                                kernels::affine2(detail::coefficient<T>(where, "the x0 coefficient", k.a), a,
+                                                 detail::coefficient<T>(where, "the noise coefficient", k.b), e, o),
+                                "target");
 }
 
 }  // namespace diffusion

@@ -80,12 +80,44 @@ inline gaussian_posterior skip_posterior(const noise_schedule& sched, std::size_
           detail::to_double(detail::dd_sqrt(ratio) * (om_s / om_t)), detail::to_double(var), lv, lv};
 }
 
+/// @brief The posterior \f$q(x_s|x_t,x_0)\f$ between any two levels of one Gaussian process, s less noisy than t
+/// (Kingma et al. 2021, Eq. 26–28): with \f$\alpha_{t|s} = \alpha_t/\alpha_s\f$ and \f$\sigma_{t|s}^2 = \sigma_t^2 - \alpha_{t|s}^2\sigma_s^2\f$,
+/// \f$c_t = \frac{\alpha_{t|s}\sigma_s^2}{\sigma_t^2}\f$, \f$c_0 = \frac{\alpha_s\sigma_{t|s}^2}{\sigma_t^2}\f$,
+/// \f$\tilde\sigma^2 = \frac{\sigma_{t|s}^2\sigma_s^2}{\sigma_t^2}\f$. For rectified flow (@ref noise_level::flow) this is the
+/// posterior of the flow's forward process; for a DDPM table it is @ref skip_posterior.
+///
+/// \f$\sigma_{t|s}^2 = (\sigma_t\alpha_s - \alpha_t\sigma_s)(\sigma_t\alpha_s + \alpha_t\sigma_s)/\alpha_s^2\f$ with the difference of
+/// products formed exactly (two_prod), so nearby levels keep their digits (for flow it is σ_t − σ_s).
+/// @param[in] t the noisier level (σ_t > 0); @param[in] s the target level (α_s > 0, σ_s ≥ 0).
+/// @throws std::invalid_argument unless s is at most as noisy as t (σ_tα_s ≥ α_tσ_s) and the levels are valid.
+inline gaussian_posterior level_posterior(const noise_level& t, const noise_level& s) {
+  constexpr std::string_view where = "diffusion::level_posterior";
+  if (!(t.sigma > 0.0 && std::isfinite(t.sigma) && t.alpha >= 0.0))
+    detail::throw_invalid(where, "t: sigma = " + detail::to_text(t.sigma) + " must be finite and > 0");
+  if (!(s.alpha > 0.0 && std::isfinite(s.alpha) && s.sigma >= 0.0 && std::isfinite(s.sigma)))
+    detail::throw_invalid(where, "s: alpha = " + detail::to_text(s.alpha) + " must be finite and > 0");
+  using detail::dd;
+  const dd diff = detail::two_prod(t.sigma, s.alpha) - detail::two_prod(t.alpha, s.sigma);  // σ_t α_s − α_t σ_s
+  const double d = detail::to_double(diff);
+  if (!(d >= 0.0))
+    detail::throw_invalid(where, "s (alpha = " + detail::to_text(s.alpha) + ", sigma = " + detail::to_text(s.sigma) +
+                                     ") is noisier than t (alpha = " + detail::to_text(t.alpha) + ", sigma = " +
+                                     detail::to_text(t.sigma) + "): the posterior needs s before t");
+  const double sum = t.sigma * s.alpha + t.alpha * s.sigma;
+  const double var_ts = d * sum / s.alpha_sq;  // σ²_{t|s}
+  const double var = var_ts * (s.sigma_sq / t.sigma_sq);
+  return {s.alpha * (var_ts / t.sigma_sq), (t.alpha / s.alpha) * (s.sigma_sq / t.sigma_sq), var,
+          var > 0.0 ? std::log(var) : -std::numeric_limits<double>::infinity(),
+          var > 0.0 ? std::log(var) : -std::numeric_limits<double>::infinity()};
+}
+
 /// @brief The posterior mean \f$\tilde\mu = c_0\,x_0 + c_t\,x_t\f$ of a @ref gaussian_posterior, element-wise.
 /// @param[in] p the posterior (from posterior() or skip_posterior()).
 /// @param[in] x0 data (or a prediction of it).
 /// @param[in] xt the noisy sample, same size.
-/// @param[out] mean may alias x0 or xt.
-/// @throws std::invalid_argument if sizes differ or are 0.
+/// @param[out] mean may alias x0 or xt (exactly; a partial overlap is refused).
+/// @throws std::invalid_argument if sizes differ or are 0, or arrays overlap partially;
+///         std::domain_error for a coefficient or result beyond the element type's range.
 template <tensor X0, tensor XT, mutable_tensor Out>
 void posterior_mean(const gaussian_posterior& p, const X0& x0, const XT& xt, Out&& mean) {
   static_assert(detail::same_value_v<X0, XT> && detail::same_value_v<X0, Out>,
@@ -98,7 +130,12 @@ void posterior_mean(const gaussian_posterior& p, const X0& x0, const XT& xt, Out
   detail::check_same_size(where, "x0", a.size(), "xt", b.size());
   detail::check_same_size(where, "x0", a.size(), "mean", o.size());
   if (a.empty()) detail::throw_invalid(where, "x0 is empty");
-  kernels::affine2(static_cast<T>(p.coef_x0), a, static_cast<T>(p.coef_xt), b, o);
+  detail::check_no_partial_overlap(where, "x0", a, "mean", o);
+  detail::check_no_partial_overlap(where, "xt", b, "mean", o);
+  detail::require_finite_output(where,
+                                kernels::affine2(detail::coefficient<T>(where, "coef_x0", p.coef_x0), a,
+                                                 detail::coefficient<T>(where, "coef_xt", p.coef_xt), b, o),
+                                "mean");
 }
 
 /// @brief \f$\tilde\mu_t(x_t, x_0)\f$ of DDPM Eq. 7 at 0-based step t.
@@ -119,11 +156,16 @@ void posterior_mean(const noise_schedule& s, const R& timesteps, const X0& x0, c
   auto o = as_mutable_span(mean);
   detail::check_same_size(where, "x0", a.size(), "xt", b.size());
   detail::check_same_size(where, "x0", a.size(), "mean", o.size());
+  detail::check_no_partial_overlap(where, "x0", a, "mean", o);
+  detail::check_no_partial_overlap(where, "xt", b, "mean", o);
+  bool finite = true;
   detail::for_each_row(where, s, timesteps, a.size(), [&](std::size_t t, std::size_t off, std::size_t len) {
     const schedule_step& st = s[t];
-    kernels::affine2(static_cast<T>(st.posterior_mean_coef_x0), a.subspan(off, len),
-                     static_cast<T>(st.posterior_mean_coef_xt), b.subspan(off, len), o.subspan(off, len));
+    finite = kernels::affine2(static_cast<T>(st.posterior_mean_coef_x0), a.subspan(off, len),
+                              static_cast<T>(st.posterior_mean_coef_xt), b.subspan(off, len), o.subspan(off, len)) &&
+             finite;
   });
+  detail::require_finite_output(where, finite, "mean");
 }
 
 // ---------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ namespace diffusion {
 
 /// @ingroup parameterization
 /// @brief What a denoiser predicts, for a noisy sample \f$x = \alpha\,x_0 + \sigma\,\varepsilon\f$ (diffusers'
-/// `prediction_type`; the conversions between them are @ref conversion_coefficients).
+/// `prediction_type`; the conversions between them are @ref diffusion::conversion_coefficients "conversion_coefficients").
 enum class prediction {
   epsilon,  ///< the noise ε (DDPM Eq. 11).
   sample,   ///< the data x₀.

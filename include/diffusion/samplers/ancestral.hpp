@@ -189,7 +189,7 @@ void ddpm_step_impl(std::string_view where, const noise_schedule& s, std::size_t
 /// @param[in] model_output rows × width (width = n, or 2n for a learned variance);
 /// @param[in,out] x rows × n: x_j in, x_{j−1} out;
 /// @param[in] noise kernels::no_noise (only at j = 0), a buffer of rows × n normals, or a Philox stream
-/// (@ref step_stream: row b is stream first_sample + b);
+/// (@ref diffusion::step_stream "step_stream": row b is stream first_sample + b);
 /// @param[in] opt prediction kind, variance, x̂₀ processing, rows, threads;
 /// @param[in] buffers x̂₀ out (optional; required with thresholding, with a scratch of n).
 /// @throws std::out_of_range for j ≥ T; std::invalid_argument for sizes, options, missing noise or
@@ -339,7 +339,7 @@ sample_result ddpm_sample(const noise_schedule& s, Model& model, X&& x, std::siz
 /// @brief The target of a discrete step after timestep t: another timestep, or the data.
 inline constexpr std::size_t to_data = static_cast<std::size_t>(-1);
 
-/// @brief A discrete transition from timestep t to `prev` (< t), or to the data (@ref to_data:
+/// @brief A discrete transition from timestep t to `prev` (< t), or to the data (@ref diffusion::to_data "to_data":
 /// ᾱ_prev = 1, diffusers' `set_alpha_to_one`), or from t = 0 to itself (ᾱ_prev = ᾱ_0,
 /// `set_alpha_to_one = False` at the last step).
 struct timestep_transition {
@@ -645,7 +645,7 @@ void ddim_inversion_step(const noise_schedule& s, std::size_t from, std::size_t 
 }
 
 /// @brief DDIM inversion (Song et al. 2021 §4.3; diffusers `DDIMInverseScheduler`): the η = 0 map run
-/// forward, image → noise, visiting `steps` in increasing order with @ref ddim_inversion_step: from x
+/// forward, image → noise, visiting `steps` in increasing order with @ref diffusion::ddim_inversion_step "ddim_inversion_step": from x
 /// at level s (ᾱ = 1 for the data before the first step) to the next, the model evaluated at the
 /// current level (its first call at the first visited timestep).
 /// @param[in] s schedule; @param[in] model denoiser; @param[in,out] x rows × n: x₀ in, x_T out;

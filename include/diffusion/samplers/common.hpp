@@ -177,18 +177,6 @@ inline std::size_t sampler_rows(std::string_view where, std::size_t total, std::
   return rows_split(where, total, rows, "x");
 }
 
-/// A coefficient computed in double, as T; throws std::domain_error (naming it) when it is not
-/// finite in T (a σ of 1e39 is +∞ in float).
-template <real_scalar T>
-T coefficient(std::string_view where, std::string_view name, double value) {
-  const T v = static_cast<T>(value);
-  if (!std::isfinite(v))
-    throw_domain(where, std::string(name) + " = " + to_text(value) + " is not finite as " +
-                            (std::is_same_v<T, float> ? "float" : "double") +
-                            ": the library's arithmetic would overflow the element type");
-  return v;
-}
-
 /// A step's noise for rows of n elements: a Philox stream with the default row length gets n (row
 /// b is stream first_sample + b); buffers and no_noise pass through.
 template <class Z>
@@ -349,18 +337,6 @@ double model_time(const SigmaModel& D, double sigma) {
     return D.time(sigma);
   else
     return sigma;
-}
-
-/// One call of a σ-space model D at a single level σ for all rows, into `den`, with the
-/// output check; the per-row level buffer is ws.levels. ws.timesteps[0] receives the model's time.
-template <class SigmaModel, real_scalar T, class Context>
-void denoise_at(std::string_view where, SigmaModel& D, std::span<const T> x, double sigma, std::span<T> den,
-                sampler_workspace<T>& ws, const Context* context, bool check, std::size_t step) {
-  auto levels = std::span<double>(ws.levels);
-  std::fill(levels.begin(), levels.end(), sigma);
-  D(x, std::span<const double>(levels), den, context);
-  ws.timesteps[0] = model_time(D, sigma);
-  if (check) check_model_output<T>(where, den, den.size() / levels.size(), step, ws.timesteps[0]);
 }
 
 /// The one prologue and epilogue of every sampling loop: validates x and rows (naming the

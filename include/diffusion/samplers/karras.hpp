@@ -19,7 +19,7 @@
 
 namespace diffusion {
 
-/// @brief The four σ-space methods of @ref karras_sample.
+/// @brief The four σ-space methods of @ref diffusion::karras_sample "karras_sample".
 enum class karras_method {
   euler,            ///< @ref euler_sample.
   euler_ancestral,  ///< @ref euler_ancestral_sample.
@@ -43,11 +43,13 @@ sample_result karras_sample(karras_method method, SigmaModel& D, X&& x, std::siz
                 "karras_sample: D must be a sigma-space denoiser, D(x, sigmas, denoised, context): wrap your model "
                 "with diffusion::sigma_space_model(model, schedule)");
   static_assert(noise_source_for<Noise, T>, "karras_sample: Noise must be a diffusion::noise_source for this element type (e.g. philox_normal)");
-  switch (method) {
-    case karras_method::euler: return euler_sample(D, x, rows, noise, sigmas, opt, hooks);
-    case karras_method::euler_ancestral: return euler_ancestral_sample(D, x, rows, noise, sigmas, opt, hooks);
-    case karras_method::heun: return heun_sample(D, x, rows, noise, sigmas, opt, hooks);
-    case karras_method::dpmpp_2m: return dpmpp_2m_sample(D, x, rows, noise, sigmas, opt, hooks);
+  if constexpr (sigma_denoiser<SigmaModel, T, Context> && noise_source_for<Noise, T>) {  // else: only the asserts
+    switch (method) {
+      case karras_method::euler: return euler_sample(D, x, rows, noise, sigmas, opt, hooks);
+      case karras_method::euler_ancestral: return euler_ancestral_sample(D, x, rows, noise, sigmas, opt, hooks);
+      case karras_method::heun: return heun_sample(D, x, rows, noise, sigmas, opt, hooks);
+      case karras_method::dpmpp_2m: return dpmpp_2m_sample(D, x, rows, noise, sigmas, opt, hooks);
+    }
   }
   detail::throw_invalid("diffusion::karras_sample", "unknown method");
 }

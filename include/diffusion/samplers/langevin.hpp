@@ -37,6 +37,7 @@
 #include "../kernels/elementwise.hpp"
 #include "../kernels/reductions.hpp"
 #include "common.hpp"
+#include "sigma_common.hpp"
 #include "../core/tensor.hpp"
 
 /// @defgroup sampler_langevin Langevin and predictor–corrector samplers
@@ -149,18 +150,6 @@ void ve_ancestral_predictor_step(double sigma, double sigma_next, std::span<cons
 
 namespace detail {
 
-/// Requires a non-empty, finite, strictly positive, strictly decreasing σ list.
-inline void langevin_check_sigmas(std::string_view where, std::span<const double> sigmas) {
-  if (sigmas.empty()) throw_invalid(where, "sigmas is empty; at least one noise level is needed");
-  for (std::size_t i = 0; i < sigmas.size(); ++i) {
-    if (!(sigmas[i] > 0.0 && std::isfinite(sigmas[i])))
-      throw_invalid(where, "sigmas[" + to_text(i) + "] = " + to_text(sigmas[i]) + " must be finite and > 0");
-    if (i > 0 && !(sigmas[i] < sigmas[i - 1]))
-      throw_invalid(where, "sigmas must be strictly decreasing: sigmas[" + to_text(i) + "] = " + to_text(sigmas[i]) +
-                               " >= sigmas[" + to_text(i - 1) + "] = " + to_text(sigmas[i - 1]));
-  }
-}
-
 /// Requires levels × per_level noise-stream steps to stay below initial_noise_step.
 inline void langevin_check_stream_steps(std::string_view where, std::size_t levels, std::size_t per_level) {
   if (per_level > (initial_noise_step - 1) / levels)
@@ -234,8 +223,8 @@ struct annealed_langevin_options {
 ///
 /// Noise: iteration j of level i (0-based) uses stream step i·n_steps_each + j; the callback runs
 /// after every iteration with `index` = that step + 1, `count` = L·n_steps_each, `sigma` = σ_i,
-/// `timestep` the model's timestep (as D wrote it to `ws.timesteps`, σ itself for a
-/// `sigma_space_model` without a schedule) and `x0_pred` = D(x; σ_i) before the update.
+/// `timestep` the model's time at σ_i (what a `sigma_space_model` passes its model; σ itself for
+/// other σ-space denoisers) and `x0_pred` = D(x; σ_i) before the update.
 /// @param[in] D the σ-space denoiser: `D(std::span<const T> x, std::span<const double> sigmas,
 ///   std::span<T> x0, sampler_workspace<T>&, const Context*)` (@ref sigma_space_model).
 /// @param[in,out] x rows × n: the initial state in (or drawn), the sample out.
@@ -256,47 +245,32 @@ sample_result annealed_langevin_sample(SigmaModel& D, X&& x, std::size_t rows, N
   static_assert(sigma_denoiser<SigmaModel, T, Context>,
                 "annealed_langevin_sample: D must be a sigma-space denoiser (see sigma_space_model)");
   constexpr std::string_view where = "diffusion::annealed_langevin_sample";
-  detail::langevin_check_sigmas(where, sigmas);
+  detail::check_level_list(where, sigmas);
   detail::check_positive(where, "epsilon", opt.epsilon);
   if (opt.n_steps_each == 0) detail::throw_invalid(where, "n_steps_each = 0 must be >= 1");
   const std::size_t L = sigmas.size(), K = opt.n_steps_each;
   detail::langevin_check_stream_steps(where, L, K);
-  auto xs = as_mutable_span(x);
-  const std::size_t n = detail::sampler_rows(where, xs.size(), rows), m = rows * n;
-  sampler_workspace<T> local;
-  sampler_workspace<T>& ws = hooks.workspace ? *hooks.workspace : local;
-  ws.reserve(rows, n, 2 * n);  // room for a learned-variance model's 2n outputs per row
-  auto den = std::span<T>(ws.x0).first(m);
-  auto z = std::span<T>(ws.aux).first(m);
-  if (opt.draw_initial_noise) detail::fill_initial_sigma_noise(where, noise, opt.first_sample, xs, rows, n, sigmas[0]);
-  auto denoise = [&](double sigma, std::size_t step) {
-    detail::denoise_at(where, D, std::span<const T>(xs), sigma, den, ws, hooks.context, opt.check_finite, step);
-  };
+  detail::sigma_sampler<SigmaModel, T, Noise, Context> loop(where, D, as_mutable_span(x), rows, noise, sigmas,
+                                                            opt.first_sample, opt.draw_initial_noise, opt.check_finite,
+                                                            hooks, detail::sigma_list_kind::levels);
+  const auto xs = loop.x();
+  const auto den = loop.buffer(0);
   const double sigma_last = sigmas[L - 1];
-  sample_result result{};
   for (std::size_t i = 0; i < L; ++i) {
     const double sigma = sigmas[i], ratio = sigma / sigma_last;
     const double alpha = opt.epsilon * ratio * ratio;
     for (std::size_t j = 0; j < K; ++j) {
       const std::size_t k = i * K + j;
-      denoise(sigma, k);
-      ++result.model_calls;
-      detail::langevin_step_impl<T>(alpha, sigma, xs, den,
-                                    detail::step_noise(noise, opt.first_sample, static_cast<std::uint64_t>(k), z, rows, n),
-                                    xs, hooks.execution);
-      ++result.steps;
-      if (hooks.on_step && !hooks.on_step(step_info<T>{k + 1, L * K, ws.timesteps[0], sigma, xs, den, sigma})) {
-        result.completed = false;
-        return result;
-      }
+      loop.denoise(xs, sigma, den, k);
+      detail::langevin_step_impl<T>(alpha, sigma, xs, den, loop.noise(k), xs, loop.policy());
+      if (!loop.report(L * K, loop.time(sigma), sigma, sigma, den)) return loop.result();
     }
   }
   if (opt.final_denoise) {
-    denoise(sigma_last, L * K);
-    ++result.model_calls;
+    loop.denoise(xs, sigma_last, den, L * K);
     std::copy(den.begin(), den.end(), xs.begin());
   }
-  return result;
+  return loop.result();
 }
 
 // ---------------------------------------------------------------------------------------
@@ -394,7 +368,7 @@ sample_result predictor_corrector_sample(SigmaModel& D, X&& x, std::size_t rows,
   static_assert(sigma_denoiser<SigmaModel, T, Context>,
                 "predictor_corrector_sample: D must be a sigma-space denoiser (see sigma_space_model)");
   constexpr std::string_view where = "diffusion::predictor_corrector_sample";
-  detail::langevin_check_sigmas(where, sigmas);
+  detail::check_level_list(where, sigmas);
   const bool use_corrector = opt.corrector == pc_corrector::langevin;
   const bool use_predictor = opt.predictor != pc_predictor::none;
   if (!use_corrector && !use_predictor)
@@ -409,38 +383,23 @@ sample_result predictor_corrector_sample(SigmaModel& D, X&& x, std::size_t rows,
     detail::throw_invalid(where, "corrector_steps = " + detail::to_text(C) + " is outside the allowed range [1, " +
                                      detail::to_text(initial_noise_step - 1) + "]");
   detail::langevin_check_stream_steps(where, N, C + 1);
-  auto xs = as_mutable_span(x);
-  const std::size_t n = detail::sampler_rows(where, xs.size(), rows), m = rows * n;
-  sampler_workspace<T> local;
-  sampler_workspace<T>& ws = hooks.workspace ? *hooks.workspace : local;
-  ws.reserve(rows, n, 2 * n);  // room for a learned-variance model's 2n outputs per row
-  auto den = std::span<T>(ws.x0).first(m);
-  auto z = std::span<T>(ws.aux).first(m);
-  if (opt.draw_initial_noise) detail::fill_initial_sigma_noise(where, noise, opt.first_sample, xs, rows, n, sigmas[0]);
-  auto denoise = [&](double sigma, std::size_t step) {
-    detail::denoise_at(where, D, std::span<const T>(xs), sigma, den, ws, hooks.context, opt.check_finite, step);
-  };
+  detail::sigma_sampler<SigmaModel, T, Noise, Context> loop(where, D, as_mutable_span(x), rows, noise, sigmas,
+                                                            opt.first_sample, opt.draw_initial_noise, opt.check_finite,
+                                                            hooks, detail::sigma_list_kind::levels);
+  const auto xs = loop.x();
+  const auto den = loop.buffer(0), z = loop.buffer(1);
+  const std::size_t n = loop.row_size();
   auto vanishing_score = [&](const std::string& which, std::size_t step, double sigma) {
     detail::throw_domain(where, "the score of " + which + " is 0 (D(x; sigma) = x) in step " + detail::to_text(step) +
                                     " (sigma " + detail::to_text(sigma) +
                                     "): the corrector's step 2 (snr |z|/|s|)^2 is undefined");
   };
   const std::size_t count = N * (C + (use_predictor ? 1 : 0));
-  sample_result result{};
-  auto report = [&](double sigma, double sigma_to) {
-    ++result.steps;
-    if (hooks.on_step && !hooks.on_step(step_info<T>{result.steps, count, ws.timesteps[0], sigma, xs, den, sigma_to})) {
-      result.completed = false;
-      return false;
-    }
-    return true;
-  };
   for (std::size_t i = 0; i < N; ++i) {
     const double sigma = sigmas[i], sigma_next = i + 1 < N ? sigmas[i + 1] : 0.0;
     for (std::size_t j = 0; j < C; ++j) {
       const std::size_t k = i * (C + 1) + j;
-      denoise(sigma, k);
-      ++result.model_calls;
+      loop.denoise(xs, sigma, den, k);
       detail::fill_step_noise(noise, opt.first_sample, static_cast<std::uint64_t>(k), z, rows, n);
       if (opt.norms == corrector_norms::per_row) {
         for (std::size_t b = 0; b < rows; ++b) {
@@ -448,7 +407,7 @@ sample_result predictor_corrector_sample(SigmaModel& D, X&& x, std::size_t rows,
           const auto zb = std::span<const T>(z).subspan(b * n, n);
           const double eps = langevin_snr_step_size<T>(opt.snr, sigma, xb, db, zb);
           if (!std::isfinite(eps)) vanishing_score("row " + detail::to_text(b), k, sigma);
-          langevin_step<T>(eps, sigma, xb, db, zb, xs.subspan(b * n, n), hooks.execution);
+          langevin_step<T>(eps, sigma, xb, db, zb, xs.subspan(b * n, n), loop.policy());
         }
       } else {
         double z_norms = 0.0, d_norms = 0.0;  // sums over rows of |z_b| and |D_b - x_b|
@@ -459,30 +418,26 @@ sample_result predictor_corrector_sample(SigmaModel& D, X&& x, std::size_t rows,
         const double ratio = opt.snr * sigma * sigma * z_norms / d_norms;  // r |z|_mean / |s|_mean
         const double eps = 2.0 * ratio * ratio;
         if (!std::isfinite(eps)) vanishing_score("every row", k, sigma);
-        langevin_step<T>(eps, sigma, xs, den, z, xs, hooks.execution);
+        langevin_step<T>(eps, sigma, xs, den, z, xs, loop.policy());
       }
-      if (!report(sigma, sigma)) return result;
+      if (!loop.report(count, loop.time(sigma), sigma, sigma, den)) return loop.result();
     }
     if (use_predictor) {
       const std::size_t k = i * (C + 1) + C;
-      denoise(sigma, k);
-      ++result.model_calls;
+      loop.denoise(xs, sigma, den, k);
       const double scale = opt.predictor == pc_predictor::reverse_diffusion ? sigma : sigma_next;
       if (sigma_next > 0.0)  // the noise generated inside the kernel for philox_normal
-        detail::ve_predictor_move<T>(sigma, sigma_next, scale, xs, den,
-                                     detail::step_noise(noise, opt.first_sample, static_cast<std::uint64_t>(k), z, rows, n),
-                                     xs, hooks.execution);
+        detail::ve_predictor_move<T>(sigma, sigma_next, scale, xs, den, loop.noise(k), xs, loop.policy());
       else
-        detail::ve_predictor_move<T>(sigma, sigma_next, scale, xs, den, kernels::no_noise{}, xs, hooks.execution);
-      if (!report(sigma, sigma_next)) return result;
+        detail::ve_predictor_move<T>(sigma, sigma_next, scale, xs, den, kernels::no_noise{}, xs, loop.policy());
+      if (!loop.report(count, loop.time(sigma), sigma, sigma_next, den)) return loop.result();
     }
   }
   if (!use_predictor && opt.final_denoise) {
-    denoise(sigmas[N - 1], N * (C + 1));
-    ++result.model_calls;
+    loop.denoise(xs, sigmas[N - 1], den, N * (C + 1));
     std::copy(den.begin(), den.end(), xs.begin());
   }
-  return result;
+  return loop.result();
 }
 
 }  // namespace diffusion

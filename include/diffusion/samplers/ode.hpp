@@ -80,7 +80,7 @@ void euler_step(sigma_step s, std::span<const T> denoised, std::span<T> x, const
   euler_step<T>(as_level_step(s), denoised, x, policy);
 }
 
-/// @brief The pre-0.2 form of @ref euler_step: from x at σ to `out` at σ_to.
+/// @brief The pre-0.2 form of @ref diffusion::euler_step "euler_step": from x at σ to `out` at σ_to.
 /// @param[in] x state at σ; @param[in] denoised D(x; σ); @param[in] sigma σ > 0; @param[in] sigma_to target σ ≥ 0;
 /// @param[out] out may alias x or denoised; @param[in] policy threads (bit-identical for any count).
 template <real_scalar T, execution_policy P = sequential_policy>
@@ -112,6 +112,30 @@ void churn_step(double sigma, double sigma_hat, double s_noise, std::span<T> x, 
   const T c = detail::coefficient<T>(where, "the churn's noise scale",
                                      std::sqrt((sigma_hat - sigma) * (sigma_hat + sigma)) * s_noise);
   detail::require_finite_step(where, kernels::add_noise(c, std::span<const T>(x), z, x, policy), "the churn");
+}
+
+/// @brief Moves a state to a noisier level of its process by adding fresh noise: from (α, σ) to
+/// (α', σ') with \f$\alpha'\sigma/\alpha \le \sigma'\f$,
+/// \f$x' = \frac{\alpha'}{\alpha}x + S_\text{noise}\sqrt{\sigma'^2 - (\alpha'\sigma/\alpha)^2}\,z\f$, so that
+/// \f$x = \alpha x_0 + \sigma\varepsilon\f$ becomes \f$\alpha' x_0 + \sigma'\varepsilon'\f$ in law (S_noise = 1). In σ-space it
+/// is @ref churn_step; for rectified flow it is the renoising of ComfyUI's `*_RF` samplers.
+/// @param[in] s from (α > 0) and to; @param[in] s_noise S_noise ≥ 0; @param[in,out] x the state;
+/// @param[in] z the normals; @param[in] policy threads.
+/// @throws std::invalid_argument unless the target is at least as noisy (α'σ/α ≤ σ'); std::domain_error on overflow.
+template <real_scalar T, class Z, execution_policy P = sequential_policy>
+  requires kernels::noise_operand<Z, T>
+void renoise_step(const level_step& s, double s_noise, std::span<T> x, const Z& z, const P& policy = P{}) {
+  constexpr std::string_view where = "diffusion::renoise_step";
+  if (!(s.from.alpha > 0.0))
+    detail::throw_invalid(where, "the state's level has alpha = " + detail::to_text(s.from.alpha) + "; it must be > 0");
+  const double scale = s.to.alpha / s.from.alpha, kept = scale * s.from.sigma;
+  if (!(kept <= s.to.sigma && std::isfinite(s.to.sigma)))
+    detail::throw_invalid(where, "the target level (sigma = " + detail::to_text(s.to.sigma) +
+                                     ") is less noisy than the state (" + detail::to_text(kept) + " after rescaling)");
+  const T c = detail::coefficient<T>(where, "the added noise's scale",
+                                     std::sqrt((s.to.sigma - kept) * (s.to.sigma + kept)) * s_noise);
+  detail::require_finite_step(
+      where, kernels::affine_noise(static_cast<T>(scale), std::span<const T>(x), c, z, x, policy), "the renoising");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -231,14 +255,14 @@ void dpmpp_2m_step(const level_step& s, std::span<const T> denoised, std::span<T
   detail::check_same_size(where, "denoised", denoised.size(), "x", x.size());
   detail::check_same_size(where, "state.previous_denoised", state.previous_denoised.size(), "x", x.size());
   detail::check_no_partial_overlap(where, "denoised", denoised, "x", x);
-  const bool to_data = s.to.sigma == 0.0;
+  const bool lands_on_data = s.to.sigma == 0.0;
   const double ratio = s.to.sigma / s.from.sigma;
   // h = λ' − λ, λ = log α − log σ (written so that α = 1 gives log σ − log σ' exactly).
-  const double h = to_data ? 0.0 : (std::log(s.to.alpha) - std::log(s.to.sigma)) - (std::log(s.from.alpha) - std::log(s.from.sigma));
-  const double em = to_data ? -1.0 : std::expm1(-h);  // expm1(−h)
+  const double h = lands_on_data ? 0.0 : (std::log(s.to.alpha) - std::log(s.to.sigma)) - (std::log(s.from.alpha) - std::log(s.from.sigma));
+  const double em = lands_on_data ? -1.0 : std::expm1(-h);  // expm1(−h)
   const T cx = static_cast<T>(ratio), cd = static_cast<T>(-(s.to.alpha * em));
   bool ok = true;
-  if (!state.has_previous || to_data || first_order) {
+  if (!state.has_previous || lands_on_data || first_order) {
     ok = kernels::map(policy, kernels::no_noise{}, kernels::outputs(x, state.previous_denoised),
                       kernels::inputs<T>(std::span<const T>(x), denoised), [cx, cd](auto xv, auto dv) {
                         using V = decltype(xv);
@@ -257,7 +281,7 @@ void dpmpp_2m_step(const level_step& s, std::span<const T> denoised, std::span<T
                       });
   }
   detail::require_finite_step(where, ok, "the DPM-Solver++(2M) step");
-  if (!to_data) state.previous_h = h;
+  if (!lands_on_data) state.previous_h = h;
   state.has_previous = true;
 }
 
@@ -267,15 +291,18 @@ void dpmpp_2m_step(const level_step& s, std::span<const T> denoised, std::span<T
 
 namespace detail {
 /// The churn of step i of a σ-space loop (Euler, Heun): σ̂, and the churned state (x itself when
-/// there is no churn, else `buffer` = x + √(σ̂² − σ²) S_noise z, so that x changes only in the
-/// step's last pass).
+/// there is no churn, else `buffer` = x + √(σ̂² − σ²) S_noise z — @ref renoise_step for a flow
+/// state — so that x changes only in the step's last pass).
 template <class Loop, real_scalar T>
 std::pair<double, std::span<const T>> apply_churn(Loop& loop, const karras_options& opt, std::size_t i,
                                                   std::span<const T> x, std::span<T> buffer) {
   const double s_i = loop.sigma(i), s_hat = churned_sigma(opt, s_i, loop.steps());
   if (!(s_hat > s_i)) return {s_i, x};
   std::copy(x.begin(), x.end(), buffer.begin());
-  churn_step<T>(s_i, s_hat, opt.s_noise, buffer, loop.noise(i), loop.policy());
+  if (loop.process() == state_process::sigma_space)
+    churn_step<T>(s_i, s_hat, opt.s_noise, buffer, loop.noise(i), loop.policy());
+  else
+    renoise_step<T>({loop.level(s_i), loop.level(s_hat)}, opt.s_noise, buffer, loop.noise(i), loop.policy());
   return {s_hat, std::span<const T>(buffer)};
 }
 /// The churned levels of a σ list, checked against the model's range before the first step.
@@ -314,7 +341,8 @@ sample_result euler_sample(SigmaModel& D, X&& x, std::size_t rows, Noise& noise,
   for (std::size_t i = 0; i < loop.steps(); ++i) {
     const auto [s_hat, at] = detail::apply_churn(loop, opt, i, std::span<const T>(xs), churned);
     loop.denoise(at, s_hat, den, i);
-    euler_step<T>(at, den, s_hat, loop.sigma(i + 1), xs, loop.policy());
+    if (at.data() != xs.data()) std::copy(at.begin(), at.end(), xs.begin());
+    euler_step<T>(loop.step_levels(s_hat, i), den, xs, loop.policy());
     if (!loop.report(loop.steps(), loop.time(s_hat), loop.sigma(i), loop.sigma(i + 1), den)) break;
   }
   return loop.result();
@@ -380,7 +408,7 @@ sample_result dpmpp_2m_sample(SigmaModel& D, X&& x, std::size_t rows, Noise& noi
   dpmpp_2m_state<T> state{loop.buffer(3)};
   for (std::size_t i = 0; i < loop.steps(); ++i) {
     loop.denoise(xs, loop.sigma(i), den, i);
-    dpmpp_2m_step<T>({loop.sigma(i), loop.sigma(i + 1)}, den, xs, state, loop.policy());
+    dpmpp_2m_step<T>(loop.step_levels(loop.sigma(i), i), den, xs, state, false, loop.policy());
     if (!loop.report(loop.steps(), loop.time(loop.sigma(i)), loop.sigma(i), loop.sigma(i + 1), den)) break;
   }
   return loop.result();

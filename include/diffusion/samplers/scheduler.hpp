@@ -18,12 +18,20 @@
 /// Classes (diffusers' `_class_name`) and what the state x is:
 /// | class | step functions | x |
 /// |---|---|---|
-/// | DDPMScheduler | @ref ddpm_step on the respaced schedule | variance preserving |
-/// | DDIMScheduler | @ref ddim_step (η from the config's `eta`) | variance preserving |
-/// | EulerDiscreteScheduler | @ref euler_step | σ-space (x₀ + σε) |
-/// | EulerAncestralDiscreteScheduler | @ref euler_ancestral_step | σ-space |
-/// | HeunDiscreteScheduler | @ref heun_predict / @ref heun_correct (two calls per step) | σ-space |
-/// | DPMSolverMultistepScheduler (dpmsolver++, order ≤ 2) | @ref dpmpp_2m_step over VP levels | variance preserving |
+/// | DDPMScheduler | @ref diffusion::ddpm_step "ddpm_step" on the respaced schedule | variance preserving |
+/// | DDIMScheduler | @ref diffusion::ddim_step "ddim_step" (η from the config's `eta`) | variance preserving |
+/// | EulerDiscreteScheduler | @ref diffusion::euler_step "euler_step" | σ-space (x₀ + σε) |
+/// | EulerAncestralDiscreteScheduler | @ref diffusion::euler_ancestral_step "euler_ancestral_step" | σ-space |
+/// | HeunDiscreteScheduler | @ref diffusion::heun_predict "heun_predict" / @ref diffusion::heun_correct "heun_correct" (two calls per step) | σ-space |
+/// | DPMSolverMultistepScheduler (dpmsolver++, order ≤ 2) | @ref diffusion::dpmpp_2m_step "dpmpp_2m_step" over VP levels | variance preserving |
+/// | FlowMatchEulerDiscreteScheduler | @ref diffusion::euler_step "euler_step" on flow levels (x + (σ' − σ)u); `stochastic_sampling`: x̂₀ renoised to σ' | rectified flow ((1 − σ)x₀ + σε) |
+/// | FlowMatchHeunDiscreteScheduler | @ref diffusion::heun_predict "heun_predict" / @ref diffusion::heun_correct "heun_correct" on flow levels | rectified flow |
+///
+/// The flow classes take the σ list of @ref diffusion::flow_sigmas "flow_sigmas" (SD3's `shift`, or
+/// Flux's dynamic shift with μ: call `set_timesteps(n, mu)` or `set_timesteps(sigmas, mu)`), the
+/// model's timestep t = σ·N, its input the state itself, and its output the flow velocity
+/// u = ε − x₀. They shift once (`scheduler_config::diffusers_double_shift` reproduces diffusers'
+/// second shift of the end points, docs/conventions.md).
 ///
 /// Where this object departs from diffusers (docs/conventions.md): the tables are double (diffusers
 /// float32); DDIM's previous timestep is read from the list (diffusers computes t − T/N, wrong for
@@ -50,6 +58,7 @@
 #include "../process/parameterization.hpp"
 #include "../process/posterior.hpp"
 #include "../schedule/betas.hpp"
+#include "../schedule/flow.hpp"
 #include "../schedule/noise_schedule.hpp"
 #include "../schedule/sigmas.hpp"
 #include "../schedule/timesteps.hpp"
@@ -73,6 +82,8 @@ enum class scheduler_kind {
   euler_ancestral,       ///< EulerAncestralDiscreteScheduler.
   heun,                  ///< HeunDiscreteScheduler.
   dpm_solver_multistep,  ///< DPMSolverMultistepScheduler (algorithm_type dpmsolver++, solver_order 1 or 2).
+  flow_match_euler,      ///< FlowMatchEulerDiscreteScheduler (rectified flow; SD3, Flux).
+  flow_match_heun,       ///< FlowMatchHeunDiscreteScheduler (rectified flow).
 };
 
 /// @brief The diffusers `_class_name` of a kind ("DDIMScheduler", …).
@@ -84,6 +95,8 @@ inline std::string_view class_name(scheduler_kind k) noexcept {
     case scheduler_kind::euler_ancestral: return "EulerAncestralDiscreteScheduler";
     case scheduler_kind::heun: return "HeunDiscreteScheduler";
     case scheduler_kind::dpm_solver_multistep: return "DPMSolverMultistepScheduler";
+    case scheduler_kind::flow_match_euler: return "FlowMatchEulerDiscreteScheduler";
+    case scheduler_kind::flow_match_heun: return "FlowMatchHeunDiscreteScheduler";
   }
   return "?";
 }
@@ -102,7 +115,7 @@ enum class final_sigma {
   sigma_min,  ///< "sigma_min": on σ of the training schedule's first step.
 };
 
-/// @brief The configuration of a @ref scheduler: the keys of a diffusers `scheduler_config.json`
+/// @brief The configuration of a @ref diffusion::scheduler "scheduler": the keys of a diffusers `scheduler_config.json`
 /// that change the math, with diffusers' names. Start from @ref defaults_for a class (diffusers'
 /// defaults differ per class), then set what the model's config sets.
 struct scheduler_config {
@@ -129,15 +142,27 @@ struct scheduler_config {
   std::size_t solver_order = 2;                               ///< `solver_order` (DPM-Solver; 1 or 2).
   bool lower_order_final = true;                              ///< `lower_order_final` (DPM-Solver, < 15 steps).
   bool euler_at_final = false;                                ///< `euler_at_final` (DPM-Solver).
+  double shift = 1.0;                                         ///< `shift` (flow classes; SD3: 3.0).
+  bool use_dynamic_shifting = false;                          ///< `use_dynamic_shifting` (flow: Flux's μ shift).
+  flux_shift_parameters flux_shift{};                         ///< `base_image_seq_len`, `max_image_seq_len`, `base_shift`, `max_shift`.
+  time_shift_kind time_shift_type = time_shift_kind::exponential;  ///< `time_shift_type` (flow).
+  double shift_terminal = 0.0;                                ///< `shift_terminal` (flow; 0 or null: off).
+  bool stochastic_sampling = false;                           ///< `stochastic_sampling` (FlowMatchEuler).
+  /// Not a diffusers key: reproduce diffusers' second shift of the flow σ list's end points
+  /// (diffusers #13243; @ref flow_schedule_options::diffusers_double_shift). Off: shifted once.
+  bool diffusers_double_shift = false;
 
   /// @brief diffusers' defaults for a class: DDPM/DDIM leading spacing with `clip_sample` on;
-  /// the σ-space classes and DPM-Solver linspace spacing with `clip_sample` off.
+  /// the σ-space classes and DPM-Solver linspace spacing with `clip_sample` off; the flow classes
+  /// a flow-velocity model and no shift (`shift` 1.0, diffusers' default).
   static scheduler_config defaults_for(scheduler_kind k) {
     scheduler_config c;
     c.kind = k;
     const bool discrete = k == scheduler_kind::ddpm || k == scheduler_kind::ddim;
     c.spacing = discrete ? timestep_spacing::leading : timestep_spacing::linspace;
     c.clip_sample = discrete;
+    if (k == scheduler_kind::flow_match_euler || k == scheduler_kind::flow_match_heun)
+      c.prediction_type = prediction::flow_velocity;
     return c;
   }
 };
@@ -174,18 +199,60 @@ class scheduler {
   /// @brief Builds the training schedule of the configuration.
   /// @throws std::invalid_argument for a value the class does not support (naming the key and
   ///         the supported values) or invalid betas.
-  explicit scheduler(scheduler_config config) : cfg_(std::move(config)), train_(config_betas(cfg_)) { validate(); }
+  explicit scheduler(scheduler_config config)
+      // The flow classes have no β table: a one-step placeholder, never read.
+      : cfg_(std::move(config)), train_(flow(cfg_.kind) ? noise_schedule(std::vector<double>{0.5}) : noise_schedule(config_betas(cfg_))) {
+    validate();
+  }
 
   /// The configuration.
   [[nodiscard]] const scheduler_config& config() const noexcept { return cfg_; }
-  /// The training schedule (double tables).
-  [[nodiscard]] const noise_schedule& training_schedule() const noexcept { return train_; }
+  /// @brief The training schedule (double tables).
+  /// @throws std::logic_error for the flow classes, which have no β schedule.
+  [[nodiscard]] const noise_schedule& training_schedule() const {
+    if (is_flow())
+      throw std::logic_error("diffusion::scheduler::training_schedule: " + std::string(class_name(cfg_.kind)) +
+                             " has no beta schedule (a rectified-flow model)");
+    return train_;
+  }
+  /// Whether the class is a rectified-flow one (FlowMatchEuler, FlowMatchHeun).
+  [[nodiscard]] bool is_flow() const noexcept { return flow(cfg_.kind); }
 
   /// @brief Chooses N inference steps (diffusers' `set_timesteps(N)`), resets the step state.
   /// @throws std::invalid_argument for N = 0 or too large for the spacing.
-  void set_timesteps(std::size_t num_inference_steps) {
+  /// For a flow class with `use_dynamic_shifting`, μ is needed: use the overload that takes it.
+  void set_timesteps(std::size_t num_inference_steps) { set_timesteps_impl(num_inference_steps, {}, {}); }
+
+  /// @brief Flow classes with `use_dynamic_shifting` (Flux): N steps shifted with μ (diffusers'
+  /// `set_timesteps(N, mu=mu)`); see @ref mu_for.
+  /// @throws std::invalid_argument for another class, a non-finite μ (or μ ≤ 0 with the linear time
+  ///         shift), or as set_timesteps(N).
+  void set_timesteps(std::size_t num_inference_steps, double mu) { set_timesteps_impl(num_inference_steps, {}, mu); }
+
+  /// @brief Flow classes: a custom list of unshifted σ, descending in (0, 1] (diffusers'
+  /// `set_timesteps(sigmas=…, mu=…)`; the Flux pipeline passes linspace(1, 1/N, N)), through the
+  /// configured shift (@ref diffusion::flow_sigmas "flow_sigmas"); μ is needed with `use_dynamic_shifting`.
+  /// @throws std::invalid_argument for another class or a bad list.
+  void set_timesteps(std::span<const double> sigmas, std::optional<double> mu = std::nullopt) {
+    if (!is_flow())
+      detail::throw_invalid("diffusion::scheduler::set_timesteps", "a sigma list is only taken by the flow classes, not by " +
+                                                                        std::string(class_name(cfg_.kind)));
+    set_timesteps_impl(sigmas.size(), sigmas, mu);
+  }
+
+  /// @brief Flux's μ for an image of `image_seq_len` latent tokens, from the configuration's
+  /// base/max sequence lengths and shifts (@ref diffusion::flux_mu "flux_mu").
+  [[nodiscard]] double mu_for(double image_seq_len) const { return flux_mu(image_seq_len, cfg_.flux_shift); }
+
+ private:
+  void set_timesteps_impl(std::size_t num_inference_steps, std::span<const double> custom, std::optional<double> mu) {
     constexpr std::string_view where = "diffusion::scheduler::set_timesteps";
     if (num_inference_steps == 0) detail::throw_invalid(where, "num_inference_steps = 0 must be >= 1");
+    if (mu && !(is_flow() && cfg_.use_dynamic_shifting))
+      detail::throw_invalid(where, "mu is only used by a flow class with use_dynamic_shifting (" +
+                                       std::string(class_name(cfg_.kind)) + (is_flow() ? " has it off)" : ")"));
+    if (!mu && is_flow() && cfg_.use_dynamic_shifting)
+      detail::throw_invalid(where, "use_dynamic_shifting needs mu: call set_timesteps(n, mu) with mu = mu_for(image_seq_len)");
     const std::size_t T = cfg_.num_train_timesteps, N = num_inference_steps;
     n_steps_ = N;
     timesteps_.clear();
@@ -216,25 +283,42 @@ class scheduler {
       case scheduler_kind::euler_ancestral:
       case scheduler_kind::heun: set_sigma_space_timesteps(N); break;
       case scheduler_kind::dpm_solver_multistep: set_dpm_timesteps(N); break;
+      case scheduler_kind::flow_match_euler:
+      case scheduler_kind::flow_match_heun: {
+        const flow_schedule_options o{T,
+                                      cfg_.shift,
+                                      cfg_.use_dynamic_shifting,
+                                      mu.value_or(0.0),
+                                      cfg_.time_shift_type,
+                                      cfg_.shift_terminal,
+                                      false,
+                                      cfg_.diffusers_double_shift};
+        flow_timesteps f = custom.empty() ? flow_sigmas(N, o) : flow_sigmas(custom, o);
+        timesteps_ = std::move(f.timesteps);
+        sigmas_ = std::move(f.sigmas);
+        break;
+      }
     }
-    if (cfg_.kind == scheduler_kind::heun) duplicate_for_heun();
+    if (cfg_.kind == scheduler_kind::heun || cfg_.kind == scheduler_kind::flow_match_heun) duplicate_for_heun();
     next_ = 0;
     heun_second_ = false;
     dpm_state_has_previous_ = false;
     dpm_previous_h_ = 0.0;
   }
 
+ public:
   /// Steps chosen by set_timesteps (model calls: 2N − 1 for Heun).
   [[nodiscard]] std::size_t num_inference_steps() const noexcept { return n_steps_; }
   /// @brief The model's timestep at each call of `step` (diffusers' `timesteps`; fractional for the
   /// σ-space classes, whose σ list is interpolated).
   [[nodiscard]] std::span<const double> timesteps() const noexcept { return timesteps_; }
   /// @brief The σ-space noise ratio σ/α at each call of `step`, followed by the final one
-  /// (diffusers' `sigmas` for the σ-space classes and DPM-Solver; √((1−ᾱ)/ᾱ) of the timesteps for DDPM/DDIM).
+  /// (diffusers' `sigmas` for the σ-space classes and DPM-Solver; √((1−ᾱ)/ᾱ) of the timesteps for
+  /// DDPM/DDIM); the flow σ ∈ [0, 1] for the flow classes.
   [[nodiscard]] std::span<const double> sigmas() const noexcept { return sigmas_; }
 
   /// @brief The standard deviation of the initial noise (diffusers' `init_noise_sigma`): 1 for the
-  /// variance-preserving classes; σ_max for the σ-space classes with linspace/trailing spacing and
+  /// variance-preserving and flow classes; σ_max for the σ-space classes with linspace/trailing spacing and
   /// \f$\sqrt{\sigma_{\max}^2 + 1}\f$ with leading spacing (as diffusers).
   /// @throws std::logic_error before set_timesteps.
   [[nodiscard]] double init_noise_sigma() const {
@@ -245,7 +329,7 @@ class scheduler {
   }
 
   /// @brief The model's input at call i (diffusers' `scale_model_input`): \f$x/\sqrt{\sigma_i^2 + 1}\f$ for the
-  /// σ-space classes, x itself otherwise.
+  /// σ-space classes, x itself otherwise (flow classes included).
   /// @param[in] x the state; @param[in] i the call index; @param[out] out the model's input (may alias x).
   /// @throws std::out_of_range for i outside the timesteps; std::invalid_argument for sizes.
   template <real_scalar T>
@@ -309,8 +393,8 @@ class scheduler {
   }
 
   /// @brief Noises data to the level of call i (diffusers' `add_noise`, by call index):
-  /// \f$x_0 + \sigma_i\varepsilon\f$ for the σ-space classes, \f$\sqrt{\bar\alpha}x_0 + \sqrt{1-\bar\alpha}\,\varepsilon\f$ at timestep i's
-  /// level otherwise.
+  /// \f$x_0 + \sigma_i\varepsilon\f$ for the σ-space classes, \f$(1-\sigma_i)x_0 + \sigma_i\varepsilon\f$ for the flow classes
+  /// (diffusers' `scale_noise`), \f$\sqrt{\bar\alpha}x_0 + \sqrt{1-\bar\alpha}\,\varepsilon\f$ at timestep i's level otherwise.
   /// @param[in] x0 data; @param[in] noise ε, same size; @param[in] i the call index; @param[out] out may alias either.
   template <real_scalar T>
   void add_noise(std::span<const T> x0, std::span<const T> noise, std::size_t i, std::span<T> out) const {
@@ -319,7 +403,9 @@ class scheduler {
     detail::check_index(where, "i", i, timesteps_.size());
     detail::check_same_size(where, "x0", x0.size(), "noise", noise.size());
     detail::check_same_size(where, "x0", x0.size(), "out", out.size());
-    const noise_level l = sigma_space() ? noise_level::exploding(sigmas_[i]) : noise_level::preserving(sigmas_[i]);
+    const noise_level l = is_flow()        ? noise_level::flow(sigmas_[i])
+                          : sigma_space() ? noise_level::exploding(sigmas_[i])
+                                          : noise_level::preserving(sigmas_[i]);
     detail::require_finite_step(
         where, kernels::affine2(static_cast<T>(l.alpha), x0, detail::coefficient<T>(where, "sigma", l.sigma), noise, out),
         "the forward process");
@@ -342,6 +428,9 @@ class scheduler {
     return cfg_.kind == scheduler_kind::euler || cfg_.kind == scheduler_kind::euler_ancestral ||
            cfg_.kind == scheduler_kind::heun;
   }
+  static bool flow(scheduler_kind k) noexcept {
+    return k == scheduler_kind::flow_match_euler || k == scheduler_kind::flow_match_heun;
+  }
   [[nodiscard]] x0_processing processing() const {
     return {cfg_.clip_sample, cfg_.clip_sample_range, cfg_.thresholding,
             dynamic_threshold{cfg_.dynamic_thresholding_ratio, cfg_.sample_max_value}};
@@ -354,7 +443,7 @@ class scheduler {
   void validate() const {
     constexpr std::string_view where = "diffusion::scheduler";
     const prediction p = cfg_.prediction_type;
-    if (p != prediction::epsilon && p != prediction::sample && p != prediction::v)
+    if (!is_flow() && p != prediction::epsilon && p != prediction::sample && p != prediction::v)
       detail::throw_invalid(where, "prediction_type = " + std::string(to_string(p)) + " is not supported by " +
                                        std::string(class_name(cfg_.kind)) + " (supported: epsilon, sample, v_prediction)");
     if (cfg_.kind == scheduler_kind::dpm_solver_multistep && !(cfg_.solver_order == 1 || cfg_.solver_order == 2))
@@ -362,8 +451,25 @@ class scheduler {
                                        " is not supported by DPMSolverMultistepScheduler here (supported: 1, 2)");
     if (!(cfg_.eta >= 0.0 && std::isfinite(cfg_.eta)))
       detail::throw_invalid(where, "eta = " + detail::to_text(cfg_.eta) + " is outside the allowed range [0, inf)");
-    if (cfg_.thresholding && sigma_space())
+    if (cfg_.thresholding && (sigma_space() || is_flow()))
       detail::throw_invalid(where, "thresholding is not supported by " + std::string(class_name(cfg_.kind)));
+    if (is_flow()) {
+      if (p != prediction::flow_velocity)
+        detail::throw_invalid(where, "prediction_type = " + std::string(to_string(p)) + " is not supported by " +
+                                         std::string(class_name(cfg_.kind)) + " (supported: flow_velocity)");
+      if (cfg_.use_karras_sigmas)
+        detail::throw_invalid(where, "use_karras_sigmas = true is not supported by " + std::string(class_name(cfg_.kind)) +
+                                         " here (supported: false)");
+      if (cfg_.stochastic_sampling && cfg_.kind != scheduler_kind::flow_match_euler)
+        detail::throw_invalid(where, "stochastic_sampling is only supported by FlowMatchEulerDiscreteScheduler");
+      if (cfg_.num_train_timesteps == 0) detail::throw_invalid(where, "num_train_timesteps = 0 must be >= 1");
+      // The shift options are checked by flow_sigmas (naming the key) at set_timesteps; check them now.
+      detail::check_flow_options(where, flow_schedule_options{cfg_.num_train_timesteps, cfg_.shift, false, 0.0,
+                                                              cfg_.time_shift_type, cfg_.shift_terminal, false, false});
+      detail::check_flux_shift(where, cfg_.flux_shift);
+    } else if (cfg_.stochastic_sampling) {
+      detail::throw_invalid(where, "stochastic_sampling is only supported by FlowMatchEulerDiscreteScheduler");
+    }
     detail::check_x0_processing(where, processing());
   }
 
@@ -471,7 +577,7 @@ class scheduler {
   // classes) or x itself (DPM-Solver, whose x is VP): the one conversion table.
   template <class T>
   void denoise(std::size_t i, std::span<const T> model_output, std::span<const T> x, std::span<T> d) const {
-    const noise_level l = noise_level::preserving(sigmas_[i]);
+    const noise_level l = is_flow() ? noise_level::flow(sigmas_[i]) : noise_level::preserving(sigmas_[i]);
     const affine_coefficients k = conversion_coefficients(l, cfg_.prediction_type, prediction::sample);
     const double scale = sigma_space() ? l.alpha : 1.0;
     constexpr std::string_view where = "diffusion::scheduler::step";
@@ -492,13 +598,31 @@ class scheduler {
     const sigma_step s{sigmas_[i], sigmas_[i + 1]};
     switch (cfg_.kind) {
       case scheduler_kind::euler: euler_step<T>(s, d, x); break;
+      case scheduler_kind::flow_match_euler:
+        if (cfg_.stochastic_sampling && s.sigma_next > 0.0) {
+          // diffusers' stochastic_sampling: x̂₀ noised afresh to σ' (the forward process at σ').
+          constexpr std::string_view where = "diffusion::scheduler::step";
+          if constexpr (std::is_same_v<Z, kernels::no_noise>)
+            detail::throw_invalid(where, "stochastic_sampling adds noise at every step but no noise was passed");
+          else
+            detail::check_noise_operand<T>(where, noise, x.size());
+          const noise_level to = noise_level::flow(s.sigma_next);
+          detail::require_finite_step(where,
+                                      kernels::affine_noise(static_cast<T>(to.alpha), std::span<const T>(d),
+                                                            static_cast<T>(to.sigma), noise, x),
+                                      "the renoised state");
+        } else {
+          euler_step<T>(level_step{noise_level::flow(s.sigma), noise_level::flow(s.sigma_next)}, d, x);
+        }
+        break;
       case scheduler_kind::euler_ancestral:
         if (ancestral_step(s.sigma, s.sigma_next, 1.0).sigma_up > 0.0)
           euler_ancestral_step<T>(s, d, x, noise);
         else
           euler_ancestral_step<T>(s, d, x, kernels::no_noise{});
         break;
-      case scheduler_kind::heun: {
+      case scheduler_kind::heun:
+      case scheduler_kind::flow_match_heun: {
         // A first stage leaves x at the Euler point (the model is called there next, at σ_{i+1});
         // the second stage corrects from the step's start, kept in aux (diffusers' HeunDiscreteScheduler).
         b.aux.resize(x.size());

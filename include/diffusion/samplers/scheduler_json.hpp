@@ -103,12 +103,15 @@ inline parsed_scheduler_config parse_scheduler_config(std::string_view json_text
        {"EulerDiscreteScheduler", scheduler_kind::euler},
        {"EulerAncestralDiscreteScheduler", scheduler_kind::euler_ancestral},
        {"HeunDiscreteScheduler", scheduler_kind::heun},
-       {"DPMSolverMultistepScheduler", scheduler_kind::dpm_solver_multistep}});
+       {"DPMSolverMultistepScheduler", scheduler_kind::dpm_solver_multistep},
+       {"FlowMatchEulerDiscreteScheduler", scheduler_kind::flow_match_euler},
+       {"FlowMatchHeunDiscreteScheduler", scheduler_kind::flow_match_heun}});
   parsed_scheduler_config out{scheduler_config::defaults_for(kind), {}};
   scheduler_config& c = out.config;
   const bool discrete = kind == scheduler_kind::ddpm || kind == scheduler_kind::ddim;
   const bool sigma_space = kind == scheduler_kind::euler || kind == scheduler_kind::euler_ancestral || kind == scheduler_kind::heun;
   const bool dpm = kind == scheduler_kind::dpm_solver_multistep;
+  const bool flow = kind == scheduler_kind::flow_match_euler || kind == scheduler_kind::flow_match_heun;
   auto ignore = [&](const std::string& key, std::string_view why) { out.ignored_keys.push_back(key + ": " + std::string(why)); };
   auto require_value = [](std::string_view key, const nlohmann::json& v, auto expected, std::string_view what) {
     if (v.is_null()) return;
@@ -218,6 +221,30 @@ inline parsed_scheduler_config parse_scheduler_config(std::string_view json_text
       require_value(key, v, std::string_view("discrete"), "discrete");
     } else if (key == "use_exponential_sigmas" || key == "use_beta_sigmas" || key == "use_flow_sigmas") {
       require_value(key, v, false, "false");
+    } else if (key == "shift" || key == "use_dynamic_shifting" || key == "base_shift" || key == "max_shift" ||
+               key == "base_image_seq_len" || key == "max_image_seq_len" || key == "time_shift_type" ||
+               key == "shift_terminal" || key == "invert_sigmas" || key == "stochastic_sampling") {
+      if (!flow) {
+        // DPM-Solver and others carry use_dynamic_shifting / time_shift_type for their flow-sigma mode.
+        if (key == "use_dynamic_shifting") require_value(key, v, false, "false");
+        ignore(key, "not used by " + std::string(class_name(kind)));
+        continue;
+      }
+      if (key == "shift") c.shift = detail::config_number(key, v);
+      else if (key == "use_dynamic_shifting") c.use_dynamic_shifting = detail::config_bool(key, v);
+      else if (key == "base_shift") c.flux_shift.base_shift = detail::config_number(key, v);
+      else if (key == "max_shift") c.flux_shift.max_shift = detail::config_number(key, v);
+      else if (key == "base_image_seq_len") c.flux_shift.base_image_seq_len = static_cast<double>(detail::config_count(key, v));
+      else if (key == "max_image_seq_len") c.flux_shift.max_image_seq_len = static_cast<double>(detail::config_count(key, v));
+      else if (key == "time_shift_type")
+        c.time_shift_type = detail::config_choice<time_shift_kind>(
+            key, v, {{"exponential", time_shift_kind::exponential}, {"linear", time_shift_kind::linear}});
+      else if (key == "shift_terminal") c.shift_terminal = v.is_null() ? 0.0 : detail::config_number(key, v);
+      else if (key == "invert_sigmas") require_value(key, v, false, "false (use diffusion::flow_sigmas with invert)");
+      else if (kind == scheduler_kind::flow_match_euler) c.stochastic_sampling = detail::config_bool(key, v);
+      else require_value(key, v, false, "false");
+    } else if (key == "flow_shift") {
+      ignore(key, "only used with use_flow_sigmas, which is not supported");
     } else if (key == "skip_prk_steps") {
       ignore(key, "PNDM's option; no effect on " + std::string(class_name(kind)));
     } else if (key == "sigma_min" || key == "sigma_max") {

@@ -87,8 +87,62 @@ void euler_ancestral_step(sigma_step s, std::span<const T> denoised, std::span<T
   detail::require_finite_step(where, ok, "the Euler-ancestral step");
 }
 
+/// @brief The σ_down of a rectified-flow ancestral step (ComfyUI `sample_euler_ancestral_RF`):
+/// \f$\sigma_\downarrow = \sigma_{to}\left(1 + (\sigma_{to}/\sigma_{from} - 1)\,\eta\right)\f$ (η = 0: σ_to, no noise;
+/// η = 1: \f$\sigma_{to}^2/\sigma_{from}\f$).
+inline double rf_sigma_down(double sigma_from, double sigma_to, double eta) noexcept {
+  return sigma_to * (1.0 + (sigma_to / sigma_from - 1.0) * eta);
+}
+
+/// @brief One ancestral step of a rectified-flow state (ComfyUI `sample_euler_ancestral_RF`; the
+/// step stable-diffusion.cpp #1363/#1436 needed): Euler from σ to σ_down (@ref rf_sigma_down) in
+/// the flow's scale, then the signal rescale and fresh noise that land on σ_to:
+/// \f$x' = \frac{1-\sigma_{to}}{1-\sigma_\downarrow}\left(r\,x + (1 - r)D\right) + S_\text{noise}\sqrt{\sigma_{to}^2 - \left(\frac{(1-\sigma_{to})\sigma_\downarrow}{1-\sigma_\downarrow}\right)^2}\,z\f$,
+/// r = σ_down/σ, in one pass (@ref renoise_step after @ref euler_step). Reusing the σ-space split
+/// on a flow state lands at the wrong signal level and blurs images.
+/// @param[in] s the step (flow σ, 0 ≤ σ_to < σ ≤ 1); @param[in] denoised D(x; σ); @param[in,out] x the state;
+/// @param[in] z the normals (unused when σ_down = σ_to or σ_to = 0); @param[in] opt η ∈ [0, 1], S_noise;
+/// @param[in] policy threads.
+/// @throws std::invalid_argument for a bad step, options, sizes, or missing noise; std::domain_error on overflow.
+template <real_scalar T, class Z, execution_policy P = sequential_policy>
+  requires kernels::noise_operand<Z, T>
+void rf_ancestral_step(sigma_step s, std::span<const T> denoised, std::span<T> x, const Z& z,
+                       const ancestral_options& opt = {}, const P& policy = P{}) {
+  constexpr std::string_view where = "diffusion::rf_ancestral_step";
+  detail::check_sigma_step(where, s);
+  if (!(s.sigma <= 1.0 && s.sigma_next < s.sigma))
+    detail::throw_invalid(where, "sigma = " + detail::to_text(s.sigma) + ", sigma_next = " + detail::to_text(s.sigma_next) +
+                                     ": a flow step needs 0 <= sigma_next < sigma <= 1");
+  if (!(opt.eta >= 0.0 && opt.eta <= 1.0))
+    detail::throw_invalid(where, "eta = " + detail::to_text(opt.eta) + " is outside the allowed range [0, 1]");
+  if (!(opt.s_noise >= 0.0 && std::isfinite(opt.s_noise)))
+    detail::throw_invalid(where, "s_noise = " + detail::to_text(opt.s_noise) + " is outside the allowed range [0, inf)");
+  detail::check_same_size(where, "denoised", denoised.size(), "x", x.size());
+  detail::check_no_partial_overlap(where, "denoised", denoised, "x", x);
+  const double down = s.sigma_next == 0.0 ? 0.0 : rf_sigma_down(s.sigma, s.sigma_next, opt.eta);
+  const double r = down / s.sigma;
+  const double scale = (1.0 - s.sigma_next) / (1.0 - down);  // α_to / α_down
+  const double kept = scale * down;
+  const double c = opt.s_noise * std::sqrt(std::max(0.0, (s.sigma_next - kept) * (s.sigma_next + kept)));
+  bool ok;
+  if (c > 0.0) {
+    if constexpr (std::is_same_v<Z, kernels::no_noise>) {
+      detail::throw_invalid(where, "the step adds noise but no noise was passed");
+    } else {
+      detail::check_noise_operand<T>(where, z, x.size());
+      ok = kernels::affine2_noise(static_cast<T>(scale * r), std::span<const T>(x), static_cast<T>(scale * (1.0 - r)),
+                                  denoised, detail::coefficient<T>(where, "the added noise's scale", c), z, x, policy);
+    }
+  } else {
+    ok = kernels::affine2(static_cast<T>(scale * r), std::span<const T>(x), static_cast<T>(scale * (1.0 - r)), denoised, x,
+                          policy);
+  }
+  detail::require_finite_step(where, ok, "the rectified-flow ancestral step");
+}
+
 /// @brief Euler-ancestral sampling (k-diffusion `sample_euler_ancestral`): per step one model call and one
-/// @ref euler_ancestral_step with the noise of stream step i. Its terminal law matches the
+/// @ref euler_ancestral_step with the noise of stream step i — @ref rf_ancestral_step when the
+/// denoiser's state is a rectified flow (ComfyUI `sample_euler_ancestral_RF`). Its terminal law matches the
 /// exact one of the linear-Gaussian chain on Gaussian data (tests/test_sampler_karras.cpp).
 /// @param[in] D the σ-space denoiser; @param[in,out] x rows × n; @param[in] rows batch size;
 /// @param[in] noise the noise source; @param[in] sigmas the σ list; @param[in] opt options (η, S_noise;
@@ -108,10 +162,17 @@ sample_result euler_ancestral_sample(SigmaModel& D, X&& x, std::size_t rows, Noi
   const auto xs = loop.x();
   const auto den = loop.buffer(0);
   const ancestral_options a{opt.eta, opt.s_noise};
+  const bool flow = loop.process() == state_process::rectified_flow;
   for (std::size_t i = 0; i < loop.steps(); ++i) {
     const sigma_step s{loop.sigma(i), loop.sigma(i + 1)};
     loop.denoise(xs, s.sigma, den, i);
-    if (ancestral_step(s.sigma, s.sigma_next, a.eta).sigma_up > 0.0)
+    const bool noisy = flow ? s.sigma_next > 0.0 && a.eta > 0.0 && a.s_noise > 0.0
+                            : ancestral_step(s.sigma, s.sigma_next, a.eta).sigma_up > 0.0;
+    if (flow && noisy)
+      rf_ancestral_step<T>(s, den, xs, loop.noise(i), a, loop.policy());
+    else if (flow)
+      rf_ancestral_step<T>(s, den, xs, kernels::no_noise{}, a, loop.policy());
+    else if (noisy)
       euler_ancestral_step<T>(s, den, xs, loop.noise(i), a, loop.policy());
     else
       euler_ancestral_step<T>(s, den, xs, kernels::no_noise{}, a, loop.policy());

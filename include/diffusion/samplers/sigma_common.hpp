@@ -96,6 +96,23 @@ inline void check_sigma_list(std::string_view where, std::span<const double> sig
   }
 }
 
+/// Requires a non-empty, finite, strictly positive, strictly decreasing list of noise levels (the
+/// Langevin samplers, which end at their last level rather than at the data).
+inline void check_level_list(std::string_view where, std::span<const double> sigmas) {
+  if (sigmas.empty()) throw_invalid(where, "sigmas is empty; at least one noise level is needed");
+  for (std::size_t i = 0; i < sigmas.size(); ++i) {
+    if (!(sigmas[i] > 0.0 && std::isfinite(sigmas[i])))
+      throw_invalid(where, "sigmas[" + to_text(i) + "] = " + to_text(sigmas[i]) + " must be finite and > 0");
+    if (i > 0 && !(sigmas[i] < sigmas[i - 1]))
+      throw_invalid(where, "sigmas must be strictly decreasing: sigmas[" + to_text(i) + "] = " + to_text(sigmas[i]) +
+                               " >= sigmas[" + to_text(i - 1) + "] = " + to_text(sigmas[i - 1]));
+  }
+}
+
+/// What a sampler's σ list is: steps down to the data (≥ 2 entries, the last may be 0) or the
+/// noise levels of a Langevin sampler (≥ 1 entry, all > 0).
+enum class sigma_list_kind { to_data, levels };
+
 /// Requires σ to lie in the model's σ range (@ref sigma_space_model::sigma_range), naming the
 /// sampler, the step and the list entry, before anything runs.
 template <class SigmaModel, class What>
@@ -150,10 +167,13 @@ class sigma_sampler : public sampler_loop<T, Context> {
   ///            or with churned values), checked against the model's range up front.
   sigma_sampler(std::string_view where, SigmaModel& D, std::span<T> x, std::size_t rows, Noise& noise,
                 std::span<const double> sigmas, std::uint64_t first_sample, bool draw_initial, bool check_finite,
-                const sampler_hooks<T, Context>& hooks)
+                const sampler_hooks<T, Context>& hooks, sigma_list_kind kind = sigma_list_kind::to_data)
       : base(where, x, rows, hooks, output_width_factor(D)), D_(D), noise_(noise), sigmas_(sigmas),
         first_sample_(first_sample), check_(check_finite) {
-    check_sigma_list(where, sigmas);
+    if (kind == sigma_list_kind::to_data)
+      check_sigma_list(where, sigmas);
+    else
+      check_level_list(where, sigmas);
     for (std::size_t i = 0; i < sigmas.size(); ++i)
       if (sigmas[i] > 0.0) check_sigma_in_range(where, D, sigmas[i], [i] { return "sigmas[" + to_text(i) + "]"; });
     if (draw_initial)
@@ -166,6 +186,19 @@ class sigma_sampler : public sampler_loop<T, Context> {
   [[nodiscard]] double sigma(std::size_t i) const noexcept { return sigmas_[i]; }
   /// The model's time at σ (what the callback reports).
   [[nodiscard]] double time(double sigma) const { return model_time(D_, sigma); }
+  /// The process of the state (σ-space unless the denoiser says otherwise, e.g. a rectified-flow model).
+  [[nodiscard]] state_process process() const noexcept {
+    if constexpr (requires { D_.state_process(); })
+      return D_.state_process();
+    else
+      return state_process::sigma_space;
+  }
+  /// The state's noise level at σ.
+  [[nodiscard]] noise_level level(double sigma) const noexcept { return state_level(process(), sigma); }
+  /// The level step of step i, σ_i → σ_{i+1} (or from a churned σ̂).
+  [[nodiscard]] level_step step_levels(double from, std::size_t i) const noexcept {
+    return {level(from), level(sigmas_[i + 1])};
+  }
 
   /// Requires an extra level (a churned σ̂, a midpoint) to be in the model's range.
   void check_level(double sigma, std::size_t step, std::string_view what) const {
