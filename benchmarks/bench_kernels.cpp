@@ -5,7 +5,9 @@
 //   steps            normals (noise alone), ddpm (ancestral step with noise, ε-prediction,
 //                    fixed_small), ddim (η = 0), q_sample (given noise), q_sample_rng (noise
 //                    drawn inside, as in training), cfg (guidance combination, no rescale),
-//                    euler, euler_a (Euler ancestral), langevin
+//                    euler, euler_a (Euler ancestral), langevin, flow_euler (rectified-flow
+//                    Euler from the velocity, FlowMatchEuler's x + (σ' − σ)u), flow_sde (its
+//                    stochastic_sampling step, (1 − σ')(x − σu) + σ'z, noise drawn)
 //   implementations  ours       the library's fused single-pass kernel (kernels.hpp), noise
 //                               generated inside it (kernels::philox_stream)
 //                    ours_2t    the same with parallel_policy{.threads = 2}
@@ -220,6 +222,7 @@ constexpr double euler_sigma = 2.0, euler_sigma_to = 1.6;
 float euler_r() { return static_cast<float>(euler_sigma_to / euler_sigma); }
 diffusion::ancestral_split euler_a_split() { return diffusion::ancestral_step(euler_sigma, euler_sigma_to, 1.0); }
 constexpr double langevin_alpha = 1e-3, langevin_sigma = 0.5;
+constexpr double flow_sigma = 0.8, flow_sigma_to = 0.75;  // a middle step of a 28-step SD3 list
 struct langevin_coefficients {  // x' = x + c·(D − x) + g·z
   float c, g;
 };
@@ -540,6 +543,52 @@ void euler_a_eigen(buffers& b, std_normal& g) {
                   up * Eigen::ArrayXf::NullaryExpr(static_cast<Eigen::Index>(b.n), [&g] { return g(); });
 }
 
+// Rectified-flow Euler (x = state, e = velocity u), as flow_euler_step forms it --------------
+template <class P>
+void flow_euler_ours(const P& pol, buffers& b, std::uint64_t) {
+  diffusion::kernels::affine2<float>(1.0f, b.x.cspan(), static_cast<float>(flow_sigma_to - flow_sigma), b.e.cspan(),
+                                     b.out.span(), pol);
+}
+void flow_euler_plain(buffers& b, std::uint64_t) {
+  const auto dt = static_cast<float>(flow_sigma_to - flow_sigma);
+  const float *x = b.x.data(), *u = b.e.data();
+  float* o = b.out.data();
+  for (std::size_t i = 0; i < b.n; ++i) o[i] = x[i] + dt * u[i];
+}
+void flow_euler_eigen(buffers& b, std::uint64_t) {
+  emap_m(b.out) = emap(b.x) + static_cast<float>(flow_sigma_to - flow_sigma) * emap(b.e);
+}
+
+// Rectified-flow stochastic step (x = state, e = velocity u), as flow_stochastic_step forms it --
+template <class P>
+void flow_sde_ours(const P& pol, buffers& b, std::uint64_t step) {
+  const double keep = 1.0 - flow_sigma_to;
+  diffusion::kernels::affine2_noise<float>(static_cast<float>(keep), b.x.cspan(), static_cast<float>(-keep * flow_sigma),
+                                           b.e.cspan(), static_cast<float>(flow_sigma_to), stream(step), b.out.span(), pol);
+}
+void flow_sde_unfused(buffers& b, std::uint64_t step) {  // x̂₀ = x − σu; z; (1 − σ')x̂₀ + σ'z
+  const auto s = static_cast<float>(flow_sigma), keep = static_cast<float>(1.0 - flow_sigma_to),
+             sn = static_cast<float>(flow_sigma_to);
+  const float *x = b.x.data(), *u = b.e.data(), *z = b.z.data();
+  float *d = b.x0.data(), *o = b.out.data();
+  fill_noise(b, step, 0, b.n);
+  for (std::size_t i = 0; i < b.n; ++i) d[i] = x[i] - s * u[i];
+  for (std::size_t i = 0; i < b.n; ++i) o[i] = keep * d[i] + sn * z[i];
+}
+void flow_sde_plain(buffers& b, std_normal& g) {
+  const auto s = static_cast<float>(flow_sigma), keep = static_cast<float>(1.0 - flow_sigma_to),
+             sn = static_cast<float>(flow_sigma_to);
+  const float *x = b.x.data(), *u = b.e.data();
+  float* o = b.out.data();
+  for (std::size_t i = 0; i < b.n; ++i) o[i] = keep * (x[i] - s * u[i]) + sn * g();
+}
+void flow_sde_eigen(buffers& b, std_normal& g) {
+  const auto s = static_cast<float>(flow_sigma), keep = static_cast<float>(1.0 - flow_sigma_to),
+             sn = static_cast<float>(flow_sigma_to);
+  emap_m(b.out) = keep * (emap(b.x) - s * emap(b.e)) +
+                  sn * Eigen::ArrayXf::NullaryExpr(static_cast<Eigen::Index>(b.n), [&g] { return g(); });
+}
+
 // Langevin (x = state, e = denoised) ------------------------------------------------------
 template <class P>
 void langevin_ours(const P& pol, buffers& b, std::uint64_t step) {
@@ -698,6 +747,15 @@ void register_all() {
   add("euler_a/unfused", noisy, euler_a_unfused);
   add_std_normal("euler_a/plain", noisy, euler_a_plain);
   add_std_normal("euler_a/eigen", noisy, euler_a_eigen);
+
+  add_ours<flow_euler_ours<sequential_policy>, flow_euler_ours<parallel_policy>>("flow_euler", quiet);
+  add("flow_euler/plain", quiet, flow_euler_plain);
+  add("flow_euler/eigen", quiet, flow_euler_eigen);
+
+  add_ours<flow_sde_ours<sequential_policy>, flow_sde_ours<parallel_policy>>("flow_sde", noisy);
+  add("flow_sde/unfused", noisy, flow_sde_unfused);
+  add_std_normal("flow_sde/plain", noisy, flow_sde_plain);
+  add_std_normal("flow_sde/eigen", noisy, flow_sde_eigen);
 
   add_ours<langevin_ours<sequential_policy>, langevin_ours<parallel_policy>>("langevin", noisy);
   add("langevin/unfused", noisy, langevin_unfused);

@@ -17,6 +17,9 @@
 //   euler     k-diffusion sample_euler:  d = (x − D)/σ;  x + d·(σ' − σ)
 //   euler_a   sample_euler_ancestral: the same to σ_down, then + randn_like(x)·σ_up
 //   langevin  score_sde LangevinCorrector: x + α·(D − x)/σ² + √(2α)·randn_like(x)
+//   flow_euler  FlowMatchEulerDiscreteScheduler.step: sample + (σ' − σ)·model_output
+//   flow_sde    the same with stochastic_sampling: x0 = sample − σ·model_output;
+//               (1 − σ')·x0 + σ'·randn_like(sample)
 #include <benchmark/benchmark.h>
 
 #include "size_cap.hpp"
@@ -41,6 +44,7 @@ namespace {
 constexpr std::int64_t t_step = 500, p_step = 480;
 constexpr double cfg_scale = 7.5, euler_sigma = 2.0, euler_sigma_to = 1.6;
 constexpr double langevin_alpha = 1e-3, langevin_sigma = 0.5;
+constexpr double flow_sigma = 0.8, flow_sigma_to = 0.75;
 
 /// alphas_cumprod of Stable Diffusion's schedule, built as diffusers builds it (float32 cumprod).
 const torch::Tensor& alphas_cumprod() {
@@ -132,6 +136,14 @@ torch::Tensor langevin(const tensors& in) {
   return x_mean + std::sqrt(2.0 * langevin_alpha) * noise;
 }
 
+torch::Tensor flow_euler(const tensors& in) { return in.x + (flow_sigma_to - flow_sigma) * in.e; }
+
+torch::Tensor flow_sde(const tensors& in) {
+  const auto x0 = in.x - flow_sigma * in.e;
+  const auto noise = torch::randn_like(in.x);
+  return (1.0 - flow_sigma_to) * x0 + flow_sigma_to * noise;
+}
+
 torch::Tensor normals(const tensors& in) { return torch::randn(in.x.sizes()); }
 
 void run(benchmark::State& state, int threads, std::size_t bytes_per_element, bool noisy, const step_fn& f) {
@@ -181,6 +193,8 @@ int main(int argc, char** argv) {
   add("euler", 12, false, euler);
   add("euler_a", 12, true, euler_a);
   add("langevin", 12, true, langevin);
+  add("flow_euler", 12, false, flow_euler);
+  add("flow_sde", 12, true, flow_sde);
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   benchmark::AddCustomContext("torch_version", TORCH_VERSION);

@@ -327,3 +327,38 @@ TEST_CASE("training densities are addressable and have their laws", "[flow][edm]
   CHECK(diffusion::flow_loss_weight(diffusion::flow_weighting::sigma_sqrt, 0.5) == 4.0);
   CHECK(diffusion::flow_loss_weight(diffusion::flow_weighting::cosmap, 0.5) == Approx(4.0 / std::numbers::pi).epsilon(1e-15));
 }
+
+TEST_CASE("flow_euler_step and flow_stochastic_step are diffusers' FlowMatchEuler step in one pass", "[flow][samplers]") {
+  using Catch::Matchers::Contains;
+  const std::vector<double> x0 = {0.3, -1.2, 2.5, 0.0, -0.7}, u = {1.1, -0.4, 0.25, -2.0, 0.9}, z = {0.5, -1.5, 0.1, 2.2, -0.3};
+  for (const auto& [s, sn] : {std::pair{0.9, 0.7}, std::pair{1.0, 0.5}, std::pair{0.3, 0.0}, std::pair{1e-3, 1e-4}}) {
+    INFO("sigma " << s << " -> " << sn);
+    // Euler: x + (sn - s) u, and the same as euler_step on flow levels with D = x - s u.
+    std::vector<double> x = x0, y = x0, d(x0.size());
+    diffusion::flow_euler_step<double>({s, sn}, u, x);
+    for (std::size_t k = 0; k < x0.size(); ++k) {
+      CHECK(x[k] == Approx(x0[k] + (sn - s) * u[k]).margin(1e-15));
+      d[k] = x0[k] - s * u[k];
+    }
+    diffusion::euler_step<double>(diffusion::level_step{diffusion::noise_level::flow(s), diffusion::noise_level::flow(sn)},
+                                  std::span<const double>(d), std::span<double>(y));
+    for (std::size_t k = 0; k < x0.size(); ++k) CHECK(y[k] == Approx(x[k]).margin(1e-14));
+    // Stochastic: (1 - sn)(x - s u) + sn z.
+    std::vector<double> w = x0;
+    diffusion::flow_stochastic_step<double>({s, sn}, u, w, std::span<const double>(z));
+    for (std::size_t k = 0; k < x0.size(); ++k)
+      CHECK(w[k] == Approx((1 - sn) * (x0[k] - s * u[k]) + sn * z[k]).margin(1e-15));
+  }
+  std::vector<double> x = x0;
+  CHECK_THROWS_WITH(diffusion::flow_euler_step<double>({0.5, 0.5}, u, x), Contains("0 <= sigma_next < sigma <= 1"));
+  CHECK_THROWS_WITH(diffusion::flow_euler_step<double>({1.5, 0.5}, u, x), Contains("sigma = 1.5"));
+  CHECK_THROWS_AS(diffusion::flow_euler_step<double>({0.5, 0.2}, std::vector<double>(3), x), std::invalid_argument);
+  CHECK_THROWS_WITH(diffusion::flow_stochastic_step<double>({0.5, 0.2}, u, x, diffusion::kernels::no_noise{}),
+                    Contains("no noise was passed"));
+  // To sigma = 0 the stochastic step needs no noise: it returns x - s u.
+  diffusion::flow_stochastic_step<double>({0.5, 0.0}, u, x, diffusion::kernels::no_noise{});
+  for (std::size_t k = 0; k < x0.size(); ++k) CHECK(x[k] == Approx(x0[k] - 0.5 * u[k]).margin(1e-15));
+  // Overflow in float is the step's, reported as such.
+  std::vector<float> xf = {3e38f}, uf = {-3e38f};
+  CHECK_THROWS_AS(diffusion::flow_euler_step<float>({1.0, 0.0}, uf, xf), std::domain_error);
+}

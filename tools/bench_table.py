@@ -30,8 +30,10 @@ STEPS = [
     ("euler", "Euler"),
     ("euler_a", "Euler ancestral (with noise)"),
     ("langevin", "Langevin (with noise)"),
+    ("flow_euler", "rectified-flow Euler (FlowMatchEuler)"),
+    ("flow_sde", "rectified-flow stochastic step (with noise)"),
 ]
-NOISE_FREE = ["ddim", "q_sample", "cfg", "euler"]
+NOISE_FREE = ["ddim", "q_sample", "cfg", "euler", "flow_euler"]
 SIZE_NAMES = {16384: "16 K", 262144: "256 K", 4194304: "4 M", 67108864: "64 M"}
 
 

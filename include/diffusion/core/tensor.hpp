@@ -28,6 +28,7 @@
 #include <span>
 #include <string_view>
 #include <type_traits>
+#include <vector>
 
 #include "config.hpp"
 #include "errors.hpp"
@@ -42,6 +43,29 @@ namespace diffusion {
 /// The primary template is empty (a type is not a tensor unless specialized or matched below).
 template <class Tensor>
 struct tensor_traits {};
+
+namespace detail {
+/// One B<float> and one B<double>, chosen by the element type of a call: the work buffers of the
+/// models and schedulers that serve both element types.
+template <template <class> class B>
+struct per_element_type {
+  B<float> for_float;
+  B<double> for_double;
+  template <class T>
+  B<T>& get() noexcept {
+    static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "float or double");
+    if constexpr (std::is_same_v<T, float>)
+      return for_float;
+    else
+      return for_double;
+  }
+};
+/// The model input and output buffers of an adapter that rescales or preconditions a model.
+template <class T>
+struct io_buffers {
+  std::vector<T> input, output;
+};
+}  // namespace detail
 
 namespace detail {
 

@@ -26,7 +26,7 @@ namespace diffusion {
 
 /// @brief An EDM-preconditioned network as a σ-space denoiser (usable by every σ-space sampler).
 ///
-/// The network is called like any @ref denoiser: `F(denoiser_input{c_in·x, timesteps, sigma}, out)`,
+/// The network is called like any @ref diffusion::denoiser "denoiser": `F(denoiser_input{c_in·x, timesteps, sigma}, out)`,
 /// with `timesteps` holding \f$c_\text{noise} = \tfrac14\ln\sigma\f$ per row (EDM's noise conditioning) and `sigma`
 /// holding σ; its `predicts()` is not used (F's output is neither ε nor x₀: D is formed by the
 /// preconditioning). Buffers are held per element type and grow on the first call.
@@ -60,7 +60,7 @@ class edm_denoiser {
     constexpr std::string_view where = "diffusion::edm_denoiser";
     const std::size_t rows = sigmas.size(), n = x.size() / rows;
     DIFFUSION_ASSERT(rows > 0 && x.size() == rows * n && denoised.size() == x.size());
-    auto& b = buffers<T>();
+    auto& b = buffers_.template get<T>();
     if (b.input.size() < x.size()) b.input.resize(x.size());
     if (b.output.size() < x.size()) b.output.resize(x.size());
     if (noise_.size() < rows) noise_.resize(rows);
@@ -83,22 +83,10 @@ class edm_denoiser {
   }
 
  private:
-  template <class T>
-  struct buffer_pair {
-    std::vector<T> input, output;
-  };
-  template <class T>
-  buffer_pair<T>& buffers() noexcept {
-    if constexpr (std::is_same_v<T, float>)
-      return float_;
-    else
-      return double_;
-  }
   Network* net_;
   double sigma_data_;
   edm_variant variant_;
-  buffer_pair<float> float_;
-  buffer_pair<double> double_;
+  detail::per_element_type<detail::io_buffers> buffers_;
   std::vector<double> noise_;
 };
 

@@ -204,7 +204,7 @@ class sigma_space_model {
   /// @brief Sizes the buffers for calls of up to `rows` rows of n elements of type T.
   template <real_scalar T>
   void reserve(std::size_t rows, std::size_t n) {
-    auto& b = buffers<T>();
+    auto& b = buffers_.template get<T>();
     if (b.input.size() < rows * n) b.input.resize(rows * n);
     if (b.output.size() < rows * output_width(n)) b.output.resize(rows * output_width(n));
     if (times_.size() < rows) {
@@ -227,7 +227,7 @@ class sigma_space_model {
     const std::size_t rows = sigmas.size(), n = x.size() / rows;
     DIFFUSION_ASSERT(rows > 0 && x.size() == rows * n && denoised.size() == x.size());
     reserve<T>(rows, n);
-    auto& b = buffers<T>();
+    auto& b = buffers_.template get<T>();
     auto xin = std::span<T>(b.input).first(x.size());
     for (std::size_t r = 0; r < rows; ++r) {
       const double sg = sigmas[r];
@@ -254,17 +254,6 @@ class sigma_space_model {
   [[nodiscard]] std::span<const double> last_times() const noexcept { return times_; }
 
  private:
-  template <class T>
-  struct buffer_pair {
-    std::vector<T> input, output;
-  };
-  template <class T>
-  buffer_pair<T>& buffers() noexcept {
-    if constexpr (std::is_same_v<T, float>)
-      return float_;
-    else
-      return double_;
-  }
   [[nodiscard]] noise_level level(double sigma) const noexcept { return map_.level(sigma); }
   // x_m = scale · x: the model's α over the state's (α_m for a σ-space state, 1 for a flow state).
   [[nodiscard]] double input_scale(double sigma) const noexcept {
@@ -274,8 +263,7 @@ class sigma_space_model {
   Model* model_;
   TimeMap map_;
   sigma_space_options opt_;
-  buffer_pair<float> float_;
-  buffer_pair<double> double_;
+  detail::per_element_type<detail::io_buffers> buffers_;
   std::vector<double> times_, ratios_;
 };
 

@@ -929,7 +929,7 @@ class philox_row {
 /// 2^23 uniforms, double on 4·10⁶): with a fused multiply–add, ln u ≤ 0.95 ulp (float)
 /// and ≤ 1.17 ulp (double), sin 2πu and cos 2πu ≤ 0.99 ulp (float) and ≤ 1.03 ulp
 /// (double); without one, sin/cos ≤ 1.7 ulp (float) and ≤ 1.56 ulp (double), ln ≤ 1.29 ulp
-/// (double). Each normal is within $4u(r + |z|)$ of Box–Muller evaluated exactly on
+/// (double). Each normal is within \f$4u(r + |z|)\f$ of Box–Muller evaluated exactly on
 /// the same uniforms (u the unit roundoff). Statistics (fixed seeds, 10⁷ draws, 10⁶ in unoptimized builds; tails on
 /// 10⁷): mean, variance, Kolmogorov–Smirnov against Φ at α = 10⁻⁶, correlation between
 /// streams and between neighbours, and the frequencies beyond 4σ and 5σ.

@@ -13,6 +13,7 @@
 #include "../kernels/elementwise.hpp"
 #include "../schedule/noise_schedule.hpp"
 #include "batch.hpp"
+#include "combine.hpp"
 #include "parameterization.hpp"
 
 /// @addtogroup parameterization
@@ -37,20 +38,9 @@ void convert_prediction(const noise_schedule& s, std::size_t t, prediction from,
   static_assert(detail::same_value_v<XT, In> && detail::same_value_v<XT, Out>,
                 "convert_prediction: xt, in and out must have the same element type");
   constexpr std::string_view where = "diffusion::convert_prediction";
-  using T = tensor_value_t<XT>;
-  auto x = as_span(xt);
-  auto p = as_span(in);
-  auto o = as_mutable_span(out);
-  detail::check_same_size(where, "xt", x.size(), "in", p.size());
-  detail::check_same_size(where, "xt", x.size(), "out", o.size());
-  if (x.empty()) detail::throw_invalid(where, "xt is empty");
-  detail::check_no_partial_overlap(where, "xt", x, "out", o);
-  detail::check_no_partial_overlap(where, "in", p, "out", o);
-  const affine_coefficients k = conversion_coefficients(s, t, from, to);
-  detail::require_finite_output(where,
-                                kernels::affine2(detail::coefficient<T>(where, "the coefficient of xt", k.a), x,
-                                                 detail::coefficient<T>(where, "the coefficient of in", k.b), p, o),
-                                "out");
+  const detail::combine_names nm{"xt", "in", "out"};
+  const auto p = detail::combine_check(where, nm, xt, in, out, true);
+  detail::combine(where, nm, p, {"the coefficient of xt", "the coefficient of in"}, conversion_coefficients(s, t, from, to));
 }
 
 /// @brief Batched @ref convert_prediction, one timestep per row.
@@ -60,28 +50,10 @@ void convert_prediction(const noise_schedule& s, const R& timesteps, prediction 
   static_assert(detail::same_value_v<XT, In> && detail::same_value_v<XT, Out>,
                 "convert_prediction: xt, in and out must have the same element type");
   constexpr std::string_view where = "diffusion::convert_prediction";
-  using T = tensor_value_t<XT>;
-  auto x = as_span(xt);
-  auto p = as_span(in);
-  auto o = as_mutable_span(out);
-  detail::check_same_size(where, "xt", x.size(), "in", p.size());
-  detail::check_same_size(where, "xt", x.size(), "out", o.size());
-  detail::check_no_partial_overlap(where, "xt", x, "out", o);
-  detail::check_no_partial_overlap(where, "in", p, "out", o);
-  // Validate every row (the zero-SNR domain check, coefficients representable in T) before writing anything.
-  detail::for_each_row(where, s, timesteps, x.size(), [&](std::size_t t, std::size_t, std::size_t) {
-    const affine_coefficients k = conversion_coefficients(s, t, from, to);
-    (void)detail::coefficient<T>(where, "the coefficient of xt", k.a);
-    (void)detail::coefficient<T>(where, "the coefficient of in", k.b);
-  });
-  bool finite = true;
-  detail::for_each_row(where, s, timesteps, x.size(), [&](std::size_t t, std::size_t off, std::size_t len) {
-    const affine_coefficients k = conversion_coefficients(s, t, from, to);
-    finite = kernels::affine2(static_cast<T>(k.a), x.subspan(off, len), static_cast<T>(k.b), p.subspan(off, len),
-                              o.subspan(off, len)) &&
-             finite;
-  });
-  detail::require_finite_output(where, finite, "out");
+  const detail::combine_names nm{"xt", "in", "out"};
+  const auto p = detail::combine_check(where, nm, xt, in, out, false);
+  detail::combine_rows(where, nm, s, timesteps, p, {"the coefficient of xt", "the coefficient of in"},
+                       [&](std::size_t t) { return conversion_coefficients(s, t, from, to); });
 }
 
 }  // namespace diffusion

@@ -26,6 +26,7 @@
 #include "../noise/philox.hpp"
 #include "../schedule/noise_schedule.hpp"
 #include "batch.hpp"
+#include "combine.hpp"
 #include "parameterization.hpp"
 
 /// @defgroup gaussian Forward process and posterior
@@ -54,6 +55,17 @@ inline forward_marginal q_marginal(const noise_schedule& s, std::size_t t) {
           std::log1p(-st.alpha_bar)};
 }
 
+namespace detail {
+/// (√ᾱ_t, √(1 − ᾱ_t)): x_t of DDPM Eq. 4.
+inline affine_coefficients marginal_coefficients(const schedule_step& st) noexcept {
+  return {st.sqrt_alpha_bar, st.sqrt_one_minus_alpha_bar};
+}
+/// (−√(1 − ᾱ_t), √ᾱ_t): the velocity of Salimans & Ho 2022 §4.
+inline affine_coefficients velocity_coefficients(const schedule_step& st) noexcept {
+  return {-st.sqrt_one_minus_alpha_bar, st.sqrt_alpha_bar};
+}
+}  // namespace detail
+
 /// @brief Samples \f$x_t = \sqrt{\bar\alpha_t}\,x_0 + \sqrt{1-\bar\alpha_t}\,\varepsilon\f$ given the noise ε
 /// (DDPM Eq. 4 reparameterized, Algorithm 1 line 5; iDDPM `q_sample`).
 /// @param[in] s schedule.
@@ -67,19 +79,9 @@ void q_sample(const noise_schedule& s, std::size_t t, const X0& x0, const E& noi
   static_assert(detail::same_value_v<X0, E> && detail::same_value_v<X0, Out>,
                 "q_sample: x0, noise and xt must have the same element type");
   constexpr std::string_view where = "diffusion::q_sample";
-  using T = tensor_value_t<X0>;
-  auto a = as_span(x0);
-  auto e = as_span(noise);
-  auto o = as_mutable_span(xt);
-  detail::check_same_size(where, "x0", a.size(), "noise", e.size());
-  detail::check_same_size(where, "x0", a.size(), "xt", o.size());
-  if (a.empty()) detail::throw_invalid(where, "x0 is empty");
-  detail::check_no_partial_overlap(where, "x0", a, "xt", o);
-  detail::check_no_partial_overlap(where, "noise", e, "xt", o);
-  const schedule_step& st = s.at(t);
-  detail::require_finite_output(
-      where, kernels::affine2(static_cast<T>(st.sqrt_alpha_bar), a, static_cast<T>(st.sqrt_one_minus_alpha_bar), e, o),
-      "xt");
+  const detail::combine_names nm{"x0", "noise", "xt"};
+  const auto p = detail::combine_check(where, nm, x0, noise, xt, true);
+  detail::combine(where, nm, p, {"sqrt(alpha_bar)", "sqrt(1 - alpha_bar)"}, detail::marginal_coefficients(s.at(t)));
 }
 
 /// @brief Batched q_sample(): row b of the tensors uses timestep `timesteps[b]` (training, Algorithm 1).
@@ -90,22 +92,10 @@ void q_sample(const noise_schedule& s, const R& timesteps, const X0& x0, const E
   static_assert(detail::same_value_v<X0, E> && detail::same_value_v<X0, Out>,
                 "q_sample: x0, noise and xt must have the same element type");
   constexpr std::string_view where = "diffusion::q_sample";
-  using T = tensor_value_t<X0>;
-  auto a = as_span(x0);
-  auto e = as_span(noise);
-  auto o = as_mutable_span(xt);
-  detail::check_same_size(where, "x0", a.size(), "noise", e.size());
-  detail::check_same_size(where, "x0", a.size(), "xt", o.size());
-  detail::check_no_partial_overlap(where, "x0", a, "xt", o);
-  detail::check_no_partial_overlap(where, "noise", e, "xt", o);
-  bool finite = true;
-  detail::for_each_row(where, s, timesteps, a.size(), [&](std::size_t t, std::size_t off, std::size_t len) {
-    const schedule_step& st = s[t];
-    finite = kernels::affine2(static_cast<T>(st.sqrt_alpha_bar), a.subspan(off, len),
-                              static_cast<T>(st.sqrt_one_minus_alpha_bar), e.subspan(off, len), o.subspan(off, len)) &&
-             finite;
-  });
-  detail::require_finite_output(where, finite, "xt");
+  const detail::combine_names nm{"x0", "noise", "xt"};
+  const auto p = detail::combine_check(where, nm, x0, noise, xt, false);
+  detail::combine_rows(where, nm, s, timesteps, p, {"sqrt(alpha_bar)", "sqrt(1 - alpha_bar)"},
+                       [&s](std::size_t t) { return detail::marginal_coefficients(s[t]); });
 }
 
 /// @brief q_sample() with the noise generated inside the kernel (kernels::affine_noise, one pass,
@@ -183,19 +173,9 @@ void velocity_target(const noise_schedule& s, std::size_t t, const X0& x0, const
   static_assert(detail::same_value_v<X0, E> && detail::same_value_v<X0, Out>,
                 "velocity_target: x0, noise and v must have the same element type");
   constexpr std::string_view where = "diffusion::velocity_target";
-  using T = tensor_value_t<X0>;
-  auto a = as_span(x0);
-  auto e = as_span(noise);
-  auto o = as_mutable_span(v);
-  detail::check_same_size(where, "x0", a.size(), "noise", e.size());
-  detail::check_same_size(where, "x0", a.size(), "v", o.size());
-  if (a.empty()) detail::throw_invalid(where, "x0 is empty");
-  detail::check_no_partial_overlap(where, "x0", a, "v", o);
-  detail::check_no_partial_overlap(where, "noise", e, "v", o);
-  const schedule_step& st = s.at(t);
-  detail::require_finite_output(
-      where, kernels::affine2(static_cast<T>(-st.sqrt_one_minus_alpha_bar), a, static_cast<T>(st.sqrt_alpha_bar), e, o),
-      "v");
+  const detail::combine_names nm{"x0", "noise", "v"};
+  const auto p = detail::combine_check(where, nm, x0, noise, v, true);
+  detail::combine(where, nm, p, {"-sqrt(1 - alpha_bar)", "sqrt(alpha_bar)"}, detail::velocity_coefficients(s.at(t)));
 }
 
 /// @brief Batched @ref velocity_target, one timestep per row.
@@ -204,22 +184,10 @@ void velocity_target(const noise_schedule& s, const R& timesteps, const X0& x0, 
   static_assert(detail::same_value_v<X0, E> && detail::same_value_v<X0, Out>,
                 "velocity_target: x0, noise and v must have the same element type");
   constexpr std::string_view where = "diffusion::velocity_target";
-  using T = tensor_value_t<X0>;
-  auto a = as_span(x0);
-  auto e = as_span(noise);
-  auto o = as_mutable_span(v);
-  detail::check_same_size(where, "x0", a.size(), "noise", e.size());
-  detail::check_same_size(where, "x0", a.size(), "v", o.size());
-  detail::check_no_partial_overlap(where, "x0", a, "v", o);
-  detail::check_no_partial_overlap(where, "noise", e, "v", o);
-  bool finite = true;
-  detail::for_each_row(where, s, timesteps, a.size(), [&](std::size_t t, std::size_t off, std::size_t len) {
-    const schedule_step& st = s[t];
-    finite = kernels::affine2(static_cast<T>(-st.sqrt_one_minus_alpha_bar), a.subspan(off, len),
-                              static_cast<T>(st.sqrt_alpha_bar), e.subspan(off, len), o.subspan(off, len)) &&
-             finite;
-  });
-  detail::require_finite_output(where, finite, "v");
+  const detail::combine_names nm{"x0", "noise", "v"};
+  const auto p = detail::combine_check(where, nm, x0, noise, v, false);
+  detail::combine_rows(where, nm, s, timesteps, p, {"-sqrt(1 - alpha_bar)", "sqrt(alpha_bar)"},
+                       [&s](std::size_t t) { return detail::velocity_coefficients(s[t]); });
 }
 
 // ---------------------------------------------------------------------------------------
@@ -237,19 +205,9 @@ void q_sample(const noise_level& l, const X0& x0, const E& noise, Out&& xt) {
   static_assert(detail::same_value_v<X0, E> && detail::same_value_v<X0, Out>,
                 "q_sample: x0, noise and xt must have the same element type");
   constexpr std::string_view where = "diffusion::q_sample";
-  using T = tensor_value_t<X0>;
-  auto a = as_span(x0);
-  auto e = as_span(noise);
-  auto o = as_mutable_span(xt);
-  detail::check_same_size(where, "x0", a.size(), "noise", e.size());
-  detail::check_same_size(where, "x0", a.size(), "xt", o.size());
-  if (a.empty()) detail::throw_invalid(where, "x0 is empty");
-  detail::check_no_partial_overlap(where, "x0", a, "xt", o);
-  detail::check_no_partial_overlap(where, "noise", e, "xt", o);
-  detail::require_finite_output(where,
-                                kernels::affine2(detail::coefficient<T>(where, "alpha", l.alpha), a,
-                                                 detail::coefficient<T>(where, "sigma", l.sigma), e, o),
-                                "xt");
+  const detail::combine_names nm{"x0", "noise", "xt"};
+  const auto p = detail::combine_check(where, nm, x0, noise, xt, true);
+  detail::combine(where, nm, p, {"alpha", "sigma"}, affine_coefficients{l.alpha, l.sigma});
 }
 
 /// @brief The training target of a model of kind `kind` at a level: \f$a\,x_0 + b\,\varepsilon\f$ with
@@ -262,20 +220,9 @@ void prediction_target(const noise_level& l, prediction kind, const X0& x0, cons
   static_assert(detail::same_value_v<X0, E> && detail::same_value_v<X0, Out>,
                 "prediction_target: x0, noise and target must have the same element type");
   constexpr std::string_view where = "diffusion::prediction_target";
-  using T = tensor_value_t<X0>;
-  auto a = as_span(x0);
-  auto e = as_span(noise);
-  auto o = as_mutable_span(target);
-  detail::check_same_size(where, "x0", a.size(), "noise", e.size());
-  detail::check_same_size(where, "x0", a.size(), "target", o.size());
-  if (a.empty()) detail::throw_invalid(where, "x0 is empty");
-  detail::check_no_partial_overlap(where, "x0", a, "target", o);
-  detail::check_no_partial_overlap(where, "noise", e, "target", o);
-  const affine_coefficients k = target_coefficients(l, kind);
-  detail::require_finite_output(where,
-                                kernels::affine2(detail::coefficient<T>(where, "the x0 coefficient", k.a), a,
-                                                 detail::coefficient<T>(where, "the noise coefficient", k.b), e, o),
-                                "target");
+  const detail::combine_names nm{"x0", "noise", "target"};
+  const auto p = detail::combine_check(where, nm, x0, noise, target, true);
+  detail::combine(where, nm, p, {"the x0 coefficient", "the noise coefficient"}, target_coefficients(l, kind));
 }
 
 }  // namespace diffusion

@@ -18,6 +18,7 @@
 #include "../kernels/elementwise.hpp"
 #include "../schedule/noise_schedule.hpp"
 #include "batch.hpp"
+#include "combine.hpp"
 #include "parameterization.hpp"
 
 /// @addtogroup gaussian
@@ -123,19 +124,9 @@ void posterior_mean(const gaussian_posterior& p, const X0& x0, const XT& xt, Out
   static_assert(detail::same_value_v<X0, XT> && detail::same_value_v<X0, Out>,
                 "posterior_mean: x0, xt and mean must have the same element type");
   constexpr std::string_view where = "diffusion::posterior_mean";
-  using T = tensor_value_t<X0>;
-  auto a = as_span(x0);
-  auto b = as_span(xt);
-  auto o = as_mutable_span(mean);
-  detail::check_same_size(where, "x0", a.size(), "xt", b.size());
-  detail::check_same_size(where, "x0", a.size(), "mean", o.size());
-  if (a.empty()) detail::throw_invalid(where, "x0 is empty");
-  detail::check_no_partial_overlap(where, "x0", a, "mean", o);
-  detail::check_no_partial_overlap(where, "xt", b, "mean", o);
-  detail::require_finite_output(where,
-                                kernels::affine2(detail::coefficient<T>(where, "coef_x0", p.coef_x0), a,
-                                                 detail::coefficient<T>(where, "coef_xt", p.coef_xt), b, o),
-                                "mean");
+  const detail::combine_names nm{"x0", "xt", "mean"};
+  const auto q = detail::combine_check(where, nm, x0, xt, mean, true);
+  detail::combine(where, nm, q, {"coef_x0", "coef_xt"}, affine_coefficients{p.coef_x0, p.coef_xt});
 }
 
 /// @brief \f$\tilde\mu_t(x_t, x_0)\f$ of DDPM Eq. 7 at 0-based step t.
@@ -150,22 +141,11 @@ void posterior_mean(const noise_schedule& s, const R& timesteps, const X0& x0, c
   static_assert(detail::same_value_v<X0, XT> && detail::same_value_v<X0, Out>,
                 "posterior_mean: x0, xt and mean must have the same element type");
   constexpr std::string_view where = "diffusion::posterior_mean";
-  using T = tensor_value_t<X0>;
-  auto a = as_span(x0);
-  auto b = as_span(xt);
-  auto o = as_mutable_span(mean);
-  detail::check_same_size(where, "x0", a.size(), "xt", b.size());
-  detail::check_same_size(where, "x0", a.size(), "mean", o.size());
-  detail::check_no_partial_overlap(where, "x0", a, "mean", o);
-  detail::check_no_partial_overlap(where, "xt", b, "mean", o);
-  bool finite = true;
-  detail::for_each_row(where, s, timesteps, a.size(), [&](std::size_t t, std::size_t off, std::size_t len) {
-    const schedule_step& st = s[t];
-    finite = kernels::affine2(static_cast<T>(st.posterior_mean_coef_x0), a.subspan(off, len),
-                              static_cast<T>(st.posterior_mean_coef_xt), b.subspan(off, len), o.subspan(off, len)) &&
-             finite;
+  const detail::combine_names nm{"x0", "xt", "mean"};
+  const auto q = detail::combine_check(where, nm, x0, xt, mean, false);
+  detail::combine_rows(where, nm, s, timesteps, q, {"coef_x0", "coef_xt"}, [&s](std::size_t t) {
+    return affine_coefficients{s[t].posterior_mean_coef_x0, s[t].posterior_mean_coef_xt};
   });
-  detail::require_finite_output(where, finite, "mean");
 }
 
 // ---------------------------------------------------------------------------------------

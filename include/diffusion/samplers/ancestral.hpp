@@ -209,6 +209,18 @@ void ddpm_step(const noise_schedule& s, std::size_t j, std::span<const T> model_
                             buffers.x0, x, buffers.scratch);
 }
 
+namespace detail {
+/// The rows of a pre-0.2 positional step, whose row size is the size of its `scratch` (n > 0
+/// dividing x.size()); x_next must have x's size.
+inline std::size_t legacy_rows(std::string_view where, std::size_t x_size, std::size_t x_next_size, std::size_t n) {
+  if (n == 0 || x_size % n != 0)
+    throw_invalid(where, "scratch.size() = " + to_text(n) + " must be the row size (it divides x.size() = " +
+                             to_text(x_size) + ")");
+  check_same_size(where, "x_next", x_next_size, "x", x_size);
+  return x_size / n;
+}
+}  // namespace detail
+
 /// @brief The pre-0.2 positional form of @ref ddpm_step (buffer noise), validated as the new one.
 /// @param[in] s schedule; @param[in] j step; @param[in] kind prediction; @param[in] v variance;
 /// @param[in] proc x̂₀ processing; @param[in] x rows × n; @param[in] model_out rows × width;
@@ -220,12 +232,8 @@ void ddpm_step(const noise_schedule& s, std::size_t j, prediction kind, variance
                std::span<T> x_next, std::span<T> scratch, const P& policy = P{}) {
   constexpr std::string_view where = "diffusion::ddpm_step";
   detail::check_index(where, "j", j, s.size());
-  const std::size_t n = scratch.size();
-  if (n == 0 || x.size() % n != 0)
-    detail::throw_invalid(where, "scratch.size() = " + detail::to_text(n) + " must be the row size (it divides x.size() = " +
-                                     detail::to_text(x.size()) + ")");
-  const ddpm_step_options opt{kind, v, proc, x.size() / n, detail::as_parallel(policy)};
-  detail::check_same_size(where, "x_next", x_next.size(), "x", x.size());
+  const ddpm_step_options opt{kind, v, proc, detail::legacy_rows(where, x.size(), x_next.size(), scratch.size()),
+                              detail::as_parallel(policy)};
   detail::check_no_partial_overlap(where, "x", x, "x_next", x_next);
   detail::check_step_arrays<T>(where, opt.rows, learns_variance(v) ? 2 : 1, model_out, x_next,
                                j == 0 ? std::span<const T>(x) : z, step_buffers<T>{x0, scratch}, proc);
@@ -248,14 +256,10 @@ void ddpm_step(const noise_schedule& s, std::size_t j, prediction kind, variance
                std::span<T> scratch, const P& policy = P{}) {
   constexpr std::string_view where = "diffusion::ddpm_step";
   detail::check_index(where, "j", j, s.size());
-  const std::size_t n = scratch.size();
-  if (n == 0 || x.size() % n != 0)
-    detail::throw_invalid(where, "scratch.size() = " + detail::to_text(n) + " must be the row size (it divides x.size() = " +
-                                     detail::to_text(x.size()) + ")");
-  const ddpm_step_options opt{kind, v, proc, x.size() / n, detail::as_parallel(policy)};
-  detail::check_same_size(where, "x_next", x_next.size(), "x", x.size());
+  const ddpm_step_options opt{kind, v, proc, detail::legacy_rows(where, x.size(), x_next.size(), scratch.size()),
+                              detail::as_parallel(policy)};
   detail::check_no_partial_overlap(where, "x", x, "x_next", x_next);
-  const kernels::philox_stream z{&noise, first_sample, step, 0, n};
+  const kernels::philox_stream z{&noise, first_sample, step, 0, scratch.size()};
   detail::check_step_arrays<T>(where, opt.rows, learns_variance(v) ? 2 : 1, model_out, x_next, z,
                                step_buffers<T>{x0, scratch}, proc);
   if (j == 0)
@@ -486,6 +490,26 @@ void ddim_step(const noise_schedule& s, timestep_transition tr, std::span<const 
                             buffers.x0, x, buffers.scratch);
 }
 
+namespace detail {
+/// What the two pre-0.2 positional forms of ddim_step share: the transition, its coefficients
+/// and the options, with the row size read from `scratch` (validated).
+struct legacy_ddim_setup {
+  timestep_transition tr;
+  ddim_step_coefficients k;
+  ddim_step_options opt;
+};
+template <execution_policy P>
+legacy_ddim_setup legacy_ddim_prologue(std::string_view where, const noise_schedule& s, std::size_t t,
+                                       std::optional<std::size_t> p, double eta, prediction kind,
+                                       const x0_processing& proc, bool use_clipped_model_output, std::size_t x_size,
+                                       std::size_t x_next_size, std::size_t n, const P& policy) {
+  const timestep_transition tr{t, p ? *p : to_data};
+  const ddim_step_coefficients k = ddim_coefficients_at(s, tr, eta);
+  const std::size_t rows = legacy_rows(where, x_size, x_next_size, n);
+  return {tr, k, ddim_step_options{kind, eta, proc, use_clipped_model_output, rows, as_parallel(policy)}};
+}
+}  // namespace detail
+
 /// @brief The pre-0.2 positional form of @ref ddim_step (`p = std::nullopt` is @ref to_data), validated as
 /// the new one.
 /// @param[in] s schedule; @param[in] t current timestep; @param[in] p target or none; @param[in] eta η;
@@ -498,15 +522,8 @@ void ddim_step(const noise_schedule& s, std::size_t t, std::optional<std::size_t
                std::span<const T> model_out, std::span<const T> z, std::span<T> x0, std::span<T> x_next,
                std::span<T> scratch, const P& policy = P{}) {
   constexpr std::string_view where = "diffusion::ddim_step";
-  const timestep_transition tr{t, p ? *p : to_data};
-  const ddim_step_coefficients k = ddim_coefficients_at(s, tr, eta);
-  const std::size_t n = scratch.size();
-  if (n == 0 || x.size() % n != 0)
-    detail::throw_invalid(where, "scratch.size() = " + detail::to_text(n) + " must be the row size (it divides x.size() = " +
-                                     detail::to_text(x.size()) + ")");
-  const ddim_step_options opt{kind, eta, proc, use_clipped_model_output, x.size() / n,
-                              detail::as_parallel(policy)};
-  detail::check_same_size(where, "x_next", x_next.size(), "x", x.size());
+  const auto [tr, k, opt] = detail::legacy_ddim_prologue(where, s, t, p, eta, kind, proc, use_clipped_model_output,
+                                                         x.size(), x_next.size(), scratch.size(), policy);
   detail::check_no_partial_overlap(where, "x", x, "x_next", x_next);
   detail::check_step_arrays<T>(where, opt.rows, 1, model_out, x_next, k.sigma > 0.0 ? z : std::span<const T>(x),
                                step_buffers<T>{x0, scratch}, proc);
@@ -525,17 +542,10 @@ void ddim_step(const noise_schedule& s, std::size_t t, std::optional<std::size_t
                std::span<const T> model_out, const philox_normal& noise, std::uint64_t first_sample,
                std::uint64_t step, std::span<T> x0, std::span<T> x_next, std::span<T> scratch, const P& policy = P{}) {
   constexpr std::string_view where = "diffusion::ddim_step";
-  const timestep_transition tr{t, p ? *p : to_data};
-  const ddim_step_coefficients k = ddim_coefficients_at(s, tr, eta);
-  const std::size_t n = scratch.size();
-  if (n == 0 || x.size() % n != 0)
-    detail::throw_invalid(where, "scratch.size() = " + detail::to_text(n) + " must be the row size (it divides x.size() = " +
-                                     detail::to_text(x.size()) + ")");
-  const ddim_step_options opt{kind, eta, proc, use_clipped_model_output, x.size() / n,
-                              detail::as_parallel(policy)};
-  detail::check_same_size(where, "x_next", x_next.size(), "x", x.size());
+  const auto [tr, k, opt] = detail::legacy_ddim_prologue(where, s, t, p, eta, kind, proc, use_clipped_model_output,
+                                                         x.size(), x_next.size(), scratch.size(), policy);
   detail::check_no_partial_overlap(where, "x", x, "x_next", x_next);
-  const kernels::philox_stream z{&noise, first_sample, step, 0, n};
+  const kernels::philox_stream z{&noise, first_sample, step, 0, scratch.size()};
   detail::check_step_arrays<T>(where, opt.rows, 1, model_out, x_next, z, step_buffers<T>{x0, scratch}, proc);
   detail::ddim_step_impl<T>(where, s, tr, k, opt, x, model_out, z, x0, x_next, scratch);
 }

@@ -24,7 +24,7 @@
 /// | EulerAncestralDiscreteScheduler | @ref diffusion::euler_ancestral_step "euler_ancestral_step" | σ-space |
 /// | HeunDiscreteScheduler | @ref diffusion::heun_predict "heun_predict" / @ref diffusion::heun_correct "heun_correct" (two calls per step) | σ-space |
 /// | DPMSolverMultistepScheduler (dpmsolver++, order ≤ 2) | @ref diffusion::dpmpp_2m_step "dpmpp_2m_step" over VP levels | variance preserving |
-/// | FlowMatchEulerDiscreteScheduler | @ref diffusion::euler_step "euler_step" on flow levels (x + (σ' − σ)u); `stochastic_sampling`: x̂₀ renoised to σ' | rectified flow ((1 − σ)x₀ + σε) |
+/// | FlowMatchEulerDiscreteScheduler | @ref diffusion::flow_euler_step "flow_euler_step" (x + (σ' − σ)u, one pass) for a velocity model, @ref diffusion::euler_step "euler_step" on flow levels for another prediction type; `stochastic_sampling`: @ref diffusion::flow_stochastic_step "flow_stochastic_step" (x̂₀ renoised to σ') | rectified flow ((1 − σ)x₀ + σε) |
 /// | FlowMatchHeunDiscreteScheduler | @ref diffusion::heun_predict "heun_predict" / @ref diffusion::heun_correct "heun_correct" on flow levels | rectified flow |
 ///
 /// The flow classes take the σ list of @ref diffusion::flow_sigmas "flow_sigmas" (SD3's `shift`, or
@@ -54,6 +54,7 @@
 #include "../core/errors.hpp"
 #include "../core/tensor.hpp"
 #include "../kernels/elementwise.hpp"
+#include "../process/combine.hpp"
 #include "../process/forward.hpp"
 #include "../process/parameterization.hpp"
 #include "../process/posterior.hpp"
@@ -395,20 +396,21 @@ class scheduler {
   /// @brief Noises data to the level of call i (diffusers' `add_noise`, by call index):
   /// \f$x_0 + \sigma_i\varepsilon\f$ for the σ-space classes, \f$(1-\sigma_i)x_0 + \sigma_i\varepsilon\f$ for the flow classes
   /// (diffusers' `scale_noise`), \f$\sqrt{\bar\alpha}x_0 + \sqrt{1-\bar\alpha}\,\varepsilon\f$ at timestep i's level otherwise.
-  /// @param[in] x0 data; @param[in] noise ε, same size; @param[in] i the call index; @param[out] out may alias either.
+  /// @param[in] x0 data; @param[in] noise ε, same size; @param[in] i the call index; @param[out] out may alias
+  /// either exactly (a partial overlap is refused).
+  /// @throws std::logic_error before set_timesteps; std::out_of_range for i; std::invalid_argument for sizes or a
+  /// partial overlap; std::domain_error for a non-finite result.
   template <real_scalar T>
   void add_noise(std::span<const T> x0, std::span<const T> noise, std::size_t i, std::span<T> out) const {
     constexpr std::string_view where = "diffusion::scheduler::add_noise";
     require_timesteps("add_noise");
     detail::check_index(where, "i", i, timesteps_.size());
-    detail::check_same_size(where, "x0", x0.size(), "noise", noise.size());
-    detail::check_same_size(where, "x0", x0.size(), "out", out.size());
+    const detail::combine_names nm{"x0", "noise", "out"};
+    const auto p = detail::combine_check(where, nm, x0, noise, out, false);
     const noise_level l = is_flow()        ? noise_level::flow(sigmas_[i])
                           : sigma_space() ? noise_level::exploding(sigmas_[i])
                                           : noise_level::preserving(sigmas_[i]);
-    detail::require_finite_step(
-        where, kernels::affine2(static_cast<T>(l.alpha), x0, detail::coefficient<T>(where, "sigma", l.sigma), noise, out),
-        "the forward process");
+    detail::combine(where, nm, p, {"alpha", "sigma"}, affine_coefficients{l.alpha, l.sigma});
   }
 
  private:
@@ -418,10 +420,7 @@ class scheduler {
   };
   template <class T>
   state_buffers<T>& buffers() noexcept {
-    if constexpr (std::is_same_v<T, float>)
-      return float_;
-    else
-      return double_;
+    return buffers_.template get<T>();
   }
 
   [[nodiscard]] bool sigma_space() const noexcept {
@@ -590,6 +589,25 @@ class scheduler {
 
   template <class T, class Z>
   void sigma_space_step(std::size_t i, std::span<const T> model_output, std::span<T> x, const Z& noise, std::span<T> x0) {
+    if (cfg_.kind == scheduler_kind::flow_match_euler && cfg_.prediction_type == prediction::flow_velocity) {
+      // diffusers' own form, x + (σ' − σ)u (or the renoised x − σu), in one pass from the velocity;
+      // x̂₀, when asked for, in a pass of its own (the step does not depend on it).
+      constexpr std::string_view where = "diffusion::scheduler::step";
+      if (!x0.empty()) {
+        detail::check_same_size(where, "x0", x0.size(), "x", x.size());
+        denoise<T>(i, model_output, std::span<const T>(x), x0);
+      }
+      const sigma_step s{sigmas_[i], sigmas_[i + 1]};
+      if (cfg_.stochastic_sampling && s.sigma_next > 0.0) {
+        if constexpr (std::is_same_v<Z, kernels::no_noise>)
+          detail::throw_invalid(where, "stochastic_sampling adds noise at every step but no noise was passed");
+        else
+          flow_stochastic_step<T>(s, model_output, x, noise);
+      } else {
+        flow_euler_step<T>(s, model_output, x);
+      }
+      return;
+    }
     auto& b = buffers<T>();
     b.denoised.resize(x.size());
     const std::span<T> d = x0.empty() ? std::span<T>(b.denoised) : x0;
@@ -663,8 +681,7 @@ class scheduler {
   double dpm_previous_h_ = 0.0;
   bool dpm_state_has_previous_ = false;
   bool heun_second_ = false;
-  state_buffers<float> float_;
-  state_buffers<double> double_;
+  detail::per_element_type<state_buffers> buffers_;
 };
 
 }  // namespace diffusion

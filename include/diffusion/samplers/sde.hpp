@@ -87,6 +87,15 @@ void euler_ancestral_step(sigma_step s, std::span<const T> denoised, std::span<T
   detail::require_finite_step(where, ok, "the Euler-ancestral step");
 }
 
+namespace detail {
+/// A rectified-flow step: 0 ≤ σ_next < σ ≤ 1.
+inline void check_flow_step(std::string_view where, sigma_step s) {
+  if (!(s.sigma > 0.0 && s.sigma <= 1.0 && s.sigma_next >= 0.0 && s.sigma_next < s.sigma))
+    throw_invalid(where, "sigma = " + to_text(s.sigma) + ", sigma_next = " + to_text(s.sigma_next) +
+                             ": a flow step needs 0 <= sigma_next < sigma <= 1");
+}
+}  // namespace detail
+
 /// @brief The σ_down of a rectified-flow ancestral step (ComfyUI `sample_euler_ancestral_RF`):
 /// \f$\sigma_\downarrow = \sigma_{to}\left(1 + (\sigma_{to}/\sigma_{from} - 1)\,\eta\right)\f$ (η = 0: σ_to, no noise;
 /// η = 1: \f$\sigma_{to}^2/\sigma_{from}\f$).
@@ -109,10 +118,7 @@ template <real_scalar T, class Z, execution_policy P = sequential_policy>
 void rf_ancestral_step(sigma_step s, std::span<const T> denoised, std::span<T> x, const Z& z,
                        const ancestral_options& opt = {}, const P& policy = P{}) {
   constexpr std::string_view where = "diffusion::rf_ancestral_step";
-  detail::check_sigma_step(where, s);
-  if (!(s.sigma <= 1.0 && s.sigma_next < s.sigma))
-    detail::throw_invalid(where, "sigma = " + detail::to_text(s.sigma) + ", sigma_next = " + detail::to_text(s.sigma_next) +
-                                     ": a flow step needs 0 <= sigma_next < sigma <= 1");
+  detail::check_flow_step(where, s);
   if (!(opt.eta >= 0.0 && opt.eta <= 1.0))
     detail::throw_invalid(where, "eta = " + detail::to_text(opt.eta) + " is outside the allowed range [0, 1]");
   if (!(opt.s_noise >= 0.0 && std::isfinite(opt.s_noise)))
@@ -138,6 +144,57 @@ void rf_ancestral_step(sigma_step s, std::span<const T> denoised, std::span<T> x
                           policy);
   }
   detail::require_finite_step(where, ok, "the rectified-flow ancestral step");
+}
+
+/// @brief One Euler step of the rectified-flow ODE dx/dσ = u from the model's velocity, in one pass:
+/// \f$x' = x + (\sigma_{next} - \sigma)\,u\f$ (Liu et al. 2022; Esser et al. 2024; diffusers
+/// FlowMatchEulerDiscreteScheduler.step). The same step as @ref diffusion::euler_step "euler_step" on flow levels
+/// with D = x − σu, without forming D.
+/// @param[in] s the step (0 ≤ σ_next < σ ≤ 1); @param[in] velocity u = ε − x₀ predicted at (x, σ);
+/// @param[in,out] x the state; @param[in] policy threads (bit-identical for any count).
+/// @throws std::invalid_argument for a bad step or sizes, or partially overlapping arrays;
+///         std::domain_error when the result is not finite.
+template <real_scalar T, execution_policy P = sequential_policy>
+void flow_euler_step(sigma_step s, std::span<const T> velocity, std::span<T> x, const P& policy = P{}) {
+  constexpr std::string_view where = "diffusion::flow_euler_step";
+  detail::check_flow_step(where, s);
+  detail::check_same_size(where, "velocity", velocity.size(), "x", x.size());
+  detail::check_no_partial_overlap(where, "velocity", velocity, "x", x);
+  detail::require_finite_step(
+      where,
+      kernels::affine2(T{1}, std::span<const T>(x), static_cast<T>(s.sigma_next - s.sigma), velocity, x, policy),
+      "the flow Euler step");
+}
+
+/// @brief diffusers' `stochastic_sampling` step of FlowMatchEulerDiscreteScheduler, in one pass:
+/// x̂₀ = x − σu noised afresh to σ_next, \f$x' = (1-\sigma_{next})(x - \sigma u) + \sigma_{next} z\f$
+/// (the forward process at σ_next; σ_next = 0 gives x̂₀).
+/// @param[in] s the step (0 ≤ σ_next < σ ≤ 1); @param[in] velocity u at (x, σ); @param[in,out] x the state;
+/// @param[in] z the normals (a buffer of x's size or kernels::philox_stream; unused at σ_next = 0);
+/// @param[in] policy threads.
+/// @throws std::invalid_argument for a bad step or sizes, or missing noise; std::domain_error when the result is
+///         not finite.
+template <real_scalar T, class Z, execution_policy P = sequential_policy>
+  requires kernels::noise_operand<Z, T>
+void flow_stochastic_step(sigma_step s, std::span<const T> velocity, std::span<T> x, const Z& z, const P& policy = P{}) {
+  constexpr std::string_view where = "diffusion::flow_stochastic_step";
+  detail::check_flow_step(where, s);
+  detail::check_same_size(where, "velocity", velocity.size(), "x", x.size());
+  detail::check_no_partial_overlap(where, "velocity", velocity, "x", x);
+  const double keep = 1.0 - s.sigma_next;
+  bool ok;
+  if (s.sigma_next > 0.0) {
+    if constexpr (std::is_same_v<Z, kernels::no_noise>) {
+      detail::throw_invalid(where, "the step adds noise but no noise was passed");
+    } else {
+      detail::check_noise_operand<T>(where, z, x.size());
+      ok = kernels::affine2_noise(static_cast<T>(keep), std::span<const T>(x), static_cast<T>(-keep * s.sigma), velocity,
+                                  static_cast<T>(s.sigma_next), z, x, policy);
+    }
+  } else {
+    ok = kernels::affine2(T{1}, std::span<const T>(x), static_cast<T>(-s.sigma), velocity, x, policy);
+  }
+  detail::require_finite_step(where, ok, "the stochastic flow step");
 }
 
 /// @brief Euler-ancestral sampling (k-diffusion `sample_euler_ancestral`): per step one model call and one
