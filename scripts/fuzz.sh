@@ -10,7 +10,8 @@
 #
 # Usage: scripts/fuzz.sh [seconds] [target ...]   (default 60 s in all; all targets; from any directory)
 # Environment: CLANGXX (default clang++), FUZZ_JOBS (parallel fuzzing processes per target,
-# default 1), FUZZ_CXXFLAGS (extra compiler flags, e.g. -mfma).
+# default 1), FUZZ_CXXFLAGS (extra compiler flags, e.g. -mfma), FUZZ_SEED (libFuzzer's -seed:
+# a fixed seed makes a bounded run reproducible, as CI uses it).
 #
 # Works in a temporary directory on copies of tests/fuzz/corpus/<target>/: nothing is written
 # into the repository. If a fuzzer finds a crash, the reproducer and the fuzzer binary are
@@ -70,6 +71,7 @@ for t in "${targets[@]}"; do
   args=(-max_total_time="$share" -max_len=256 -timeout=10 -rss_limit_mb=2048 -print_final_stats=1
         -artifact_prefix="$dir/artifacts/")
   if [[ "${FUZZ_JOBS:-1}" -gt 1 ]]; then args+=(-fork="$FUZZ_JOBS"); fi
+  if [[ -n "${FUZZ_SEED:-}" ]]; then args+=(-seed="$FUZZ_SEED"); fi
   start=$(now_ms)
   status=0
   ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0}" \
