@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <limits>
 #include <stdexcept>
+#include <utility>
 #include <vector>
 
 #include "support.hpp"
@@ -67,6 +68,43 @@ TEST_CASE("fuzz findings: schedules whose alpha_bar underflows, beta = 2^-1000, 
     CHECK(t.a == Approx(-1.0 / std::sqrt(2.0)).epsilon(1e-15));
     CHECK(t.b == Approx(1.0 / std::sqrt(2.0)).epsilon(1e-15));
   }
+}
+
+TEST_CASE("fuzz findings: log-SNR far below the double range is monotone and within 1 ulp", "[defects][fuzz]") {
+  // beta_0 = 1/2, then 4950 steps of beta = 1 - 2^-53 (each multiplies alpha_bar by 2^-53 exactly), then
+  // two steps of beta = 2^-40: alpha_bar = 2^-262351 (1 - 2^-40)^k is held as mantissa * 2^e, and the
+  // mantissa crosses 1/2 there (renormalized to ~1 with e - 1). log_snr was log m + double(e * ln 2),
+  // whose rounding (up to half an ulp of 1.8e5) made log_snr increase by an ulp at step 4951 (found by
+  // an unseeded fuzz_schedule run). References from mpmath at 200 bits:
+  //   L(i) = -(1 + 53 i) ln 2 - log(1 - 2^-(1 + 53 i)),  L(4950 + k) = L(4950) + k log1p(-2^-40).
+  std::vector<double> betas{0.5};
+  betas.insert(betas.end(), 4950, 1.0 - 0x1p-53);
+  betas.insert(betas.end(), 2, 0x1p-40);
+  const diffusion::noise_schedule s(betas);
+  for (std::size_t t = 1; t < s.size(); ++t) {
+    INFO("t = " << t);
+    REQUIRE(s[t].log_snr <= s[t - 1].log_snr);
+  }
+  const std::pair<std::size_t, double> reference[] = {
+      {1, -0x1.2b708872320e2p+5},     {18, -0x1.4afa4fb4bdd88p+9},    {19, -0x1.5d589f2fe5107p+9},
+      {20, -0x1.6fb6eeab0c487p+9},    {1000, -0x1.1f02fcc874ba4p+15}, {4950, -0x1.632bed9054504p+17},
+      {4951, -0x1.632bed9054504p+17}, {4952, -0x1.632bed9054504p+17}};
+  for (const auto& [t, value] : reference) {
+    INFO("t = " << t << ": log_snr = " << s[t].log_snr << ", reference " << value);
+    CHECK(test::ulps(s[t].log_snr, value) <= 1);
+  }
+  // The same near-ties in every scaling: the first beta and the small betas varied.
+  for (const double first : {0.3, 0.5, 0.7, 0.9})
+    for (int k = 30; k <= 60; k += 3) {
+      std::vector<double> b{first};
+      b.insert(b.end(), 3000, 1.0 - 0x1p-53);
+      b.insert(b.end(), 3, std::ldexp(1.0, -k));
+      const diffusion::noise_schedule deep(b);
+      for (std::size_t t = 1; t < deep.size(); ++t) {
+        INFO("beta_0 = " << first << ", small beta = 2^-" << k << ", t = " << t);
+        REQUIRE(deep[t].log_snr <= deep[t - 1].log_snr);
+      }
+    }
 }
 
 TEST_CASE("item 4: corrector_steps = SIZE_MAX is refused, not wrapped", "[defects]") {

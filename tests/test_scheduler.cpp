@@ -98,6 +98,30 @@ TEST_CASE("scheduler timesteps and sigmas follow diffusers' classes", "[schedule
     CHECK(s.timesteps()[9] == Approx(0.0).margin(1e-9));
     CHECK(s.timesteps()[4] == Approx(diffusion::sigma_to_t(tr, k[4])).epsilon(1e-12));
   }
+  SECTION("Euler and DPM-Solver with exponential sigmas: uniform in log sigma between the same ends as Karras'") {
+    cfg.use_exponential_sigmas = true;
+    diffusion::scheduler s(cfg);
+    s.set_timesteps(10);
+    const auto& tr = s.training_schedule();
+    const auto e = diffusion::exponential_sigmas(10, tr[0].sigma, tr[999].sigma);
+    REQUIRE(s.sigmas().size() == 11);
+    for (std::size_t i = 0; i < 10; ++i) CHECK(s.sigmas()[i] == e[i]);
+    CHECK(s.sigmas()[10] == 0.0);
+    CHECK(s.timesteps()[3] == Approx(diffusion::sigma_to_t(tr, e[3])).epsilon(1e-12));
+    cfg.kind = scheduler_kind::dpm_solver_multistep;
+    diffusion::scheduler d(cfg);
+    d.set_timesteps(8);
+    const auto ed = diffusion::exponential_sigmas(8, tr[0].sigma, tr[999].sigma);
+    for (std::size_t i = 0; i < 8; ++i) {
+      CHECK(d.sigmas()[i] == ed[i]);
+      CHECK(d.timesteps()[i] == std::nearbyint(diffusion::sigma_to_t(tr, ed[i])));
+    }
+    cfg.use_karras_sigmas = true;  // both: refused, as diffusers does
+    CHECK_THROWS_WITH(diffusion::scheduler(cfg), Catch::Matchers::Contains("use_karras_sigmas and use_exponential_sigmas"));
+    cfg.use_karras_sigmas = false;
+    diffusion::scheduler one(cfg);
+    CHECK_THROWS_WITH(one.set_timesteps(1), Catch::Matchers::Contains("use_exponential_sigmas needs num_inference_steps >= 2"));
+  }
   SECTION("Heun duplicates the interior timesteps: 2N - 1 model calls") {
     cfg.kind = scheduler_kind::heun;
     diffusion::scheduler s(cfg);
@@ -202,6 +226,38 @@ TEST_CASE("the scheduler loop reproduces the library's samplers bit for bit", "[
     diffusion::dpmpp_2m_sample(D, b, rows, noise, s.sigmas(), {.draw_initial_noise = false});
     // Same math in two scales; the error is the rounding of the per-step rescaling.
     for (std::size_t k = 0; k < a.size(); ++k) CHECK(a[k] == Approx(b[k]).epsilon(1e-12).margin(1e-14));
+  }
+  SECTION("sde-dpmsolver++ and the heun correction agree with dpmpp_2m_sde_sample in sigma-space") {
+    for (const auto algorithm : {diffusion::dpm_algorithm::dpmsolver_pp, diffusion::dpm_algorithm::sde_dpmsolver_pp})
+      for (const auto solver : {diffusion::dpm_solver_type::midpoint, diffusion::dpm_solver_type::heun}) {
+        auto cfg = diffusion::scheduler_config::defaults_for(scheduler_kind::dpm_solver_multistep);
+        cfg.beta_schedule = diffusion::beta_family::scaled_linear;
+        cfg.beta_start = 0.00085;
+        cfg.beta_end = 0.012;
+        cfg.lower_order_final = false;
+        cfg.algorithm_type = algorithm;
+        cfg.solver_type = solver;
+        diffusion::scheduler s(cfg);
+        s.set_timesteps(20);
+        const auto x0 = start<T>(rows * n);
+        const auto a = run_scheduler<T>(s, g, x0, rows, philox_step);
+        diffusion::sigma_space_model D(g);
+        auto b = x0;
+        const double alpha0 = diffusion::noise_level::preserving(s.sigmas()[0]).alpha;
+        for (auto& v : b) v /= alpha0;
+        const double eta = algorithm == diffusion::dpm_algorithm::sde_dpmsolver_pp ? 1.0 : 0.0;
+        diffusion::dpmpp_2m_sde_sample(D, b, rows, noise, s.sigmas(),
+                                       {.eta = eta, .solver_type = solver, .draw_initial_noise = false});
+        INFO("sde " << (eta == 1.0) << ", heun " << (solver == diffusion::dpm_solver_type::heun));
+        for (std::size_t k = 0; k < a.size(); ++k) CHECK(a[k] == Approx(b[k]).epsilon(1e-12).margin(1e-14));
+      }
+    // Without noise the SDE form refuses, naming the option.
+    auto cfg = diffusion::scheduler_config::defaults_for(scheduler_kind::dpm_solver_multistep);
+    cfg.algorithm_type = diffusion::dpm_algorithm::sde_dpmsolver_pp;
+    diffusion::scheduler s(cfg);
+    s.set_timesteps(5);
+    std::vector<T> x(3, 0.5), out(3, 0.1);
+    CHECK_THROWS_WITH(s.step<T>(0, out, x), Catch::Matchers::Contains("sde-dpmsolver++ adds noise"));
   }
 }
 

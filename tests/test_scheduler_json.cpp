@@ -108,10 +108,26 @@ TEST_CASE("scheduler_config.json errors name the key and the supported values", 
   CHECK_THROWS_WITH(diffusion::parse_scheduler_config(R"({"_class_name": "DDIMScheduler", "steps_offset": "1"})"),
                     Contains("\"steps_offset\"") && Contains("non-negative integer"));
   CHECK_THROWS_WITH(
-      diffusion::parse_scheduler_config(R"({"_class_name": "DPMSolverMultistepScheduler", "algorithm_type": "sde-dpmsolver++"})"),
-      Contains("\"algorithm_type\"") && Contains("supported: dpmsolver++"));
-  CHECK_THROWS_WITH(diffusion::parse_scheduler_config(R"({"_class_name": "EulerDiscreteScheduler", "use_exponential_sigmas": true})"),
-                    Contains("use_exponential_sigmas"));
+      diffusion::parse_scheduler_config(R"({"_class_name": "DPMSolverMultistepScheduler", "algorithm_type": "dpmsolver"})"),
+      Contains("\"algorithm_type\"") && Contains("\"dpmsolver\" is not supported") && Contains("dpmsolver++") &&
+          Contains("sde-dpmsolver++"));
+  CHECK_THROWS_WITH(
+      diffusion::parse_scheduler_config(R"({"_class_name": "DPMSolverMultistepScheduler", "solver_type": "bh2"})"),
+      Contains("\"solver_type\"") && Contains("midpoint") && Contains("heun"));
+  {
+    const auto sde = diffusion::parse_scheduler_config(
+        R"({"_class_name": "DPMSolverMultistepScheduler", "algorithm_type": "sde-dpmsolver++", "solver_type": "heun"})");
+    CHECK(sde.config.algorithm_type == diffusion::dpm_algorithm::sde_dpmsolver_pp);
+    CHECK(sde.config.solver_type == diffusion::dpm_solver_type::heun);
+    CHECK(sde.ignored_keys.empty());
+  }
+  CHECK_THROWS_WITH(diffusion::parse_scheduler_config(R"({"_class_name": "EulerDiscreteScheduler", "use_beta_sigmas": true})"),
+                    Contains("use_beta_sigmas") && Contains("supported: false"));
+  CHECK(diffusion::parse_scheduler_config(R"({"_class_name": "EulerDiscreteScheduler", "use_exponential_sigmas": true})")
+            .config.use_exponential_sigmas);
+  CHECK_THROWS_WITH(diffusion::scheduler_from_json(
+                        R"({"_class_name": "EulerDiscreteScheduler", "use_exponential_sigmas": true, "use_karras_sigmas": true})"),
+                    Contains("use_karras_sigmas and use_exponential_sigmas"));
   const auto p = diffusion::parse_scheduler_config(R"({"_class_name": "DDIMScheduler", "my_custom_key": 3})");
   REQUIRE(p.ignored_keys.size() == 1);
   CHECK_THAT(p.ignored_keys[0], Contains("my_custom_key") && Contains("unknown"));

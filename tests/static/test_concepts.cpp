@@ -5,6 +5,7 @@
 #include <Eigen/Core>
 
 #include <array>
+#include <list>
 #include <span>
 #include <string>
 #include <vector>
@@ -61,3 +62,15 @@ static_assert(diffusion::timestep_range<std::vector<int>>);
 static_assert(diffusion::timestep_range<std::vector<std::size_t>>);
 static_assert(diffusion::timestep_range<std::span<const long>>);
 static_assert(!diffusion::timestep_range<std::vector<double>>);
+static_assert(diffusion::timestep_range<std::array<int, 3>>);
+static_assert(diffusion::timestep_range<const unsigned[2]>);
+static_assert(!diffusion::timestep_range<std::list<int>>);  // not contiguous
+static_assert(!diffusion::timestep_range<int*>);            // no size
+
+// Contiguous real ranges without <ranges>: C arrays and std::array count, lists, vector<bool>
+// (no contiguous storage) and bare pointers do not.
+static_assert(tensor<float[4]>);
+static_assert(tensor<const std::array<double, 2>>);
+static_assert(!tensor<std::list<float>>);
+static_assert(!tensor<std::vector<bool>>);
+static_assert(!tensor<float*>);

@@ -96,4 +96,17 @@ inline dd one_minus(double b) noexcept { return two_sum(1.0, -b); }
 /// The double nearest hi + lo.
 inline double to_double(dd a) noexcept { return a.hi + a.lo; }
 
+/// Natural logarithm of m·2^e (m > 0 a double-double, e any int): log m + e·ln 2, with e·ln 2
+/// formed in double-double (ln 2 = ln2_hi + ln2_lo, e·ln2_hi exact by two_prod) and the sum
+/// rounded once: the error before that rounding is ≲ 2u·|log m| + 2^-100·|e|, so the result is
+/// within one ulp, and two representations of nearly equal values (m·2^e and 2m·2^(e−1)) round
+/// to different doubles only when the exact value lies that close to a rounding boundary. (A
+/// double product e·ln 2 alone errs by up to half an ulp of e·ln 2, an ulp of the result.)
+inline double dd_log_scaled(dd m, int e) noexcept {
+  constexpr double ln2_hi = 0x1.62e42fefa39efp-1;   // ln 2 rounded to double
+  constexpr double ln2_lo = 0x1.abc9e3b39803fp-56;  // ln 2 − ln2_hi, rounded (mpmath)
+  const double k = static_cast<double>(e);          // exact: |e| < 2^31
+  const dd scaled = two_prod(k, ln2_hi) + dd{k * ln2_lo, 0.0};
+  return to_double(scaled + dd{std::log(m.hi), 0.0} + dd{m.lo / m.hi, 0.0});
+}
 }  // namespace diffusion::detail

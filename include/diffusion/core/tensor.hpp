@@ -24,10 +24,10 @@
 #include <cstdint>
 #include <cstddef>
 #include <iterator>
-#include <ranges>
 #include <span>
 #include <string_view>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "config.hpp"
@@ -80,9 +80,21 @@ concept eigen_dense_like = requires(const T& t) {
   { t.outerSize() } -> std::convertible_to<std::ptrdiff_t>;
 } && real_scalar<std::remove_const_t<typename T::Scalar>>;
 
+/// A contiguous sized range: `std::ranges::data` (a member `data()` or a contiguous iterator)
+/// and `std::ranges::size` apply. Those customization points come with `<iterator>`
+/// ([range.access.general]), so the whole of `<ranges>` (views, adaptors) is not parsed.
+template <class R>
+concept contiguous_sized_range = requires(R& r) {
+  { std::ranges::data(r) } -> std::same_as<std::add_pointer_t<std::remove_reference_t<decltype(*std::ranges::data(r))>>>;
+  std::ranges::size(r);
+};
+
+/// The element type of a @ref contiguous_sized_range, cv removed.
+template <contiguous_sized_range R>
+using contiguous_element_t = std::remove_cv_t<std::remove_reference_t<decltype(*std::ranges::data(std::declval<R&>()))>>;
+
 template <class T>
-concept contiguous_real_range = std::ranges::contiguous_range<T> && std::ranges::sized_range<T> &&
-                                real_scalar<std::remove_cv_t<std::ranges::range_value_t<T>>>;
+concept contiguous_real_range = contiguous_sized_range<T> && real_scalar<contiguous_element_t<T>>;
 
 }  // namespace detail
 

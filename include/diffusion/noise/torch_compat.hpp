@@ -23,7 +23,6 @@
 #include <cstdint>
 #include <numbers>
 #include <optional>
-#include <random>
 #include <span>
 #include <string>
 #include <type_traits>
@@ -38,6 +37,42 @@
 /// @{
 
 namespace diffusion {
+
+namespace detail {
+/// MT19937 (Matsumoto & Nishimura 1998, ACM TOMACS 8(1), the 32-bit Mersenne Twister with the
+/// parameters C++ [rand.predef] fixes for `std::mt19937`: n = 624, m = 397, a = 0x9908b0df,
+/// tempering (11, 7, 0x9d2c5680, 15, 0xefc60000, 18), `init_genrand` seeding with
+/// f = 1812433253). Written here so that the noise layer does not pull in `<random>`; its
+/// outputs equal `std::mt19937`'s word for word (tests/test_torch_compat.cpp).
+class mt19937 {
+ public:
+  void seed(std::uint32_t s) noexcept {
+    state_[0] = s;
+    for (std::uint32_t i = 1; i < n; ++i) state_[i] = 1812433253u * (state_[i - 1] ^ (state_[i - 1] >> 30)) + i;
+    next_ = n;
+  }
+  std::uint32_t operator()() noexcept {
+    if (next_ == n) twist();
+    std::uint32_t y = state_[next_++];
+    y ^= y >> 11;
+    y ^= (y << 7) & 0x9d2c5680u;
+    y ^= (y << 15) & 0xefc60000u;
+    return y ^ (y >> 18);
+  }
+
+ private:
+  static constexpr std::uint32_t n = 624, m = 397;
+  void twist() noexcept {
+    for (std::uint32_t i = 0; i < n; ++i) {
+      const std::uint32_t y = (state_[i] & 0x80000000u) | (state_[(i + 1) % n] & 0x7fffffffu);
+      state_[i] = state_[(i + m) % n] ^ (y >> 1) ^ ((y & 1u) != 0 ? 0x9908b0dfu : 0u);
+    }
+    next_ = 0;
+  }
+  std::uint32_t state_[n] = {};
+  std::uint32_t next_ = n;
+};
+}  // namespace detail
 
 /// @brief `torch.manual_seed(seed)` followed by `torch.randn(...)` on the CPU, as PyTorch 1.13
 /// computes it (`CPUGeneratorImpl` + `normal_kernel` in
@@ -104,7 +139,7 @@ class torch_cpu_generator {
   /// Reseeds as `torch.manual_seed(seed)`: new MT19937 state, cached normal cleared.
   void manual_seed(std::uint64_t seed) {
     seed_ = seed;
-    engine_.seed(static_cast<std::mt19937::result_type>(seed & 0xFFFFFFFFu));
+    engine_.seed(static_cast<std::uint32_t>(seed & 0xFFFFFFFFu));
     cached_.reset();
   }
 
@@ -112,7 +147,7 @@ class torch_cpu_generator {
   [[nodiscard]] std::uint64_t initial_seed() const noexcept { return seed_; }
 
   /// The next 32-bit engine output (PyTorch's `CPUGeneratorImpl::random()`).
-  std::uint32_t random() { return static_cast<std::uint32_t>(engine_()); }
+  std::uint32_t random() { return engine_(); }
 
   /// Two engine outputs, the first in the high half (PyTorch's `random64()`).
   std::uint64_t random64() {
@@ -182,7 +217,7 @@ class torch_cpu_generator {
 
   static constexpr double two_pi = 2.0 * std::numbers::pi;  // c10::pi<double> doubled: exact
 
-  std::mt19937 engine_;
+  detail::mt19937 engine_;
   std::optional<double> cached_;
   std::uint64_t seed_ = 0;
 };

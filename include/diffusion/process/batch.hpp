@@ -6,7 +6,7 @@
 
 #include <concepts>
 #include <cstddef>
-#include <ranges>
+#include <iterator>
 #include <string>
 #include <string_view>
 #include <type_traits>
@@ -20,8 +20,7 @@ namespace diffusion {
 
 /// @brief A contiguous range of integer timesteps, one per batch row.
 template <class R>
-concept timestep_range = std::ranges::contiguous_range<R> && std::ranges::sized_range<R> &&
-                         std::integral<std::remove_cv_t<std::ranges::range_value_t<R>>>;
+concept timestep_range = detail::contiguous_sized_range<R> && std::integral<detail::contiguous_element_t<R>>;
 
 namespace detail {
 

@@ -236,13 +236,87 @@ void dpmpp_2m_step(sigma_step s, std::span<const T> denoised, std::span<T> x, dp
   dpmpp_2m_step<T>(as_level_step(s), denoised, x, state, false, policy);
 }
 
+namespace detail {
+/// The DPM-Solver++(2M) update, deterministic (η = 0, `z` = no_noise) or the 2M SDE (η > 0):
+/// with λ = log(α/σ), h = λ' − λ, \f$h_\eta = (1 + \eta)h\f$, \f$E = -\operatorname{expm1}(-h_\eta)\f$,
+/// x' = (σ'/σ)e^{−ηh} x + α' E D̂ + σ' √(−expm1(−2ηh)) s_noise z, D̂ as @ref dpm_solver_type
+/// (D itself at first order). One pass; writes D into the history. Validates everything.
+template <real_scalar T, class Z, execution_policy P>
+void dpmpp_2m_update(std::string_view where, const level_step& s, std::span<const T> denoised, std::span<T> x,
+                     dpmpp_2m_state<T>& state, const Z& z, double eta, double s_noise, dpm_solver_type solver,
+                     bool first_order, const P& policy) {
+  check_level_step(where, s);
+  check_eta_and_s_noise(where, eta, s_noise);
+  if (!(solver == dpm_solver_type::midpoint || solver == dpm_solver_type::heun))
+    throw_invalid(where, "solver_type = " + to_text(static_cast<int>(solver)) + " is not midpoint or heun");
+  check_same_size(where, "denoised", denoised.size(), "x", x.size());
+  check_same_size(where, "state.previous_denoised", state.previous_denoised.size(), "x", x.size());
+  check_no_partial_overlap(where, "denoised", denoised, "x", x);
+  const bool lands_on_data = s.to.sigma == 0.0;
+  const double ratio = s.to.sigma / s.from.sigma;
+  // h = λ' − λ, λ = log α − log σ (written so that α = 1 gives log σ − log σ' exactly).
+  const double h = lands_on_data ? 0.0 : (std::log(s.to.alpha) - std::log(s.to.sigma)) - (std::log(s.from.alpha) - std::log(s.from.sigma));
+  const double h_eta = eta == 0.0 ? h : h * (1.0 + eta);
+  const double em = lands_on_data ? -1.0 : std::expm1(-h_eta);  // −E
+  // e^{−ηh} is 1 at η = 0 (also where h = ∞, the start of a flow at σ = 1).
+  const double cx_d = eta == 0.0 || lands_on_data ? ratio : ratio * std::exp(-eta * h);
+  const double noise_scale = eta == 0.0 || lands_on_data ? 0.0 : s.to.sigma * std::sqrt(-std::expm1(-2.0 * eta * h)) * s_noise;
+  const T cx = static_cast<T>(cx_d), cd = static_cast<T>(-(s.to.alpha * em));
+  const bool second = state.has_previous && !lands_on_data && !first_order;
+  // D̂ = a D + b D_prev, a = 1 + w, b = −w.
+  double w = 0.0;
+  if (second) {
+    const double r = state.previous_h / h;
+    w = solver == dpm_solver_type::midpoint ? 1.0 / (2.0 * r) : (1.0 / (-em) - 1.0 / h_eta) / r;
+  }
+  const T a = static_cast<T>(1.0 + w), b = static_cast<T>(-w);
+  bool ok = true;
+  if constexpr (std::is_same_v<Z, kernels::no_noise>) {
+    if (noise_scale > 0.0)
+      throw_invalid(where, "the step adds noise (eta = " + to_text(eta) + ", s_noise = " + to_text(s_noise) +
+                               ", sigma_next = " + to_text(s.to.sigma) + ") but no noise was passed");
+    if (!second) {
+      ok = kernels::map(policy, kernels::no_noise{}, kernels::outputs(x, state.previous_denoised),
+                        kernels::inputs<T>(std::span<const T>(x), denoised), [cx, cd](auto xv, auto dv) {
+                          using V = decltype(xv);
+                          return std::array<V, 2>{kernels::madd(V(cx), xv, V(cd) * dv), dv};
+                        });
+    } else {
+      // x <- cx x + cd (a D + b D_prev), and D_prev <- D, in one pass.
+      ok = kernels::map(policy, kernels::no_noise{}, kernels::outputs(x, state.previous_denoised),
+                        kernels::inputs<T>(std::span<const T>(x), denoised, std::span<const T>(state.previous_denoised)),
+                        [cx, cd, a, b](auto xv, auto dv, auto pv) {
+                          using V = decltype(xv);
+                          const V dh = kernels::madd(V(a), dv, V(b) * pv);
+                          return std::array<V, 2>{kernels::madd(V(cx), xv, V(cd) * dh), dv};
+                        });
+    }
+  } else {
+    if (noise_scale > 0.0) check_noise_operand<T>(where, z, x.size());
+    const T cz = coefficient<T>(where, "sigma_next * sqrt(1 - exp(-2 eta h)) * s_noise", noise_scale);
+    // x <- cx x + cd (a D + b D_prev) + cz z, and D_prev <- D, in one pass (noise in registers).
+    ok = kernels::map(policy, z, kernels::outputs(x, state.previous_denoised),
+                      kernels::inputs<T>(std::span<const T>(x), denoised, std::span<const T>(state.previous_denoised)),
+                      [cx, cd, a, b, cz](auto xv, auto dv, auto pv, auto zv) {
+                        using V = decltype(xv);
+                        const V dh = kernels::madd(V(a), dv, V(b) * pv);
+                        return std::array<V, 2>{kernels::madd(V(cz), zv, kernels::madd(V(cx), xv, V(cd) * dh)), dv};
+                      });
+  }
+  require_finite_step(where, ok, eta == 0.0 ? "the DPM-Solver++(2M) step" : "the DPM-Solver++(2M) SDE step");
+  if (!lands_on_data) state.previous_h = h;
+  state.has_previous = true;
+}
+}  // namespace detail
+
 /// @brief One DPM-Solver++(2M) step between two levels of the state's process (Lu et al. 2022, Eq. 9 and
 /// Algorithm 2, the data-prediction form, as diffusers' DPMSolverMultistepScheduler writes it in VP
 /// scale): with λ = log(α/σ), h = λ' − λ,
 /// \f$x' = \frac{\sigma'}{\sigma}x - \alpha'\operatorname{expm1}(-h)\,\hat D\f$, \f$\hat D = (1 + \frac1{2r})D - \frac1{2r}D_\text{prev}\f$,
 /// \f$r = h_\text{prev}/h\f$. First order (\f$\hat D = D\f$) at the first step, when σ' = 0, and when
 /// `first_order` is set (diffusers' `lower_order_final` / `euler_at_final`). In σ-space it is the
-/// @ref sigma_step form bit for bit.
+/// @ref sigma_step form bit for bit. The `heun` correction and the SDE form are
+/// @ref diffusion::dpmpp_2m_sde_step "dpmpp_2m_sde_step" (η = 0 there is this step).
 /// @param[in] s the level step; @param[in] denoised D at s.from; @param[in,out] x the state;
 /// @param[in,out] state the history; @param[in] first_order take a first-order step;
 /// @param[in] policy threads.
@@ -250,39 +324,8 @@ void dpmpp_2m_step(sigma_step s, std::span<const T> denoised, std::span<T> x, dp
 template <real_scalar T, execution_policy P = sequential_policy>
 void dpmpp_2m_step(const level_step& s, std::span<const T> denoised, std::span<T> x, dpmpp_2m_state<T>& state,
                    bool first_order = false, const P& policy = P{}) {
-  constexpr std::string_view where = "diffusion::dpmpp_2m_step";
-  detail::check_level_step(where, s);
-  detail::check_same_size(where, "denoised", denoised.size(), "x", x.size());
-  detail::check_same_size(where, "state.previous_denoised", state.previous_denoised.size(), "x", x.size());
-  detail::check_no_partial_overlap(where, "denoised", denoised, "x", x);
-  const bool lands_on_data = s.to.sigma == 0.0;
-  const double ratio = s.to.sigma / s.from.sigma;
-  // h = λ' − λ, λ = log α − log σ (written so that α = 1 gives log σ − log σ' exactly).
-  const double h = lands_on_data ? 0.0 : (std::log(s.to.alpha) - std::log(s.to.sigma)) - (std::log(s.from.alpha) - std::log(s.from.sigma));
-  const double em = lands_on_data ? -1.0 : std::expm1(-h);  // expm1(−h)
-  const T cx = static_cast<T>(ratio), cd = static_cast<T>(-(s.to.alpha * em));
-  bool ok = true;
-  if (!state.has_previous || lands_on_data || first_order) {
-    ok = kernels::map(policy, kernels::no_noise{}, kernels::outputs(x, state.previous_denoised),
-                      kernels::inputs<T>(std::span<const T>(x), denoised), [cx, cd](auto xv, auto dv) {
-                        using V = decltype(xv);
-                        return std::array<V, 2>{kernels::madd(V(cx), xv, V(cd) * dv), dv};
-                      });
-  } else {
-    const double r = state.previous_h / h;
-    const T a = static_cast<T>(1.0 + 1.0 / (2.0 * r)), b = static_cast<T>(-1.0 / (2.0 * r));
-    // x <- cx x + cd (a D + b D_prev), and D_prev <- D, in one pass.
-    ok = kernels::map(policy, kernels::no_noise{}, kernels::outputs(x, state.previous_denoised),
-                      kernels::inputs<T>(std::span<const T>(x), denoised, std::span<const T>(state.previous_denoised)),
-                      [cx, cd, a, b](auto xv, auto dv, auto pv) {
-                        using V = decltype(xv);
-                        const V dh = kernels::madd(V(a), dv, V(b) * pv);
-                        return std::array<V, 2>{kernels::madd(V(cx), xv, V(cd) * dh), dv};
-                      });
-  }
-  detail::require_finite_step(where, ok, "the DPM-Solver++(2M) step");
-  if (!lands_on_data) state.previous_h = h;
-  state.has_previous = true;
+  detail::dpmpp_2m_update<T>("diffusion::dpmpp_2m_step", s, denoised, x, state, kernels::no_noise{}, 0.0, 1.0,
+                             dpm_solver_type::midpoint, first_order, policy);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -391,7 +434,8 @@ sample_result heun_sample(SigmaModel& D, X&& x, std::size_t rows, Noise& noise, 
 /// call and one @ref dpmpp_2m_step per step, first order at the first step and to σ = 0. Second order.
 /// @param[in] D the σ-space denoiser; @param[in,out] x rows × n; @param[in] rows batch size;
 /// @param[in] noise the noise source (initial draw only); @param[in] sigmas the σ list; @param[in] opt options
-/// (the churn and η are not used); @param[in] hooks hooks.
+/// (`solver_type`: midpoint, k-diffusion's form, or heun; the churn, η and S_noise are not used);
+/// @param[in] hooks hooks.
 /// @throws as @ref euler_sample.
 template <class SigmaModel, mutable_tensor X, class Noise, class Context = no_context>
   requires sigma_denoiser<SigmaModel, tensor_value_t<X>, Context> && noise_source_for<Noise, tensor_value_t<X>>
@@ -408,7 +452,8 @@ sample_result dpmpp_2m_sample(SigmaModel& D, X&& x, std::size_t rows, Noise& noi
   dpmpp_2m_state<T> state{loop.buffer(3)};
   for (std::size_t i = 0; i < loop.steps(); ++i) {
     loop.denoise(xs, loop.sigma(i), den, i);
-    dpmpp_2m_step<T>(loop.step_levels(loop.sigma(i), i), den, xs, state, false, loop.policy());
+    detail::dpmpp_2m_update<T>(where, loop.step_levels(loop.sigma(i), i), den, xs, state, kernels::no_noise{}, 0.0, 1.0,
+                               opt.solver_type, false, loop.policy());
     if (!loop.report(loop.steps(), loop.time(loop.sigma(i)), loop.sigma(i), loop.sigma(i + 1), den)) break;
   }
   return loop.result();

@@ -23,7 +23,7 @@
 /// | EulerDiscreteScheduler | @ref diffusion::euler_step "euler_step" | σ-space (x₀ + σε) |
 /// | EulerAncestralDiscreteScheduler | @ref diffusion::euler_ancestral_step "euler_ancestral_step" | σ-space |
 /// | HeunDiscreteScheduler | @ref diffusion::heun_predict "heun_predict" / @ref diffusion::heun_correct "heun_correct" (two calls per step) | σ-space |
-/// | DPMSolverMultistepScheduler (dpmsolver++, order ≤ 2) | @ref diffusion::dpmpp_2m_step "dpmpp_2m_step" over VP levels | variance preserving |
+/// | DPMSolverMultistepScheduler (dpmsolver++ or sde-dpmsolver++, order ≤ 2, midpoint or heun) | @ref diffusion::dpmpp_2m_step "dpmpp_2m_step" over VP levels; heun or sde-dpmsolver++: @ref diffusion::dpmpp_2m_sde_step "dpmpp_2m_sde_step" (η = 0 or 1) | variance preserving |
 /// | FlowMatchEulerDiscreteScheduler | @ref diffusion::flow_euler_step "flow_euler_step" (x + (σ' − σ)u, one pass) for a velocity model, @ref diffusion::euler_step "euler_step" on flow levels for another prediction type; `stochastic_sampling`: @ref diffusion::flow_stochastic_step "flow_stochastic_step" (x̂₀ renoised to σ') | rectified flow ((1 − σ)x₀ + σε) |
 /// | FlowMatchHeunDiscreteScheduler | @ref diffusion::heun_predict "heun_predict" / @ref diffusion::heun_correct "heun_correct" on flow levels | rectified flow |
 ///
@@ -82,7 +82,7 @@ enum class scheduler_kind {
   euler,                 ///< EulerDiscreteScheduler.
   euler_ancestral,       ///< EulerAncestralDiscreteScheduler.
   heun,                  ///< HeunDiscreteScheduler.
-  dpm_solver_multistep,  ///< DPMSolverMultistepScheduler (algorithm_type dpmsolver++, solver_order 1 or 2).
+  dpm_solver_multistep,  ///< DPMSolverMultistepScheduler (algorithm_type dpmsolver++ or sde-dpmsolver++, solver_order 1 or 2, solver_type midpoint or heun).
   flow_match_euler,      ///< FlowMatchEulerDiscreteScheduler (rectified flow; SD3, Flux).
   flow_match_heun,       ///< FlowMatchHeunDiscreteScheduler (rectified flow).
 };
@@ -108,6 +108,12 @@ enum class beta_family {
   scaled_linear,      ///< "scaled_linear": @ref scaled_linear_betas.
   squaredcos_cap_v2,  ///< "squaredcos_cap_v2": @ref cosine_betas (s = 0.008, β_max = 0.999).
   sigmoid,            ///< "sigmoid": @ref sigmoid_betas.
+};
+
+/// @brief DPMSolverMultistepScheduler's `algorithm_type` (the values supported here).
+enum class dpm_algorithm {
+  dpmsolver_pp,      ///< "dpmsolver++": the ODE solver (@ref diffusion::dpmpp_2m_step "dpmpp_2m_step").
+  sde_dpmsolver_pp,  ///< "sde-dpmsolver++": the SDE solver, η = 1 (@ref diffusion::dpmpp_2m_sde_step "dpmpp_2m_sde_step"); `step` needs noise.
 };
 
 /// @brief diffusers' `final_sigmas_type`: the σ after the last step.
@@ -137,10 +143,13 @@ struct scheduler_config {
   bool set_alpha_to_one = true;                               ///< `set_alpha_to_one` (DDIM).
   bool rescale_betas_zero_snr = false;                        ///< `rescale_betas_zero_snr`.
   bool use_karras_sigmas = false;                             ///< `use_karras_sigmas` (σ-space classes, DPM-Solver).
+  bool use_exponential_sigmas = false;  ///< `use_exponential_sigmas` (σ-space classes, DPM-Solver): @ref exponential_sigmas between the same ends as Karras'.
   final_sigma final_sigmas_type = final_sigma::zero;          ///< `final_sigmas_type`.
   variance_type variance = variance_type::fixed_small;        ///< `variance_type` (DDPM).
   double eta = 0.0;                                           ///< DDIM's η (a `step()` argument in diffusers).
   std::size_t solver_order = 2;                               ///< `solver_order` (DPM-Solver; 1 or 2).
+  dpm_algorithm algorithm_type = dpm_algorithm::dpmsolver_pp;  ///< `algorithm_type` (DPM-Solver).
+  dpm_solver_type solver_type = dpm_solver_type::midpoint;    ///< `solver_type` (DPM-Solver, order 2).
   bool lower_order_final = true;                              ///< `lower_order_final` (DPM-Solver, < 15 steps).
   bool euler_at_final = false;                                ///< `euler_at_final` (DPM-Solver).
   double shift = 1.0;                                         ///< `shift` (flow classes; SD3: 3.0).
@@ -452,13 +461,17 @@ class scheduler {
       detail::throw_invalid(where, "eta = " + detail::to_text(cfg_.eta) + " is outside the allowed range [0, inf)");
     if (cfg_.thresholding && (sigma_space() || is_flow()))
       detail::throw_invalid(where, "thresholding is not supported by " + std::string(class_name(cfg_.kind)));
+    if (cfg_.use_karras_sigmas && cfg_.use_exponential_sigmas)
+      detail::throw_invalid(where, "use_karras_sigmas and use_exponential_sigmas are both true; set at most one (as diffusers)");
     if (is_flow()) {
       if (p != prediction::flow_velocity)
         detail::throw_invalid(where, "prediction_type = " + std::string(to_string(p)) + " is not supported by " +
                                          std::string(class_name(cfg_.kind)) + " (supported: flow_velocity)");
-      if (cfg_.use_karras_sigmas)
-        detail::throw_invalid(where, "use_karras_sigmas = true is not supported by " + std::string(class_name(cfg_.kind)) +
-                                         " here (supported: false)");
+      for (const auto& [key, on] : {std::pair{"use_karras_sigmas", cfg_.use_karras_sigmas},
+                                    std::pair{"use_exponential_sigmas", cfg_.use_exponential_sigmas}})
+        if (on)
+          detail::throw_invalid(where, std::string(key) + " = true is not supported by " + std::string(class_name(cfg_.kind)) +
+                                           " here (supported: false)");
       if (cfg_.stochastic_sampling && cfg_.kind != scheduler_kind::flow_match_euler)
         detail::throw_invalid(where, "stochastic_sampling is only supported by FlowMatchEulerDiscreteScheduler");
       if (cfg_.num_train_timesteps == 0) detail::throw_invalid(where, "num_train_timesteps = 0 must be >= 1");
@@ -518,16 +531,26 @@ class scheduler {
     const auto table = train_sigmas();
     std::vector<double> s(N);
     for (std::size_t k = 0; k < N; ++k) s[k] = interp(table, t[k]);
-    if (cfg_.use_karras_sigmas) {
+    if (cfg_.use_karras_sigmas || cfg_.use_exponential_sigmas) {
       if (N < 2)
-        detail::throw_invalid("diffusion::scheduler::set_timesteps", "use_karras_sigmas needs num_inference_steps >= 2");
-      s = karras_sigmas(N, s.back(), s.front());
-      s.pop_back();
+        detail::throw_invalid("diffusion::scheduler::set_timesteps", std::string(converted_sigmas_key()) +
+                                                                         " needs num_inference_steps >= 2");
+      s = converted_sigmas(N, s.back(), s.front());
       for (std::size_t k = 0; k < N; ++k) t[k] = timestep_of(s[k]);
     }
     timesteps_ = t;
     sigmas_ = s;
     sigmas_.push_back(cfg_.final_sigmas_type == final_sigma::zero ? 0.0 : table.front());
+  }
+
+  // diffusers' `_convert_to_karras` / `_convert_to_exponential`: N levels from σ_max to σ_min (no final 0).
+  [[nodiscard]] const char* converted_sigmas_key() const {
+    return cfg_.use_karras_sigmas ? "use_karras_sigmas" : "use_exponential_sigmas";
+  }
+  [[nodiscard]] std::vector<double> converted_sigmas(std::size_t N, double sigma_min, double sigma_max) const {
+    std::vector<double> s = cfg_.use_karras_sigmas ? karras_sigmas(N, sigma_min, sigma_max) : exponential_sigmas(N, sigma_min, sigma_max);
+    s.pop_back();
+    return s;
   }
 
   void set_dpm_timesteps(std::size_t N) {
@@ -548,11 +571,10 @@ class scheduler {
     std::vector<double> s(N);
     for (std::size_t k = 0; k < N; ++k) s[k] = train_[ts[k]].sigma;
     std::vector<double> t(ts.begin(), ts.end());
-    if (cfg_.use_karras_sigmas) {
-      if (N < 2) detail::throw_invalid(where, "use_karras_sigmas needs num_inference_steps >= 2");
+    if (cfg_.use_karras_sigmas || cfg_.use_exponential_sigmas) {
+      if (N < 2) detail::throw_invalid(where, std::string(converted_sigmas_key()) + " needs num_inference_steps >= 2");
       const auto table = train_sigmas();
-      s = karras_sigmas(N, table.front(), table.back());
-      s.pop_back();
+      s = converted_sigmas(N, table.front(), table.back());
       for (std::size_t k = 0; k < N; ++k) t[k] = std::nearbyint(timestep_of(s[k]));
     }
     timesteps_ = t;
@@ -662,8 +684,20 @@ class scheduler {
         const bool last = i + 1 == timesteps_.size();
         const bool first_order = cfg_.solver_order == 1 ||
                                  (last && (cfg_.euler_at_final || (cfg_.lower_order_final && timesteps_.size() < 15)));
-        dpmpp_2m_step<T>(level_step{noise_level::preserving(s.sigma), noise_level::preserving(s.sigma_next)}, d, x, st,
-                         first_order);
+        const level_step l{noise_level::preserving(s.sigma), noise_level::preserving(s.sigma_next)};
+        const bool sde = cfg_.algorithm_type == dpm_algorithm::sde_dpmsolver_pp;
+        const dpmpp_sde_options o{sde ? 1.0 : 0.0, 1.0, cfg_.solver_type};
+        if (sde && s.sigma_next > 0.0) {
+          if constexpr (std::is_same_v<Z, kernels::no_noise>)
+            detail::throw_invalid("diffusion::scheduler::step",
+                                  "algorithm_type sde-dpmsolver++ adds noise at every step but no noise was passed");
+          else
+            dpmpp_2m_sde_step<T>(l, d, x, st, noise, o, first_order);
+        } else if (sde || cfg_.solver_type != dpm_solver_type::midpoint) {
+          dpmpp_2m_sde_step<T>(l, d, x, st, kernels::no_noise{}, o, first_order);
+        } else {
+          dpmpp_2m_step<T>(l, d, x, st, first_order);
+        }
         dpm_previous_h_ = st.previous_h;
         dpm_state_has_previous_ = st.has_previous;
         break;

@@ -4,7 +4,7 @@
 /// and is not part of `ddpm.hpp`.
 ///
 /// Rules: an unknown `_class_name`, a key whose value the class does not support here (e.g.
-/// `algorithm_type: "sde-dpmsolver++"`, `use_lu_lambdas: true`), or a value of the wrong JSON type
+/// `algorithm_type: "dpmsolver"`, `use_lu_lambdas: true`), or a value of the wrong JSON type
 /// is an error naming the key, the value and the supported values. Keys this library does not
 /// read are never dropped silently: each is reported in `ignored_keys` with the reason (unknown,
 /// or known to have no effect on this class's math, such as `skip_prk_steps` or
@@ -180,12 +180,12 @@ inline parsed_scheduler_config parse_scheduler_config(std::string_view json_text
                                                          {"fixed_large", variance_type::fixed_large},
                                                          {"learned", variance_type::learned},
                                                          {"learned_range", variance_type::learned_range}});
-    } else if (key == "use_karras_sigmas") {
+    } else if (key == "use_karras_sigmas" || key == "use_exponential_sigmas") {
       if (discrete) {
         ignore(key, "not used by " + std::string(class_name(kind)));
         continue;
       }
-      c.use_karras_sigmas = detail::config_bool(key, v);
+      (key == "use_karras_sigmas" ? c.use_karras_sigmas : c.use_exponential_sigmas) = detail::config_bool(key, v);
     } else if (key == "final_sigmas_type") {
       if (discrete) {
         ignore(key, "not used by " + std::string(class_name(kind)));
@@ -202,8 +202,11 @@ inline parsed_scheduler_config parse_scheduler_config(std::string_view json_text
       if (key == "solver_order") c.solver_order = detail::config_count(key, v);
       else if (key == "lower_order_final") c.lower_order_final = detail::config_bool(key, v);
       else if (key == "euler_at_final") c.euler_at_final = detail::config_bool(key, v);
-      else if (key == "algorithm_type") require_value(key, v, std::string_view("dpmsolver++"), "dpmsolver++");
-      else if (key == "solver_type") require_value(key, v, std::string_view("midpoint"), "midpoint");
+      else if (key == "algorithm_type")
+        c.algorithm_type = detail::config_choice<dpm_algorithm>(
+            key, v, {{"dpmsolver++", dpm_algorithm::dpmsolver_pp}, {"sde-dpmsolver++", dpm_algorithm::sde_dpmsolver_pp}});
+      else if (key == "solver_type")
+        c.solver_type = detail::config_choice<dpm_solver_type>(key, v, {{"midpoint", dpm_solver_type::midpoint}, {"heun", dpm_solver_type::heun}});
       else if (key == "use_lu_lambdas") require_value(key, v, false, "false");
       else if (!v.is_null())  // lambda_min_clipped: diffusers' default -inf is written as null or left out
         detail::throw_config(key, detail::json_text(v) + " is not supported (supported: null, i.e. -inf)");
@@ -219,7 +222,7 @@ inline parsed_scheduler_config parse_scheduler_config(std::string_view json_text
         continue;
       }
       require_value(key, v, std::string_view("discrete"), "discrete");
-    } else if (key == "use_exponential_sigmas" || key == "use_beta_sigmas" || key == "use_flow_sigmas") {
+    } else if (key == "use_beta_sigmas" || key == "use_flow_sigmas") {
       require_value(key, v, false, "false");
     } else if (key == "shift" || key == "use_dynamic_shifting" || key == "base_shift" || key == "max_shift" ||
                key == "base_image_seq_len" || key == "max_image_seq_len" || key == "time_shift_type" ||

@@ -61,10 +61,7 @@ void euler_ancestral_step(sigma_step s, std::span<const T> denoised, std::span<T
                           const ancestral_options& opt = {}, const P& policy = P{}) {
   constexpr std::string_view where = "diffusion::euler_ancestral_step";
   detail::check_sigma_step(where, s);
-  if (!(opt.eta >= 0.0 && opt.eta <= 1.0))
-    detail::throw_invalid(where, "eta = " + detail::to_text(opt.eta) + " is outside the allowed range [0, 1]");
-  if (!(opt.s_noise >= 0.0 && std::isfinite(opt.s_noise)))
-    detail::throw_invalid(where, "s_noise = " + detail::to_text(opt.s_noise) + " is outside the allowed range [0, inf)");
+  detail::check_eta_and_s_noise(where, opt.eta, opt.s_noise);
   detail::check_same_size(where, "denoised", denoised.size(), "x", x.size());
   detail::check_no_partial_overlap(where, "denoised", denoised, "x", x);
   const ancestral_split a = ancestral_step(s.sigma, s.sigma_next, opt.eta);
@@ -119,10 +116,7 @@ void rf_ancestral_step(sigma_step s, std::span<const T> denoised, std::span<T> x
                        const ancestral_options& opt = {}, const P& policy = P{}) {
   constexpr std::string_view where = "diffusion::rf_ancestral_step";
   detail::check_flow_step(where, s);
-  if (!(opt.eta >= 0.0 && opt.eta <= 1.0))
-    detail::throw_invalid(where, "eta = " + detail::to_text(opt.eta) + " is outside the allowed range [0, 1]");
-  if (!(opt.s_noise >= 0.0 && std::isfinite(opt.s_noise)))
-    detail::throw_invalid(where, "s_noise = " + detail::to_text(opt.s_noise) + " is outside the allowed range [0, inf)");
+  detail::check_eta_and_s_noise(where, opt.eta, opt.s_noise);
   detail::check_same_size(where, "denoised", denoised.size(), "x", x.size());
   detail::check_no_partial_overlap(where, "denoised", denoised, "x", x);
   const double down = s.sigma_next == 0.0 ? 0.0 : rf_sigma_down(s.sigma, s.sigma_next, opt.eta);
@@ -197,6 +191,57 @@ void flow_stochastic_step(sigma_step s, std::span<const T> velocity, std::span<T
   detail::require_finite_step(where, ok, "the stochastic flow step");
 }
 
+
+// ---------------------------------------------------------------------------------------
+// DPM-Solver++(2M) SDE
+// ---------------------------------------------------------------------------------------
+
+/// @brief Options of one DPM-Solver++(2M) SDE step.
+struct dpmpp_sde_options {
+  double eta = 1.0;      ///< η ∈ [0, 1]: 1 the reverse SDE (diffusers' `sde-dpmsolver++`), 0 the ODE step.
+  double s_noise = 1.0;  ///< Scale of the added noise, ≥ 0.
+  dpm_solver_type solver_type = dpm_solver_type::midpoint;  ///< The second-order correction.
+};
+
+/// @brief One DPM-Solver++(2M) SDE step between two levels of the state's process (Lu et al. 2022b,
+/// "DPM-Solver++", Appendix: the SDE solver for the data-prediction model; k-diffusion
+/// `sample_dpmpp_2m_sde`, diffusers `sde-dpmsolver++` at η = 1). With λ = log(α/σ), h = λ' − λ,
+/// \f$h_\eta = (1 + \eta)h\f$:
+/// \f[ x' = \frac{\sigma'}{\sigma}e^{-\eta h}x + \alpha'\left(1 - e^{-h_\eta}\right)\hat D
+///          + \sigma'\sqrt{1 - e^{-2\eta h}}\,S_\text{noise}\,z, \f]
+/// \f$\hat D\f$ as @ref dpm_solver_type with \f$r = h_\text{prev}/h\f$; first order (\f$\hat D = D\f$)
+/// at the first step, when `first_order` is set, and when σ' = 0 (then x' = α'D, no noise). η = 0
+/// with the midpoint correction is @ref diffusion::dpmpp_2m_step "dpmpp_2m_step" bit for bit. One
+/// pass with the noise drawn in registers; writes D into the history.
+/// @param[in] s the level step; @param[in] denoised D at s.from; @param[in,out] x the state;
+/// @param[in,out] state the history (as for dpmpp_2m_step); @param[in] z the step's noise
+/// (kernels::no_noise allowed only where the step adds none); @param[in] opt η, S_noise, the solver type;
+/// @param[in] first_order take a first-order step; @param[in] policy threads.
+/// @throws std::invalid_argument for a bad step, options or sizes, or missing noise; std::domain_error on
+/// overflow.
+template <real_scalar T, class Z, execution_policy P = sequential_policy>
+  requires kernels::noise_operand<Z, T>
+void dpmpp_2m_sde_step(const level_step& s, std::span<const T> denoised, std::span<T> x, dpmpp_2m_state<T>& state,
+                       const Z& z, const dpmpp_sde_options& opt = {}, bool first_order = false, const P& policy = P{}) {
+  detail::dpmpp_2m_update<T>("diffusion::dpmpp_2m_sde_step", s, denoised, x, state, z, opt.eta, opt.s_noise,
+                             opt.solver_type, first_order, policy);
+}
+
+/// @brief The σ-space form of @ref diffusion::dpmpp_2m_sde_step "dpmpp_2m_sde_step" (α = 1 at both
+/// ends; λ = −log σ): k-diffusion's `sample_dpmpp_2m_sde` step.
+/// @param[in] s the step; @param[in] denoised D(x; σ); @param[in,out] x the state; @param[in,out] state
+/// the history; @param[in] z the noise; @param[in] opt options; @param[in] policy threads.
+/// @throws as the level form.
+template <real_scalar T, class Z, execution_policy P = sequential_policy>
+  requires kernels::noise_operand<Z, T>
+void dpmpp_2m_sde_step(sigma_step s, std::span<const T> denoised, std::span<T> x, dpmpp_2m_state<T>& state,
+                       const Z& z, const dpmpp_sde_options& opt = {}, const P& policy = P{}) {
+  constexpr std::string_view where = "diffusion::dpmpp_2m_sde_step";
+  detail::check_sigma_step(where, s);
+  detail::dpmpp_2m_update<T>(where, as_level_step(s), denoised, x, state, z, opt.eta, opt.s_noise, opt.solver_type,
+                             false, policy);
+}
+
 /// @brief Euler-ancestral sampling (k-diffusion `sample_euler_ancestral`): per step one model call and one
 /// @ref euler_ancestral_step with the noise of stream step i — @ref rf_ancestral_step when the
 /// denoiser's state is a rectified flow (ComfyUI `sample_euler_ancestral_RF`). Its terminal law matches the
@@ -234,6 +279,43 @@ sample_result euler_ancestral_sample(SigmaModel& D, X&& x, std::size_t rows, Noi
     else
       euler_ancestral_step<T>(s, den, xs, kernels::no_noise{}, a, loop.policy());
     if (!loop.report(loop.steps(), loop.time(s.sigma), s.sigma, s.sigma_next, den)) break;
+  }
+  return loop.result();
+}
+
+/// @brief DPM-Solver++(2M) SDE sampling (k-diffusion `sample_dpmpp_2m_sde`, ComfyUI `dpmpp_2m_sde`):
+/// one model call and one @ref diffusion::dpmpp_2m_sde_step "dpmpp_2m_sde_step" per step over the
+/// state's process (VE, VP or rectified flow levels), with the noise of stream step i (independent
+/// across steps, as diffusers draws it; k-diffusion's default Brownian-tree noise has the same law
+/// per step). First order at the first step and to σ = 0. Second order in the ODE limit η = 0.
+/// @param[in] D the σ-space denoiser; @param[in,out] x rows × n; @param[in] rows batch size;
+/// @param[in] noise the noise source; @param[in] sigmas the σ list; @param[in] opt options (η, S_noise,
+/// `solver_type`; the churn is not used); @param[in] hooks hooks.
+/// @throws as @ref euler_sample.
+template <class SigmaModel, mutable_tensor X, class Noise, class Context = no_context>
+  requires sigma_denoiser<SigmaModel, tensor_value_t<X>, Context> && noise_source_for<Noise, tensor_value_t<X>>
+sample_result dpmpp_2m_sde_sample(SigmaModel& D, X&& x, std::size_t rows, Noise& noise, std::span<const double> sigmas,
+                                  const karras_options& opt = {},
+                                  const sampler_hooks<tensor_value_t<X>, Context>& hooks = {}) {
+  using T = tensor_value_t<X>;
+  constexpr std::string_view where = "diffusion::dpmpp_2m_sde_sample";
+  detail::check_karras_options(where, opt);
+  detail::sigma_sampler<SigmaModel, T, Noise, Context> loop(where, D, as_mutable_span(x), rows, noise, sigmas,
+                                                            opt.first_sample, opt.draw_initial_noise, opt.check_finite,
+                                                            hooks);
+  const auto xs = loop.x();
+  const auto den = loop.buffer(0);
+  dpmpp_2m_state<T> state{loop.buffer(3)};
+  const dpmpp_sde_options o{opt.eta, opt.s_noise, opt.solver_type};
+  const bool noisy = opt.eta > 0.0 && opt.s_noise > 0.0;
+  for (std::size_t i = 0; i < loop.steps(); ++i) {
+    loop.denoise(xs, loop.sigma(i), den, i);
+    const level_step l = loop.step_levels(loop.sigma(i), i);
+    if (noisy && loop.sigma(i + 1) > 0.0)
+      dpmpp_2m_sde_step<T>(l, den, xs, state, loop.noise(i), o, false, loop.policy());
+    else
+      dpmpp_2m_sde_step<T>(l, den, xs, state, kernels::no_noise{}, o, false, loop.policy());
+    if (!loop.report(loop.steps(), loop.time(loop.sigma(i)), loop.sigma(i), loop.sigma(i + 1), den)) break;
   }
   return loop.result();
 }

@@ -57,6 +57,17 @@ inline level_step as_level_step(sigma_step s) noexcept {
   return {noise_level::exploding(s.sigma), noise_level::exploding(s.sigma_next)};
 }
 
+/// @brief How a second-order DPM-Solver++ step forms its correction from the history (diffusers' and
+/// k-diffusion's `solver_type`). Both are second order; they differ at O(h³) per step.
+enum class dpm_solver_type {
+  /// \f$\hat D = D + \frac{1}{2r}(D - D_\text{prev})\f$ (Lu et al. 2022, Algorithm 2).
+  midpoint,
+  /// \f$\hat D = D + \frac1r\left(\frac1E - \frac1{h_\eta}\right)(D - D_\text{prev})\f$ with
+  /// \f$h_\eta = (1 + \eta)h\f$, \f$E = 1 - e^{-h_\eta}\f$: the exact integral of D linear in λ
+  /// (Lu et al. 2022, Eq. 9 with the first-order Taylor term; diffusers' `heun`).
+  heun,
+};
+
 /// @brief Options of the Karras-family samplers (k-diffusion's names and defaults).
 struct karras_options {
   /// Karras' S_churn ≥ 0: γ_i = min(S_churn/N, √2 − 1) inside [S_tmin, S_tmax] (Euler and Heun only).
@@ -65,6 +76,8 @@ struct karras_options {
   double s_tmax = std::numeric_limits<double>::infinity();    ///< Upper σ bound of the churn.
   double s_noise = 1.0;                                       ///< Scale of the added noise (churn and ancestral).
   double eta = 1.0;                                           ///< Ancestral η ∈ [0, 1] (0 = plain Euler).
+  /// The second-order correction of DPM-Solver++(2M) and 2M SDE (k-diffusion's default: midpoint).
+  dpm_solver_type solver_type = dpm_solver_type::midpoint;
   std::uint64_t first_sample = 0;                             ///< Stream index of row 0.
   bool draw_initial_noise = true;                             ///< Set x = σ_0 z first; false: x holds it.
   bool check_finite = true;                                   ///< Scan every model output.
@@ -127,13 +140,18 @@ void check_sigma_in_range(std::string_view where, const SigmaModel& D, double si
   }
 }
 
+/// Requires the ancestral noise options every stochastic σ-step shares: η ∈ [0, 1], s_noise ∈ [0, ∞).
+inline void check_eta_and_s_noise(std::string_view where, double eta, double s_noise) {
+  if (!(eta >= 0.0 && eta <= 1.0))
+    throw_invalid(where, "eta = " + to_text(eta) + " is outside the allowed range [0, 1]");
+  if (!(s_noise >= 0.0 && std::isfinite(s_noise)))
+    throw_invalid(where, "s_noise = " + to_text(s_noise) + " is outside the allowed range [0, inf)");
+}
+
 inline void check_karras_options(std::string_view where, const karras_options& o) {
   if (!(o.s_churn >= 0.0 && std::isfinite(o.s_churn)))
     throw_invalid(where, "s_churn = " + to_text(o.s_churn) + " is outside the allowed range [0, inf)");
-  if (!(o.s_noise >= 0.0 && std::isfinite(o.s_noise)))
-    throw_invalid(where, "s_noise = " + to_text(o.s_noise) + " is outside the allowed range [0, inf)");
-  if (!(o.eta >= 0.0 && o.eta <= 1.0))
-    throw_invalid(where, "eta = " + to_text(o.eta) + " is outside the allowed range [0, 1]");
+  check_eta_and_s_noise(where, o.eta, o.s_noise);
   if (!(o.s_tmin <= o.s_tmax))
     throw_invalid(where, "s_tmin = " + to_text(o.s_tmin) + " must be <= s_tmax = " + to_text(o.s_tmax));
 }

@@ -5,7 +5,6 @@
 #include <cmath>
 #include <cstddef>
 #include <limits>
-#include <numbers>
 #include <span>
 #include <string_view>
 #include <vector>
@@ -241,7 +240,7 @@ class noise_schedule {
         s.snr = to_double_scaled(snr);
         s.log_snr = snr.exponent > -960 && snr.exponent < 960
                         ? detail::dd_log({std::ldexp(snr.mantissa.hi, snr.exponent), std::ldexp(snr.mantissa.lo, snr.exponent)})
-                        : detail::dd_log(snr.mantissa) + static_cast<double>(snr.exponent) * std::numbers::ln2;
+                        : detail::dd_log_scaled(snr.mantissa, snr.exponent);
       }
       // Ratios first (each ≤ 1), then the products: no product of two tiny factors underflows.
       const dd ratio = i == 0 ? dd_zero : om_p / om_t;  // (1 − ᾱ_{t−1})/(1 − ᾱ_t)

@@ -103,26 +103,94 @@ inline std::vector<double> karras_sigmas(std::size_t n, double sigma_min, double
   return s;
 }
 
+namespace detail {
+/// The n levels σ_i = f(ramp(i, n, a, b)) of a σ list, σ_0 = σ_max and σ_{n−1} = σ_min exactly, and a
+/// final 0 when `final_zero`; validates n ≥ 2 and 0 < σ_min < σ_max, naming `where`.
+template <class F>
+std::vector<double> sigma_list(std::string_view where, std::size_t n, double sigma_min, double sigma_max, double a,
+                               double b, bool final_zero, F f) {
+  if (n < 2) throw_invalid(where, "n = " + to_text(n) + " must be >= 2");
+  check_sigma_range(where, sigma_min, sigma_max);
+  std::vector<double> s(final_zero ? n + 1 : n, 0.0);
+  for (std::size_t i = 1; i + 1 < n; ++i) s[i] = f(ramp(i, n, a, b));
+  s[0] = sigma_max;
+  s[n - 1] = sigma_min;
+  return s;
+}
+}  // namespace detail
+
 /// @brief Geometric noise levels, descending: \f$\sigma_i = \sigma_{\max}(\sigma_{\min}/\sigma_{\max})^{i/(n-1)}\f$
 /// (NCSN, Song & Ermon 2019 §4.2: σ from 1 to 0.01 with n = 10; no final 0).
-/// For k-diffusion's `get_sigmas_exponential` append a 0.
+/// @ref exponential_sigmas is the same list with k-diffusion's final 0.
 /// @param[in] n number of levels, n ≥ 2.
 /// @param[in] sigma_min σ_min > 0 (last).
 /// @param[in] sigma_max σ_max > σ_min (first).
 inline std::vector<double> geometric_sigmas(std::size_t n, double sigma_min, double sigma_max) {
   constexpr std::string_view where = "diffusion::geometric_sigmas";
-  if (n < 2) detail::throw_invalid(where, "n = " + detail::to_text(n) + " must be >= 2");
   detail::check_sigma_range(where, sigma_min, sigma_max);
-  const double lmax = std::log(sigma_max), lmin = std::log(sigma_min);
-  std::vector<double> s(n);
-  const double m = static_cast<double>(n - 1);
-  for (std::size_t i = 0; i < n; ++i) {
-    const double k = static_cast<double>(i);
-    s[i] = std::exp(((m - k) * lmax + k * lmin) / m);
-  }
-  s[0] = sigma_max;
-  s[n - 1] = sigma_min;
-  return s;
+  return detail::sigma_list(where, n, sigma_min, sigma_max, std::log(sigma_max), std::log(sigma_min), false,
+                            [](double l) { return std::exp(l); });
+}
+
+/// @brief k-diffusion `get_sigmas_exponential` (ComfyUI "exponential"; diffusers
+/// `use_exponential_sigmas`): levels uniform in log σ,
+/// \f$\sigma_i = \exp\!\big(\log\sigma_{\max} + \tfrac{i}{n-1}(\log\sigma_{\min} - \log\sigma_{\max})\big)\f$,
+/// followed by a final 0.
+/// @param[in] n number of nonzero levels, n ≥ 2; @param[in] sigma_min σ_min > 0; @param[in] sigma_max σ_max > σ_min.
+/// @return n + 1 values: σ_max, …, σ_min, 0.
+inline std::vector<double> exponential_sigmas(std::size_t n, double sigma_min, double sigma_max) {
+  constexpr std::string_view where = "diffusion::exponential_sigmas";
+  detail::check_sigma_range(where, sigma_min, sigma_max);
+  return detail::sigma_list(where, n, sigma_min, sigma_max, std::log(sigma_max), std::log(sigma_min), true,
+                            [](double l) { return std::exp(l); });
+}
+
+/// @brief k-diffusion `get_sigmas_polyexponential` (ComfyUI "polyexponential"): log σ a power ρ
+/// of the ramp, \f$\sigma_i = \exp\!\big(\log\sigma_{\min} + (1 - \tfrac{i}{n-1})^\rho(\log\sigma_{\max} - \log\sigma_{\min})\big)\f$,
+/// followed by a final 0. ρ = 1 is @ref exponential_sigmas; ρ > 1 spends more steps at low σ.
+/// @param[in] n number of nonzero levels, n ≥ 2; @param[in] sigma_min σ_min > 0; @param[in] sigma_max σ_max > σ_min;
+/// @param[in] rho ρ > 0 (k-diffusion's default 1).
+/// @return n + 1 values: σ_max, …, σ_min, 0.
+inline std::vector<double> polyexponential_sigmas(std::size_t n, double sigma_min, double sigma_max, double rho = 1.0) {
+  constexpr std::string_view where = "diffusion::polyexponential_sigmas";
+  detail::check_sigma_range(where, sigma_min, sigma_max);
+  detail::check_positive(where, "rho", rho);
+  const double lmin = std::log(sigma_min), span = std::log(sigma_max) - lmin;
+  return detail::sigma_list(where, n, sigma_min, sigma_max, 1.0, 0.0, true,
+                            [=](double r) { return std::exp(lmin + std::pow(r, rho) * span); });
+}
+
+/// @brief The KL-optimal σ list (Sabour, Fidler & Kreis 2024, "Align Your Steps", arXiv:2404.14507:
+/// the schedule that is optimal for data concentrated at one point; ComfyUI `kl_optimal_scheduler`):
+/// levels uniform in arctan σ,
+/// \f$\sigma_i = \tan\!\big((1 - \tfrac{i}{n-1})\arctan\sigma_{\max} + \tfrac{i}{n-1}\arctan\sigma_{\min}\big)\f$,
+/// followed by a final 0.
+/// @param[in] n number of nonzero levels, n ≥ 2; @param[in] sigma_min σ_min > 0; @param[in] sigma_max σ_max > σ_min.
+/// @return n + 1 values: σ_max, …, σ_min, 0.
+inline std::vector<double> kl_optimal_sigmas(std::size_t n, double sigma_min, double sigma_max) {
+  constexpr std::string_view where = "diffusion::kl_optimal_sigmas";
+  detail::check_sigma_range(where, sigma_min, sigma_max);
+  return detail::sigma_list(where, n, sigma_min, sigma_max, std::atan(sigma_max), std::atan(sigma_min), true,
+                            [](double theta) { return std::tan(theta); });
+}
+
+/// @brief k-diffusion `get_sigmas_vp` (ComfyUI "vp"): the VP SDE's σ at times uniform from 1 down to
+/// ε_s, \f$\sigma_i = \sigma_{VP}(t_i) = \sqrt{\exp(\tfrac12\beta_d t_i^2 + \beta_{\min}t_i) - 1}\f$,
+/// \f$t_i = 1 + \tfrac{i}{n-1}(\varepsilon_s - 1)\f$, β_d = β_max − β_min (@ref vp_sde::sigma), followed by a
+/// final 0. k-diffusion's defaults β_d = 19.9, β_min = 0.1 are `vp_sde{}`.
+/// @param[in] n number of nonzero levels, n ≥ 2; @param[in] sde the VP SDE (validated);
+/// @param[in] eps_s the last time ε_s ∈ (0, 1) (k-diffusion's default 1e-3).
+/// @return n + 1 values: σ_VP(1), …, σ_VP(ε_s), 0.
+inline std::vector<double> vp_sigmas(std::size_t n, const vp_sde& sde = {}, double eps_s = 1e-3) {
+  constexpr std::string_view where = "diffusion::vp_sigmas";
+  sde.validate();
+  if (!(eps_s > 0.0 && eps_s < 1.0))
+    detail::throw_invalid(where, "eps_s = " + detail::to_text(eps_s) + " is outside the allowed range (0, 1)");
+  const double hi = sde.sigma(1.0), lo = sde.sigma(eps_s);
+  if (!(lo > 0.0 && hi < std::numeric_limits<double>::infinity()))
+    detail::throw_invalid(where, "the VP SDE's sigma at t = " + detail::to_text(lo > 0.0 ? 1.0 : eps_s) +
+                                     " is not a positive finite double (beta_max = " + detail::to_text(sde.beta_max) + ")");
+  return detail::sigma_list(where, n, lo, hi, 1.0, eps_s, true, [&sde](double t) { return sde.sigma(t); });
 }
 
 /// @brief Noise level at a fractional timestep of a discrete schedule, by linear

@@ -1,0 +1,234 @@
+// DPM-Solver++(2M) SDE (dpmpp_2m_sde_step / dpmpp_2m_sde_sample) and the heun correction of
+// DPM-Solver++(2M) against exact targets on Gaussian data: the η = 0 identity with dpmpp_2m_step,
+// convergence order 2 of the heun ODE solver to the exact flow map, the exact law of the
+// linear-Gaussian chain (Monte Carlo) and its convergence to the data law as the steps refine,
+// batch invariance, and errors.
+#include <catch2/catch.hpp>
+
+#include <diffusion/analytic.hpp>
+#include <diffusion/sampler_karras.hpp>
+
+#include <array>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "support.hpp"
+
+using diffusion::dpm_solver_type;
+using Catch::Matchers::Contains;
+
+namespace {
+
+// The law of y = x - mu after DPM-Solver++(2M) SDE on 1-D data N(mu, sd^2) in sigma-space, where
+// D(x; s) - mu = k(s) (x - mu), k = sd^2/(sd^2 + s^2): every step is linear in (y, p), p the previous
+// D - mu, plus independent noise, so (mean, covariance) of (y, p) follow exactly. Written from the
+// step's formula (h = log(s/s'), E = 1 - exp(-(1 + eta) h), x' = (s'/s) e^{-eta h} x + E D_hat +
+// s' sqrt(1 - e^{-2 eta h}) z), independently of the library's code.
+struct chain_law {
+  double mean, var;
+};
+chain_law exact_chain(const std::vector<double>& sig, double mu, double sd, double eta, dpm_solver_type solver) {
+  std::array<double, 2> m{-mu, 0.0};                   // E[y], E[p]; y starts at sigma_0 z - mu
+  std::array<double, 4> c{sig[0] * sig[0], 0.0, 0.0, 0.0};  // Cov of (y, p), row-major
+  double h_prev = 0.0;
+  for (std::size_t i = 0; i + 1 < sig.size(); ++i) {
+    const double s = sig[i], sn = sig[i + 1], k = sd * sd / (sd * sd + s * s);
+    double A[2][2], noise_var = 0.0;
+    if (sn == 0.0) {  // x' = D
+      A[0][0] = k, A[0][1] = 0.0;
+    } else {
+      const double h = std::log(s / sn), he = (1.0 + eta) * h, E = 1.0 - std::exp(-he);
+      const double cx = sn / s * std::exp(-eta * h);
+      double w = 0.0;
+      if (i > 0) {
+        const double r = h_prev / h;
+        w = solver == dpm_solver_type::midpoint ? 0.5 / r : (1.0 / E - 1.0 / he) / r;
+      }
+      A[0][0] = cx + E * (1.0 + w) * k;
+      A[0][1] = -E * w;
+      noise_var = sn * sn * (1.0 - std::exp(-2.0 * eta * h));
+      h_prev = h;
+    }
+    A[1][0] = k, A[1][1] = 0.0;
+    const std::array<double, 2> m2{A[0][0] * m[0] + A[0][1] * m[1], A[1][0] * m[0] + A[1][1] * m[1]};
+    std::array<double, 4> c2{};
+    for (int a = 0; a < 2; ++a)
+      for (int b = 0; b < 2; ++b) {
+        double v = 0.0;
+        for (int u = 0; u < 2; ++u)
+          for (int t = 0; t < 2; ++t) v += A[a][u] * c[static_cast<std::size_t>(2 * u + t)] * A[b][t];
+        c2[static_cast<std::size_t>(2 * a + b)] = v;
+      }
+    c2[0] += noise_var;
+    m = m2;
+    c = c2;
+  }
+  return {mu + m[0], c[0]};
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("DPM++ 2M SDE at eta = 0 with the midpoint correction is dpmpp_2m_step bit for bit",
+                   "[samplers][dpmpp_sde]", float, double) {
+  using T = TestType;
+  const std::size_t n = 37;
+  test::normal_source src(5);
+  std::vector<T> x_a(n), x_b(n), prev_a(n), prev_b(n);
+  for (auto& v : x_a) v = static_cast<T>(3.0 * src.normal());
+  x_b = x_a;
+  diffusion::dpmpp_2m_state<T> sa{prev_a}, sb{prev_b};
+  // VP levels (alpha^2 + sigma^2 = 1), a zero-SNR-free descending list, ending at sigma = 0.
+  const std::vector<double> sig = {0.999, 0.95, 0.8, 0.55, 0.3, 0.1, 0.02, 0.0};
+  for (std::size_t i = 0; i + 1 < sig.size(); ++i) {
+    std::vector<T> d(n);
+    for (auto& v : d) v = static_cast<T>(src.normal());
+    const diffusion::level_step l{diffusion::noise_level::preserving(sig[i] / std::sqrt(1 - sig[i] * sig[i])),
+                                  sig[i + 1] == 0.0 ? diffusion::noise_level::exploding(0.0)
+                                                    : diffusion::noise_level::preserving(sig[i + 1] / std::sqrt(1 - sig[i + 1] * sig[i + 1]))};
+    const bool first_order = i == 3;  // and one forced first-order step in the middle
+    diffusion::dpmpp_2m_step<T>(l, d, x_a, sa, first_order);
+    diffusion::dpmpp_2m_sde_step<T>(l, d, x_b, sb, diffusion::kernels::no_noise{}, {.eta = 0.0}, first_order);
+    INFO("step " << i);
+    REQUIRE(x_a == x_b);
+    REQUIRE(prev_a == prev_b);
+    CHECK(sa.previous_h == sb.previous_h);
+  }
+  // In sigma-space the two sample loops agree too.
+  diffusion::gaussian_data g({0.3, -0.2}, {0.5, 1.1});
+  diffusion::sigma_space_model<diffusion::gaussian_data> D(g);
+  test::test_noise noise{3};
+  const auto ks = diffusion::karras_sigmas(15, 0.02, 30.0);
+  std::vector<T> a(2 * 9), b(2 * 9);
+  diffusion::dpmpp_2m_sample(D, a, 9, noise, ks);
+  diffusion::dpmpp_2m_sde_sample(D, b, 9, noise, ks, {.eta = 0.0});
+  CHECK(a == b);
+}
+
+TEST_CASE("DPM-Solver++(2M) with the heun correction converges at order 2 to the exact flow map",
+          "[samplers][dpmpp_sde]") {
+  // As test_sampler_karras: data N(mu, s^2) per dimension, the flow x(sigma) - mu = (x0 - mu)
+  // sqrt(s^2 + sigma^2)/sqrt(s^2 + sigma0^2). Both loops (dpmpp_2m_sample with solver_type heun, and
+  // the 2M SDE loop at eta = 0) give the same states.
+  const std::vector<double> mu = {0.2, -0.5, 1.0}, sd = {0.5, 0.1, 1.5};
+  diffusion::gaussian_data g(mu, sd);
+  diffusion::sigma_space_model<diffusion::gaussian_data> D(g);
+  test::test_noise noise{0};
+  const double smin = 0.02, smax = 80.0;
+  std::vector<double> errors;
+  const std::vector<std::size_t> Ns = {16, 32, 64, 128, 256};
+  for (std::size_t N : Ns) {
+    auto sig = diffusion::karras_sigmas(N, smin, smax);
+    sig.pop_back();
+    std::vector<double> x = {60.0, -40.0, 90.0};
+    const std::vector<double> x_start = x;
+    std::vector<double> y = x;
+    diffusion::dpmpp_2m_sample(D, x, 1, noise, sig, {.solver_type = dpm_solver_type::heun, .draw_initial_noise = false});
+    diffusion::dpmpp_2m_sde_sample(D, y, 1, noise, sig,
+                                   {.eta = 0.0, .solver_type = dpm_solver_type::heun, .draw_initial_noise = false});
+    CHECK(x == y);
+    double err = 0;
+    for (std::size_t k = 0; k < 3; ++k) {
+      const double exact = mu[k] + (x_start[k] - mu[k]) * std::sqrt(sd[k] * sd[k] + smin * smin) /
+                                       std::sqrt(sd[k] * sd[k] + smax * smax);
+      err = std::max(err, std::abs(x[k] - exact));
+    }
+    errors.push_back(err);
+  }
+  for (std::size_t i = 2; i < errors.size(); ++i) {
+    const double observed = std::log2(errors[i - 1] / errors[i]);
+    INFO("N = " << Ns[i] << ": error " << errors[i] << ", observed order " << observed);
+    CHECK(observed > 1.8);
+    CHECK(observed < 2.3);
+    WARN("DPM-Solver++(2M) heun, N = " << Ns[i] << ": max error " << errors[i] << ", order " << observed);
+  }
+}
+
+TEST_CASE("DPM++ 2M SDE draws the exact law of its Gaussian chain, which tends to the data law",
+          "[samplers][dpmpp_sde][montecarlo]") {
+  const double mu = 0.25, sd = 0.6;
+  diffusion::gaussian_data g({mu}, {sd});
+  diffusion::sigma_space_model<diffusion::gaussian_data> D(g);
+  const diffusion::philox_normal noise(2024);
+  const auto sig = diffusion::karras_sigmas(30, 0.01, 20.0);
+  constexpr std::size_t N = 100000;
+  // 100000 rows, 5 standard errors: false-failure probability < 6e-7 per check (8 checks).
+  for (const double eta : {1.0, 0.5})
+    for (const auto solver : {dpm_solver_type::midpoint, dpm_solver_type::heun}) {
+      std::vector<double> x(N);
+      diffusion::dpmpp_2m_sde_sample(D, x, N, noise, sig, {.eta = eta, .solver_type = solver});
+      const chain_law law = exact_chain(sig, mu, sd, eta, solver);
+      double em = 0, ev = 0;
+      for (double xi : x) em += xi;
+      em /= N;
+      for (double xi : x) ev += (xi - em) * (xi - em);
+      ev /= N - 1;
+      const char* name = solver == dpm_solver_type::midpoint ? "midpoint" : "heun";
+      INFO("eta " << eta << ", " << name << ": mean " << em << " vs " << law.mean << ", variance " << ev << " vs " << law.var);
+      CHECK(std::abs(em - law.mean) <= 5 * std::sqrt(law.var / N));
+      CHECK(std::abs(ev - law.var) <= 5 * law.var * std::sqrt(2.0 / (N - 1)));
+      WARN("DPM++ 2M SDE eta " << eta << " " << name << " (30 steps): law N(" << law.mean << ", " << law.var
+                               << "), sampled N(" << em << ", " << ev << "), data N(" << mu << ", " << sd * sd << ")");
+    }
+  // The chain is a consistent discretization of the reverse SDE: its exact law tends to the data's
+  // N(mu, sd^2) as the steps refine (first order in the step for eta > 0).
+  for (const auto solver : {dpm_solver_type::midpoint, dpm_solver_type::heun}) {
+    double last_err = std::numeric_limits<double>::infinity();
+    for (const std::size_t steps : {std::size_t{25}, std::size_t{50}, std::size_t{100}, std::size_t{200}, std::size_t{400}}) {
+      const chain_law law = exact_chain(diffusion::karras_sigmas(steps, 0.002, 80.0), mu, sd, 1.0, solver);
+      const double err = std::abs(law.var - sd * sd) + std::abs(law.mean - mu);
+      INFO(steps << " steps: law N(" << law.mean << ", " << law.var << ")");
+      CHECK(err < last_err);
+      if (steps == 400) CHECK(err < 2e-3);
+      last_err = err;
+    }
+  }
+}
+
+TEST_CASE("DPM++ 2M SDE is batch-invariant: a row does not depend on the batch around it", "[samplers][dpmpp_sde]") {
+  diffusion::gaussian_data g({0.1, -0.3, 0.7}, {0.4, 0.8, 0.2});
+  diffusion::sigma_space_model<diffusion::gaussian_data> D(g);
+  const diffusion::philox_normal noise(99);
+  const auto sig = diffusion::karras_sigmas(10, 0.03, 15.0);
+  std::vector<float> batch(7 * 3);
+  diffusion::dpmpp_2m_sde_sample(D, batch, 7, noise, sig, {.solver_type = dpm_solver_type::heun});
+  for (std::uint64_t r = 0; r < 7; ++r) {
+    std::vector<float> one(3);
+    diffusion::dpmpp_2m_sde_sample(D, one, 1, noise, sig, {.solver_type = dpm_solver_type::heun, .first_sample = r});
+    INFO("row " << r);
+    CHECK(std::equal(one.begin(), one.end(), batch.begin() + static_cast<std::ptrdiff_t>(3 * r)));
+  }
+}
+
+TEST_CASE("DPM++ 2M SDE validates its step, options and noise", "[samplers][dpmpp_sde][errors]") {
+  std::vector<double> x(4, 1.0), d(4, 0.5), prev(4), short_prev(3);
+  diffusion::dpmpp_2m_state<double> st{prev};
+  const diffusion::philox_normal noise(1);
+  const auto z = diffusion::step_stream(noise, 0);
+  using diffusion::sigma_step;
+  CHECK_THROWS_WITH(diffusion::dpmpp_2m_sde_step<double>(sigma_step{1.0, 0.5}, d, x, st, z, {.eta = 1.5}),
+                    Contains("dpmpp_2m_sde_step") && Contains("eta = 1.5 is outside the allowed range [0, 1]"));
+  CHECK_THROWS_WITH(diffusion::dpmpp_2m_sde_step<double>(sigma_step{1.0, 0.5}, d, x, st, z, {.s_noise = -1.0}),
+                    Contains("s_noise = -1"));
+  CHECK_THROWS_WITH(diffusion::dpmpp_2m_sde_step<double>(sigma_step{1.0, 0.5}, d, x, st, diffusion::kernels::no_noise{}),
+                    Contains("adds noise") && Contains("no noise was passed"));
+  CHECK_THROWS_WITH(diffusion::dpmpp_2m_sde_step<double>(sigma_step{1.0, 0.5}, d, x, st, z,
+                                                         {.solver_type = static_cast<dpm_solver_type>(7)}),
+                    Contains("solver_type = 7"));
+  CHECK_THROWS_WITH(diffusion::dpmpp_2m_sde_step<double>(sigma_step{0.5, 1.0}, d, x, st, z), Contains("sigma"));
+  diffusion::dpmpp_2m_state<double> bad{short_prev};
+  CHECK_THROWS_WITH(diffusion::dpmpp_2m_sde_step<double>(sigma_step{1.0, 0.5}, d, x, bad, z),
+                    Contains("state.previous_denoised"));
+  CHECK(x == std::vector<double>(4, 1.0));  // nothing written by a refused step
+  // No noise needed where the step adds none: eta = 0, s_noise = 0, or the last step to sigma = 0.
+  diffusion::dpmpp_2m_sde_step<double>(sigma_step{1.0, 0.5}, d, x, st, diffusion::kernels::no_noise{}, {.s_noise = 0.0});
+  diffusion::dpmpp_2m_sde_step<double>(sigma_step{0.5, 0.0}, d, x, st, diffusion::kernels::no_noise{});
+  CHECK(x == d);  // to sigma = 0 the state is D
+  // The loop names itself and the option.
+  diffusion::gaussian_data g({0.0}, {1.0});
+  diffusion::sigma_space_model<diffusion::gaussian_data> D(g);
+  std::vector<double> xs(2);
+  CHECK_THROWS_WITH(diffusion::dpmpp_2m_sde_sample(D, xs, 2, noise, diffusion::karras_sigmas(4, 0.1, 10.0), {.eta = -0.1}),
+                    Contains("dpmpp_2m_sde_sample") && Contains("eta = -0.1"));
+}
