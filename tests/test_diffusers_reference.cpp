@@ -74,7 +74,7 @@ bool supported(const std::string& config) {
             j.value("algorithm_type", std::string()) == "sde-dpmsolver++") &&
            j.value("solver_order", 2) <= 2;
   for (const char* c : {"DDPMScheduler", "DDIMScheduler", "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler",
-                        "HeunDiscreteScheduler", "FlowMatchEulerDiscreteScheduler"})
+                        "HeunDiscreteScheduler", "FlowMatchEulerDiscreteScheduler", "LMSDiscreteScheduler"})
     if (cls == c) return true;
   return false;
 }
@@ -145,8 +145,8 @@ TEST_CASE("the scheduler object reproduces diffusers' scheduler classes step by 
     }
     WARN(name << ": largest relative difference, lists " << table.worst << ", states " << state.worst);
   }
-  // DDPM ×2, DDIM ×5, Euler ×4, Euler-a, Heun, DPM-Solver++(2M) ×4, its SDE form, FlowMatchEuler ×4.
-  CHECK(replayed == 22);
+  // DDPM ×2, DDIM ×5, Euler ×4, Euler-a, Heun, DPM-Solver++(2M) ×4, its SDE form, FlowMatchEuler ×4, LMS.
+  CHECK(replayed == 23);
 }
 
 TEST_CASE("flow classes: mu, custom sigmas and the parity switch", "[scheduler][flow]") {

@@ -184,9 +184,9 @@ TEST_CASE("the scheduler loop reproduces the library's samplers bit for bit", "[
                             .draw_initial_noise = false});
     CHECK(a == b);
   }
-  SECTION("Euler, Euler ancestral and Heun against euler_sample, euler_ancestral_sample and heun_sample") {
+  SECTION("Euler, Euler ancestral, Heun and LMS against euler_sample, euler_ancestral_sample, heun_sample and lms_sample") {
     diffusion::sigma_space_model D(g);
-    for (auto kind : {scheduler_kind::euler, scheduler_kind::euler_ancestral, scheduler_kind::heun}) {
+    for (auto kind : {scheduler_kind::euler, scheduler_kind::euler_ancestral, scheduler_kind::heun, scheduler_kind::lms_discrete}) {
       auto cfg = diffusion::scheduler_config::defaults_for(kind);
       cfg.beta_schedule = diffusion::beta_family::scaled_linear;
       cfg.beta_start = 0.00085;
@@ -205,6 +205,7 @@ TEST_CASE("the scheduler loop reproduces the library's samplers bit for bit", "[
       if (kind == scheduler_kind::euler) diffusion::euler_sample(D, b, rows, noise, sig, opt);
       if (kind == scheduler_kind::euler_ancestral) diffusion::euler_ancestral_sample(D, b, rows, noise, sig, opt);
       if (kind == scheduler_kind::heun) diffusion::heun_sample(D, b, rows, noise, sig, opt);
+      if (kind == scheduler_kind::lms_discrete) diffusion::lms_sample(D, b, rows, noise, sig, {.draw_initial_noise = false});
       INFO(diffusion::class_name(kind));
       CHECK(a == b);
     }

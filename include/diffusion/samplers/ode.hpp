@@ -16,9 +16,11 @@
 #pragma once
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <numbers>
 #include <span>
 #include <string_view>
 #include <utility>
@@ -329,6 +331,137 @@ void dpmpp_2m_step(const level_step& s, std::span<const T> denoised, std::span<T
 }
 
 // ---------------------------------------------------------------------------------------
+// Linear multistep (LMS)
+// ---------------------------------------------------------------------------------------
+
+/// @brief The coefficients of the linear multistep method in σ (k-diffusion `linear_multistep_coeff`,
+/// diffusers LMSDiscreteScheduler `get_lms_coefficient`): with nodes σ_0 (the current level),
+/// σ_1, …, σ_{k−1} (the previous ones, in that order) and the Lagrange basis \f$\ell_j\f$ on them,
+/// \f[ c_j = \int_{\sigma_0}^{\sigma_{next}} \ell_j(\tau)\,d\tau,\qquad
+///     \ell_j(\tau) = \prod_{m \ne j}\frac{\tau - \sigma_m}{\sigma_j - \sigma_m}, \f]
+/// so that \f$x' = x + \sum_j c_j d_j\f$ integrates the interpolating polynomial of the slopes
+/// \f$d_j = (x_j - D_j)/\sigma_j\f$ (Adams–Bashforth on a variable grid). Computed exactly (to
+/// rounding) by two-point Gauss–Legendre quadrature, which integrates the cubic \f$\ell_j\f$ exactly;
+/// the references integrate numerically (`scipy.integrate.quad`, epsrel 1e-4).
+/// @param[in] nodes k = 1 … 4 distinct finite levels, the current first; @param[in] sigma_next the level the step ends at.
+/// @return c_0 … c_{k−1} (the rest 0).
+/// @throws std::invalid_argument for k outside [1, 4], a repeated or non-finite node.
+inline std::array<double, 4> lms_coefficients(std::span<const double> nodes, double sigma_next) {
+  constexpr std::string_view where = "diffusion::lms_coefficients";
+  const std::size_t k = nodes.size();
+  if (k < 1 || k > 4) detail::throw_invalid(where, "the order " + detail::to_text(k) + " is outside the allowed range [1, 4]");
+  if (!std::isfinite(sigma_next)) detail::throw_invalid(where, "sigma_next = " + detail::to_text(sigma_next) + " must be finite");
+  for (std::size_t j = 0; j < k; ++j) {
+    if (!std::isfinite(nodes[j])) detail::throw_invalid(where, "nodes[" + detail::to_text(j) + "] = " + detail::to_text(nodes[j]) + " must be finite");
+    for (std::size_t m = 0; m < j; ++m)
+      if (nodes[m] == nodes[j])
+        detail::throw_invalid(where, "nodes[" + detail::to_text(m) + "] and nodes[" + detail::to_text(j) + "] are both " +
+                                         detail::to_text(nodes[j]) + "; the levels must be distinct");
+  }
+  // Gauss–Legendre, 2 points on [a, b]: (b − a)/2 · (f(m − h/√3) + f(m + h/√3)), m = (a + b)/2, h = (b − a)/2.
+  const double a = nodes[0], half = 0.5 * (sigma_next - a), mid = a + half, off = half / std::numbers::sqrt3;
+  std::array<double, 4> c{};
+  for (std::size_t j = 0; j < k; ++j) {
+    double lo = 1.0, hi = 1.0;
+    for (std::size_t m = 0; m < k; ++m) {
+      if (m == j) continue;
+      const double den = nodes[j] - nodes[m];
+      lo *= ((mid - off) - nodes[m]) / den;
+      hi *= ((mid + off) - nodes[m]) / den;
+    }
+    c[j] = half * (lo + hi);
+  }
+  return c;
+}
+
+/// @brief The history of the linear multistep method: up to four slopes d = (x − D)/σ of the latest
+/// steps, newest first, in caller-owned buffers (no allocation), and their levels.
+template <real_scalar T>
+struct lms_state {
+  std::array<std::span<T>, 4> slopes{};  ///< Buffers of x.size() each; the first `order` are used.
+  std::array<double, 4> sigmas{};        ///< σ of each stored slope, newest first.
+  std::size_t count = 0;                 ///< Slopes stored (0 at the start).
+};
+
+/// @brief One step of the linear multistep method in σ (k-diffusion `sample_lms`, diffusers
+/// LMSDiscreteScheduler): \f$d_0 = (x - D)/\sigma\f$, \f$x' = x + \sum_{j<k} c_j d_j\f$ with
+/// @ref lms_coefficients on the levels of the k = min(stored + 1, order) newest slopes. Order 1 is
+/// Euler. One pass: the new slope is written into the history (replacing the oldest) while x is updated.
+/// @param[in] s the step (σ must be below the previous step's σ); @param[in] denoised D(x; σ);
+/// @param[in,out] x the state; @param[in,out] state the history; @param[in] order 1 … 4 (k-diffusion's and
+/// diffusers' default 4); @param[in] policy threads.
+/// @throws std::invalid_argument for a bad step, order, sizes or history buffers; std::domain_error on overflow.
+template <real_scalar T, execution_policy P = sequential_policy>
+void lms_step(sigma_step s, std::span<const T> denoised, std::span<T> x, lms_state<T>& state, std::size_t order = 4,
+              const P& policy = P{}) {
+  constexpr std::string_view where = "diffusion::lms_step";
+  detail::check_sigma_step(where, s);
+  if (order < 1 || order > 4) detail::throw_invalid(where, "order = " + detail::to_text(order) + " is outside the allowed range [1, 4]");
+  if (!(s.sigma_next < s.sigma))
+    detail::throw_invalid(where, "sigma_next = " + detail::to_text(s.sigma_next) + " must be < sigma = " + detail::to_text(s.sigma));
+  if (state.count > 0 && !(s.sigma < state.sigmas[0]))
+    detail::throw_invalid(where, "sigma = " + detail::to_text(s.sigma) + " must be below the previous step's " +
+                                     detail::to_text(state.sigmas[0]) + " (the history is for a descending list)");
+  detail::check_same_size(where, "denoised", denoised.size(), "x", x.size());
+  detail::check_no_partial_overlap(where, "denoised", denoised, "x", x);
+  for (std::size_t j = 0; j < order; ++j)
+    detail::check_same_size(where, "state.slopes[" + detail::to_text(j) + "]", state.slopes[j].size(), "x", x.size());
+  // The oldest slot becomes the newest; the others move one back.
+  std::rotate(state.slopes.begin(), state.slopes.begin() + static_cast<std::ptrdiff_t>(order - 1),
+              state.slopes.begin() + static_cast<std::ptrdiff_t>(order));
+  std::rotate(state.sigmas.begin(), state.sigmas.begin() + static_cast<std::ptrdiff_t>(order - 1),
+              state.sigmas.begin() + static_cast<std::ptrdiff_t>(order));
+  state.sigmas[0] = s.sigma;
+  const std::size_t k = std::min(state.count + 1, order);
+  const auto c = lms_coefficients(std::span<const double>(state.sigmas.data(), k), s.sigma_next);
+  const T inv = static_cast<T>(1.0 / s.sigma), c0 = static_cast<T>(c[0]), c1 = static_cast<T>(c[1]),
+          c2 = static_cast<T>(c[2]), c3 = static_cast<T>(c[3]);
+  const std::span<const T> xc(x);
+  using kernels::madd;
+  auto first = [inv](auto xv, auto dv) { return (xv - dv) * decltype(xv)(inv); };
+  bool ok = true;
+  switch (k) {
+    case 1:
+      ok = kernels::map(policy, kernels::no_noise{}, kernels::outputs(x, state.slopes[0]), kernels::inputs<T>(xc, denoised),
+                        [=](auto xv, auto dv) {
+                          using V = decltype(xv);
+                          const V d0 = first(xv, dv);
+                          return std::array<V, 2>{madd(V(c0), d0, xv), d0};
+                        });
+      break;
+    case 2:
+      ok = kernels::map(policy, kernels::no_noise{}, kernels::outputs(x, state.slopes[0]),
+                        kernels::inputs<T>(xc, denoised, std::span<const T>(state.slopes[1])), [=](auto xv, auto dv, auto d1) {
+                          using V = decltype(xv);
+                          const V d0 = first(xv, dv);
+                          return std::array<V, 2>{madd(V(c0), d0, madd(V(c1), d1, xv)), d0};
+                        });
+      break;
+    case 3:
+      ok = kernels::map(policy, kernels::no_noise{}, kernels::outputs(x, state.slopes[0]),
+                        kernels::inputs<T>(xc, denoised, std::span<const T>(state.slopes[1]), std::span<const T>(state.slopes[2])),
+                        [=](auto xv, auto dv, auto d1, auto d2) {
+                          using V = decltype(xv);
+                          const V d0 = first(xv, dv);
+                          return std::array<V, 2>{madd(V(c0), d0, madd(V(c1), d1, madd(V(c2), d2, xv))), d0};
+                        });
+      break;
+    default:
+      ok = kernels::map(policy, kernels::no_noise{}, kernels::outputs(x, state.slopes[0]),
+                        kernels::inputs<T>(xc, denoised, std::span<const T>(state.slopes[1]), std::span<const T>(state.slopes[2]),
+                                           std::span<const T>(state.slopes[3])),
+                        [=](auto xv, auto dv, auto d1, auto d2, auto d3) {
+                          using V = decltype(xv);
+                          const V d0 = first(xv, dv);
+                          return std::array<V, 2>{madd(V(c0), d0, madd(V(c1), d1, madd(V(c2), d2, madd(V(c3), d3, xv)))), d0};
+                        });
+      break;
+  }
+  detail::require_finite_step(where, ok, "the linear multistep step");
+  state.count = k;
+}
+
+// ---------------------------------------------------------------------------------------
 // The loops
 // ---------------------------------------------------------------------------------------
 
@@ -454,6 +587,48 @@ sample_result dpmpp_2m_sample(SigmaModel& D, X&& x, std::size_t rows, Noise& noi
     loop.denoise(xs, loop.sigma(i), den, i);
     detail::dpmpp_2m_update<T>(where, loop.step_levels(loop.sigma(i), i), den, xs, state, kernels::no_noise{}, 0.0, 1.0,
                                opt.solver_type, false, loop.policy());
+    if (!loop.report(loop.steps(), loop.time(loop.sigma(i)), loop.sigma(i), loop.sigma(i + 1), den)) break;
+  }
+  return loop.result();
+}
+
+/// @brief Options of @ref lms_sample.
+struct lms_options {
+  std::size_t order = 4;               ///< 1 … 4 (k-diffusion's and diffusers' default 4).
+  std::uint64_t first_sample = 0;      ///< Stream index of row 0.
+  bool draw_initial_noise = true;      ///< Set x = σ_0 z first; false: x holds it.
+  bool check_finite = true;            ///< Scan every model output.
+};
+
+/// @brief Linear multistep sampling in σ (k-diffusion `sample_lms`): one model call and one
+/// @ref lms_step per step, the order rising from 1 as the history fills. The slope (x − D)/σ is
+/// dx/dσ for a σ-space state and for a rectified-flow state alike, so both integrate in σ. Order k
+/// is exact for slopes that are polynomials of degree < k in σ once k slopes are stored. The
+/// lower-order start limits the global order to 2 as N → ∞, but it runs at the largest σ, where the
+/// flow is nearly linear, so the measured orders are 1.00, 1.98, 2.95, 3.86 at N = 256
+/// (docs/accuracy.md).
+/// @param[in] D the σ-space denoiser; @param[in,out] x rows × n; @param[in] rows batch size;
+/// @param[in] noise the noise source (initial draw only); @param[in] sigmas the σ list; @param[in] opt options;
+/// @param[in] hooks hooks.
+/// @throws as @ref euler_sample; std::invalid_argument for an order outside [1, 4].
+template <class SigmaModel, mutable_tensor X, class Noise, class Context = no_context>
+  requires sigma_denoiser<SigmaModel, tensor_value_t<X>, Context> && noise_source_for<Noise, tensor_value_t<X>>
+sample_result lms_sample(SigmaModel& D, X&& x, std::size_t rows, Noise& noise, std::span<const double> sigmas,
+                         const lms_options& opt = {}, const sampler_hooks<tensor_value_t<X>, Context>& hooks = {}) {
+  using T = tensor_value_t<X>;
+  constexpr std::string_view where = "diffusion::lms_sample";
+  if (opt.order < 1 || opt.order > 4)
+    detail::throw_invalid(where, "order = " + detail::to_text(opt.order) + " is outside the allowed range [1, 4]");
+  detail::sigma_sampler<SigmaModel, T, Noise, Context> loop(where, D, as_mutable_span(x), rows, noise, sigmas,
+                                                            opt.first_sample, opt.draw_initial_noise, opt.check_finite,
+                                                            hooks);
+  const auto xs = loop.x();
+  const auto den = loop.buffer(0);
+  lms_state<T> state;
+  for (std::size_t j = 0; j < opt.order; ++j) state.slopes[j] = loop.buffer(2 + j);
+  for (std::size_t i = 0; i < loop.steps(); ++i) {
+    loop.denoise(xs, loop.sigma(i), den, i);
+    lms_step<T>({loop.sigma(i), loop.sigma(i + 1)}, den, xs, state, opt.order, loop.policy());
     if (!loop.report(loop.steps(), loop.time(loop.sigma(i)), loop.sigma(i), loop.sigma(i + 1), den)) break;
   }
   return loop.result();

@@ -22,6 +22,7 @@
 /// | DDIMScheduler | @ref diffusion::ddim_step "ddim_step" (η from the config's `eta`) | variance preserving |
 /// | EulerDiscreteScheduler | @ref diffusion::euler_step "euler_step" | σ-space (x₀ + σε) |
 /// | EulerAncestralDiscreteScheduler | @ref diffusion::euler_ancestral_step "euler_ancestral_step" | σ-space |
+/// | LMSDiscreteScheduler | @ref diffusion::lms_step "lms_step" (order `lms_order`, default 4) | σ-space (x₀ + σε) |
 /// | HeunDiscreteScheduler | @ref diffusion::heun_predict "heun_predict" / @ref diffusion::heun_correct "heun_correct" (two calls per step) | σ-space |
 /// | DPMSolverMultistepScheduler (dpmsolver++ or sde-dpmsolver++, order ≤ 2, midpoint or heun) | @ref diffusion::dpmpp_2m_step "dpmpp_2m_step" over VP levels; heun or sde-dpmsolver++: @ref diffusion::dpmpp_2m_sde_step "dpmpp_2m_sde_step" (η = 0 or 1) | variance preserving |
 /// | FlowMatchEulerDiscreteScheduler | @ref diffusion::flow_euler_step "flow_euler_step" (x + (σ' − σ)u, one pass) for a velocity model, @ref diffusion::euler_step "euler_step" on flow levels for another prediction type; `stochastic_sampling`: @ref diffusion::flow_stochastic_step "flow_stochastic_step" (x̂₀ renoised to σ') | rectified flow ((1 − σ)x₀ + σε) |
@@ -40,6 +41,7 @@
 #pragma once
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -85,6 +87,7 @@ enum class scheduler_kind {
   dpm_solver_multistep,  ///< DPMSolverMultistepScheduler (algorithm_type dpmsolver++ or sde-dpmsolver++, solver_order 1 or 2, solver_type midpoint or heun).
   flow_match_euler,      ///< FlowMatchEulerDiscreteScheduler (rectified flow; SD3, Flux).
   flow_match_heun,       ///< FlowMatchHeunDiscreteScheduler (rectified flow).
+  lms_discrete,          ///< LMSDiscreteScheduler (the linear multistep method, order `lms_order`).
 };
 
 /// @brief The diffusers `_class_name` of a kind ("DDIMScheduler", …).
@@ -98,6 +101,7 @@ inline std::string_view class_name(scheduler_kind k) noexcept {
     case scheduler_kind::dpm_solver_multistep: return "DPMSolverMultistepScheduler";
     case scheduler_kind::flow_match_euler: return "FlowMatchEulerDiscreteScheduler";
     case scheduler_kind::flow_match_heun: return "FlowMatchHeunDiscreteScheduler";
+    case scheduler_kind::lms_discrete: return "LMSDiscreteScheduler";
   }
   return "?";
 }
@@ -158,6 +162,8 @@ struct scheduler_config {
   time_shift_kind time_shift_type = time_shift_kind::exponential;  ///< `time_shift_type` (flow).
   double shift_terminal = 0.0;                                ///< `shift_terminal` (flow; 0 or null: off).
   bool stochastic_sampling = false;                           ///< `stochastic_sampling` (FlowMatchEuler).
+  /// The order of LMSDiscreteScheduler, 1 … 4: diffusers' `step(…, order=4)` argument, not a config key.
+  std::size_t lms_order = 4;
   /// Not a diffusers key: reproduce diffusers' second shift of the flow σ list's end points
   /// (diffusers #13243; @ref flow_schedule_options::diffusers_double_shift). Off: shifted once.
   bool diffusers_double_shift = false;
@@ -291,7 +297,8 @@ class scheduler {
       }
       case scheduler_kind::euler:
       case scheduler_kind::euler_ancestral:
-      case scheduler_kind::heun: set_sigma_space_timesteps(N); break;
+      case scheduler_kind::heun:
+      case scheduler_kind::lms_discrete: set_sigma_space_timesteps(N); break;
       case scheduler_kind::dpm_solver_multistep: set_dpm_timesteps(N); break;
       case scheduler_kind::flow_match_euler:
       case scheduler_kind::flow_match_heun: {
@@ -314,6 +321,7 @@ class scheduler {
     heun_second_ = false;
     dpm_state_has_previous_ = false;
     dpm_previous_h_ = 0.0;
+    lms_count_ = 0;
   }
 
  public:
@@ -426,6 +434,7 @@ class scheduler {
   template <class T>
   struct state_buffers {
     std::vector<T> denoised, aux, aux2, scratch;
+    std::array<std::vector<T>, 4> lms;  // LMS slopes, newest first
   };
   template <class T>
   state_buffers<T>& buffers() noexcept {
@@ -434,7 +443,7 @@ class scheduler {
 
   [[nodiscard]] bool sigma_space() const noexcept {
     return cfg_.kind == scheduler_kind::euler || cfg_.kind == scheduler_kind::euler_ancestral ||
-           cfg_.kind == scheduler_kind::heun;
+           cfg_.kind == scheduler_kind::heun || cfg_.kind == scheduler_kind::lms_discrete;
   }
   static bool flow(scheduler_kind k) noexcept {
     return k == scheduler_kind::flow_match_euler || k == scheduler_kind::flow_match_heun;
@@ -454,6 +463,8 @@ class scheduler {
     if (!is_flow() && p != prediction::epsilon && p != prediction::sample && p != prediction::v)
       detail::throw_invalid(where, "prediction_type = " + std::string(to_string(p)) + " is not supported by " +
                                        std::string(class_name(cfg_.kind)) + " (supported: epsilon, sample, v_prediction)");
+    if (cfg_.kind == scheduler_kind::lms_discrete && !(cfg_.lms_order >= 1 && cfg_.lms_order <= 4))
+      detail::throw_invalid(where, "lms_order = " + detail::to_text(cfg_.lms_order) + " is outside the allowed range [1, 4]");
     if (cfg_.kind == scheduler_kind::dpm_solver_multistep && !(cfg_.solver_order == 1 || cfg_.solver_order == 2))
       detail::throw_invalid(where, "solver_order = " + detail::to_text(cfg_.solver_order) +
                                        " is not supported by DPMSolverMultistepScheduler here (supported: 1, 2)");
@@ -678,6 +689,23 @@ class scheduler {
         }
         break;
       }
+      case scheduler_kind::lms_discrete: {
+        // The history lives in b.lms (newest first) and lms_sigmas_/lms_count_; the step rotates the
+        // slots it uses, and the vectors are rotated the same way so that slot 0 stays the newest.
+        const std::size_t k = cfg_.lms_order;
+        lms_state<T> st;
+        for (std::size_t j = 0; j < k; ++j) {
+          b.lms[j].resize(x.size());
+          st.slopes[j] = b.lms[j];
+        }
+        st.sigmas = lms_sigmas_;
+        st.count = lms_count_;
+        lms_step<T>(s, d, x, st, k);
+        std::rotate(b.lms.begin(), b.lms.begin() + static_cast<std::ptrdiff_t>(k - 1), b.lms.begin() + static_cast<std::ptrdiff_t>(k));
+        lms_sigmas_ = st.sigmas;
+        lms_count_ = st.count;
+        break;
+      }
       case scheduler_kind::dpm_solver_multistep: {
         b.aux.resize(x.size());
         dpmpp_2m_state<T> st{std::span<T>(b.aux), dpm_previous_h_, dpm_state_has_previous_};
@@ -713,6 +741,8 @@ class scheduler {
   std::optional<timestep_sequence> seq_;
   std::optional<respaced_schedule> resp_;
   double dpm_previous_h_ = 0.0;
+  std::array<double, 4> lms_sigmas_{};
+  std::size_t lms_count_ = 0;
   bool dpm_state_has_previous_ = false;
   bool heun_second_ = false;
   detail::per_element_type<state_buffers> buffers_;

@@ -105,11 +105,13 @@ inline parsed_scheduler_config parse_scheduler_config(std::string_view json_text
        {"HeunDiscreteScheduler", scheduler_kind::heun},
        {"DPMSolverMultistepScheduler", scheduler_kind::dpm_solver_multistep},
        {"FlowMatchEulerDiscreteScheduler", scheduler_kind::flow_match_euler},
-       {"FlowMatchHeunDiscreteScheduler", scheduler_kind::flow_match_heun}});
+       {"FlowMatchHeunDiscreteScheduler", scheduler_kind::flow_match_heun},
+       {"LMSDiscreteScheduler", scheduler_kind::lms_discrete}});
   parsed_scheduler_config out{scheduler_config::defaults_for(kind), {}};
   scheduler_config& c = out.config;
   const bool discrete = kind == scheduler_kind::ddpm || kind == scheduler_kind::ddim;
-  const bool sigma_space = kind == scheduler_kind::euler || kind == scheduler_kind::euler_ancestral || kind == scheduler_kind::heun;
+  const bool sigma_space = kind == scheduler_kind::euler || kind == scheduler_kind::euler_ancestral ||
+                           kind == scheduler_kind::heun || kind == scheduler_kind::lms_discrete;
   const bool dpm = kind == scheduler_kind::dpm_solver_multistep;
   const bool flow = kind == scheduler_kind::flow_match_euler || kind == scheduler_kind::flow_match_heun;
   auto ignore = [&](const std::string& key, std::string_view why) { out.ignored_keys.push_back(key + ": " + std::string(why)); };
