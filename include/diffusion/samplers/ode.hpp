@@ -294,7 +294,7 @@ void dpmpp_2m_update(std::string_view where, const level_step& s, std::span<cons
                         });
     }
   } else {
-    if (noise_scale > 0.0) check_noise_operand<T>(where, z, x.size());
+    check_noise_operand<T>(where, z, x.size());  // a noise operand passed must fit, used or not
     const T cz = coefficient<T>(where, "sigma_next * sqrt(1 - exp(-2 eta h)) * s_noise", noise_scale);
     // x <- cx x + cd (a D + b D_prev) + cz z, and D_prev <- D, in one pass (noise in registers).
     ok = kernels::map(policy, z, kernels::outputs(x, state.previous_denoised),
