@@ -74,7 +74,8 @@ bool supported(const std::string& config) {
            : j.value("algorithm_type", std::string()) == "sde-dpmsolver++"        ? j.value("solver_order", 2) <= 2
                                                                                  : false;
   for (const char* c : {"DDPMScheduler", "DDIMScheduler", "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler",
-                        "HeunDiscreteScheduler", "FlowMatchEulerDiscreteScheduler", "LMSDiscreteScheduler"})
+                        "HeunDiscreteScheduler", "FlowMatchEulerDiscreteScheduler", "LMSDiscreteScheduler",
+                        "EDMEulerScheduler", "EDMDPMSolverMultistepScheduler", "LCMScheduler", "TCDScheduler"})
     if (cls == c) return true;
   return false;
 }
@@ -121,7 +122,16 @@ TEST_CASE("the scheduler object reproduces diffusers' scheduler classes step by 
         CHECK(table.check(sched.sigmas()[i], s));
       }
     }
-    CHECK(table.check(sched.init_noise_sigma(), v.at("init_noise_sigma").at(0)));
+    const bool edm = parsed.config.kind == diffusion::scheduler_kind::edm_euler ||
+                     parsed.config.kind == diffusion::scheduler_kind::edm_dpm_solver_multistep;
+    if (edm) {
+      // EDM's x_T ~ N(0, sigma_max^2) (Algorithm 1); diffusers uses sqrt(sigma_max^2 + 1) (docs/conventions.md).
+      const double sm = parsed.config.sigma_max;
+      CHECK(sched.init_noise_sigma() == sm);
+      CHECK(v.at("init_noise_sigma").at(0) == Approx(std::sqrt(sm * sm + 1.0)).epsilon(1e-12));
+    } else {
+      CHECK(table.check(sched.init_noise_sigma(), v.at("init_noise_sigma").at(0)));
+    }
     // The loop.
     std::vector<double> x(4), in(4), out(4), x0(4), z(4);
     for (std::size_t e = 0; e < 4; ++e) x[e] = v.at("x_T").at(e);
@@ -143,11 +153,14 @@ TEST_CASE("the scheduler object reproduces diffusers' scheduler classes step by 
       for (std::size_t e = 0; e < 4; ++e) CHECK(state.check(x[e], v.at("prev_sample_" + ks).at(e)));
       if (v.count("pred_original_sample_" + ks))
         for (std::size_t e = 0; e < 4; ++e) CHECK(state.check(x0[e], v.at("pred_original_sample_" + ks).at(e)));
+      if (parsed.config.kind == diffusion::scheduler_kind::lcm)  // LCM writes its consistency output f (diffusers' denoised)
+        for (std::size_t e = 0; e < 4; ++e) CHECK(state.check(x0[e], v.at("denoised_" + ks).at(e)));
     }
     WARN(name << ": largest relative difference, lists " << table.worst << ", states " << state.worst);
   }
-  // DDPM ×2, DDIM ×5, Euler ×4, Euler-a, Heun, DPM-Solver++(2M) ×4, its SDE form, (3M), FlowMatchEuler ×4, LMS.
-  CHECK(replayed == 24);
+  // DDPM ×2, DDIM ×5, Euler ×4, Euler-a, Heun, DPM-Solver++(2M) ×4, its SDE form, (3M), FlowMatchEuler ×4, LMS,
+  // EDM Euler, EDM DPM-Solver++(2M), LCM, TCD.
+  CHECK(replayed == 28);
 }
 
 TEST_CASE("flow classes: mu, custom sigmas and the parity switch", "[scheduler][flow]") {

@@ -132,3 +132,33 @@ TEST_CASE("scheduler_config.json errors name the key and the supported values", 
   REQUIRE(p.ignored_keys.size() == 1);
   CHECK_THAT(p.ignored_keys[0], Contains("my_custom_key") && Contains("unknown"));
 }
+
+TEST_CASE("scheduler_config.json of the EDM, LCM and TCD classes", "[consistency][scheduler][json]") {
+  using Catch::Matchers::Contains;
+  const auto edm = diffusion::parse_scheduler_config(
+      R"({"_class_name":"EDMDPMSolverMultistepScheduler","sigma_min":0.002,"sigma_max":120.0,"sigma_data":1.0,"sigma_schedule":"exponential","rho":5.0,"solver_order":3,"thresholding":false})");
+  CHECK(edm.config.kind == diffusion::scheduler_kind::edm_dpm_solver_multistep);
+  CHECK(edm.config.sigma_max == 120.0);
+  CHECK(edm.config.sigma_data == 1.0);
+  CHECK(edm.config.rho == 5.0);
+  CHECK(edm.config.solver_order == 3);
+  CHECK(edm.config.sigma_schedule == diffusion::edm_sigma_schedule::exponential);
+  CHECK_THROWS_WITH(diffusion::parse_scheduler_config(R"({"_class_name":"EDMEulerScheduler","sigma_schedule":"linear"})"),
+                    Contains("sigma_schedule") && Contains("karras, exponential"));
+  CHECK_THROWS_WITH(diffusion::scheduler_from_json(R"({"_class_name":"EDMDPMSolverMultistepScheduler","thresholding":true})"),
+                    Contains("thresholding is not supported"));
+  const auto lcm = diffusion::parse_scheduler_config(
+      R"({"_class_name":"LCMScheduler","original_inference_steps":100,"timestep_scaling":5.0,"timestep_spacing":"leading","steps_offset":1})");
+  CHECK(lcm.config.kind == diffusion::scheduler_kind::lcm);
+  CHECK(lcm.config.original_inference_steps == 100);
+  CHECK(lcm.config.timestep_scaling == 5.0);
+  bool spacing_reported = false;
+  for (const auto& k : lcm.ignored_keys) spacing_reported |= k.rfind("timestep_spacing:", 0) == 0;
+  CHECK(spacing_reported);
+  const auto tcd = diffusion::parse_scheduler_config(R"({"_class_name":"TCDScheduler","clip_sample":true,"sigma_data":0.5})");
+  CHECK(tcd.config.kind == diffusion::scheduler_kind::tcd);
+  CHECK_FALSE(tcd.config.clip_sample);  // TCDScheduler never clips: reported, not applied
+  CHECK(tcd.ignored_keys.size() == 2);
+  CHECK_THROWS_WITH(diffusion::parse_scheduler_config(R"({"_class_name":"EulerDiscreteScheduler","sigma_max":80.0})"),
+                    Contains("sigma_max"));
+}

@@ -27,6 +27,15 @@
 /// | DPMSolverMultistepScheduler (dpmsolver++ orders 1–3 or sde-dpmsolver++ orders 1–2, midpoint or heun; order 3: @ref diffusion::dpmpp_3m_sde_step "dpmpp_3m_sde_step") | @ref diffusion::dpmpp_2m_step "dpmpp_2m_step" over VP levels; heun or sde-dpmsolver++: @ref diffusion::dpmpp_2m_sde_step "dpmpp_2m_sde_step" (η = 0 or 1) | variance preserving |
 /// | FlowMatchEulerDiscreteScheduler | @ref diffusion::flow_euler_step "flow_euler_step" (x + (σ' − σ)u, one pass) for a velocity model, @ref diffusion::euler_step "euler_step" on flow levels for another prediction type; `stochastic_sampling`: @ref diffusion::flow_stochastic_step "flow_stochastic_step" (x̂₀ renoised to σ') | rectified flow ((1 − σ)x₀ + σε) |
 /// | FlowMatchHeunDiscreteScheduler | @ref diffusion::heun_predict "heun_predict" / @ref diffusion::heun_correct "heun_correct" on flow levels | rectified flow |
+/// | EDMEulerScheduler | @ref diffusion::euler_step "euler_step"; the model's output is EDM's F (@ref diffusion::edm_preconditioning "edm_preconditioning") | σ-space |
+/// | EDMDPMSolverMultistepScheduler | as DPMSolverMultistepScheduler (dpmsolver++ / sde-dpmsolver++, orders 1–3) over σ-space levels, on EDM's F | σ-space |
+/// | LCMScheduler | @ref diffusion::lcm_step "lcm_step" on @ref diffusion::consistency_timesteps "consistency_timesteps" | variance preserving |
+/// | TCDScheduler | @ref diffusion::tcd_step "tcd_step" (γ is the config's `eta`, default 0.3) | variance preserving |
+///
+/// The EDM classes take Karras' (or the exponential) σ list between `sigma_min` and `sigma_max`, the
+/// model's timestep \f$c_\text{noise} = \tfrac14\ln\sigma\f$, its input \f$c_\text{in}x\f$, and D = c_skip x + c_out F.
+/// The consistency classes (LCM, TCD) call the model at training timesteps and write to `x0`
+/// LCM's consistency output f (diffusers' `denoised`) and TCD's x̂₀.
 ///
 /// The flow classes take the σ list of @ref diffusion::flow_sigmas "flow_sigmas" (SD3's `shift`, or
 /// Flux's dynamic shift with μ: call `set_timesteps(n, mu)` or `set_timesteps(sigmas, mu)`), the
@@ -57,6 +66,7 @@
 #include "../core/tensor.hpp"
 #include "../kernels/elementwise.hpp"
 #include "../process/combine.hpp"
+#include "../process/edm.hpp"
 #include "../process/forward.hpp"
 #include "../process/parameterization.hpp"
 #include "../process/posterior.hpp"
@@ -67,6 +77,7 @@
 #include "../schedule/timesteps.hpp"
 #include "ancestral.hpp"
 #include "common.hpp"
+#include "consistency.hpp"
 #include "ode.hpp"
 #include "sde.hpp"
 #include "sigma_common.hpp"
@@ -88,6 +99,10 @@ enum class scheduler_kind {
   flow_match_euler,      ///< FlowMatchEulerDiscreteScheduler (rectified flow; SD3, Flux).
   flow_match_heun,       ///< FlowMatchHeunDiscreteScheduler (rectified flow).
   lms_discrete,          ///< LMSDiscreteScheduler (the linear multistep method, order `lms_order`).
+  edm_euler,             ///< EDMEulerScheduler (EDM's σ list and preconditioning, Euler).
+  edm_dpm_solver_multistep,  ///< EDMDPMSolverMultistepScheduler (EDM's σ list and preconditioning, DPM-Solver++).
+  lcm,                   ///< LCMScheduler (multistep consistency sampling, Luo et al. 2023).
+  tcd,                   ///< TCDScheduler (strategic stochastic sampling, Zheng et al. 2024).
 };
 
 /// @brief The diffusers `_class_name` of a kind ("DDIMScheduler", …).
@@ -102,6 +117,10 @@ inline std::string_view class_name(scheduler_kind k) noexcept {
     case scheduler_kind::flow_match_euler: return "FlowMatchEulerDiscreteScheduler";
     case scheduler_kind::flow_match_heun: return "FlowMatchHeunDiscreteScheduler";
     case scheduler_kind::lms_discrete: return "LMSDiscreteScheduler";
+    case scheduler_kind::edm_euler: return "EDMEulerScheduler";
+    case scheduler_kind::edm_dpm_solver_multistep: return "EDMDPMSolverMultistepScheduler";
+    case scheduler_kind::lcm: return "LCMScheduler";
+    case scheduler_kind::tcd: return "TCDScheduler";
   }
   return "?";
 }
@@ -118,6 +137,12 @@ enum class beta_family {
 enum class dpm_algorithm {
   dpmsolver_pp,      ///< "dpmsolver++": the ODE solver (@ref diffusion::dpmpp_2m_step "dpmpp_2m_step").
   sde_dpmsolver_pp,  ///< "sde-dpmsolver++": the SDE solver, η = 1 (@ref diffusion::dpmpp_2m_sde_step "dpmpp_2m_sde_step"); `step` needs noise.
+};
+
+/// @brief The EDM classes' `sigma_schedule`: how N levels are placed between σ_max and σ_min.
+enum class edm_sigma_schedule {
+  karras,       ///< "karras": @ref karras_sigmas with ρ.
+  exponential,  ///< "exponential": @ref exponential_sigmas (uniform in log σ).
 };
 
 /// @brief diffusers' `final_sigmas_type`: the σ after the last step.
@@ -150,7 +175,7 @@ struct scheduler_config {
   bool use_exponential_sigmas = false;  ///< `use_exponential_sigmas` (σ-space classes, DPM-Solver): @ref exponential_sigmas between the same ends as Karras'.
   final_sigma final_sigmas_type = final_sigma::zero;          ///< `final_sigmas_type`.
   variance_type variance = variance_type::fixed_small;        ///< `variance_type` (DDPM).
-  double eta = 0.0;                                           ///< DDIM's η (a `step()` argument in diffusers).
+  double eta = 0.0;                                           ///< DDIM's η, TCD's γ ∈ [0, 1] (a `step()` argument in diffusers; TCD's default 0.3).
   std::size_t solver_order = 2;                               ///< `solver_order` (DPM-Solver; 1, 2, or 3 with dpmsolver++).
   dpm_algorithm algorithm_type = dpm_algorithm::dpmsolver_pp;  ///< `algorithm_type` (DPM-Solver).
   dpm_solver_type solver_type = dpm_solver_type::midpoint;    ///< `solver_type` (DPM-Solver, order 2).
@@ -162,6 +187,13 @@ struct scheduler_config {
   time_shift_kind time_shift_type = time_shift_kind::exponential;  ///< `time_shift_type` (flow).
   double shift_terminal = 0.0;                                ///< `shift_terminal` (flow; 0 or null: off).
   bool stochastic_sampling = false;                           ///< `stochastic_sampling` (FlowMatchEuler).
+  double sigma_min = 0.002;                                   ///< `sigma_min` (EDM classes).
+  double sigma_max = 80.0;                                    ///< `sigma_max` (EDM classes).
+  double sigma_data = 0.5;                                    ///< `sigma_data` (EDM classes: σ_d of the preconditioning).
+  edm_sigma_schedule sigma_schedule = edm_sigma_schedule::karras;  ///< `sigma_schedule` (EDM classes).
+  double rho = 7.0;                                           ///< `rho` (EDM classes, Karras' ρ).
+  std::size_t original_inference_steps = 50;                  ///< `original_inference_steps` (LCM, TCD: the distillation schedule).
+  double timestep_scaling = 10.0;                             ///< `timestep_scaling` (LCM's boundary condition).
   /// The order of LMSDiscreteScheduler, 1 … 4: diffusers' `step(…, order=4)` argument, not a config key.
   std::size_t lms_order = 4;
   /// Not a diffusers key: reproduce diffusers' second shift of the flow σ list's end points
@@ -174,7 +206,7 @@ struct scheduler_config {
 
   /// @brief diffusers' defaults for a class: DDPM/DDIM leading spacing with `clip_sample` on;
   /// the σ-space classes and DPM-Solver linspace spacing with `clip_sample` off; the flow classes
-  /// a flow-velocity model and no shift (`shift` 1.0, diffusers' default).
+  /// a flow-velocity model and no shift (`shift` 1.0, diffusers' default); TCD γ = 0.3.
   static scheduler_config defaults_for(scheduler_kind k) {
     scheduler_config c;
     c.kind = k;
@@ -183,6 +215,7 @@ struct scheduler_config {
     c.clip_sample = discrete;
     if (k == scheduler_kind::flow_match_euler || k == scheduler_kind::flow_match_heun)
       c.prediction_type = prediction::flow_velocity;
+    if (k == scheduler_kind::tcd) c.eta = 0.3;
     return c;
   }
 };
@@ -220,19 +253,20 @@ class scheduler {
   /// @throws std::invalid_argument for a value the class does not support (naming the key and
   ///         the supported values) or invalid betas.
   explicit scheduler(scheduler_config config)
-      // The flow classes have no β table: a one-step placeholder, never read.
-      : cfg_(std::move(config)), train_(flow(cfg_.kind) ? noise_schedule(std::vector<double>{0.5}) : noise_schedule(config_betas(cfg_))) {
+      // The flow and EDM classes have no β table: a one-step placeholder, never read.
+      : cfg_(std::move(config)),
+        train_(flow(cfg_.kind) || edm(cfg_.kind) ? noise_schedule(std::vector<double>{0.5}) : noise_schedule(config_betas(cfg_))) {
     validate();
   }
 
   /// The configuration.
   [[nodiscard]] const scheduler_config& config() const noexcept { return cfg_; }
   /// @brief The training schedule (double tables).
-  /// @throws std::logic_error for the flow classes, which have no β schedule.
+  /// @throws std::logic_error for the flow and EDM classes, which have no β schedule.
   [[nodiscard]] const noise_schedule& training_schedule() const {
-    if (is_flow())
+    if (is_flow() || edm(cfg_.kind))
       throw std::logic_error("diffusion::scheduler::training_schedule: " + std::string(class_name(cfg_.kind)) +
-                             " has no beta schedule (a rectified-flow model)");
+                             (is_flow() ? " has no beta schedule (a rectified-flow model)" : " has no beta schedule (an EDM sigma-space model)"));
     return train_;
   }
   /// Whether the class is a rectified-flow one (FlowMatchEuler, FlowMatchHeun).
@@ -304,6 +338,19 @@ class scheduler {
       case scheduler_kind::heun:
       case scheduler_kind::lms_discrete: set_sigma_space_timesteps(N); break;
       case scheduler_kind::dpm_solver_multistep: set_dpm_timesteps(N); break;
+      case scheduler_kind::edm_euler:
+      case scheduler_kind::edm_dpm_solver_multistep: set_edm_timesteps(N); break;
+      case scheduler_kind::lcm:
+      case scheduler_kind::tcd: {
+        seq_ = consistency_timesteps(T, N, cfg_.original_inference_steps);
+        for (std::size_t t : *seq_) {
+          timesteps_.push_back(static_cast<double>(t));
+          sigmas_.push_back(train_[t].sigma);
+        }
+        // LCM's last step lands on the data; TCD's on timestep 0 (diffusers' prev_timestep = 0).
+        sigmas_.push_back(cfg_.kind == scheduler_kind::lcm ? 0.0 : train_[0].sigma);
+        break;
+      }
       case scheduler_kind::flow_match_euler:
       case scheduler_kind::flow_match_heun: {
         const flow_schedule_options o{T,
@@ -342,17 +389,21 @@ class scheduler {
 
   /// @brief The standard deviation of the initial noise (diffusers' `init_noise_sigma`): 1 for the
   /// variance-preserving and flow classes; σ_max for the σ-space classes with linspace/trailing spacing and
-  /// \f$\sqrt{\sigma_{\max}^2 + 1}\f$ with leading spacing (as diffusers).
+  /// \f$\sqrt{\sigma_{\max}^2 + 1}\f$ with leading spacing (as diffusers); the first σ of the list for the
+  /// EDM classes (EDM's Algorithm 1; diffusers' \f$\sqrt{\sigma_{\max}^2 + 1}\f$ there is a departure,
+  /// docs/conventions.md).
   /// @throws std::logic_error before set_timesteps.
   [[nodiscard]] double init_noise_sigma() const {
     require_timesteps("init_noise_sigma");
+    if (edm(cfg_.kind)) return sigmas_.front();
     if (!sigma_space()) return 1.0;
     const double m = *std::max_element(sigmas_.begin(), sigmas_.end());
     return cfg_.spacing == timestep_spacing::leading ? std::sqrt(m * m + 1.0) : m;
   }
 
   /// @brief The model's input at call i (diffusers' `scale_model_input`): \f$x/\sqrt{\sigma_i^2 + 1}\f$ for the
-  /// σ-space classes, x itself otherwise (flow classes included).
+  /// σ-space classes, \f$c_\text{in}x = x/\sqrt{\sigma_i^2 + \sigma_d^2}\f$ for the EDM classes, x itself otherwise
+  /// (flow and consistency classes included).
   /// @param[in] x the state; @param[in] i the call index; @param[out] out the model's input (may alias x).
   /// @throws std::out_of_range for i outside the timesteps; std::invalid_argument for sizes.
   template <real_scalar T>
@@ -362,7 +413,9 @@ class scheduler {
     detail::check_index(where, "i", i, timesteps_.size());
     detail::check_same_size(where, "x", x.size(), "out", out.size());
     detail::check_no_partial_overlap(where, "x", x, "out", out);
-    const double c = sigma_space() ? noise_level::preserving(sigmas_[i]).alpha : 1.0;
+    const double c = edm(cfg_.kind)   ? edm_coefficients_at(sigmas_[i]).c_in
+                     : sigma_space() ? noise_level::preserving(sigmas_[i]).alpha
+                                     : 1.0;
     detail::require_finite_step(where, kernels::scale(static_cast<T>(c), x, out), "the scaling");
   }
 
@@ -410,13 +463,15 @@ class scheduler {
           ddim_step<T>(train_, tr, model_output, x, kernels::no_noise{}, opt, step_buffers<T>{x0, b.scratch});
         break;
       }
+      case scheduler_kind::lcm:
+      case scheduler_kind::tcd: consistency_step<T>(i, model_output, x, detail::rows_of(noise, n), rows, x0); break;
       default: sigma_space_step<T>(i, model_output, x, detail::rows_of(noise, n), x0); break;
     }
     ++next_;
   }
 
   /// @brief Noises data to the level of call i (diffusers' `add_noise`, by call index):
-  /// \f$x_0 + \sigma_i\varepsilon\f$ for the σ-space classes, \f$(1-\sigma_i)x_0 + \sigma_i\varepsilon\f$ for the flow classes
+  /// \f$x_0 + \sigma_i\varepsilon\f$ for the σ-space classes (EDM included), \f$(1-\sigma_i)x_0 + \sigma_i\varepsilon\f$ for the flow classes
   /// (diffusers' `scale_noise`), \f$\sqrt{\bar\alpha}x_0 + \sqrt{1-\bar\alpha}\,\varepsilon\f$ at timestep i's level otherwise.
   /// @param[in] x0 data; @param[in] noise ε, same size; @param[in] i the call index; @param[out] out may alias
   /// either exactly (a partial overlap is refused).
@@ -430,7 +485,7 @@ class scheduler {
     const detail::combine_names nm{"x0", "noise", "out"};
     const auto p = detail::combine_check(where, nm, x0, noise, out, false);
     const noise_level l = is_flow()        ? noise_level::flow(sigmas_[i])
-                          : sigma_space() ? noise_level::exploding(sigmas_[i])
+                          : sigma_space() || edm(cfg_.kind) ? noise_level::exploding(sigmas_[i])
                                           : noise_level::preserving(sigmas_[i]);
     detail::combine(where, nm, p, {"alpha", "sigma"}, affine_coefficients{l.alpha, l.sigma});
   }
@@ -453,6 +508,16 @@ class scheduler {
   static bool flow(scheduler_kind k) noexcept {
     return k == scheduler_kind::flow_match_euler || k == scheduler_kind::flow_match_heun;
   }
+  static bool edm(scheduler_kind k) noexcept {
+    return k == scheduler_kind::edm_euler || k == scheduler_kind::edm_dpm_solver_multistep;
+  }
+  [[nodiscard]] bool dpm() const noexcept {
+    return cfg_.kind == scheduler_kind::dpm_solver_multistep || cfg_.kind == scheduler_kind::edm_dpm_solver_multistep;
+  }
+  // EDM's preconditioning at σ with the configured σ_d and F's convention (v_prediction: the v variant).
+  [[nodiscard]] edm_coefficients edm_coefficients_at(double sigma) const {
+    return edm_preconditioning(sigma, cfg_.sigma_data, cfg_.prediction_type == prediction::v ? edm_variant::v : edm_variant::standard);
+  }
   [[nodiscard]] x0_processing processing() const {
     return {cfg_.clip_sample, cfg_.clip_sample_range, cfg_.thresholding,
             dynamic_threshold{cfg_.dynamic_thresholding_ratio, cfg_.sample_max_value}};
@@ -465,22 +530,47 @@ class scheduler {
   void validate() const {
     constexpr std::string_view where = "diffusion::scheduler";
     const prediction p = cfg_.prediction_type;
-    if (!is_flow() && p != prediction::epsilon && p != prediction::sample && p != prediction::v)
+    if (edm(cfg_.kind)) {
+      if (p != prediction::epsilon && p != prediction::v)
+        detail::throw_invalid(where, "prediction_type = " + std::string(to_string(p)) + " is not supported by " +
+                                         std::string(class_name(cfg_.kind)) + " (supported: epsilon, v_prediction: EDM's F and its v variant)");
+      detail::check_positive(where, "sigma_min", cfg_.sigma_min);
+      detail::check_positive(where, "sigma_data", cfg_.sigma_data);
+      detail::check_positive(where, "rho", cfg_.rho);
+      if (!(cfg_.sigma_max > cfg_.sigma_min && std::isfinite(cfg_.sigma_max)))
+        detail::throw_invalid(where, "sigma_max = " + detail::to_text(cfg_.sigma_max) + " is outside the allowed range (sigma_min = " +
+                                         detail::to_text(cfg_.sigma_min) + ", inf)");
+    } else if (!is_flow() && p != prediction::epsilon && p != prediction::sample && p != prediction::v) {
       detail::throw_invalid(where, "prediction_type = " + std::string(to_string(p)) + " is not supported by " +
                                        std::string(class_name(cfg_.kind)) + " (supported: epsilon, sample, v_prediction)");
+    }
+    if (cfg_.kind == scheduler_kind::lcm || cfg_.kind == scheduler_kind::tcd) {
+      if (cfg_.original_inference_steps == 0 || cfg_.original_inference_steps > cfg_.num_train_timesteps)
+        detail::throw_invalid(where, "original_inference_steps = " + detail::to_text(cfg_.original_inference_steps) +
+                                         " is outside the allowed range [1, " + detail::to_text(cfg_.num_train_timesteps) +
+                                         "] (num_train_timesteps)");
+      detail::check_positive(where, "timestep_scaling", cfg_.timestep_scaling);
+    }
+    if (cfg_.kind == scheduler_kind::tcd && !(cfg_.eta >= 0.0 && cfg_.eta <= 1.0))
+      detail::throw_invalid(where, "eta (TCD's gamma) = " + detail::to_text(cfg_.eta) + " is outside the allowed range [0, 1]");
     if (cfg_.kind == scheduler_kind::lms_discrete && !(cfg_.lms_order >= 1 && cfg_.lms_order <= 4))
       detail::throw_invalid(where, "lms_order = " + detail::to_text(cfg_.lms_order) + " is outside the allowed range [1, 4]");
-    if (cfg_.kind == scheduler_kind::dpm_solver_multistep && !(cfg_.solver_order >= 1 && cfg_.solver_order <= 3))
-      detail::throw_invalid(where, "solver_order = " + detail::to_text(cfg_.solver_order) +
-                                       " is not supported by DPMSolverMultistepScheduler here (supported: 1, 2, 3)");
-    if (cfg_.kind == scheduler_kind::dpm_solver_multistep && cfg_.solver_order == 3 &&
+    if (dpm() && !(cfg_.solver_order >= 1 && cfg_.solver_order <= 3))
+      detail::throw_invalid(where, "solver_order = " + detail::to_text(cfg_.solver_order) + " is not supported by " +
+                                       std::string(class_name(cfg_.kind)) + " here (supported: 1, 2, 3)");
+    if (dpm() && cfg_.solver_order == 3 &&
         cfg_.algorithm_type != dpm_algorithm::dpmsolver_pp)
       detail::throw_invalid(where, "solver_order = 3 is supported with algorithm_type dpmsolver++ only here "
                                    "(the 3M SDE is dpmpp_3m_sde_step / dpmpp_3m_sde_sample)");
     if (!(cfg_.eta >= 0.0 && std::isfinite(cfg_.eta)))
       detail::throw_invalid(where, "eta = " + detail::to_text(cfg_.eta) + " is outside the allowed range [0, inf)");
-    if (cfg_.thresholding && (sigma_space() || is_flow()))
+    if (cfg_.thresholding && (sigma_space() || is_flow() || edm(cfg_.kind) || cfg_.kind == scheduler_kind::tcd))
       detail::throw_invalid(where, "thresholding is not supported by " + std::string(class_name(cfg_.kind)));
+    if ((edm(cfg_.kind) || cfg_.kind == scheduler_kind::lcm || cfg_.kind == scheduler_kind::tcd) &&
+        (cfg_.use_karras_sigmas || cfg_.use_exponential_sigmas))
+      detail::throw_invalid(where, std::string(cfg_.use_karras_sigmas ? "use_karras_sigmas" : "use_exponential_sigmas") +
+                                       " = true is not supported by " + std::string(class_name(cfg_.kind)) +
+                                       (edm(cfg_.kind) ? " (it takes sigma_schedule)" : ""));
     if (cfg_.use_karras_sigmas && cfg_.use_exponential_sigmas)
       detail::throw_invalid(where, "use_karras_sigmas and use_exponential_sigmas are both true; set at most one (as diffusers)");
     if (is_flow()) {
@@ -602,6 +692,20 @@ class scheduler {
     sigmas_.push_back(cfg_.final_sigmas_type == final_sigma::zero ? 0.0 : train_[0].sigma);
   }
 
+  // The EDM classes: N levels from σ_max to σ_min (Karras' ρ or uniform in log σ), the model's
+  // timestep c_noise = ln(σ)/4, then 0 or σ_min. diffusers rounds the list to float32; not here.
+  void set_edm_timesteps(std::size_t N) {
+    if (N < 2)
+      detail::throw_invalid("diffusion::scheduler::set_timesteps", "num_inference_steps = " + detail::to_text(N) + " is outside the allowed range [2, inf) for " +
+                                                                       std::string(class_name(cfg_.kind)));
+    std::vector<double> s = cfg_.sigma_schedule == edm_sigma_schedule::karras ? karras_sigmas(N, cfg_.sigma_min, cfg_.sigma_max, cfg_.rho)
+                                                                              : exponential_sigmas(N, cfg_.sigma_min, cfg_.sigma_max);
+    s.pop_back();  // the lists end in 0
+    for (double v : s) timesteps_.push_back(edm_coefficients_at(v).c_noise);
+    sigmas_ = s;
+    sigmas_.push_back(cfg_.final_sigmas_type == final_sigma::zero ? 0.0 : s.back());
+  }
+
   // Heun: [t0, t1, t1, t2, t2, …] and σ [s0, s1, s1, …, s_{N−1}, s_{N−1}, final] (diffusers' HeunDiscreteScheduler).
   void duplicate_for_heun() {
     std::vector<double> t{timesteps_.front()}, s{sigmas_.front()};
@@ -616,17 +720,73 @@ class scheduler {
 
   // x̂₀ from the model output at call i: the model saw x_m = α_m x at the VP level of σ_i (σ-space
   // classes) or x itself (DPM-Solver, whose x is VP): the one conversion table.
+  // The EDM classes: D = c_skip x + c_out F (EDM's preconditioning, Karras et al. 2022 Table 1).
   template <class T>
   void denoise(std::size_t i, std::span<const T> model_output, std::span<const T> x, std::span<T> d) const {
-    const noise_level l = is_flow() ? noise_level::flow(sigmas_[i]) : noise_level::preserving(sigmas_[i]);
-    const affine_coefficients k = conversion_coefficients(l, cfg_.prediction_type, prediction::sample);
-    const double scale = sigma_space() ? l.alpha : 1.0;
+    affine_coefficients k{};
+    if (edm(cfg_.kind)) {
+      const edm_coefficients e = edm_coefficients_at(sigmas_[i]);
+      k = {e.c_skip, e.c_out};
+    } else {
+      const noise_level l = is_flow() ? noise_level::flow(sigmas_[i]) : noise_level::preserving(sigmas_[i]);
+      k = conversion_coefficients(l, cfg_.prediction_type, prediction::sample);
+      if (sigma_space()) k.a *= l.alpha;
+    }
     constexpr std::string_view where = "diffusion::scheduler::step";
     detail::require_finite_step(where,
-                                kernels::affine2(detail::coefficient<T>(where, "the x0 coefficient of x", k.a * scale), x,
+                                kernels::affine2(detail::coefficient<T>(where, "the x0 coefficient of x", k.a), x,
                                                  detail::coefficient<T>(where, "the x0 coefficient of the model output", k.b),
                                                  model_output, d),
                                 "x0 from the model output");
+  }
+
+  // LCM and TCD: x̂₀ from the model output at the VP level of timestep i (then LCM's clipping or
+  // thresholding, row by row), and the step to the next level.
+  template <class T, class Z>
+  void consistency_step(std::size_t i, std::span<const T> model_output, std::span<T> x, const Z& noise, std::size_t rows,
+                        std::span<T> x0) {
+    constexpr std::string_view where = "diffusion::scheduler::step";
+    auto& b = buffers<T>();
+    b.denoised.resize(x.size());
+    if (!x0.empty()) detail::check_same_size(where, "x0", x0.size(), "x", x.size());
+    const std::span<T> d(b.denoised);
+    denoise<T>(i, model_output, std::span<const T>(x), d);
+    const noise_level from = noise_level::preserving(sigmas_[i]), to = noise_level::preserving(sigmas_[i + 1]);
+    const bool last = i + 1 == timesteps_.size();
+    if (cfg_.kind == scheduler_kind::lcm) {
+      const x0_processing proc = processing();
+      if (proc.clip || proc.threshold) {
+        const std::size_t n = x.size() / rows;
+        b.scratch.resize(n);
+        for (std::size_t r = 0; r < rows; ++r) detail::process_x0_row(proc, d.subspan(r * n, n), std::span<T>(b.scratch));
+      }
+      const consistency_boundary c = lcm_boundary(timesteps_[i], 0.5, cfg_.timestep_scaling);
+      if (to.sigma > 0.0) {
+        if constexpr (std::is_same_v<Z, kernels::no_noise>)
+          detail::throw_invalid(where, "LCMScheduler adds noise at every step but the last, and no noise was passed");
+        else
+          lcm_step<T>(c, to, std::span<const T>(d), x, noise, x0);
+      } else {
+        lcm_step<T>(c, to, std::span<const T>(d), x, kernels::no_noise{}, x0);
+      }
+      return;
+    }
+    // TCD: the intermediate timestep s = ⌊(1 − γ) t'⌋ with t' the next timestep (0 after the last);
+    // at the last step diffusers takes x_s at s = 0 without renoising: `to` is that level.
+    const std::size_t next_t = last ? 0 : (*seq_)[i + 1];
+    const std::size_t st = tcd_intermediate_timestep(next_t, cfg_.eta);
+    const noise_level mid = noise_level::preserving(train_[st].sigma);
+    const level_step ls{from, last ? mid : to};
+    if (!x0.empty()) std::copy(d.begin(), d.end(), x0.begin());
+    if (!last && st != next_t) {
+      if constexpr (std::is_same_v<Z, kernels::no_noise>)
+        detail::throw_invalid(where, "TCDScheduler with eta (gamma) = " + detail::to_text(cfg_.eta) +
+                                         " adds noise at every step but the last, and no noise was passed");
+      else
+        tcd_step<T>(ls, mid, std::span<const T>(d), x, noise);
+    } else {
+      tcd_step<T>(ls, mid, std::span<const T>(d), x, kernels::no_noise{});
+    }
   }
 
   template <class T, class Z>
@@ -715,7 +875,13 @@ class scheduler {
         lms_count_ = st.count;
         break;
       }
-      case scheduler_kind::dpm_solver_multistep: {
+      case scheduler_kind::edm_euler: euler_step<T>(s, d, x); break;
+      case scheduler_kind::dpm_solver_multistep:
+      case scheduler_kind::edm_dpm_solver_multistep: {
+        // DPMSolverMultistepScheduler keeps a VP state; the EDM class a σ-space one.
+        const auto level = [this](double sg) {
+          return cfg_.kind == scheduler_kind::edm_dpm_solver_multistep ? noise_level::exploding(sg) : noise_level::preserving(sg);
+        };
         if (cfg_.solver_order == 3) {
           // diffusers: order 1 at the first step and (lower_order_final) the last, 2 at the second
           // and (lower_order_final, fewer than 15 steps) the second to last, else 3.
@@ -729,7 +895,7 @@ class scheduler {
           st.previous_denoised = {std::span<T>(b.aux), std::span<T>(b.aux2)};
           st.previous_h = dpm3_previous_h_;
           st.count = dpm3_count_;
-          dpmpp_3m_sde_step<T>(level_step{noise_level::preserving(s.sigma), noise_level::preserving(s.sigma_next)}, d, x, st,
+          dpmpp_3m_sde_step<T>(level_step{level(s.sigma), level(s.sigma_next)}, d, x, st,
                                kernels::no_noise{}, {0.0, 1.0, cfg_.solver_type, cfg_.diffusers_dpm_3m}, max_order);
           std::swap(b.aux, b.aux2);  // the step swapped its two history views
           dpm3_previous_h_ = st.previous_h;
@@ -741,7 +907,7 @@ class scheduler {
         const bool last = i + 1 == timesteps_.size();
         const bool first_order = cfg_.solver_order == 1 ||
                                  (last && (cfg_.euler_at_final || (cfg_.lower_order_final && timesteps_.size() < 15)));
-        const level_step l{noise_level::preserving(s.sigma), noise_level::preserving(s.sigma_next)};
+        const level_step l{level(s.sigma), level(s.sigma_next)};
         const bool sde = cfg_.algorithm_type == dpm_algorithm::sde_dpmsolver_pp;
         const dpmpp_sde_options o{sde ? 1.0 : 0.0, 1.0, cfg_.solver_type};
         if (sde && s.sigma_next > 0.0) {

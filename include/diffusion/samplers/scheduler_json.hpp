@@ -106,13 +106,19 @@ inline parsed_scheduler_config parse_scheduler_config(std::string_view json_text
        {"DPMSolverMultistepScheduler", scheduler_kind::dpm_solver_multistep},
        {"FlowMatchEulerDiscreteScheduler", scheduler_kind::flow_match_euler},
        {"FlowMatchHeunDiscreteScheduler", scheduler_kind::flow_match_heun},
-       {"LMSDiscreteScheduler", scheduler_kind::lms_discrete}});
+       {"LMSDiscreteScheduler", scheduler_kind::lms_discrete},
+       {"EDMEulerScheduler", scheduler_kind::edm_euler},
+       {"EDMDPMSolverMultistepScheduler", scheduler_kind::edm_dpm_solver_multistep},
+       {"LCMScheduler", scheduler_kind::lcm},
+       {"TCDScheduler", scheduler_kind::tcd}});
   parsed_scheduler_config out{scheduler_config::defaults_for(kind), {}};
   scheduler_config& c = out.config;
   const bool discrete = kind == scheduler_kind::ddpm || kind == scheduler_kind::ddim;
   const bool sigma_space = kind == scheduler_kind::euler || kind == scheduler_kind::euler_ancestral ||
                            kind == scheduler_kind::heun || kind == scheduler_kind::lms_discrete;
-  const bool dpm = kind == scheduler_kind::dpm_solver_multistep;
+  const bool dpm = kind == scheduler_kind::dpm_solver_multistep || kind == scheduler_kind::edm_dpm_solver_multistep;
+  const bool edm = kind == scheduler_kind::edm_euler || kind == scheduler_kind::edm_dpm_solver_multistep;
+  const bool consistency = kind == scheduler_kind::lcm || kind == scheduler_kind::tcd;
   const bool flow = kind == scheduler_kind::flow_match_euler || kind == scheduler_kind::flow_match_heun;
   auto ignore = [&](const std::string& key, std::string_view why) { out.ignored_keys.push_back(key + ": " + std::string(why)); };
   auto require_value = [](std::string_view key, const nlohmann::json& v, auto expected, std::string_view what) {
@@ -148,6 +154,9 @@ inline parsed_scheduler_config parse_scheduler_config(std::string_view json_text
     } else if (key == "prediction_type") {
       c.prediction_type = detail::config_choice<prediction>(
           key, v, {{"epsilon", prediction::epsilon}, {"sample", prediction::sample}, {"v_prediction", prediction::v}});
+    } else if ((key == "timestep_spacing" || key == "steps_offset") && (edm || consistency)) {
+      ignore(key, consistency ? "not used by " + std::string(class_name(kind)) + " (consistency_timesteps places the steps)"
+                              : "not used by " + std::string(class_name(kind)));
     } else if (key == "timestep_spacing") {
       c.spacing = detail::config_choice<timestep_spacing>(
           key, v,
@@ -158,9 +167,12 @@ inline parsed_scheduler_config parse_scheduler_config(std::string_view json_text
       c.rescale_betas_zero_snr = detail::config_bool(key, v);
     } else if (key == "clip_sample" || key == "clip_sample_range" || key == "set_alpha_to_one" ||
                key == "thresholding" || key == "dynamic_thresholding_ratio" || key == "sample_max_value") {
+      // TCDScheduler reads none of these (its step neither clips nor thresholds); LCMScheduler's
+      // final_alpha_cumprod is never reached (its previous timestep is always >= 0).
+      const bool lcm = kind == scheduler_kind::lcm;
       const bool used = key == "set_alpha_to_one" ? kind == scheduler_kind::ddim
-                        : (key == "clip_sample" || key == "clip_sample_range") ? discrete
-                                                                               : (discrete || dpm);
+                        : (key == "clip_sample" || key == "clip_sample_range") ? (discrete || lcm)
+                                                                               : (discrete || dpm || lcm);
       if (!used) {
         ignore(key, "not used by " + std::string(class_name(kind)));
         continue;
@@ -183,13 +195,13 @@ inline parsed_scheduler_config parse_scheduler_config(std::string_view json_text
                                                          {"learned", variance_type::learned},
                                                          {"learned_range", variance_type::learned_range}});
     } else if (key == "use_karras_sigmas" || key == "use_exponential_sigmas") {
-      if (discrete) {
+      if (discrete || edm || consistency) {
         ignore(key, "not used by " + std::string(class_name(kind)));
         continue;
       }
       (key == "use_karras_sigmas" ? c.use_karras_sigmas : c.use_exponential_sigmas) = detail::config_bool(key, v);
     } else if (key == "final_sigmas_type") {
-      if (discrete) {
+      if (discrete || consistency) {
         ignore(key, "not used by " + std::string(class_name(kind)));
         continue;
       }
@@ -253,7 +265,26 @@ inline parsed_scheduler_config parse_scheduler_config(std::string_view json_text
     } else if (key == "skip_prk_steps") {
       ignore(key, "PNDM's option; no effect on " + std::string(class_name(kind)));
     } else if (key == "sigma_min" || key == "sigma_max") {
-      if (!v.is_null()) detail::throw_config(key, detail::json_text(v) + " is not supported (supported: null)");
+      if (edm) (key == "sigma_min" ? c.sigma_min : c.sigma_max) = detail::config_number(key, v);
+      else if (!v.is_null()) detail::throw_config(key, detail::json_text(v) + " is not supported (supported: null)");
+    } else if (key == "sigma_data" || key == "sigma_schedule" || key == "rho") {
+      if (!edm) {
+        ignore(key, "not used by " + std::string(class_name(kind)));
+        continue;
+      }
+      if (key == "sigma_data") c.sigma_data = detail::config_number(key, v);
+      else if (key == "rho") c.rho = detail::config_number(key, v);
+      else
+        c.sigma_schedule = detail::config_choice<edm_sigma_schedule>(
+            key, v, {{"karras", edm_sigma_schedule::karras}, {"exponential", edm_sigma_schedule::exponential}});
+    } else if (key == "original_inference_steps" || key == "timestep_scaling") {
+      if (!consistency) {
+        ignore(key, "not used by " + std::string(class_name(kind)));
+        continue;
+      }
+      if (key == "original_inference_steps") c.original_inference_steps = detail::config_count(key, v);
+      else if (kind == scheduler_kind::lcm) c.timestep_scaling = detail::config_number(key, v);
+      else ignore(key, "not used by TCDScheduler");
     } else {
       ignore(key, "unknown to diffusion::scheduler (not applied)");
     }

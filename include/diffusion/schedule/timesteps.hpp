@@ -396,6 +396,58 @@ inline timestep_sequence space_timesteps(std::size_t num_train_timesteps, std::s
   return timestep_sequence(std::move(kept), T);
 }
 
+/// @brief The timesteps of multistep consistency sampling for Latent Consistency Models and
+/// Trajectory Consistency Distillation (Luo et al. 2023 §4.3 and Algorithm 3; Zheng et al. 2024
+/// §4.3), as diffusers' LCMScheduler and TCDScheduler choose them: the distillation schedule of
+/// `original_steps` timesteps \f$t_i = (i + 1)\lfloor T/\text{original\_steps}\rfloor - 1\f$,
+/// \f$i < L = \lfloor \text{original\_steps}\cdot\text{strength}\rfloor\f$, is reversed and N of them are taken at the
+/// indices \f$\lfloor j\cdot(L/N)\rfloor\f$, j = 0 … N−1.
+///
+/// The index is formed as numpy forms `floor(linspace(0, L, N, endpoint=False))`: the product
+/// j·(L/N) in float64, so the list is bit-identical to diffusers (as @ref inference_timesteps is).
+/// That product can fall just below an integer: with L = 30, N = 22 index 11 is 14 where
+/// ⌊11·30/22⌋ = 15. No N differs for the default L = 50. For L·N ≥ 2^51, where float64 cannot
+/// hold the indices apart, the exact \f$\lfloor jL/N\rfloor\f$ is used.
+/// @param[in] num_train_timesteps T ≥ 1.
+/// @param[in] num_steps N, 1 ≤ N ≤ L.
+/// @param[in] original_steps the distillation schedule's length (diffusers' `original_inference_steps`, 50), 1 … T.
+/// @param[in] strength the fraction of the distillation schedule used (image-to-image; diffusers' `strength`), in (0, 1].
+/// @return the N timesteps, descending (the first is \f$L\lfloor T/\text{original\_steps}\rfloor - 1\f$).
+/// @throws std::invalid_argument for T = 0, original_steps outside [1, T], strength outside (0, 1],
+///         or N outside [1, L].
+inline timestep_sequence consistency_timesteps(std::size_t num_train_timesteps, std::size_t num_steps,
+                                               std::size_t original_steps = 50, double strength = 1.0) {
+  constexpr std::string_view where = "diffusion::consistency_timesteps";
+  const std::size_t T = num_train_timesteps, N = num_steps;
+  if (T == 0) detail::throw_invalid(where, "num_train_timesteps = 0 must be >= 1");
+  if (original_steps == 0 || original_steps > T)
+    detail::throw_invalid(where, "original_steps = " + detail::to_text(original_steps) +
+                                     " is outside the allowed range [1, " + detail::to_text(T) + "] (num_train_timesteps)");
+  if (!(strength > 0.0 && strength <= 1.0))
+    detail::throw_invalid(where, "strength = " + detail::to_text(strength) + " is outside the allowed range (0, 1]");
+  // diffusers' int(original_steps * strength), never above original_steps (the float64 product of a
+  // size_t near 2^64 can round up to 2^64, which does not convert back).
+  const double product = std::floor(static_cast<double>(original_steps) * strength);
+  const std::size_t L = strength == 1.0 || product >= 0x1p64 ? original_steps
+                                                             : std::min(original_steps, static_cast<std::size_t>(product));
+  if (N == 0 || N > L)
+    detail::throw_invalid(where, "num_steps = " + detail::to_text(N) + " is outside the allowed range [1, " +
+                                     detail::to_text(L) + "] (original_steps * strength = " +
+                                     detail::to_text(original_steps) + " * " + detail::to_text(strength) + ")");
+  const std::size_t k = T / original_steps;
+  const bool as_numpy = detail::product_below_pow2(N, L, 51);
+  const double step = static_cast<double>(L) / static_cast<double>(N);
+  std::vector<std::size_t> t = detail::allocate_timesteps(where, "num_steps = " + detail::to_text(N), N);
+  t.resize(N);
+  for (std::size_t j = 0; j < N; ++j) {
+    // j·L/N = j·(L / N) + j·(L mod N)/N exactly (mul_div: j, L mod N < N).
+    const std::size_t idx = as_numpy ? static_cast<std::size_t>(std::floor(static_cast<double>(j) * step))
+                                     : j * (L / N) + detail::mul_div(j, L % N, N).quotient;
+    t[j] = (L - idx) * k - 1;  // the reversed list's entry idx: (L − idx)·k − 1 ≥ k − 1 ≥ 0
+  }
+  return timestep_sequence(std::move(t), T);
+}
+
 /// @brief A schedule over a subset of timesteps, and the original timestep of each new step.
 struct respaced_schedule {
   /// The K-step schedule; step j has \f$\bar\alpha'_j = \bar\alpha_{\tau_j}\f$.
