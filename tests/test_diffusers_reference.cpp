@@ -70,9 +70,9 @@ bool supported(const std::string& config) {
   const auto j = nlohmann::json::parse(config);
   const std::string cls = j["_class_name"];
   if (cls == "DPMSolverMultistepScheduler")
-    return (j.value("algorithm_type", std::string("dpmsolver++")) == "dpmsolver++" ||
-            j.value("algorithm_type", std::string()) == "sde-dpmsolver++") &&
-           j.value("solver_order", 2) <= 2;
+    return j.value("algorithm_type", std::string("dpmsolver++")) == "dpmsolver++" ? j.value("solver_order", 2) <= 3
+           : j.value("algorithm_type", std::string()) == "sde-dpmsolver++"        ? j.value("solver_order", 2) <= 2
+                                                                                 : false;
   for (const char* c : {"DDPMScheduler", "DDIMScheduler", "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler",
                         "HeunDiscreteScheduler", "FlowMatchEulerDiscreteScheduler", "LMSDiscreteScheduler"})
     if (cls == c) return true;
@@ -92,6 +92,7 @@ TEST_CASE("the scheduler object reproduces diffusers' scheduler classes step by 
     const auto run = nlohmann::json::parse(rc.run);
     parsed.config.eta = run["step_kwargs"].value("eta", 0.0);
     parsed.config.diffusers_double_shift = true;  // diffusers' numbers (docs/conventions.md)
+    parsed.config.diffusers_dpm_3m = true;        // diffusers' third-order term (docs/conventions.md)
     diffusion::scheduler sched(parsed.config);
     const std::size_t N = run["num_inference_steps"];
     const auto& kw = run["set_timesteps_kwargs"];
@@ -145,8 +146,8 @@ TEST_CASE("the scheduler object reproduces diffusers' scheduler classes step by 
     }
     WARN(name << ": largest relative difference, lists " << table.worst << ", states " << state.worst);
   }
-  // DDPM ×2, DDIM ×5, Euler ×4, Euler-a, Heun, DPM-Solver++(2M) ×4, its SDE form, FlowMatchEuler ×4, LMS.
-  CHECK(replayed == 23);
+  // DDPM ×2, DDIM ×5, Euler ×4, Euler-a, Heun, DPM-Solver++(2M) ×4, its SDE form, (3M), FlowMatchEuler ×4, LMS.
+  CHECK(replayed == 24);
 }
 
 TEST_CASE("flow classes: mu, custom sigmas and the parity switch", "[scheduler][flow]") {

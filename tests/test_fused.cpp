@@ -177,6 +177,8 @@ TEMPLATE_TEST_CASE("Samplers with philox_normal (fused noise) equal the buffer p
       diffusion::dpmpp_2m_sde_sample(D, x, rows, noise, karras, {.eta = 0.8, .solver_type = solver}, hooks);
       keep(x);
     }
+    diffusion::dpmpp_3m_sde_sample(D, x, rows, noise, karras, {.eta = 0.7}, hooks);
+    keep(x);
     diffusion::annealed_langevin_sample(D, x, rows, noise, geo, {.epsilon = 1e-3, .n_steps_each = 3}, hooks);
     keep(x);
     diffusion::predictor_corrector_sample(D, x, rows, noise, geo, {}, hooks);
@@ -189,7 +191,7 @@ TEMPLATE_TEST_CASE("Samplers with philox_normal (fused noise) equal the buffer p
     return all;
   };
   const auto ref = run_all(buffered, 1);
-  REQUIRE(ref.size() == 11 * rows * n);
+  REQUIRE(ref.size() == 12 * rows * n);
   CHECK(std::all_of(ref.begin(), ref.end(), [](T v) { return std::isfinite(v); }));
   CHECK(run_all(fused, 1) == ref);
   for (unsigned threads : {2u, 3u, 7u}) {

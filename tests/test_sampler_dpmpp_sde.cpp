@@ -232,3 +232,178 @@ TEST_CASE("DPM++ 2M SDE validates its step, options and noise", "[samplers][dpmp
   CHECK_THROWS_WITH(diffusion::dpmpp_2m_sde_sample(D, xs, 2, noise, diffusion::karras_sigmas(4, 0.1, 10.0), {.eta = -0.1}),
                     Contains("dpmpp_2m_sde_sample") && Contains("eta = -0.1"));
 }
+
+namespace {
+// The law of y = x - mu after DPM-Solver++(3M) SDE (sigma-space, 1-D data N(mu, sd^2)), written from
+// k-diffusion's sample_dpmpp_3m_sde formulas (d1_0, d1_1, d1, d2, phi_2, phi_3; order 2 with the heun
+// correction phi_2 d) with the d2 term doubled (the third-order form the library uses by default,
+// docs/conventions.md), independently of the library: the state (y, p1, p2), p the previous D - mu.
+chain_law exact_chain_3m(const std::vector<double>& sig, double mu, double sd, double eta) {
+  std::array<double, 3> m{-mu, 0.0, 0.0};
+  std::array<std::array<double, 3>, 3> c{};
+  c[0][0] = sig[0] * sig[0];
+  double h1 = 0.0, h2 = 0.0;
+  std::size_t stored = 0;
+  for (std::size_t i = 0; i + 1 < sig.size(); ++i) {
+    const double s = sig[i], sn = sig[i + 1], k = sd * sd / (sd * sd + s * s);
+    double row[3] = {0, 0, 0}, nv = 0.0;  // y' = row . (y, p1, p2) + noise; D - mu = k y
+    if (sn == 0.0) {
+      row[0] = k;
+    } else {
+      const double h = std::log(s / sn), he = (1.0 + eta) * h, E = -std::expm1(-he);
+      row[0] = std::exp(-he) + E * k;
+      const double phi2 = std::expm1(-he) / he + 1.0;
+      if (stored >= 2) {
+        const double r0 = h1 / h, r1 = h2 / h, phi3 = 2.0 * (phi2 / he - 0.5);
+        // d1_0 = (D - D1)/r0, d1_1 = (D1 - D2)/r1, d1 = d1_0 + (d1_0 - d1_1) r0/(r0 + r1), d2 = (d1_0 - d1_1)/(r0 + r1)
+        const double w = r0 / (r0 + r1), v = 1.0 / (r0 + r1);
+        // x += phi2 d1 - phi3 d2, as coefficients of (D, D1, D2):
+        const double cD = (phi2 * (1 + w) - phi3 * v) / r0;
+        const double cD1 = -(phi2 * (1 + w) - phi3 * v) / r0 - (phi2 * w - phi3 * v) / r1;
+        const double cD2 = (phi2 * w - phi3 * v) / r1;
+        row[0] += cD * k;
+        row[1] += cD1;
+        row[2] += cD2;
+      } else if (stored == 1) {
+        const double r = h1 / h;
+        row[0] += phi2 / r * k;
+        row[1] -= phi2 / r;
+      }
+      nv = sn * sn * -std::expm1(-2.0 * eta * h);
+      h2 = h1;
+      h1 = h;
+      stored = std::min<std::size_t>(stored + 1, 2);
+    }
+    const double A[3][3] = {{row[0], row[1], row[2]}, {k, 0, 0}, {0, 1, 0}};
+    std::array<double, 3> m2{};
+    std::array<std::array<double, 3>, 3> c2{};
+    for (int a = 0; a < 3; ++a)
+      for (int u = 0; u < 3; ++u) m2[static_cast<std::size_t>(a)] += A[a][u] * m[static_cast<std::size_t>(u)];
+    for (int a = 0; a < 3; ++a)
+      for (int b = 0; b < 3; ++b)
+        for (int u = 0; u < 3; ++u)
+          for (int t = 0; t < 3; ++t)
+            c2[static_cast<std::size_t>(a)][static_cast<std::size_t>(b)] +=
+                A[a][u] * c[static_cast<std::size_t>(u)][static_cast<std::size_t>(t)] * A[b][t];
+    c2[0][0] += nv;
+    m = m2;
+    c = c2;
+  }
+  return {mu + m[0], c[0][0]};
+}
+}  // namespace
+
+TEST_CASE("DPM++ 3M SDE capped at order 2 is the 2M SDE step; unused history is never read", "[samplers][dpmpp_sde]") {
+  const std::size_t n = 19;
+  test::normal_source src(8);
+  const diffusion::philox_normal noise(5);
+  for (const double eta : {0.0, 1.0})
+    for (const auto solver : {dpm_solver_type::midpoint, dpm_solver_type::heun}) {
+      std::vector<double> xa(n), xb, pa(n), qa(n), qb(n, std::numeric_limits<double>::quiet_NaN());
+      for (auto& v : xa) v = 2.0 * src.normal();
+      xb = xa;
+      diffusion::dpmpp_2m_state<double> s2{pa};
+      diffusion::dpmpp_3m_state<double> s3;
+      s3.previous_denoised = {std::span<double>(qa), std::span<double>(qb)};
+      std::fill(qa.begin(), qa.end(), std::numeric_limits<double>::quiet_NaN());
+      const std::vector<double> sig = {14.0, 9.0, 5.0, 2.5, 1.0, 0.3, 0.0};
+      for (std::size_t i = 0; i + 1 < sig.size(); ++i) {
+        std::vector<double> d(n);
+        for (auto& v : d) v = src.normal();
+        const diffusion::level_step l = diffusion::as_level_step({sig[i], sig[i + 1]});
+        const diffusion::dpmpp_sde_options o{eta, 1.0, solver};
+        if (eta > 0.0 && sig[i + 1] > 0.0) {
+          diffusion::dpmpp_2m_sde_step<double>(l, d, xa, s2, diffusion::step_stream(noise, i), o);
+          diffusion::dpmpp_3m_sde_step<double>(l, d, xb, s3, diffusion::step_stream(noise, i), o, 2);
+        } else {
+          diffusion::dpmpp_2m_sde_step<double>(l, d, xa, s2, diffusion::kernels::no_noise{}, o);
+          diffusion::dpmpp_3m_sde_step<double>(l, d, xb, s3, diffusion::kernels::no_noise{}, o, 2);
+        }
+        INFO("eta " << eta << ", heun " << (solver == dpm_solver_type::heun) << ", step " << i);
+        for (std::size_t e = 0; e < n; ++e) REQUIRE(xb[e] == Approx(xa[e]).epsilon(1e-12).margin(1e-13));
+      }
+    }
+}
+
+TEST_CASE("DPM-Solver++(3M) converges at order 3 to the exact flow map", "[samplers][dpmpp_sde]") {
+  const std::vector<double> mu = {0.2, -0.5, 1.0}, sd = {0.5, 0.1, 1.5};
+  diffusion::gaussian_data g(mu, sd);
+  diffusion::sigma_space_model<diffusion::gaussian_data> D(g);
+  test::test_noise noise{0};
+  const double smin = 0.02, smax = 80.0;
+  std::vector<double> errors, ref_errors;
+  const std::vector<std::size_t> Ns = {16, 32, 64, 128, 256};
+  for (std::size_t N : Ns) {
+    auto sig = diffusion::karras_sigmas(N, smin, smax);
+    sig.pop_back();
+    std::vector<double> x = {60.0, -40.0, 90.0};
+    const std::vector<double> x_start = x;
+    diffusion::dpmpp_3m_sde_sample(D, x, 1, noise, sig, {.eta = 0.0, .draw_initial_noise = false});
+    // The references' form, step by step: second order.
+    std::vector<double> y = x_start, p0(3), p1(3), den(3);
+    diffusion::dpmpp_3m_state<double> st;
+    st.previous_denoised = {std::span<double>(p0), std::span<double>(p1)};
+    for (std::size_t i = 0; i + 1 < sig.size(); ++i) {
+      D(std::span<const double>(y), std::vector<double>{sig[i]}, std::span<double>(den));
+      diffusion::dpmpp_3m_sde_step<double>(diffusion::as_level_step({sig[i], sig[i + 1]}), den, y, st,
+                                           diffusion::kernels::no_noise{}, {.eta = 0.0, .reference_3m = true});
+    }
+    double ref_err = 0;
+    for (std::size_t k = 0; k < 3; ++k)
+      ref_err = std::max(ref_err, std::abs(y[k] - (mu[k] + (x_start[k] - mu[k]) * std::sqrt(sd[k] * sd[k] + smin * smin) /
+                                                                  std::sqrt(sd[k] * sd[k] + smax * smax))));
+    ref_errors.push_back(ref_err);
+    double err = 0;
+    for (std::size_t k = 0; k < 3; ++k) {
+      const double exact = mu[k] + (x_start[k] - mu[k]) * std::sqrt(sd[k] * sd[k] + smin * smin) /
+                                       std::sqrt(sd[k] * sd[k] + smax * smax);
+      err = std::max(err, std::abs(x[k] - exact));
+    }
+    errors.push_back(err);
+  }
+  // As for LMS: the lower-order start runs at the largest sigmas, where the flow is nearly linear.
+  for (std::size_t i = 3; i < errors.size(); ++i) {
+    const double observed = std::log2(errors[i - 1] / errors[i]);
+    INFO("N = " << Ns[i] << ": error " << errors[i] << ", observed order " << observed);
+    CHECK(observed > 2.8);
+    CHECK(observed < 3.3);
+    WARN("DPM-Solver++(3M), N = " << Ns[i] << ": max error " << errors[i] << ", order " << observed);
+    const double ref_observed = std::log2(ref_errors[i - 1] / ref_errors[i]);
+    CHECK(ref_observed < 2.2);  // the references' D2 term: second order
+    CHECK(ref_errors[i] > 3 * errors[i]);
+    WARN("DPM-Solver++(3M) as the references write it, N = " << Ns[i] << ": max error " << ref_errors[i] << ", order "
+                                                               << ref_observed);
+  }
+}
+
+TEST_CASE("DPM++ 3M SDE draws the exact law of its Gaussian chain, which tends to the data law",
+          "[samplers][dpmpp_sde][montecarlo]") {
+  const double mu = 0.25, sd = 0.6;
+  diffusion::gaussian_data g({mu}, {sd});
+  diffusion::sigma_space_model<diffusion::gaussian_data> D(g);
+  const diffusion::philox_normal noise(77);
+  const auto sig = diffusion::karras_sigmas(30, 0.01, 20.0);
+  constexpr std::size_t N = 100000;
+  std::vector<double> x(N);
+  // k-diffusion's 3M SDE: heun at order 2.
+  diffusion::dpmpp_3m_sde_sample(D, x, N, noise, sig, {.eta = 1.0, .solver_type = dpm_solver_type::heun});
+  const chain_law law = exact_chain_3m(sig, mu, sd, 1.0);
+  double em = 0, ev = 0;
+  for (double xi : x) em += xi;
+  em /= N;
+  for (double xi : x) ev += (xi - em) * (xi - em);
+  ev /= N - 1;
+  INFO("mean " << em << " vs " << law.mean << ", variance " << ev << " vs " << law.var);
+  CHECK(std::abs(em - law.mean) <= 5 * std::sqrt(law.var / N));
+  CHECK(std::abs(ev - law.var) <= 5 * law.var * std::sqrt(2.0 / (N - 1)));
+  WARN("DPM++ 3M SDE eta 1 (30 steps): law N(" << law.mean << ", " << law.var << "), sampled N(" << em << ", " << ev << ")");
+  // The bias of the 3M chain changes sign between 50 and 100 steps here, so the check is that it is
+  // small at 400 steps and far below the 25-step one, not that it falls monotonically.
+  const chain_law coarse = exact_chain_3m(diffusion::karras_sigmas(25, 0.002, 80.0), mu, sd, 1.0);
+  const chain_law fine = exact_chain_3m(diffusion::karras_sigmas(400, 0.002, 80.0), mu, sd, 1.0);
+  const double coarse_err = std::abs(coarse.var - sd * sd) + std::abs(coarse.mean - mu);
+  const double fine_err = std::abs(fine.var - sd * sd) + std::abs(fine.mean - mu);
+  INFO("25 steps: N(" << coarse.mean << ", " << coarse.var << "), 400 steps: N(" << fine.mean << ", " << fine.var << ")");
+  CHECK(fine_err < 2e-3);
+  CHECK(fine_err < 0.5 * coarse_err);
+}

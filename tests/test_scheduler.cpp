@@ -277,8 +277,12 @@ TEST_CASE("scheduler misuse gets clear errors", "[scheduler][errors]") {
   const diffusion::philox_normal noise(1);
   CHECK_THROWS_WITH(s.step<float>(0, out, x, diffusion::step_stream(noise, 0)), Contains("wrote nan"));
   auto bad = diffusion::scheduler_config::defaults_for(scheduler_kind::dpm_solver_multistep);
+  bad.solver_order = 4;
+  CHECK_THROWS_WITH(diffusion::scheduler(bad), Contains("solver_order = 4") && Contains("supported: 1, 2, 3"));
   bad.solver_order = 3;
-  CHECK_THROWS_WITH(diffusion::scheduler(bad), Contains("solver_order = 3") && Contains("supported: 1, 2"));
+  bad.algorithm_type = diffusion::dpm_algorithm::sde_dpmsolver_pp;
+  CHECK_THROWS_WITH(diffusion::scheduler(bad), Contains("solver_order = 3 is supported with algorithm_type dpmsolver++ only"));
+  bad.algorithm_type = diffusion::dpm_algorithm::dpmsolver_pp;
   bad = diffusion::scheduler_config::defaults_for(scheduler_kind::ddim);
   bad.prediction_type = prediction::score;
   CHECK_THROWS_WITH(diffusion::scheduler(bad), Contains("prediction_type = score"));

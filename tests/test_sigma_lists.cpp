@@ -66,6 +66,13 @@ std::vector<double> compute(const ref_line& l) {
   if (l.list == "kl_optimal") return diffusion::kl_optimal_sigmas(n, l.number("sigma_min"), l.number("sigma_max"));
   if (l.list == "polyexponential")
     return diffusion::polyexponential_sigmas(n, l.number("sigma_min"), l.number("sigma_max"), l.number("rho"));
+  if (l.list == "ays") {
+    const std::map<std::string, diffusion::ays_model> models = {{"sd15", diffusion::ays_model::sd15},
+                                                                 {"sdxl", diffusion::ays_model::sdxl},
+                                                                 {"deepfloyd_if", diffusion::ays_model::deepfloyd_if},
+                                                                 {"svd", diffusion::ays_model::svd}};
+    return diffusion::ays_sigmas(models.at(l.arg.at("model")), n);
+  }
   if (l.list == "vp")
     return diffusion::vp_sigmas(n, diffusion::vp_sde{l.number("beta_min"), l.number("beta_max")}, l.number("eps_s"));
   throw std::runtime_error("unknown list " + l.list);
@@ -82,7 +89,7 @@ TEST_CASE("sigma lists agree with the 50-digit reference", "[sigmas][reference]"
   // exponential forms that is ≈ 2u(1 + L), L = max(|log σ_min|, |log σ_max|); Karras' power ρ and
   // tan near π/2 (σ_max = 1e5) are bounded by the same form with the constant below.
   const std::map<std::string, double> per_log = {
-      {"karras", 2.0}, {"exponential", 2.0}, {"polyexponential", 2.0}, {"kl_optimal", 4.0}, {"vp", 2.0}};
+      {"karras", 2.0}, {"exponential", 2.0}, {"polyexponential", 2.0}, {"kl_optimal", 4.0}, {"vp", 2.0}, {"ays", 2.0}};
   std::map<std::string, double> worst;
   for (const auto& l : lines) {
     const auto s = compute(l);
@@ -91,8 +98,11 @@ TEST_CASE("sigma lists agree with the 50-digit reference", "[sigmas][reference]"
     CHECK(s[n] == 0.0);
     const double err = ulp_error(s[i], l.exact);
     // For VP the argument is g = β_d t²/2 + β_min t ≤ L = g(1), and σ = √expm1(g) has log-derivative ≤ g/2 + 1.
-    const double L = l.list == "vp" ? 0.5 * (l.number("beta_max") - l.number("beta_min")) + l.number("beta_min")
-                                    : std::max(std::abs(std::log(l.number("sigma_min"))), std::abs(std::log(l.number("sigma_max"))));
+    // For AYS, L = 7 bounds |log tau| over the published tables (700 … 0.002); the reference uses the
+    // tables' exact decimal values, the library the nearest doubles (≤ 0.5 ulp more).
+    const double L = l.list == "vp"    ? 0.5 * (l.number("beta_max") - l.number("beta_min")) + l.number("beta_min")
+                     : l.list == "ays" ? 7.0
+                                       : std::max(std::abs(std::log(l.number("sigma_min"))), std::abs(std::log(l.number("sigma_max"))));
     const double budget = per_log.at(l.list) * (1.0 + L);
     worst[l.list] = std::max(worst[l.list], err / (1.0 + L));
     INFO(l.list << " n = " << n << ", i = " << i << ": " << s[i] << " vs " << static_cast<double>(l.exact) << " (" << err
@@ -143,4 +153,65 @@ TEST_CASE("sigma lists refuse bad arguments, naming the function and the argumen
   CHECK_THROWS_WITH(diffusion::vp_sigmas(5, diffusion::vp_sde{2.0, 1.0}), Contains("beta_min"));
   CHECK_THROWS_WITH(diffusion::vp_sigmas(1), Contains("n = 1"));
   CHECK_THROWS_WITH(diffusion::exponential_sigmas(3, 0.1, std::numeric_limits<double>::infinity()), Contains("sigma_max"));
+}
+
+TEST_CASE("Align Your Steps: the published tables at n = 11, exact table entries where positions coincide", "[sigmas]") {
+  const std::vector<double> sd15 = {14.615, 6.475, 3.861, 2.697, 1.886, 1.396, 0.963, 0.652, 0.399, 0.152, 0.029, 0.0};
+  CHECK(diffusion::ays_sigmas(diffusion::ays_model::sd15, 11) == sd15);
+  const auto svd = diffusion::ays_sigmas(diffusion::ays_model::svd, 21);
+  REQUIRE(svd.size() == 22);
+  CHECK(svd[0] == 700.0);
+  CHECK(svd[2] == 54.5);  // position 1 of the table
+  CHECK(svd[20] == 0.002);
+  CHECK(svd[21] == 0.0);
+  CHECK(svd[1] == Approx(std::sqrt(700.0 * 54.5)).epsilon(1e-15));  // halfway in log sigma
+  for (std::size_t i = 1; i < 21; ++i) CHECK(svd[i] < svd[i - 1]);
+  CHECK_THROWS_WITH(diffusion::ays_sigmas(diffusion::ays_model::sdxl, 1), Contains("ays_sigmas") && Contains("n = 1"));
+  CHECK_THROWS_WITH(diffusion::ays_sigmas(static_cast<diffusion::ays_model>(9), 5), Contains("published"));
+}
+
+TEST_CASE("ComfyUI's table schedulers: simple, ddim_uniform, normal and sgm_uniform", "[sigmas]") {
+  const diffusion::noise_schedule s(diffusion::scaled_linear_betas(1000, 0.00085, 0.012));
+  SECTION("simple: sigma at T - 1 - floor(k T / n), exactly") {
+    for (const std::size_t n : {std::size_t{1}, std::size_t{10}, std::size_t{38}, std::size_t{1000}}) {
+      const auto l = diffusion::simple_sigmas(s, n);
+      REQUIRE(l.size() == n + 1);
+      CHECK(l.back() == 0.0);
+      for (std::size_t k = 0; k < n; ++k) CHECK(l[k] == s[999 - k * 1000 / n].sigma);
+    }
+    CHECK(diffusion::simple_sigmas(s, 38)[19] == s[499].sigma);  // 19 * 1000 / 38 = 500 exactly
+    CHECK_THROWS_WITH(diffusion::simple_sigmas(s, 1001), Contains("n = 1001"));
+  }
+  SECTION("ddim_uniform: stride floor(T / n) from t = 1, reversed, one level more when the stride leaves room") {
+    const auto ten = diffusion::ddim_uniform_sigmas(s, 10);
+    REQUIRE(ten.size() == 11);
+    for (std::size_t k = 0; k < 10; ++k) CHECK(ten[k] == s[901 - 100 * k].sigma);
+    CHECK(ten.back() == 0.0);
+    const auto seven = diffusion::ddim_uniform_sigmas(s, 7);  // stride 142: t = 1, 143, …, 995
+    REQUIRE(seven.size() == 9);
+    CHECK(seven[0] == s[995].sigma);
+    CHECK(seven[7] == s[1].sigma);
+  }
+  SECTION("normal and sgm_uniform: timesteps uniform from T - 1 to 0, sigma by log interpolation") {
+    const auto normal = diffusion::normal_sigmas(s, 10);
+    const auto sgm = diffusion::normal_sigmas(s, 10, true);
+    REQUIRE(normal.size() == 11);
+    REQUIRE(sgm.size() == 11);
+    CHECK(normal[0] == s[999].sigma);
+    CHECK(normal[9] == s[0].sigma);
+    CHECK(normal[3] == s[666].sigma);  // t = 999 * 6/9 = 666
+    CHECK(sgm[0] == s[999].sigma);
+    CHECK(sgm[9] == diffusion::t_to_sigma(s, 99.9));
+    CHECK(sgm[1] == diffusion::t_to_sigma(s, 899.1));
+    CHECK(normal.back() == 0.0);
+    CHECK(sgm.back() == 0.0);
+    CHECK_THROWS_WITH(diffusion::normal_sigmas(s, 1), Contains("n = 1 must be >= 2"));
+    CHECK(diffusion::normal_sigmas(s, 1, true).size() == 2);
+  }
+  SECTION("a zero-terminal-SNR table is refused with the reason") {
+    const diffusion::noise_schedule z(diffusion::rescale_zero_terminal_snr(diffusion::scaled_linear_betas(1000, 0.00085, 0.012)));
+    CHECK_THROWS_WITH(diffusion::simple_sigmas(z, 10), Contains("simple_sigmas") && Contains("sigma is infinite at t = 999"));
+    CHECK_THROWS_WITH(diffusion::normal_sigmas(z, 10), Contains("normal_sigmas"));
+    CHECK_THROWS_WITH(diffusion::ddim_uniform_sigmas(z, 10), Contains("ddim_uniform_sigmas"));
+  }
 }

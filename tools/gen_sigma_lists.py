@@ -13,6 +13,10 @@ not from the C++ sources.  i runs over 0 .. n-1 and r_i = i/(n-1), exactly:
 ``kl_optimal``       tan((1 - r_i) atan s_max + r_i atan s_min)   (Sabour et al. 2024, arXiv:2404.14507)
 ``vp``               sqrt(exp(beta_d t^2/2 + beta_min t) - 1), t = 1 + r_i (eps_s - 1),
                      beta_d = beta_max - beta_min  (Song et al. 2021, the VP SDE's marginal)
+``ays``              Align Your Steps (Sabour et al. 2024, arXiv:2404.14507, Appendix B.3 Table 3):
+                     the 11 published levels tau_0 > ... > tau_10 (as decimal numbers, so the
+                     reference uses their exact decimal values) interpolated log-linearly at the
+                     position p = 10 r_i = j + w: exp((1 - w) log tau_j + w log tau_{j+1})
 
 Each list is followed by a 0 in the library (not written here).  Line format (4 fields):
 
@@ -63,6 +67,24 @@ def vp(i, n, beta_min, beta_max, eps_s):
     return mp.sqrt(mp.expm1(bd * t * t / 2 + mp.mpf(beta_min) * t))
 
 
+AYS = {
+    'sd15': ['14.615', '6.475', '3.861', '2.697', '1.886', '1.396', '0.963', '0.652', '0.399', '0.152', '0.029'],
+    'sdxl': ['14.615', '6.315', '3.771', '2.181', '1.342', '0.862', '0.555', '0.380', '0.234', '0.113', '0.029'],
+    'deepfloyd_if': ['160.41', '8.081', '3.315', '1.885', '1.207', '0.785', '0.553', '0.293', '0.186', '0.030', '0.006'],
+    'svd': ['700.00', '54.5', '15.886', '7.977', '4.248', '1.789', '0.981', '0.403', '0.173', '0.034', '0.002'],
+}
+
+
+def ays(i, n, model):
+    tau = [mp.mpf(v) for v in AYS[model]]
+    p = mp.mpf(10 * i) / (n - 1)
+    j = int(mp.floor(p))
+    if j == 10:
+        return tau[10]
+    w = p - j
+    return mp.exp((1 - w) * mp.log(tau[j]) + w * mp.log(tau[j + 1]))
+
+
 def lines():
     out = []
     ranges = [(0.002, 80.0), (0.0291675, 14.614642), (0.03, 1.0), (1e-5, 1e5)]
@@ -85,6 +107,10 @@ def lines():
             for i in range(n):
                 out.append(('vp', f'n={n},i={i},beta_min={beta_min!r},beta_max={beta_max!r},eps_s={eps_s!r}',
                             vp(i, n, beta_min, beta_max, eps_s)))
+    for model in AYS:
+        for n in (2, 5, 11, 21, 32):
+            for i in range(n):
+                out.append(('ays', f'n={n},i={i},model={model}', ays(i, n, model)))
     return out
 
 

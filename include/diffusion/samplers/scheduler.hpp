@@ -24,7 +24,7 @@
 /// | EulerAncestralDiscreteScheduler | @ref diffusion::euler_ancestral_step "euler_ancestral_step" | σ-space |
 /// | LMSDiscreteScheduler | @ref diffusion::lms_step "lms_step" (order `lms_order`, default 4) | σ-space (x₀ + σε) |
 /// | HeunDiscreteScheduler | @ref diffusion::heun_predict "heun_predict" / @ref diffusion::heun_correct "heun_correct" (two calls per step) | σ-space |
-/// | DPMSolverMultistepScheduler (dpmsolver++ or sde-dpmsolver++, order ≤ 2, midpoint or heun) | @ref diffusion::dpmpp_2m_step "dpmpp_2m_step" over VP levels; heun or sde-dpmsolver++: @ref diffusion::dpmpp_2m_sde_step "dpmpp_2m_sde_step" (η = 0 or 1) | variance preserving |
+/// | DPMSolverMultistepScheduler (dpmsolver++ orders 1–3 or sde-dpmsolver++ orders 1–2, midpoint or heun; order 3: @ref diffusion::dpmpp_3m_sde_step "dpmpp_3m_sde_step") | @ref diffusion::dpmpp_2m_step "dpmpp_2m_step" over VP levels; heun or sde-dpmsolver++: @ref diffusion::dpmpp_2m_sde_step "dpmpp_2m_sde_step" (η = 0 or 1) | variance preserving |
 /// | FlowMatchEulerDiscreteScheduler | @ref diffusion::flow_euler_step "flow_euler_step" (x + (σ' − σ)u, one pass) for a velocity model, @ref diffusion::euler_step "euler_step" on flow levels for another prediction type; `stochastic_sampling`: @ref diffusion::flow_stochastic_step "flow_stochastic_step" (x̂₀ renoised to σ') | rectified flow ((1 − σ)x₀ + σε) |
 /// | FlowMatchHeunDiscreteScheduler | @ref diffusion::heun_predict "heun_predict" / @ref diffusion::heun_correct "heun_correct" on flow levels | rectified flow |
 ///
@@ -151,7 +151,7 @@ struct scheduler_config {
   final_sigma final_sigmas_type = final_sigma::zero;          ///< `final_sigmas_type`.
   variance_type variance = variance_type::fixed_small;        ///< `variance_type` (DDPM).
   double eta = 0.0;                                           ///< DDIM's η (a `step()` argument in diffusers).
-  std::size_t solver_order = 2;                               ///< `solver_order` (DPM-Solver; 1 or 2).
+  std::size_t solver_order = 2;                               ///< `solver_order` (DPM-Solver; 1, 2, or 3 with dpmsolver++).
   dpm_algorithm algorithm_type = dpm_algorithm::dpmsolver_pp;  ///< `algorithm_type` (DPM-Solver).
   dpm_solver_type solver_type = dpm_solver_type::midpoint;    ///< `solver_type` (DPM-Solver, order 2).
   bool lower_order_final = true;                              ///< `lower_order_final` (DPM-Solver, < 15 steps).
@@ -167,6 +167,10 @@ struct scheduler_config {
   /// Not a diffusers key: reproduce diffusers' second shift of the flow σ list's end points
   /// (diffusers #13243; @ref flow_schedule_options::diffusers_double_shift). Off: shifted once.
   bool diffusers_double_shift = false;
+  /// Not a diffusers key: DPMSolverMultistepScheduler with solver_order 3 uses diffusers' own
+  /// third-order term, which is half the Taylor term (second order; @ref dpmpp_sde_options::reference_3m).
+  /// Off: the third-order form.
+  bool diffusers_dpm_3m = false;
 
   /// @brief diffusers' defaults for a class: DDPM/DDIM leading spacing with `clip_sample` on;
   /// the σ-space classes and DPM-Solver linspace spacing with `clip_sample` off; the flow classes
@@ -322,6 +326,7 @@ class scheduler {
     dpm_state_has_previous_ = false;
     dpm_previous_h_ = 0.0;
     lms_count_ = 0;
+    dpm3_count_ = 0;
   }
 
  public:
@@ -465,9 +470,13 @@ class scheduler {
                                        std::string(class_name(cfg_.kind)) + " (supported: epsilon, sample, v_prediction)");
     if (cfg_.kind == scheduler_kind::lms_discrete && !(cfg_.lms_order >= 1 && cfg_.lms_order <= 4))
       detail::throw_invalid(where, "lms_order = " + detail::to_text(cfg_.lms_order) + " is outside the allowed range [1, 4]");
-    if (cfg_.kind == scheduler_kind::dpm_solver_multistep && !(cfg_.solver_order == 1 || cfg_.solver_order == 2))
+    if (cfg_.kind == scheduler_kind::dpm_solver_multistep && !(cfg_.solver_order >= 1 && cfg_.solver_order <= 3))
       detail::throw_invalid(where, "solver_order = " + detail::to_text(cfg_.solver_order) +
-                                       " is not supported by DPMSolverMultistepScheduler here (supported: 1, 2)");
+                                       " is not supported by DPMSolverMultistepScheduler here (supported: 1, 2, 3)");
+    if (cfg_.kind == scheduler_kind::dpm_solver_multistep && cfg_.solver_order == 3 &&
+        cfg_.algorithm_type != dpm_algorithm::dpmsolver_pp)
+      detail::throw_invalid(where, "solver_order = 3 is supported with algorithm_type dpmsolver++ only here "
+                                   "(the 3M SDE is dpmpp_3m_sde_step / dpmpp_3m_sde_sample)");
     if (!(cfg_.eta >= 0.0 && std::isfinite(cfg_.eta)))
       detail::throw_invalid(where, "eta = " + detail::to_text(cfg_.eta) + " is outside the allowed range [0, inf)");
     if (cfg_.thresholding && (sigma_space() || is_flow()))
@@ -707,6 +716,26 @@ class scheduler {
         break;
       }
       case scheduler_kind::dpm_solver_multistep: {
+        if (cfg_.solver_order == 3) {
+          // diffusers: order 1 at the first step and (lower_order_final) the last, 2 at the second
+          // and (lower_order_final, fewer than 15 steps) the second to last, else 3.
+          const std::size_t N = timesteps_.size();
+          const bool short_run = cfg_.lower_order_final && N < 15;
+          const bool last = i + 1 == N, second_last = i + 2 == N;
+          const std::size_t max_order = last && (cfg_.euler_at_final || short_run) ? 1 : (second_last && short_run ? 2 : 3);
+          b.aux.resize(x.size());
+          b.aux2.resize(x.size());
+          dpmpp_3m_state<T> st;
+          st.previous_denoised = {std::span<T>(b.aux), std::span<T>(b.aux2)};
+          st.previous_h = dpm3_previous_h_;
+          st.count = dpm3_count_;
+          dpmpp_3m_sde_step<T>(level_step{noise_level::preserving(s.sigma), noise_level::preserving(s.sigma_next)}, d, x, st,
+                               kernels::no_noise{}, {0.0, 1.0, cfg_.solver_type, cfg_.diffusers_dpm_3m}, max_order);
+          std::swap(b.aux, b.aux2);  // the step swapped its two history views
+          dpm3_previous_h_ = st.previous_h;
+          dpm3_count_ = st.count;
+          break;
+        }
         b.aux.resize(x.size());
         dpmpp_2m_state<T> st{std::span<T>(b.aux), dpm_previous_h_, dpm_state_has_previous_};
         const bool last = i + 1 == timesteps_.size();
@@ -741,6 +770,8 @@ class scheduler {
   std::optional<timestep_sequence> seq_;
   std::optional<respaced_schedule> resp_;
   double dpm_previous_h_ = 0.0;
+  std::array<double, 2> dpm3_previous_h_{};
+  std::size_t dpm3_count_ = 0;
   std::array<double, 4> lms_sigmas_{};
   std::size_t lms_count_ = 0;
   bool dpm_state_has_previous_ = false;

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -201,6 +202,10 @@ struct dpmpp_sde_options {
   double eta = 1.0;      ///< η ∈ [0, 1]: 1 the reverse SDE (diffusers' `sde-dpmsolver++`), 0 the ODE step.
   double s_noise = 1.0;  ///< Scale of the added noise, ≥ 0.
   dpm_solver_type solver_type = dpm_solver_type::midpoint;  ///< The second-order correction.
+  /// DPM-Solver++(3M) only: use the reference implementations' third-order term (Lu et al.'s
+  /// `dpm_solver_pytorch`, diffusers, k-diffusion), which is half the Taylor term and so makes the
+  /// method second order (docs/conventions.md); false (default): the third-order term.
+  bool reference_3m = false;
 };
 
 /// @brief One DPM-Solver++(2M) SDE step between two levels of the state's process (Lu et al. 2022b,
@@ -283,6 +288,173 @@ sample_result euler_ancestral_sample(SigmaModel& D, X&& x, std::size_t rows, Noi
   return loop.result();
 }
 
+
+// ---------------------------------------------------------------------------------------
+// DPM-Solver++(3M) and 3M SDE
+// ---------------------------------------------------------------------------------------
+
+/// @brief The history of DPM-Solver++(3M): the two previous steps' denoised outputs (newest first)
+/// and their λ steps, in caller-owned buffers (no allocation).
+template <real_scalar T>
+struct dpmpp_3m_state {
+  std::array<std::span<T>, 2> previous_denoised{};  ///< D of the previous step and of the one before.
+  std::array<double, 2> previous_h{};               ///< h of the previous step and of the one before.
+  std::size_t count = 0;                            ///< Outputs stored (0, 1 or 2).
+};
+
+/// @brief One DPM-Solver++(3M) step, deterministic (η = 0) or the 3M SDE, between two levels of the
+/// state's process (Lu et al. 2022b, the third-order multistep data-prediction solver; diffusers
+/// `multistep_dpm_solver_third_order_update`; k-diffusion `sample_dpmpp_3m_sde`). With λ = log(α/σ),
+/// h = λ' − λ, \f$h_\eta = (1 + \eta)h\f$, \f$E = 1 - e^{-h_\eta}\f$, \f$\varphi_2 = 1 - E/h_\eta\f$,
+/// \f$\varphi_3 = \varphi_2/h_\eta - \tfrac12\f$, r₀ = h₋₁/h, r₁ = h₋₂/h and the divided differences
+/// \f$D_{1,0} = (D - D_{-1})/r_0\f$, \f$D_{1,1} = (D_{-1} - D_{-2})/r_1\f$,
+/// \f$D_1 = D_{1,0} + \frac{r_0}{r_0 + r_1}(D_{1,0} - D_{1,1})\f$, \f$D_2 = \frac{D_{1,0} - D_{1,1}}{r_0 + r_1}\f$:
+/// \f[ x' = \frac{\sigma'}{\sigma}e^{-\eta h}x + \alpha'\left(E\,D + \varphi_2 D_1 - 2\varphi_3 D_2\right)
+///          + \sigma'\sqrt{1 - e^{-2\eta h}}\,S_\text{noise}\,z. \f]
+/// D₂ ≈ h²D''/2 (D as a function of λ), and the exponential integrator's third term is
+/// \f$\int_0^{h} e^{-(h-u)}\tfrac{u^2}{2}du\,D'' = -h^2\varphi_3 D''\f$ (η = 0), hence the factor 2;
+/// the references write \f$-\varphi_3 D_2\f$, which is second order (`opt.reference_3m` reproduces it).
+/// The order is min(stored + 1, 3, `max_order`) — 1 at σ' = 0 —, and at order 2 the correction is
+/// `opt.solver_type`'s (@ref dpm_solver_type: diffusers' default midpoint; k-diffusion's 3M SDE uses
+/// heun). One pass; the history is updated in place.
+/// @param[in] s the level step; @param[in] denoised D at s.from; @param[in,out] x the state;
+/// @param[in,out] state the history; @param[in] z the step's noise (kernels::no_noise where the step adds
+/// none); @param[in] opt η, S_noise, the order-2 correction; @param[in] max_order 1, 2 or 3 (diffusers'
+/// `lower_order_final` passes less at the last steps); @param[in] policy threads.
+/// @throws std::invalid_argument for a bad step, options, order or sizes, or missing noise;
+/// std::domain_error on overflow.
+template <real_scalar T, class Z, execution_policy P = sequential_policy>
+  requires kernels::noise_operand<Z, T>
+void dpmpp_3m_sde_step(const level_step& s, std::span<const T> denoised, std::span<T> x, dpmpp_3m_state<T>& state,
+                       const Z& z, const dpmpp_sde_options& opt = {}, std::size_t max_order = 3, const P& policy = P{}) {
+  constexpr std::string_view where = "diffusion::dpmpp_3m_sde_step";
+  detail::check_level_step(where, s);
+  detail::check_eta_and_s_noise(where, opt.eta, opt.s_noise);
+  if (!(opt.solver_type == dpm_solver_type::midpoint || opt.solver_type == dpm_solver_type::heun))
+    detail::throw_invalid(where, "solver_type = " + detail::to_text(static_cast<int>(opt.solver_type)) + " is not midpoint or heun");
+  if (max_order < 1 || max_order > 3)
+    detail::throw_invalid(where, "max_order = " + detail::to_text(max_order) + " is outside the allowed range [1, 3]");
+  detail::check_same_size(where, "denoised", denoised.size(), "x", x.size());
+  for (std::size_t j = 0; j < 2; ++j)
+    detail::check_same_size(where, "state.previous_denoised[" + detail::to_text(j) + "]", state.previous_denoised[j].size(), "x", x.size());
+  detail::check_no_partial_overlap(where, "denoised", denoised, "x", x);
+  const bool lands_on_data = s.to.sigma == 0.0;
+  const double ratio = s.to.sigma / s.from.sigma;
+  const double h = lands_on_data ? 0.0 : (std::log(s.to.alpha) - std::log(s.to.sigma)) - (std::log(s.from.alpha) - std::log(s.from.sigma));
+  const double h_eta = opt.eta == 0.0 ? h : h * (1.0 + opt.eta);
+  const double E = lands_on_data ? 1.0 : -std::expm1(-h_eta);
+  const double cx_d = opt.eta == 0.0 || lands_on_data ? ratio : ratio * std::exp(-opt.eta * h);
+  const double noise_scale =
+      opt.eta == 0.0 || lands_on_data ? 0.0 : s.to.sigma * std::sqrt(-std::expm1(-2.0 * opt.eta * h)) * opt.s_noise;
+  const std::size_t k = lands_on_data ? 1 : std::min({state.count + 1, std::size_t{3}, max_order});
+  // x' = cx x + α'(a0 D + a1 D₋₁ + a2 D₋₂) + cz z.
+  double a0 = E, a1 = 0.0, a2 = 0.0;
+  if (k >= 2) {
+    const double phi2 = 1.0 - E / h_eta, r0 = state.previous_h[0] / h;
+    if (k == 2) {
+      const double c = opt.solver_type == dpm_solver_type::midpoint ? 0.5 * E : phi2;  // times D1 = (D − D₋₁)/r0
+      a0 += c / r0;
+      a1 -= c / r0;
+    } else {
+      // The D₂ term: 2φ₃ (third order), or the references' φ₃.
+      const double r1 = state.previous_h[1] / h, phi3 = (opt.reference_3m ? 1.0 : 2.0) * (phi2 / h_eta - 0.5), sum = r0 + r1;
+      const double A = phi2 * (1.0 + r0 / sum) - phi3 / sum;  // coefficient of D_{1,0}
+      const double B = -phi2 * r0 / sum + phi3 / sum;         // coefficient of D_{1,1}
+      a0 += A / r0;
+      a1 += -A / r0 + B / r1;
+      a2 = -B / r1;
+    }
+  }
+  const T cx = static_cast<T>(cx_d), c0 = static_cast<T>(s.to.alpha * a0), c1 = static_cast<T>(s.to.alpha * a1),
+          c2 = static_cast<T>(s.to.alpha * a2);
+  // The older history slot receives D (at order 3 it is read first, element by element), then the
+  // slots swap. History not used at this order is not read (its buffers may hold anything).
+  const std::span<T> older = state.previous_denoised[1];
+  const std::span<const T> xc(x), p0(state.previous_denoised[0]), p1(state.previous_denoised[1]);
+  using kernels::madd;
+  if constexpr (std::is_same_v<Z, kernels::no_noise>) {
+    if (noise_scale > 0.0)
+      detail::throw_invalid(where, "the step adds noise (eta = " + detail::to_text(opt.eta) + ", s_noise = " +
+                                       detail::to_text(opt.s_noise) + ", sigma_next = " + detail::to_text(s.to.sigma) +
+                                       ") but no noise was passed");
+  } else {
+    detail::check_noise_operand<T>(where, z, x.size());  // a noise operand passed must fit, used or not
+  }
+  const T cz = detail::coefficient<T>(where, "sigma_next * sqrt(1 - exp(-2 eta h)) * s_noise", noise_scale);
+  auto combine = [cx, c0, c1, c2](auto xv, auto dv, auto q0, auto q1) {
+    using V = decltype(xv);
+    return madd(V(cx), xv, madd(V(c0), dv, madd(V(c1), q0, V(c2) * q1)));
+  };
+  auto with_noise = [cz](auto v, auto... zv) {  // + cz z when the kernel draws noise
+    using V = decltype(v);
+    if constexpr (sizeof...(zv) == 1)
+      return madd(V(cz), zv..., v);
+    else
+      return v;
+  };
+  bool ok = true;
+  if (k == 1)
+    ok = kernels::map(policy, z, kernels::outputs(x, older), kernels::inputs<T>(xc, denoised), [=](auto xv, auto dv, auto... zv) {
+      using V = decltype(xv);
+      return std::array<V, 2>{with_noise(combine(xv, dv, V(0), V(0)), zv...), dv};
+    });
+  else if (k == 2)
+    ok = kernels::map(policy, z, kernels::outputs(x, older), kernels::inputs<T>(xc, denoised, p0),
+                      [=](auto xv, auto dv, auto q0, auto... zv) {
+                        using V = decltype(xv);
+                        return std::array<V, 2>{with_noise(combine(xv, dv, q0, V(0)), zv...), dv};
+                      });
+  else
+    ok = kernels::map(policy, z, kernels::outputs(x, older), kernels::inputs<T>(xc, denoised, p0, p1),
+                      [=](auto xv, auto dv, auto q0, auto q1, auto... zv) {
+                        using V = decltype(xv);
+                        return std::array<V, 2>{with_noise(combine(xv, dv, q0, q1), zv...), dv};
+                      });
+  detail::require_finite_step(where, ok, "the DPM-Solver++(3M) step");
+  std::swap(state.previous_denoised[0], state.previous_denoised[1]);
+  state.previous_h[1] = state.previous_h[0];
+  state.previous_h[0] = h;
+  state.count = std::min<std::size_t>(state.count + 1, 2);
+}
+
+namespace detail {
+/// The loop of DPM-Solver++(2M) SDE (Order 2) and (3M) SDE (Order 3): one model call and one step per
+/// σ, the noise of stream step i where the step adds noise, no_noise elsewhere.
+template <std::size_t Order, class SigmaModel, real_scalar T, class Noise, class Context>
+sample_result dpmpp_sde_loop(std::string_view where, SigmaModel& D, std::span<T> x, std::size_t rows, Noise& noise,
+                             std::span<const double> sigmas, const karras_options& opt,
+                             const sampler_hooks<T, Context>& hooks) {
+  check_karras_options(where, opt);
+  sigma_sampler<SigmaModel, T, Noise, Context> loop(where, D, x, rows, noise, sigmas, opt.first_sample,
+                                                    opt.draw_initial_noise, opt.check_finite, hooks);
+  const auto xs = loop.x();
+  const auto den = loop.buffer(0);
+  std::conditional_t<Order == 2, dpmpp_2m_state<T>, dpmpp_3m_state<T>> state{};
+  if constexpr (Order == 2)
+    state.previous_denoised = loop.buffer(3);
+  else
+    state.previous_denoised = {loop.buffer(2), loop.buffer(3)};
+  const dpmpp_sde_options o{opt.eta, opt.s_noise, opt.solver_type};
+  const bool noisy = opt.eta > 0.0 && opt.s_noise > 0.0;
+  auto step = [&](const level_step& l, const auto& z) {
+    if constexpr (Order == 2)
+      dpmpp_2m_sde_step<T>(l, den, xs, state, z, o, false, loop.policy());
+    else
+      dpmpp_3m_sde_step<T>(l, den, xs, state, z, o, 3, loop.policy());
+  };
+  for (std::size_t i = 0; i < loop.steps(); ++i) {
+    loop.denoise(xs, loop.sigma(i), den, i);
+    const level_step l = loop.step_levels(loop.sigma(i), i);
+    if (noisy && loop.sigma(i + 1) > 0.0)
+      step(l, loop.noise(i));
+    else
+      step(l, kernels::no_noise{});
+    if (!loop.report(loop.steps(), loop.time(loop.sigma(i)), loop.sigma(i), loop.sigma(i + 1), den)) break;
+  }
+  return loop.result();
+}
+}  // namespace detail
+
 /// @brief DPM-Solver++(2M) SDE sampling (k-diffusion `sample_dpmpp_2m_sde`, ComfyUI `dpmpp_2m_sde`):
 /// one model call and one @ref diffusion::dpmpp_2m_sde_step "dpmpp_2m_sde_step" per step over the
 /// state's process (VE, VP or rectified flow levels), with the noise of stream step i (independent
@@ -297,27 +469,23 @@ template <class SigmaModel, mutable_tensor X, class Noise, class Context = no_co
 sample_result dpmpp_2m_sde_sample(SigmaModel& D, X&& x, std::size_t rows, Noise& noise, std::span<const double> sigmas,
                                   const karras_options& opt = {},
                                   const sampler_hooks<tensor_value_t<X>, Context>& hooks = {}) {
-  using T = tensor_value_t<X>;
-  constexpr std::string_view where = "diffusion::dpmpp_2m_sde_sample";
-  detail::check_karras_options(where, opt);
-  detail::sigma_sampler<SigmaModel, T, Noise, Context> loop(where, D, as_mutable_span(x), rows, noise, sigmas,
-                                                            opt.first_sample, opt.draw_initial_noise, opt.check_finite,
-                                                            hooks);
-  const auto xs = loop.x();
-  const auto den = loop.buffer(0);
-  dpmpp_2m_state<T> state{loop.buffer(3)};
-  const dpmpp_sde_options o{opt.eta, opt.s_noise, opt.solver_type};
-  const bool noisy = opt.eta > 0.0 && opt.s_noise > 0.0;
-  for (std::size_t i = 0; i < loop.steps(); ++i) {
-    loop.denoise(xs, loop.sigma(i), den, i);
-    const level_step l = loop.step_levels(loop.sigma(i), i);
-    if (noisy && loop.sigma(i + 1) > 0.0)
-      dpmpp_2m_sde_step<T>(l, den, xs, state, loop.noise(i), o, false, loop.policy());
-    else
-      dpmpp_2m_sde_step<T>(l, den, xs, state, kernels::no_noise{}, o, false, loop.policy());
-    if (!loop.report(loop.steps(), loop.time(loop.sigma(i)), loop.sigma(i), loop.sigma(i + 1), den)) break;
-  }
-  return loop.result();
+  return detail::dpmpp_sde_loop<2>("diffusion::dpmpp_2m_sde_sample", D, as_mutable_span(x), rows, noise, sigmas, opt, hooks);
+}
+
+/// @brief DPM-Solver++(3M) sampling, deterministic (η = 0) or the 3M SDE (k-diffusion
+/// `sample_dpmpp_3m_sde`, ComfyUI `dpmpp_3m_sde`): one model call and one
+/// @ref diffusion::dpmpp_3m_sde_step "dpmpp_3m_sde_step" per step over the state's process, the noise
+/// of stream step i; orders 1, 2, 3, 3, … and 1 to σ = 0.
+/// @param[in] D the σ-space denoiser; @param[in,out] x rows × n; @param[in] rows batch size;
+/// @param[in] noise the noise source; @param[in] sigmas the σ list; @param[in] opt options (η, S_noise,
+/// `solver_type` for the order-2 step; the churn is not used); @param[in] hooks hooks.
+/// @throws as @ref euler_sample.
+template <class SigmaModel, mutable_tensor X, class Noise, class Context = no_context>
+  requires sigma_denoiser<SigmaModel, tensor_value_t<X>, Context> && noise_source_for<Noise, tensor_value_t<X>>
+sample_result dpmpp_3m_sde_sample(SigmaModel& D, X&& x, std::size_t rows, Noise& noise, std::span<const double> sigmas,
+                                  const karras_options& opt = {},
+                                  const sampler_hooks<tensor_value_t<X>, Context>& hooks = {}) {
+  return detail::dpmpp_sde_loop<3>("diffusion::dpmpp_3m_sde_sample", D, as_mutable_span(x), rows, noise, sigmas, opt, hooks);
 }
 
 }  // namespace diffusion

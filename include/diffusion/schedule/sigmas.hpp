@@ -1,5 +1,5 @@
 /// @file
-/// @brief Continuous-time noise families (VP and VE SDEs), σ lists (Karras, geometric),
+/// @brief Continuous-time noise families (VP and VE SDEs), σ lists (Karras, exponential, KL-optimal, VP, AYS, ComfyUI's),
 /// and the map between a discrete schedule's timestep and its noise level σ.
 #pragma once
 
@@ -14,6 +14,7 @@
 #include "../core/config.hpp"
 #include "../core/errors.hpp"
 #include "noise_schedule.hpp"
+#include "timesteps.hpp"
 
 /// @defgroup sigmas Continuous time and σ lists
 /// @brief VP/VE SDE marginals (Song et al. 2021), Karras and geometric σ lists, σ ↔ t.
@@ -267,6 +268,128 @@ inline double sigma_to_t(const noise_schedule& s, double sigma) {
   const double a = std::log(s[i].sigma), b = std::log(s[i + 1].sigma);
   if (!(b > a)) return static_cast<double>(i);  // neighbours whose logarithms round alike (tiny beta)
   return static_cast<double>(i) + (std::log(sigma) - a) / (b - a);
+}
+
+// ---------------------------------------------------------------------------------------
+// σ lists picked from a model's discrete schedule (ComfyUI's schedulers) and tabulated ones
+// ---------------------------------------------------------------------------------------
+
+namespace detail {
+/// Requires n ≥ 1 and a schedule whose σ is finite at every step (the lists below read the table).
+inline void check_table_list(std::string_view where, const noise_schedule& s, std::size_t n) {
+  if (n == 0) throw_invalid(where, "n = 0 must be >= 1");
+  if (finite_sigma_steps(s) != s.size())
+    throw_invalid(where, "sigma is infinite at t = " + to_text(finite_sigma_steps(s)) +
+                             " (zero terminal SNR, or alpha_bar underflowed); these lists read every step's sigma, "
+                             "so pass a schedule whose sigmas are finite or a list with an explicit sigma_max");
+}
+}  // namespace detail
+
+/// @brief ComfyUI's "simple" scheduler: n levels read from the table at evenly spaced timesteps from
+/// the top, \f$\sigma_k = \sigma_{T-1-\lfloor kT/n\rfloor}\f$, k = 0 … n − 1, followed by a final 0.
+/// The floor is exact (integer arithmetic); ComfyUI forms k·(T/n) in floating point, which lands one
+/// timestep lower where kT/n is an integer that the product misses (e.g. T = 1000, n = 38, k = 19:
+/// 499 instead of 500; docs/conventions.md).
+/// @param[in] s the model's schedule (every σ finite); @param[in] n the number of levels, 1 ≤ n ≤ T.
+/// @return n + 1 values, descending, ending in 0.
+inline std::vector<double> simple_sigmas(const noise_schedule& s, std::size_t n) {
+  constexpr std::string_view where = "diffusion::simple_sigmas";
+  detail::check_table_list(where, s, n);
+  const std::size_t T = s.size();
+  if (n > T) detail::throw_invalid(where, "n = " + detail::to_text(n) + " is outside the allowed range [1, " + detail::to_text(T) + "]");
+  std::vector<double> out(n + 1, 0.0);
+  for (std::size_t k = 0; k < n; ++k) {
+    // ⌊kT/n⌋ = k⌊T/n⌋ + ⌊k (T mod n)/n⌋, exact for every size_t (k < n).
+    const std::size_t t = k * (T / n) + detail::mul_div(k, T % n, n).quotient;
+    out[k] = s[T - 1 - t].sigma;
+  }
+  return out;
+}
+
+/// @brief ComfyUI's "ddim_uniform" scheduler: the table's σ at t = 1, 1 + c, 1 + 2c, … < T with the
+/// stride c = max(⌊T/n⌋, 1), in descending order, followed by a final 0. As in ComfyUI the list has
+/// ⌈(T − 1)/c⌉ levels, which can be one more than n (T = 1000, n = 7: c = 142, 8 levels); and where
+/// σ_1 ≈ 0 (|σ_1| ≤ 1e-5) the stride is ⌊T/(n + 1)⌋ and no 0 is appended (the list ends at σ_1).
+/// @param[in] s the model's schedule (T ≥ 2, every σ finite); @param[in] n the number of steps asked for, n ≥ 1.
+/// @return the levels, descending.
+inline std::vector<double> ddim_uniform_sigmas(const noise_schedule& s, std::size_t n) {
+  constexpr std::string_view where = "diffusion::ddim_uniform_sigmas";
+  detail::check_table_list(where, s, n);
+  const std::size_t T = s.size();
+  if (T < 2) detail::throw_invalid(where, "the schedule has T = 1 step; ddim_uniform starts at t = 1");
+  const bool first_is_zero = std::abs(s[1].sigma) <= 1e-5;
+  const std::size_t steps = first_is_zero ? n + 1 : n;
+  const std::size_t stride = std::max<std::size_t>(T / steps, 1);
+  std::vector<double> out;
+  for (std::size_t t = 1; t < T; t += stride) out.push_back(s[t].sigma);
+  std::reverse(out.begin(), out.end());
+  if (!first_is_zero) out.push_back(0.0);
+  return out;
+}
+
+/// @brief ComfyUI's "normal" and "sgm_uniform" schedulers: timesteps uniform from T − 1 down to 0 and
+/// the σ of each by @ref t_to_sigma (log-σ interpolation), followed by a final 0.
+/// "normal" takes n timesteps including both ends; "sgm_uniform" (`sgm` = true; Stability's SGM
+/// sampling, used by SDXL Turbo and Lightning) takes n + 1 and drops the last, so it never evaluates
+/// the model at t = 0. (ComfyUI's "normal" adds a step and drops the final 0 when σ_0 ≈ 0; a VP
+/// table's σ_0 = √(β₀/(1 − β₀)) is not.)
+/// @param[in] s the model's schedule (every σ finite, T ≥ 2); @param[in] n levels, n ≥ 1 (n ≥ 2 for "normal");
+/// @param[in] sgm false: "normal", true: "sgm_uniform".
+/// @return n + 1 values, descending, ending in 0.
+inline std::vector<double> normal_sigmas(const noise_schedule& s, std::size_t n, bool sgm = false) {
+  constexpr std::string_view where = "diffusion::normal_sigmas";
+  detail::check_table_list(where, s, n);
+  const std::size_t T = s.size();
+  if (T < 2) detail::throw_invalid(where, "the schedule has T = 1 step; the timesteps run from T - 1 to 0");
+  if (!sgm && n < 2) detail::throw_invalid(where, "n = 1 must be >= 2 for \"normal\" (its timesteps include both ends)");
+  const std::size_t points = sgm ? n + 1 : n;
+  const double top = static_cast<double>(T - 1);
+  std::vector<double> out(n + 1, 0.0);
+  for (std::size_t k = 0; k < n; ++k) out[k] = t_to_sigma(s, detail::ramp(k, points, top, 0.0));
+  return out;
+}
+
+/// @brief The schedules published with Align Your Steps (Sabour, Fidler & Kreis 2024,
+/// arXiv:2404.14507, Appendix B.3, Table 3): 10-step σ lists optimized for these models.
+enum class ays_model {
+  sd15,          ///< Stable Diffusion 1.5: 14.615 … 0.029.
+  sdxl,          ///< SDXL: 14.615 … 0.029.
+  deepfloyd_if,  ///< DeepFloyd-IF stage 1: 160.41 … 0.006.
+  svd,           ///< Stable Video Diffusion: 700.00 … 0.002.
+};
+
+/// @brief An Align-Your-Steps σ list for n steps: the published 11 levels (@ref ays_model) when n = 11,
+/// otherwise their log-linear interpolation to n levels (NVIDIA's how-to, as ComfyUI and A1111 do
+/// it): with the table \f$\tau_0 > \dots > \tau_{10}\f$ at positions j/10,
+/// \f$\sigma_k = \exp\big((1 - w)\log\tau_j + w\log\tau_{j+1}\big)\f$ at position k/(n − 1) = (j + w)/10;
+/// positions that fall on a table entry return it exactly. Followed by a final 0.
+/// @param[in] m the model; @param[in] n the number of levels, n ≥ 2 (the table's 11 for its own 10 steps + σ_min).
+/// @return n + 1 values, descending, ending in 0.
+inline std::vector<double> ays_sigmas(ays_model m, std::size_t n) {
+  constexpr std::string_view where = "diffusion::ays_sigmas";
+  static constexpr double tables[4][11] = {
+      {14.615, 6.475, 3.861, 2.697, 1.886, 1.396, 0.963, 0.652, 0.399, 0.152, 0.029},
+      {14.615, 6.315, 3.771, 2.181, 1.342, 0.862, 0.555, 0.380, 0.234, 0.113, 0.029},
+      {160.41, 8.081, 3.315, 1.885, 1.207, 0.785, 0.553, 0.293, 0.186, 0.030, 0.006},
+      {700.00, 54.5, 15.886, 7.977, 4.248, 1.789, 0.981, 0.403, 0.173, 0.034, 0.002}};
+  const auto idx = static_cast<std::size_t>(m);
+  if (idx > 3) detail::throw_invalid(where, "model = " + detail::to_text(idx) + " is not one of the published tables");
+  if (n < 2) detail::throw_invalid(where, "n = " + detail::to_text(n) + " must be >= 2");
+  const double* tau = tables[idx];
+  std::vector<double> out(n + 1, 0.0);
+  for (std::size_t k = 0; k < n; ++k) {
+    // Position in table units, p = 10k/(n − 1) = j + w; exact when the division is.
+    const std::size_t num = 10 * k, den = n - 1;
+    const std::size_t j = num / den, rem = num % den;
+    if (rem == 0) {
+      out[k] = tau[j];
+      continue;
+    }
+    const double w = static_cast<double>(rem) / static_cast<double>(den);
+    const double a = std::log(tau[j]), b = std::log(tau[j + 1]);
+    out[k] = std::exp(a + w * (b - a));
+  }
+  return out;
 }
 
 }  // namespace diffusion
