@@ -2,20 +2,22 @@
 /// @brief UniPC (Zhao et al. 2023, "UniPC: A Unified Predictor-Corrector Framework for Fast Sampling
 /// of Diffusion Models", arXiv 2302.04867) in its data-prediction form: the multistep predictor
 /// UniP-p and the corrector UniC-p, as one step function over the levels of the state's process
-/// (@ref diffusion::level_step: σ-space, variance preserving, rectified flow) and a σ-space loop.
+/// (@ref diffusion::level_step "level_step"s of σ-space, variance-preserving and rectified-flow states) and a σ-space loop.
 ///
 /// **One call, two updates.** UniC corrects the state the previous call predicted, using the model
 /// output at that predicted state (so the corrector costs no model call), and UniP then predicts the
 /// next state from the corrected one. A call therefore does what one `step()` of diffusers'
 /// UniPCMultistepScheduler does, in the same order:
 /// @code
-/// diffusion::unipc_state<float> st{{h0, h1}, {}, 0, last};   // caller-owned buffers (order 2)
+/// diffusion::unipc_state<float> st{.denoised = {h0, h1}, .last_sample = last};  // caller-owned (order 2)
 /// for (std::size_t i = 0; i + 1 < sigmas.size(); ++i) {
-///   D(x, sigmas[i], denoised);                                // the model at the predicted x
-///   diffusion::unipc_step<float>({sigmas[i], sigmas[i + 1]}, denoised, x, st, {.order = 2},
-///                                std::min<std::size_t>(2, sigmas.size() - 1 - i));  // lower_order_final
+///   D(x, sigmas[i], denoised);                               // the model at the predicted x
+///   diffusion::unipc_step<float>(diffusion::sigma_step{sigmas[i], sigmas[i + 1]}, denoised, x, st,
+///                                {.order = 2}, std::min<std::size_t>(2, sigmas.size() - 1 - i));
 /// }
 /// @endcode
+/// (compiled in tests/test_sampler_unipc.cpp, "unipc_sample is unipc_step in a loop"; the last argument
+/// is diffusers' `lower_order_final`).
 /// The corrected state of a step exists only inside the next call: the state after the last call is
 /// the last prediction (no model output comes after it to correct it with), as in diffusers.
 ///
@@ -26,7 +28,7 @@
 /// the exponential integrator of the probability-flow ODE in data prediction (DPM-Solver++'s first-order
 /// step plus a correction). The weights solve the order conditions
 /// \f$\sum_j g_j r_j^{k-1} = \gamma_k = k!\,h\,\varphi_{k+1}(-h)\f$, k = 1 … q (q the number of differences),
-/// \f$\varphi_k\f$ the exponential-integrator functions (@ref diffusion::detail::phi_functions): the paper's
+/// \f$\varphi_k\f$ the exponential-integrator functions (\f$\varphi_{k+1}(z) = (\varphi_k(z) - 1/k!)/z\f$, \f$\varphi_0 = e^z\f$): the paper's
 /// \f$R_p(h)\,a_p = \varphi_p(h)/B(h)\f$ with \f$g = -B(h)\,a\f$ in its data-prediction sign (B cancels where
 /// the system is solved). The predictor UniP-p uses q = p − 1 earlier outputs (r_j < 0); the corrector
 /// UniC-p uses the p outputs its predictor used and the new output at the predicted level (r = 1).
