@@ -5,6 +5,7 @@
 #include "samplers/common.hpp"
 #include "samplers/sigma_common.hpp"
 #include "samplers/ode.hpp"
+#include "samplers/unipc.hpp"
 #include "samplers/sde.hpp"
 #include "samplers/consistency.hpp"
 #include "samplers/ancestral.hpp"
