@@ -6,6 +6,7 @@
 #include "samplers/sigma_common.hpp"
 #include "samplers/ode.hpp"
 #include "samplers/sde.hpp"
+#include "samplers/singlestep.hpp"
 #include "samplers/ancestral.hpp"
 #include "samplers/karras.hpp"
 #include "samplers/langevin.hpp"
