@@ -498,3 +498,65 @@ TEST_CASE("the two-stage steps and loops validate their arguments", "[samplers][
                     Contains("diffusion::dpm2_sample") && Contains("the denoiser wrote nan"));
   CHECK(xb == std::vector<double>(2, 1.0));  // x changes only in a step's last pass
 }
+
+// ---------------------------------------------------------------------------------------
+// Rectified-flow states: the same stage functions over flow levels
+// ---------------------------------------------------------------------------------------
+
+namespace {
+// 1-D data N(mu, s^2) under x = (1 - sig) x0 + sig eps: the exact velocity E[eps - x0 | x] and the
+// exact flow map between two levels (x - m) sd'/sd + m'.
+struct flow_gauss {
+  double mu, s;
+  [[nodiscard]] double mean(double sig) const { return (1.0 - sig) * mu; }
+  [[nodiscard]] double var(double sig) const { return (1.0 - sig) * (1.0 - sig) * s * s + sig * sig; }
+  [[nodiscard]] double velocity(double sig, double x) const {
+    return -mu + (sig - (1.0 - sig) * s * s) / var(sig) * (x - mean(sig));
+  }
+};
+}  // namespace
+
+TEST_CASE("DPM2 and DPM-Solver++(2S) on rectified-flow states converge at order 2", "[samplers][singlestep][flow]") {
+  const flow_gauss g{0.4, 0.6};
+  auto model = diffusion::make_denoiser(diffusion::prediction::flow_velocity,
+                                        [g](const diffusion::denoiser_input<double>& in, std::span<double> out) {
+                                          const std::size_t n = in.row_size();
+                                          for (std::size_t r = 0; r < in.rows(); ++r) {
+                                            const double sig = in.sigma[r] / (1.0 + in.sigma[r]);  // sigma: the ratio
+                                            for (std::size_t k = 0; k < n; ++k) out[r * n + k] = g.velocity(sig, in.x[r * n + k]);
+                                          }
+                                        });
+  diffusion::sigma_space_model D(model, diffusion::flow_time{1000});
+  const std::vector<double> x_start = {-1.2, 0.3, 0.9, 2.1};
+  // A grid uniform in lambda = log((1 - sig)/sig) from 0.999 to 0.001 (the list must start below 1).
+  const double a = 0.999, b = 0.001, la = std::log((1 - a) / a), lb = std::log((1 - b) / b);
+  auto error = [&](std::size_t n, bool dpm2) {
+    std::vector<double> sg(n + 1);
+    for (std::size_t i = 0; i <= n; ++i)
+      sg[i] = 1.0 / (1.0 + std::exp(la + (lb - la) * static_cast<double>(i) / static_cast<double>(n)));
+    std::vector<double> x = x_start;
+    test::test_noise noise{1};
+    if (dpm2)
+      diffusion::dpm2_sample(D, x, 4, noise, sg, {.draw_initial_noise = false});
+    else
+      diffusion::dpmpp_sde_sample(D, x, 4, noise, sg, {.eta = 0.0, .draw_initial_noise = false});
+    double worst = 0;
+    for (std::size_t k = 0; k < x.size(); ++k)
+      worst = std::max(worst, std::abs(x[k] - (g.mean(b) + std::sqrt(g.var(b) / g.var(a)) * (x_start[k] - g.mean(a)))));
+    return worst;
+  };
+  for (const bool dpm2 : {true, false})
+    for (std::size_t n : {32u, 64u, 128u}) {
+      const double e1 = error(n, dpm2), e2 = error(2 * n, dpm2), order = std::log2(e1 / e2);
+      INFO((dpm2 ? "DPM2" : "DPM-Solver++(2S)") << ", N = " << 2 * n << ": error " << e2 << ", order " << order);
+      CHECK(order > 1.8);
+      CHECK(order < 2.3);
+      WARN((dpm2 ? "DPM2" : "DPM-Solver++(2S)") << " on a flow state, N = " << 2 * n << ": max error " << e2
+                                                 << ", order " << order);
+    }
+  // A flow list from sigma = 1 (alpha = 0) is refused by name.
+  std::vector<double> x = x_start;
+  test::test_noise noise{1};
+  CHECK_THROWS_WITH(diffusion::dpm2_sample(D, x, 4, noise, std::vector<double>{1.0, 0.5, 0.0}, {.draw_initial_noise = false}),
+                    Contains("diffusion::dpm2_sample") && Contains("sigmas[0] = 1") && Contains("alpha = 0"));
+}

@@ -155,7 +155,7 @@ void check_stage_noise(std::string_view where, const Z& z, std::size_t n, double
 /// The first stage every method shares: from the start to the stage level, a DDIM (Euler in ς) step
 /// to the σ↓ of the split ς → ς_mid (η = 0: the stage level itself), plus its σ↑ noise:
 /// \f$x_m = \frac{\sigma_d}{\sigma}x + (\alpha_m - \alpha\frac{\sigma_d}{\sigma})D + \alpha_m\varsigma_\uparrow S_\text{noise} z\f$,
-/// \f$\sigma_d = \alpha_m\varsigma_\downarrow\f$ (= σ_m at η = 0; @ref euler_step's coefficients then).
+/// \f$\sigma_d = \alpha_m\varsigma_\downarrow\f$ (= σ_m at η = 0; @ref diffusion::euler_step "euler_step"'s coefficients then).
 /// Writes x_mid, D into state.denoised when `keep_denoised`, and z into state.noise when the stage
 /// draws noise and `keep_noise`. Returns false (nothing written) where the target is the data.
 template <real_scalar T, class Z, execution_policy P>
@@ -341,7 +341,7 @@ void dpmpp_second(std::string_view where, const two_stage_levels& L, double eta,
 /// @param[in] L the levels (@ref midpoint_levels: σ_m = √(σσ_next)); @param[in] denoised D(x; σ);
 /// @param[in] x the state at L.from; @param[out] state state.x_mid (state.denoised is not used);
 /// @param[in] policy threads (bit-identical for any count).
-/// @return true when @ref dpm2_correct must follow; false where L.to.sigma = 0, where nothing is written
+/// @return true when @ref diffusion::dpm2_correct "dpm2_correct" must follow; false where L.to.sigma = 0, where nothing is written
 ///         and the step is @ref diffusion::euler_step "euler_step" (k-diffusion's last step).
 /// @throws std::invalid_argument for bad levels (start α = 0, stage level not strictly between) or sizes,
 ///         or overlapping arrays; std::domain_error on overflow.
@@ -352,7 +352,7 @@ bool dpm2_predict(const two_stage_levels& L, std::span<const T> denoised, std::s
                                 kernels::no_noise{}, policy);
 }
 
-/// @brief @ref dpm2_predict on a σ-space step, its stage at √(σ σ_next) (@ref midpoint_levels).
+/// @brief @ref diffusion::dpm2_predict "dpm2_predict" on a σ-space step, its stage at √(σ σ_next) (@ref midpoint_levels).
 /// @param[in] s the step; @param[in] denoised D(x; σ); @param[in] x the state; @param[out] state the stage point;
 /// @param[in] policy threads.
 /// @return as the level form. @throws as the level form.
@@ -369,8 +369,8 @@ bool dpm2_predict(sigma_step s, std::span<const T> denoised, std::span<const T> 
 /// \f$d_m = (x_m/\alpha_m - D_m)/\varsigma_m\f$ (σ-space: \f$x + (\sigma_{next} - \sigma)(x_m - D_m)/\sigma_m\f$).
 /// With `noise_scale` = S_noise σ↑ (times α_to) and L from @ref ancestral_midpoint_levels it is the
 /// ancestral step (k-diffusion `sample_dpm_2_ancestral`).
-/// @param[in] L the levels of @ref dpm2_predict; @param[in] denoised D(x_m) at L.mid; @param[in] x the step's
-/// start; @param[in] state from @ref dpm2_predict; @param[out] out the result (may alias x);
+/// @param[in] L the levels of @ref diffusion::dpm2_predict "dpm2_predict"; @param[in] denoised D(x_m) at L.mid; @param[in] x the step's
+/// start; @param[in] state from @ref diffusion::dpm2_predict "dpm2_predict"; @param[out] out the result (may alias x);
 /// @param[in] z the noise (kernels::no_noise where noise_scale = 0); @param[in] noise_scale c_z ≥ 0;
 /// @param[in] policy threads.
 /// @throws std::invalid_argument for bad levels (target σ = 0), sizes, overlap, a negative or
@@ -383,9 +383,9 @@ void dpm2_correct(const two_stage_levels& L, std::span<const T> denoised, std::s
   detail::dpm2_second<T>("diffusion::dpm2_correct", L, denoised, x, state, out, z, noise_scale, policy);
 }
 
-/// @brief @ref dpm2_correct on a σ-space step (deterministic), its stage at √(σ σ_next).
+/// @brief @ref diffusion::dpm2_correct "dpm2_correct" on a σ-space step (deterministic), its stage at √(σ σ_next).
 /// @param[in] s the step (σ_next > 0); @param[in] denoised D(x_m; σ_m); @param[in] x the step's start;
-/// @param[in] state from @ref dpm2_predict; @param[out] out may alias x; @param[in] policy threads.
+/// @param[in] state from @ref diffusion::dpm2_predict "dpm2_predict"; @param[out] out may alias x; @param[in] policy threads.
 /// @throws as the level form.
 template <real_scalar T, execution_policy P = sequential_policy>
 void dpm2_correct(sigma_step s, std::span<const T> denoised, std::span<const T> x, const two_stage_state<T>& state,
@@ -403,12 +403,12 @@ void dpm2_correct(sigma_step s, std::span<const T> denoised, std::span<const T> 
 /// k-diffusion `sample_dpmpp_2s_ancestral` with t = −log σ): with λ = log(α/σ),
 /// \f$u = \frac{\sigma_m}{\sigma}x - \alpha_m\left(e^{-(\lambda_m - \lambda)} - 1\right)D\f$ at the stage level
 /// (r = 1/2 for @ref midpoint_levels); the first-order DPM-Solver++ step, which is the Euler/DDIM step
-/// of @ref dpm2_predict. Also stores D for the second stage.
+/// of @ref diffusion::dpm2_predict "dpm2_predict". Also stores D for the second stage.
 /// @param[in] L the levels; @param[in] denoised D(x) at L.from; @param[in] x the state;
 /// @param[out] state state.x_mid = u and state.denoised = D; @param[in] policy threads.
 /// @return true when @ref dpmpp_2s_correct must follow; false (nothing written) where L.to.sigma = 0: the
 ///         step is then @ref diffusion::euler_step "euler_step", as k-diffusion takes it.
-/// @throws as @ref dpm2_predict, and for a state.denoised of the wrong size.
+/// @throws as @ref diffusion::dpm2_predict "dpm2_predict", and for a state.denoised of the wrong size.
 template <real_scalar T, execution_policy P = sequential_policy>
 bool dpmpp_2s_predict(const two_stage_levels& L, std::span<const T> denoised, std::span<const T> x,
                       const two_stage_state<T>& state, const P& policy = P{}) {
@@ -425,7 +425,7 @@ bool dpmpp_2s_predict(const two_stage_levels& L, std::span<const T> denoised, st
 /// start; @param[in] state from @ref dpmpp_2s_predict; @param[out] out the result (may alias x);
 /// @param[in] z the noise (kernels::no_noise where noise_scale = 0); @param[in] noise_scale c_z ≥ 0;
 /// @param[in] policy threads.
-/// @throws as @ref dpm2_correct.
+/// @throws as @ref diffusion::dpm2_correct "dpm2_correct".
 template <real_scalar T, class Z = kernels::no_noise, execution_policy P = sequential_policy>
   requires kernels::noise_operand<Z, T>
 void dpmpp_2s_correct(const two_stage_levels& L, std::span<const T> denoised, std::span<const T> x,
@@ -491,8 +491,8 @@ inline noise_level level_at_ratio(state_process p, double ratio) noexcept {
 /// What step i of a two-stage loop does: its levels (target σ = 0: an Euler step) and the noise
 /// added after the second stage (ancestral methods), in the state's units.
 struct two_stage_plan {
-  two_stage_levels levels;
-  double noise_scale = 0.0;
+  two_stage_levels levels;   ///< {from, stage level, target (σ↓ level for the ancestral methods)}.
+  double noise_scale = 0.0;  ///< α_to σ↑ S_noise after the second stage (ancestral methods), else 0.
 };
 
 /// The plan of the step from level `from` to level `to` (on the process p's curve).
@@ -581,8 +581,8 @@ sample_result two_stage_loop(std::string_view where, SigmaModel& D, std::span<T>
 }  // namespace detail
 
 /// @brief DPM2 sampling (k-diffusion `sample_dpm_2`; diffusers `KDPM2DiscreteScheduler`): per step the
-/// churn (Karras Algorithm 2, as @ref heun_sample), D at σ̂, @ref dpm2_predict to the stage level at the
-/// log-σ midpoint √(σ̂ σ_next), D there, @ref dpm2_correct; the last step to σ = 0 is Euler. Second order,
+/// churn (Karras Algorithm 2, as @ref heun_sample), D at σ̂, @ref diffusion::dpm2_predict "dpm2_predict" to the stage level at the
+/// log-σ midpoint √(σ̂ σ_next), D there, @ref diffusion::dpm2_correct "dpm2_correct"; the last step to σ = 0 is Euler. Second order,
 /// two model calls per step (one on the last). x changes only in each step's last pass.
 /// @param[in] D the σ-space denoiser (σ-space or rectified-flow state); @param[in,out] x rows × n;
 /// @param[in] rows batch size; @param[in] noise the noise source (initial draw and churn);
