@@ -8,6 +8,7 @@
 #include "samplers/unipc.hpp"
 #include "samplers/sde.hpp"
 #include "samplers/consistency.hpp"
+#include "samplers/singlestep.hpp"
 #include "samplers/ancestral.hpp"
 #include "samplers/karras.hpp"
 #include "samplers/langevin.hpp"
