@@ -75,7 +75,8 @@ bool supported(const std::string& config) {
                                                                                  : false;
   for (const char* c : {"DDPMScheduler", "DDIMScheduler", "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler",
                         "HeunDiscreteScheduler", "FlowMatchEulerDiscreteScheduler", "LMSDiscreteScheduler",
-                        "EDMEulerScheduler", "EDMDPMSolverMultistepScheduler", "LCMScheduler", "TCDScheduler"})
+                        "EDMEulerScheduler", "EDMDPMSolverMultistepScheduler", "LCMScheduler", "TCDScheduler",
+                        "UniPCMultistepScheduler", "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler"})
     if (cls == c) return true;
   return false;
 }
@@ -107,14 +108,24 @@ TEST_CASE("the scheduler object reproduces diffusers' scheduler classes step by 
     }
     const auto& v = rc.values;
     comparison table{1e-5}, state{1e-5};
-    // The lists.
+    // The lists (KDPM2's stage calls take the log-sigma map of the stage sigma, as diffusers; for the
+    // ancestral class at eta = 1 the stage sigma sqrt(sigma sigma_down) is sigma_next itself).
+    const bool kdpm2 = parsed.config.kind == diffusion::scheduler_kind::kdpm2 ||
+                       parsed.config.kind == diffusion::scheduler_kind::kdpm2_ancestral;
     const auto& ts = v.at("timesteps");
     REQUIRE(sched.timesteps().size() == ts.size());
     for (const auto& [i, t] : ts) {
       INFO("timesteps[" << i << "]");
-      CHECK(table.check(sched.timesteps()[i], t));
+      if (kdpm2 && i % 2 == 1) {
+        // A stage timestep is the log-sigma map of a sigma between table entries; near t = 10 diffusers'
+        // float32 alpha_bar (relative error of sigma up to u32 / (2 (1 - alpha_bar)) = 3e-6 there) moves
+        // it by up to ~1e-4 (d log sigma / dt = 0.045): an absolute budget of 2e-4.
+        CHECK(std::abs(sched.timesteps()[i] - t) <= 2e-4);
+      } else {
+        CHECK(table.check(sched.timesteps()[i], t));
+      }
     }
-    if (v.count("sigmas")) {
+    if (v.count("sigmas") && !kdpm2) {  // diffusers lays out KDPM2's sigmas per step, this object per call
       const auto& sg = v.at("sigmas");
       REQUIRE(sched.sigmas().size() == sg.size());
       for (const auto& [i, s] : sg) {
@@ -159,8 +170,8 @@ TEST_CASE("the scheduler object reproduces diffusers' scheduler classes step by 
     WARN(name << ": largest relative difference, lists " << table.worst << ", states " << state.worst);
   }
   // DDPM ×2, DDIM ×5, Euler ×4, Euler-a, Heun, DPM-Solver++(2M) ×4, its SDE form, (3M), FlowMatchEuler ×4, LMS,
-  // EDM Euler, EDM DPM-Solver++(2M), LCM, TCD.
-  CHECK(replayed == 28);
+  // EDM Euler, EDM DPM-Solver++(2M), LCM, TCD, UniPC, KDPM2, KDPM2-ancestral.
+  CHECK(replayed == 31);
 }
 
 TEST_CASE("flow classes: mu, custom sigmas and the parity switch", "[scheduler][flow]") {

@@ -262,6 +262,106 @@ TEST_CASE("the scheduler loop reproduces the library's samplers bit for bit", "[
   }
 }
 
+TEST_CASE("UniPC, KDPM2 and KDPM2-ancestral classes run the library's steps", "[scheduler]") {
+  using T = double;
+  const std::size_t rows = 2, n = 3;
+  diffusion::gaussian_data g({0.2, -0.1, 0.4}, {0.7, 1.1, 0.3});
+  diffusion::sigma_space_model D(g);
+  const diffusion::philox_normal noise(43);
+  auto sd = [](scheduler_kind k) {
+    auto c = diffusion::scheduler_config::defaults_for(k);
+    c.beta_schedule = diffusion::beta_family::scaled_linear;
+    c.beta_start = 0.00085;
+    c.beta_end = 0.012;
+    return c;
+  };
+  SECTION("UniPCMultistepScheduler in VP scale agrees with unipc_sample in sigma-space") {
+    for (const auto variant : {diffusion::unipc_variant::bh1, diffusion::unipc_variant::bh2})
+      for (const std::size_t order : {std::size_t{1}, std::size_t{2}, std::size_t{3}}) {
+        auto cfg = sd(scheduler_kind::unipc_multistep);
+        cfg.solver_order = order;
+        cfg.unipc_solver_type = variant;
+        diffusion::scheduler s(cfg);
+        s.set_timesteps(15);
+        const auto x0 = start<T>(rows * n);
+        const auto a = run_scheduler<T>(s, g, x0, rows, [](diffusion::scheduler& sc, std::size_t i, std::span<const T> out, std::span<T> x,
+                                                          std::size_t r) { sc.step<T>(i, out, x, diffusion::kernels::no_noise{}, r); });
+        auto b = x0;
+        const double alpha0 = diffusion::noise_level::preserving(s.sigmas()[0]).alpha;
+        for (auto& v : b) v /= alpha0;
+        diffusion::unipc_sample(D, b, rows, noise, s.sigmas(),
+                                {.solver = {.order = order, .variant = variant}, .draw_initial_noise = false});
+        INFO("order " << order << ", bh" << (variant == diffusion::unipc_variant::bh1 ? 1 : 2));
+        for (std::size_t k = 0; k < a.size(); ++k) CHECK(a[k] == Approx(b[k]).epsilon(1e-12).margin(1e-14));
+      }
+    // disable_corrector = {0}: no correction at call 1; the run differs from the corrected one, and
+    // equals a hand loop of unipc_step with use_corrector off at that call.
+    auto cfg = sd(scheduler_kind::unipc_multistep);
+    cfg.disable_corrector = {0};
+    diffusion::scheduler s(cfg), full(sd(scheduler_kind::unipc_multistep));
+    s.set_timesteps(6);
+    full.set_timesteps(6);
+    auto step = [](diffusion::scheduler& sc, std::size_t i, std::span<const T> out, std::span<T> x, std::size_t r) {
+      sc.step<T>(i, out, x, diffusion::kernels::no_noise{}, r);
+    };
+    const auto x0 = start<T>(rows * n);
+    const auto a = run_scheduler<T>(s, g, x0, rows, step), c = run_scheduler<T>(full, g, x0, rows, step);
+    CHECK(a != c);
+    auto bad = sd(scheduler_kind::unipc_multistep);
+    bad.solver_order = 4;
+    CHECK_THROWS_WITH(diffusion::scheduler(bad), Catch::Matchers::Contains("solver_order = 4") &&
+                                                     Catch::Matchers::Contains("UniPCMultistepScheduler"));
+  }
+  SECTION("KDPM2 equals dpm2_sample, KDPM2-ancestral dpm2_ancestral_sample, bit for bit") {
+    for (const auto kind : {scheduler_kind::kdpm2, scheduler_kind::kdpm2_ancestral}) {
+      diffusion::scheduler s(sd(kind));
+      s.set_timesteps(8);
+      REQUIRE(s.timesteps().size() == 15);
+      auto x0 = start<T>(rows * n);
+      for (auto& v : x0) v *= s.init_noise_sigma();
+      // Call 2j + 1 consumes step j's noise (dpm2_ancestral_sample's stream step j).
+      const auto a = run_scheduler<T>(s, g, x0, rows, [&](diffusion::scheduler& sc, std::size_t i, std::span<const T> out, std::span<T> x,
+                                                         std::size_t r) { sc.step<T>(i, out, x, diffusion::step_stream(noise, i / 2), r); });
+      std::vector<double> sig;  // the step levels: every other entry, then 0
+      for (std::size_t i = 0; i < s.timesteps().size(); i += 2) sig.push_back(s.sigmas()[i]);
+      sig.push_back(0.0);
+      auto b = x0;
+      const diffusion::karras_options opt{.draw_initial_noise = false};
+      if (kind == scheduler_kind::kdpm2) diffusion::dpm2_sample(D, b, rows, noise, sig, opt);
+      else diffusion::dpm2_ancestral_sample(D, b, rows, noise, sig, opt);
+      INFO(diffusion::class_name(kind));
+      CHECK(a == b);
+    }
+    diffusion::scheduler s(sd(scheduler_kind::kdpm2_ancestral));
+    s.set_timesteps(4);
+    std::vector<T> x(3, 0.5), out(3, 0.1);
+    s.step<T>(0, out, x);  // the first stage adds no noise
+    CHECK_THROWS_WITH(s.step<T>(1, out, x), Catch::Matchers::Contains("KDPM2AncestralDiscreteScheduler") &&
+                                                Catch::Matchers::Contains("no noise was passed"));
+    auto bad = sd(scheduler_kind::kdpm2);
+    bad.final_sigmas_type = diffusion::final_sigma::sigma_min;
+    CHECK_THROWS_WITH(diffusion::scheduler(bad), Catch::Matchers::Contains("final_sigmas_type"));
+  }
+  SECTION("DPM-Solver's dynamic thresholding is applied to x0, and clipping is refused where no class applies it") {
+    auto cfg = sd(scheduler_kind::dpm_solver_multistep);
+    cfg.thresholding = true;
+    cfg.sample_max_value = 1.5;
+    cfg.prediction_type = prediction::sample;
+    diffusion::scheduler s(cfg);
+    s.set_timesteps(4);
+    std::vector<T> x{0.5, -1.2, 0.3, 2.0}, out{4.0, -3.0, 0.2, 0.1}, x0(4);
+    s.step<T>(0, out, x, diffusion::kernels::no_noise{}, 1, x0);
+    // torch.quantile(|x0|, 0.995) over 4 values: between the two largest, 3 + 0.985 (4 - 3) = 3.985,
+    // clamped to [1, 1.5] = 1.5: x0 = clamp(x0, -1.5, 1.5) / 1.5.
+    CHECK(x0[0] == Approx(1.0));
+    CHECK(x0[1] == Approx(-1.0));
+    CHECK(x0[2] == Approx(0.2 / 1.5));
+    auto clip = sd(scheduler_kind::euler);
+    clip.clip_sample = true;
+    CHECK_THROWS_WITH(diffusion::scheduler(clip), Catch::Matchers::Contains("clip_sample = true is not supported by EulerDiscreteScheduler"));
+  }
+}
+
 TEST_CASE("scheduler misuse gets clear errors", "[scheduler][errors]") {
   using Catch::Matchers::Contains;
   auto cfg = diffusion::scheduler_config::defaults_for(scheduler_kind::euler_ancestral);

@@ -161,4 +161,24 @@ TEST_CASE("scheduler_config.json of the EDM, LCM and TCD classes", "[consistency
   CHECK(tcd.ignored_keys.size() == 2);
   CHECK_THROWS_WITH(diffusion::parse_scheduler_config(R"({"_class_name":"EulerDiscreteScheduler","sigma_max":80.0})"),
                     Contains("sigma_max"));
+  const auto uni = diffusion::parse_scheduler_config(
+      R"({"_class_name":"UniPCMultistepScheduler","solver_order":3,"solver_type":"bh1","predict_x0":true,"disable_corrector":[0, 4],"solver_p":null,"lower_order_final":false,"thresholding":true})");
+  CHECK(uni.config.kind == diffusion::scheduler_kind::unipc_multistep);
+  CHECK(uni.config.solver_order == 3);
+  CHECK(uni.config.unipc_solver_type == diffusion::unipc_variant::bh1);
+  CHECK(uni.config.disable_corrector == std::vector<std::size_t>{0, 4});
+  CHECK_FALSE(uni.config.lower_order_final);
+  CHECK(uni.config.thresholding);
+  CHECK_THROWS_WITH(diffusion::parse_scheduler_config(R"({"_class_name":"UniPCMultistepScheduler","predict_x0":false})"),
+                    Contains("predict_x0") && Contains("true"));
+  CHECK_THROWS_WITH(diffusion::parse_scheduler_config(R"({"_class_name":"UniPCMultistepScheduler","solver_type":"midpoint"})"),
+                    Contains("bh1, bh2"));
+  CHECK_THROWS_WITH(diffusion::parse_scheduler_config(R"({"_class_name":"UniPCMultistepScheduler","disable_corrector":[-1]})"),
+                    Contains("disable_corrector"));
+  CHECK_THROWS_WITH(diffusion::parse_scheduler_config(R"({"_class_name":"UniPCMultistepScheduler","solver_p":{}})"),
+                    Contains("solver_p"));
+  const auto k2 = diffusion::parse_scheduler_config(R"({"_class_name":"KDPM2AncestralDiscreteScheduler","use_karras_sigmas":true})");
+  CHECK(k2.config.kind == diffusion::scheduler_kind::kdpm2_ancestral);
+  CHECK(k2.config.use_karras_sigmas);
+  CHECK(diffusion::parse_scheduler_config(R"({"_class_name":"KDPM2DiscreteScheduler"})").config.kind == diffusion::scheduler_kind::kdpm2);
 }

@@ -31,6 +31,9 @@
 /// | EDMDPMSolverMultistepScheduler | as DPMSolverMultistepScheduler (dpmsolver++ / sde-dpmsolver++, orders 1–3) over σ-space levels, on EDM's F | σ-space |
 /// | LCMScheduler | @ref diffusion::lcm_step "lcm_step" on @ref diffusion::consistency_timesteps "consistency_timesteps" | variance preserving |
 /// | TCDScheduler | @ref diffusion::tcd_step "tcd_step" (γ is the config's `eta`, default 0.3) | variance preserving |
+/// | UniPCMultistepScheduler (`predict_x0`, bh1/bh2, orders 1–3, `disable_corrector`) | @ref diffusion::unipc_step "unipc_step" over VP levels | variance preserving |
+/// | KDPM2DiscreteScheduler | @ref diffusion::dpm2_predict "dpm2_predict" / @ref diffusion::dpm2_correct "dpm2_correct" (two calls per step, the second at √(σσ')) | σ-space |
+/// | KDPM2AncestralDiscreteScheduler | the same between σ and σ↓ with σ↑ noise at the second call (@ref diffusion::ancestral_midpoint_levels "ancestral_midpoint_levels") | σ-space |
 ///
 /// The EDM classes take Karras' (or the exponential) σ list between `sigma_min` and `sigma_max`, the
 /// model's timestep \f$c_\text{noise} = \tfrac14\ln\sigma\f$, its input \f$c_\text{in}x\f$, and D = c_skip x + c_out F.
@@ -81,6 +84,8 @@
 #include "ode.hpp"
 #include "sde.hpp"
 #include "sigma_common.hpp"
+#include "singlestep.hpp"
+#include "unipc.hpp"
 
 /// @defgroup scheduler The scheduler object
 /// @brief diffusers' scheduler interface over the library's step functions, from a scheduler_config.json.
@@ -103,6 +108,9 @@ enum class scheduler_kind {
   edm_dpm_solver_multistep,  ///< EDMDPMSolverMultistepScheduler (EDM's σ list and preconditioning, DPM-Solver++).
   lcm,                   ///< LCMScheduler (multistep consistency sampling, Luo et al. 2023).
   tcd,                   ///< TCDScheduler (strategic stochastic sampling, Zheng et al. 2024).
+  unipc_multistep,       ///< UniPCMultistepScheduler (UniPC, Zhao et al. 2023; bh1/bh2, orders 1–3).
+  kdpm2,                 ///< KDPM2DiscreteScheduler (DPM2, two calls per step).
+  kdpm2_ancestral,       ///< KDPM2AncestralDiscreteScheduler (DPM2-ancestral, η = 1).
 };
 
 /// @brief The diffusers `_class_name` of a kind ("DDIMScheduler", …).
@@ -121,6 +129,9 @@ inline std::string_view class_name(scheduler_kind k) noexcept {
     case scheduler_kind::edm_dpm_solver_multistep: return "EDMDPMSolverMultistepScheduler";
     case scheduler_kind::lcm: return "LCMScheduler";
     case scheduler_kind::tcd: return "TCDScheduler";
+    case scheduler_kind::unipc_multistep: return "UniPCMultistepScheduler";
+    case scheduler_kind::kdpm2: return "KDPM2DiscreteScheduler";
+    case scheduler_kind::kdpm2_ancestral: return "KDPM2AncestralDiscreteScheduler";
   }
   return "?";
 }
@@ -194,6 +205,8 @@ struct scheduler_config {
   double rho = 7.0;                                           ///< `rho` (EDM classes, Karras' ρ).
   std::size_t original_inference_steps = 50;                  ///< `original_inference_steps` (LCM, TCD: the distillation schedule).
   double timestep_scaling = 10.0;                             ///< `timestep_scaling` (LCM's boundary condition).
+  unipc_variant unipc_solver_type = unipc_variant::bh2;       ///< `solver_type` of UniPCMultistepScheduler ("bh1", "bh2").
+  std::vector<std::size_t> disable_corrector{};               ///< `disable_corrector` (UniPC: no UniC at call i + 1 for each i listed).
   /// The order of LMSDiscreteScheduler, 1 … 4: diffusers' `step(…, order=4)` argument, not a config key.
   std::size_t lms_order = 4;
   /// Not a diffusers key: reproduce diffusers' second shift of the flow σ list's end points
@@ -337,6 +350,12 @@ class scheduler {
       case scheduler_kind::euler_ancestral:
       case scheduler_kind::heun:
       case scheduler_kind::lms_discrete: set_sigma_space_timesteps(N); break;
+      case scheduler_kind::kdpm2:
+      case scheduler_kind::kdpm2_ancestral:
+        set_sigma_space_timesteps(N);
+        expand_for_kdpm2();
+        break;
+      case scheduler_kind::unipc_multistep:
       case scheduler_kind::dpm_solver_multistep: set_dpm_timesteps(N); break;
       case scheduler_kind::edm_euler:
       case scheduler_kind::edm_dpm_solver_multistep: set_edm_timesteps(N); break;
@@ -374,6 +393,7 @@ class scheduler {
     dpm_previous_h_ = 0.0;
     lms_count_ = 0;
     dpm3_count_ = 0;
+    unipc_ = {};
   }
 
  public:
@@ -465,7 +485,7 @@ class scheduler {
       }
       case scheduler_kind::lcm:
       case scheduler_kind::tcd: consistency_step<T>(i, model_output, x, detail::rows_of(noise, n), rows, x0); break;
-      default: sigma_space_step<T>(i, model_output, x, detail::rows_of(noise, n), x0); break;
+      default: sigma_space_step<T>(i, model_output, x, detail::rows_of(noise, n), rows, x0); break;
     }
     ++next_;
   }
@@ -495,6 +515,7 @@ class scheduler {
   struct state_buffers {
     std::vector<T> denoised, aux, aux2, scratch;
     std::array<std::vector<T>, 4> lms;  // LMS slopes, newest first
+    std::array<std::vector<T>, 3> unipc;  // UniPC outputs, newest first
   };
   template <class T>
   state_buffers<T>& buffers() noexcept {
@@ -503,7 +524,10 @@ class scheduler {
 
   [[nodiscard]] bool sigma_space() const noexcept {
     return cfg_.kind == scheduler_kind::euler || cfg_.kind == scheduler_kind::euler_ancestral ||
-           cfg_.kind == scheduler_kind::heun || cfg_.kind == scheduler_kind::lms_discrete;
+           cfg_.kind == scheduler_kind::heun || cfg_.kind == scheduler_kind::lms_discrete || kdpm2();
+  }
+  [[nodiscard]] bool kdpm2() const noexcept {
+    return cfg_.kind == scheduler_kind::kdpm2 || cfg_.kind == scheduler_kind::kdpm2_ancestral;
   }
   static bool flow(scheduler_kind k) noexcept {
     return k == scheduler_kind::flow_match_euler || k == scheduler_kind::flow_match_heun;
@@ -555,7 +579,7 @@ class scheduler {
       detail::throw_invalid(where, "eta (TCD's gamma) = " + detail::to_text(cfg_.eta) + " is outside the allowed range [0, 1]");
     if (cfg_.kind == scheduler_kind::lms_discrete && !(cfg_.lms_order >= 1 && cfg_.lms_order <= 4))
       detail::throw_invalid(where, "lms_order = " + detail::to_text(cfg_.lms_order) + " is outside the allowed range [1, 4]");
-    if (dpm() && !(cfg_.solver_order >= 1 && cfg_.solver_order <= 3))
+    if ((dpm() || cfg_.kind == scheduler_kind::unipc_multistep) && !(cfg_.solver_order >= 1 && cfg_.solver_order <= 3))
       detail::throw_invalid(where, "solver_order = " + detail::to_text(cfg_.solver_order) + " is not supported by " +
                                        std::string(class_name(cfg_.kind)) + " here (supported: 1, 2, 3)");
     if (dpm() && cfg_.solver_order == 3 &&
@@ -566,6 +590,16 @@ class scheduler {
       detail::throw_invalid(where, "eta = " + detail::to_text(cfg_.eta) + " is outside the allowed range [0, inf)");
     if (cfg_.thresholding && (sigma_space() || is_flow() || edm(cfg_.kind) || cfg_.kind == scheduler_kind::tcd))
       detail::throw_invalid(where, "thresholding is not supported by " + std::string(class_name(cfg_.kind)));
+    // Clipping x̂₀ is DDPM's, DDIM's and LCM's option; no other class would apply it.
+    if (cfg_.clip_sample && !(cfg_.kind == scheduler_kind::ddpm || cfg_.kind == scheduler_kind::ddim || cfg_.kind == scheduler_kind::lcm))
+      detail::throw_invalid(where, "clip_sample = true is not supported by " + std::string(class_name(cfg_.kind)) +
+                                       " (supported by DDPMScheduler, DDIMScheduler, LCMScheduler)");
+    if (kdpm2() && cfg_.final_sigmas_type != final_sigma::zero)
+      detail::throw_invalid(where, "final_sigmas_type = sigma_min is not supported by " + std::string(class_name(cfg_.kind)) +
+                                       " (its last step lands on 0)");
+    if (cfg_.kind == scheduler_kind::unipc_multistep && cfg_.unipc_solver_type != unipc_variant::bh1 &&
+        cfg_.unipc_solver_type != unipc_variant::bh2)
+      detail::throw_invalid(where, "solver_type = " + detail::to_text(static_cast<int>(cfg_.unipc_solver_type)) + " is not bh1 or bh2");
     if ((edm(cfg_.kind) || cfg_.kind == scheduler_kind::lcm || cfg_.kind == scheduler_kind::tcd) &&
         (cfg_.use_karras_sigmas || cfg_.use_exponential_sigmas))
       detail::throw_invalid(where, std::string(cfg_.use_karras_sigmas ? "use_karras_sigmas" : "use_exponential_sigmas") +
@@ -706,6 +740,26 @@ class scheduler {
     sigmas_.push_back(cfg_.final_sigmas_type == final_sigma::zero ? 0.0 : s.back());
   }
 
+  // KDPM2: per call [σ0, m0, σ1, m1, …, σ_{N−1}] then the final 0, with m_j = √(σ_j σ_{j+1}) (the
+  // ancestral class: √(σ_j σ↓_j), which is σ_{j+1} at η = 1) and the model's timestep at m_j by the
+  // log-σ map, as diffusers. The main list is kept in kdpm2_sigmas_.
+  void expand_for_kdpm2() {
+    kdpm2_sigmas_ = sigmas_;
+    kdpm2_sigmas_.back() = 0.0;  // KDPM2 always ends at 0 (validated: no final_sigmas_type sigma_min)
+    const std::size_t N = timesteps_.size();
+    std::vector<double> t{timesteps_.front()}, s{kdpm2_sigmas_.front()};
+    for (std::size_t j = 0; j + 1 < N; ++j) {
+      const sigma_step st{kdpm2_sigmas_[j], kdpm2_sigmas_[j + 1]};
+      const double m = cfg_.kind == scheduler_kind::kdpm2_ancestral ? ancestral_midpoint_levels(st, 1.0).levels.mid.sigma
+                                                                     : midpoint_levels(st).mid.sigma;
+      t.insert(t.end(), {timestep_of(m), timesteps_[j + 1]});
+      s.insert(s.end(), {m, kdpm2_sigmas_[j + 1]});
+    }
+    s.push_back(0.0);
+    timesteps_ = t;
+    sigmas_ = s;
+  }
+
   // Heun: [t0, t1, t1, t2, t2, …] and σ [s0, s1, s1, …, s_{N−1}, s_{N−1}, final] (diffusers' HeunDiscreteScheduler).
   void duplicate_for_heun() {
     std::vector<double> t{timesteps_.front()}, s{sigmas_.front()};
@@ -740,6 +794,17 @@ class scheduler {
                                 "x0 from the model output");
   }
 
+  // The configured clipping / dynamic thresholding of x̂₀, row by row (LCM, DPM-Solver, UniPC).
+  template <class T>
+  void process_x0(std::span<T> d, std::size_t rows) {
+    const x0_processing proc = processing();
+    if (!(proc.clip || proc.threshold)) return;
+    const std::size_t n = d.size() / rows;
+    auto& b = buffers<T>();
+    b.scratch.resize(n);
+    for (std::size_t r = 0; r < rows; ++r) detail::process_x0_row(proc, d.subspan(r * n, n), std::span<T>(b.scratch));
+  }
+
   // LCM and TCD: x̂₀ from the model output at the VP level of timestep i (then LCM's clipping or
   // thresholding, row by row), and the step to the next level.
   template <class T, class Z>
@@ -754,12 +819,7 @@ class scheduler {
     const noise_level from = noise_level::preserving(sigmas_[i]), to = noise_level::preserving(sigmas_[i + 1]);
     const bool last = i + 1 == timesteps_.size();
     if (cfg_.kind == scheduler_kind::lcm) {
-      const x0_processing proc = processing();
-      if (proc.clip || proc.threshold) {
-        const std::size_t n = x.size() / rows;
-        b.scratch.resize(n);
-        for (std::size_t r = 0; r < rows; ++r) detail::process_x0_row(proc, d.subspan(r * n, n), std::span<T>(b.scratch));
-      }
+      process_x0(d, rows);
       const consistency_boundary c = lcm_boundary(timesteps_[i], 0.5, cfg_.timestep_scaling);
       if (to.sigma > 0.0) {
         if constexpr (std::is_same_v<Z, kernels::no_noise>)
@@ -790,7 +850,8 @@ class scheduler {
   }
 
   template <class T, class Z>
-  void sigma_space_step(std::size_t i, std::span<const T> model_output, std::span<T> x, const Z& noise, std::span<T> x0) {
+  void sigma_space_step(std::size_t i, std::span<const T> model_output, std::span<T> x, const Z& noise, std::size_t rows,
+                        std::span<T> x0) {
     if (cfg_.kind == scheduler_kind::flow_match_euler && cfg_.prediction_type == prediction::flow_velocity) {
       // diffusers' own form, x + (σ' − σ)u (or the renoised x − σu), in one pass from the velocity;
       // x̂₀, when asked for, in a pass of its own (the step does not depend on it).
@@ -815,6 +876,7 @@ class scheduler {
     const std::span<T> d = x0.empty() ? std::span<T>(b.denoised) : x0;
     if (!x0.empty()) detail::check_same_size("diffusion::scheduler::step", "x0", x0.size(), "x", x.size());
     denoise<T>(i, model_output, std::span<const T>(x), d);
+    if (dpm() || cfg_.kind == scheduler_kind::unipc_multistep) process_x0(d, rows);
     const sigma_step s{sigmas_[i], sigmas_[i + 1]};
     switch (cfg_.kind) {
       case scheduler_kind::euler: euler_step<T>(s, d, x); break;
@@ -876,6 +938,59 @@ class scheduler {
         break;
       }
       case scheduler_kind::edm_euler: euler_step<T>(s, d, x); break;
+      case scheduler_kind::kdpm2:
+      case scheduler_kind::kdpm2_ancestral: {
+        // Call 2j is step j's first stage (x moves to the stage point, where the model is called
+        // next), call 2j + 1 its second (from the step's start, kept in aux); the last step is Euler.
+        b.aux.resize(x.size());
+        b.aux2.resize(x.size());
+        const std::size_t j = i / 2;
+        const sigma_step ms{kdpm2_sigmas_[j], kdpm2_sigmas_[j + 1]};
+        const ancestral_two_stage a = cfg_.kind == scheduler_kind::kdpm2_ancestral ? ancestral_midpoint_levels(ms, 1.0)
+                                                                                    : ancestral_two_stage{midpoint_levels(ms), 0.0};
+        const two_stage_state<T> st{std::span<T>(b.aux2), {}};
+        if (i % 2 == 0) {
+          std::copy(x.begin(), x.end(), b.aux.begin());
+          if (dpm2_predict<T>(a.levels, d, std::span<const T>(b.aux), st))
+            std::copy(b.aux2.begin(), b.aux2.end(), x.begin());
+          else
+            euler_step<T>(ms, d, x);
+        } else if (a.sigma_up > 0.0) {
+          if constexpr (std::is_same_v<Z, kernels::no_noise>)
+            detail::throw_invalid("diffusion::scheduler::step",
+                                  "KDPM2AncestralDiscreteScheduler adds noise at the second call of every step but the last, and no noise was passed");
+          else
+            dpm2_correct<T>(a.levels, d, std::span<const T>(b.aux), st, x, noise, a.sigma_up);
+        } else {
+          dpm2_correct<T>(a.levels, d, std::span<const T>(b.aux), st, x);
+        }
+        break;
+      }
+      case scheduler_kind::unipc_multistep: {
+        // The history lives in b.unipc (newest first) and unipc_; the step rotates the views of its
+        // first `order` slots, and the vectors are rotated the same way.
+        const std::size_t k = cfg_.solver_order, N = timesteps_.size();
+        unipc_state<T> st;
+        for (std::size_t q = 0; q < k; ++q) {
+          b.unipc[q].resize(x.size());
+          st.denoised[q] = b.unipc[q];
+        }
+        b.aux.resize(x.size());
+        st.last_sample = b.aux;
+        st.lambda = unipc_.lambda;
+        st.count = unipc_.count;
+        st.last_sigma = unipc_.last_sigma;
+        st.last_to = unipc_.last_to;
+        st.last_order = unipc_.last_order;
+        const bool disabled = i > 0 && std::find(cfg_.disable_corrector.begin(), cfg_.disable_corrector.end(), i - 1) !=
+                                           cfg_.disable_corrector.end();
+        const unipc_options o{k, cfg_.unipc_solver_type, !disabled};
+        const std::size_t max_order = cfg_.lower_order_final ? std::min(k, N - i) : k;
+        unipc_step<T>(level_step{noise_level::preserving(s.sigma), noise_level::preserving(s.sigma_next)}, d, x, st, o, max_order);
+        std::rotate(b.unipc.begin(), b.unipc.begin() + static_cast<std::ptrdiff_t>(k - 1), b.unipc.begin() + static_cast<std::ptrdiff_t>(k));
+        unipc_ = {st.lambda, st.count, st.last_sigma, st.last_to, st.last_order};
+        break;
+      }
       case scheduler_kind::dpm_solver_multistep:
       case scheduler_kind::edm_dpm_solver_multistep: {
         // DPMSolverMultistepScheduler keeps a VP state; the EDM class a σ-space one.
@@ -938,6 +1053,15 @@ class scheduler {
   double dpm_previous_h_ = 0.0;
   std::array<double, 2> dpm3_previous_h_{};
   std::size_t dpm3_count_ = 0;
+  // UniPC's history apart from its buffers (unipc_state without the views).
+  struct unipc_history {
+    std::array<double, 3> lambda{};
+    std::size_t count = 0;
+    double last_sigma = 0.0;
+    noise_level last_to{};
+    std::size_t last_order = 0;
+  } unipc_;
+  std::vector<double> kdpm2_sigmas_;  // KDPM2's N + 1 step levels (the per-call list is sigmas_)
   std::array<double, 4> lms_sigmas_{};
   std::size_t lms_count_ = 0;
   bool dpm_state_has_previous_ = false;

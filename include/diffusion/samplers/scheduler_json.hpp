@@ -110,12 +110,17 @@ inline parsed_scheduler_config parse_scheduler_config(std::string_view json_text
        {"EDMEulerScheduler", scheduler_kind::edm_euler},
        {"EDMDPMSolverMultistepScheduler", scheduler_kind::edm_dpm_solver_multistep},
        {"LCMScheduler", scheduler_kind::lcm},
-       {"TCDScheduler", scheduler_kind::tcd}});
+       {"TCDScheduler", scheduler_kind::tcd},
+       {"UniPCMultistepScheduler", scheduler_kind::unipc_multistep},
+       {"KDPM2DiscreteScheduler", scheduler_kind::kdpm2},
+       {"KDPM2AncestralDiscreteScheduler", scheduler_kind::kdpm2_ancestral}});
   parsed_scheduler_config out{scheduler_config::defaults_for(kind), {}};
   scheduler_config& c = out.config;
   const bool discrete = kind == scheduler_kind::ddpm || kind == scheduler_kind::ddim;
   const bool sigma_space = kind == scheduler_kind::euler || kind == scheduler_kind::euler_ancestral ||
-                           kind == scheduler_kind::heun || kind == scheduler_kind::lms_discrete;
+                           kind == scheduler_kind::heun || kind == scheduler_kind::lms_discrete ||
+                           kind == scheduler_kind::kdpm2 || kind == scheduler_kind::kdpm2_ancestral;
+  const bool unipc = kind == scheduler_kind::unipc_multistep;
   const bool dpm = kind == scheduler_kind::dpm_solver_multistep || kind == scheduler_kind::edm_dpm_solver_multistep;
   const bool edm = kind == scheduler_kind::edm_euler || kind == scheduler_kind::edm_dpm_solver_multistep;
   const bool consistency = kind == scheduler_kind::lcm || kind == scheduler_kind::tcd;
@@ -172,7 +177,7 @@ inline parsed_scheduler_config parse_scheduler_config(std::string_view json_text
       const bool lcm = kind == scheduler_kind::lcm;
       const bool used = key == "set_alpha_to_one" ? kind == scheduler_kind::ddim
                         : (key == "clip_sample" || key == "clip_sample_range") ? (discrete || lcm)
-                                                                               : (discrete || dpm || lcm);
+                                                                               : (discrete || dpm || lcm || unipc);
       if (!used) {
         ignore(key, "not used by " + std::string(class_name(kind)));
         continue;
@@ -206,6 +211,20 @@ inline parsed_scheduler_config parse_scheduler_config(std::string_view json_text
         continue;
       }
       c.final_sigmas_type = detail::config_choice<final_sigma>(key, v, {{"zero", final_sigma::zero}, {"sigma_min", final_sigma::sigma_min}});
+    } else if (unipc && (key == "solver_order" || key == "lower_order_final" || key == "solver_type" ||
+                         key == "predict_x0" || key == "disable_corrector" || key == "solver_p")) {
+      if (key == "solver_order") c.solver_order = detail::config_count(key, v);
+      else if (key == "lower_order_final") c.lower_order_final = detail::config_bool(key, v);
+      else if (key == "solver_type")
+        c.unipc_solver_type = detail::config_choice<unipc_variant>(key, v, {{"bh1", unipc_variant::bh1}, {"bh2", unipc_variant::bh2}});
+      else if (key == "predict_x0") require_value(key, v, true, "true (the data-prediction form)");
+      else if (key == "solver_p") {
+        if (!v.is_null()) detail::throw_config(key, detail::json_text(v) + " is not supported (supported: null)");
+      } else {
+        if (!v.is_array()) detail::throw_config(key, "expected an array of step indices, got " + detail::json_text(v));
+        c.disable_corrector.clear();
+        for (const auto& e : v) c.disable_corrector.push_back(detail::config_count(key, e));
+      }
     } else if (key == "solver_order" || key == "lower_order_final" || key == "euler_at_final" ||
                key == "algorithm_type" || key == "solver_type" || key == "lambda_min_clipped" ||
                key == "use_lu_lambdas") {
