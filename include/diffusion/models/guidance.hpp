@@ -1,7 +1,10 @@
 /// @file
 /// @brief Classifier-free guidance (Ho & Salimans 2022) with the guidance rescale of Lin et al.
 /// 2023: a free function on model outputs and a @ref diffusion::denoiser wrapper that combines a
-/// conditional and an unconditional model.
+/// conditional and an unconditional model; beside it the other combinations of model outputs:
+/// adaptive projected guidance (@ref diffusion::apply_apg), CFG-Zero* (@ref diffusion::apply_cfg_zero_star)
+/// and guidance with a third, perturbed pass (@ref diffusion::apply_perturbed_guidance: PAG, skip-layer
+/// guidance). Guidance that changes the sampler's step (CFG++) is samplers/cfg_pp.hpp.
 ///
 /// Convention: the guidance scale w is diffusers' `guidance_scale`,
 /// \f$\tilde\varepsilon = \varepsilon_u + w(\varepsilon_c - \varepsilon_u)\f$, so w = 1 is the conditional model alone and
@@ -35,7 +38,7 @@
 
 /// @defgroup guidance Classifier-free guidance
 /// @brief \f$\tilde\varepsilon = \varepsilon_u + w(\varepsilon_c - \varepsilon_u)\f$ (Ho & Salimans 2022, Eq. 6) and its rescale
-/// (Lin et al. 2023, §3.4), as a function and as a denoiser wrapper.
+/// (Lin et al. 2023, §3.4), as a function and as a denoiser wrapper; APG, CFG-Zero* and three-pass guidance.
 /// @{
 
 namespace diffusion {
