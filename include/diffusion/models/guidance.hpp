@@ -1,7 +1,10 @@
 /// @file
 /// @brief Classifier-free guidance (Ho & Salimans 2022) with the guidance rescale of Lin et al.
 /// 2023: a free function on model outputs and a @ref diffusion::denoiser wrapper that combines a
-/// conditional and an unconditional model.
+/// conditional and an unconditional model; beside it the other combinations of model outputs:
+/// adaptive projected guidance (@ref diffusion::apply_apg), CFG-Zero* (@ref diffusion::apply_cfg_zero_star)
+/// and guidance with a third, perturbed pass (@ref diffusion::apply_perturbed_guidance: PAG, skip-layer
+/// guidance). Guidance that changes the sampler's step (CFG++) is samplers/cfg_pp.hpp.
 ///
 /// Convention: the guidance scale w is diffusers' `guidance_scale`,
 /// \f$\tilde\varepsilon = \varepsilon_u + w(\varepsilon_c - \varepsilon_u)\f$, so w = 1 is the conditional model alone and
@@ -26,6 +29,7 @@
 
 #include "../core/config.hpp"
 #include "../core/errors.hpp"
+#include "../core/execution.hpp"
 #include "../core/tensor.hpp"
 #include "../kernels/elementwise.hpp"
 #include "../kernels/reductions.hpp"
@@ -34,7 +38,7 @@
 
 /// @defgroup guidance Classifier-free guidance
 /// @brief \f$\tilde\varepsilon = \varepsilon_u + w(\varepsilon_c - \varepsilon_u)\f$ (Ho & Salimans 2022, Eq. 6) and its rescale
-/// (Lin et al. 2023, §3.4), as a function and as a denoiser wrapper.
+/// (Lin et al. 2023, §3.4), as a function and as a denoiser wrapper; APG, CFG-Zero* and three-pass guidance.
 /// @{
 
 namespace diffusion {
@@ -136,6 +140,261 @@ void apply_guidance(std::span<const T> conditional, std::span<const T> unconditi
   for (std::size_t b = 0; b < rows; ++b)
     detail::guidance_row<T>(where, conditional.subspan(b * n, n), unconditional.subspan(b * n, n), out.subspan(b * n, n),
                             b, opt);
+}
+
+// ---------------------------------------------------------------------------------------
+// A third model pass: perturbed-attention and skip-layer guidance
+// ---------------------------------------------------------------------------------------
+
+/// @brief Scales of guidance with a third, perturbed prediction.
+struct perturbed_guidance_options {
+  double guidance_scale = 7.5;   ///< w of classifier-free guidance, finite (as @ref guidance_options).
+  double perturbed_scale = 3.0;  ///< s, finite: the weight of \f$D_c - D_p\f$ (PAG's scale; SLG's `skip_layer_guidance_scale`).
+};
+
+/// @brief Guidance from three predictions of one step: conditional \f$D_c\f$, unconditional \f$D_u\f$ and a
+/// perturbed conditional one \f$D_p\f$ (the same model with a degraded forward pass):
+/// \f$\tilde D = D_u + w(D_c - D_u) + s(D_c - D_p)\f$.
+///
+/// This is how perturbed-attention guidance (Ahn et al. 2024, arXiv 2403.17377, §3.3 "PAG with CFG":
+/// the self-attention map of chosen layers replaced by the identity) and skip-layer guidance (SD 3.5;
+/// diffusers `SkipLayerGuidance`: chosen transformer blocks skipped) are expressed: the perturbation is
+/// the caller's model call (a third pass, e.g. a model flag or a context that selects the layers), the
+/// combination is this function. s = 0 is @ref apply_guidance without rescale; w = 1 drops the
+/// unconditional pass (\f$\tilde D = D_c + s(D_c - D_p)\f$, PAG alone). Like plain guidance it is an affine
+/// combination with weights summing to 1 (1 − w, w + s, −s), so it gives the same result in every
+/// prediction kind (ε, x₀, v: see the file comment). diffusers' formula (its default, non-"original" form) is this one.
+///
+/// Evaluated in one pass as `madd(s, c − p, madd(w, c − u, u))`: exactly u + w(c − u) (kernels::guidance_combine) at s = 0.
+/// @param[in] conditional rows × n; @param[in] unconditional rows × n (not read at w = 1);
+/// @param[in] perturbed rows × n; @param[in] opt w and s;
+/// @param[out] out the guided output (may alias any input); @param[in] policy threads (bit-identical for any count).
+/// @throws std::invalid_argument for non-finite scales, sizes that disagree or partial overlaps;
+/// std::domain_error when the result overflows T.
+template <real_scalar T, execution_policy P = sequential_policy>
+void apply_perturbed_guidance(std::span<const T> conditional, std::span<const T> unconditional,
+                              std::span<const T> perturbed, const perturbed_guidance_options& opt, std::span<T> out,
+                              const P& policy = P{}) {
+  constexpr std::string_view where = "diffusion::apply_perturbed_guidance";
+  detail::check_finite(where, "guidance_scale", opt.guidance_scale);
+  detail::check_finite(where, "perturbed_scale", opt.perturbed_scale);
+  detail::check_same_size(where, "conditional", conditional.size(), "out", out.size());
+  detail::check_same_size(where, "unconditional", unconditional.size(), "out", out.size());
+  detail::check_same_size(where, "perturbed", perturbed.size(), "out", out.size());
+  detail::check_no_partial_overlap(where, "conditional", conditional, "out", out);
+  detail::check_no_partial_overlap(where, "unconditional", unconditional, "out", out);
+  detail::check_no_partial_overlap(where, "perturbed", perturbed, "out", out);
+  const T w = detail::coefficient<T>(where, "guidance_scale", opt.guidance_scale);
+  const T sc = detail::coefficient<T>(where, "perturbed_scale", opt.perturbed_scale);
+  const bool ok = kernels::map(policy, kernels::no_noise{}, kernels::outputs(out),
+                               kernels::inputs<T>(conditional, unconditional, perturbed), [w, sc](auto c, auto u, auto p) {
+                                 using V = decltype(c);
+                                 return kernels::madd(V(sc), c - p, kernels::madd(V(w), c - u, u));
+                               });
+  detail::require_finite_output(where, ok, "the guided output");
+}
+
+// ---------------------------------------------------------------------------------------
+// Adaptive projected guidance
+// ---------------------------------------------------------------------------------------
+
+/// @brief Parameters of adaptive projected guidance (Sadat et al. 2024, arXiv 2410.02416).
+struct apg_options {
+  /// w, finite: the scale of @ref guidance_options (η = 1 without threshold or momentum is plain guidance at w).
+  double guidance_scale = 7.5;
+  /// η, finite: the weight of the component of the update parallel to \f$D_c\f$ (the paper uses 0; 1 keeps it).
+  double eta = 0.0;
+  /// r ≥ 0: the update's norm per row is capped at r (the paper's rescaling, §4.2); 0 = no cap.
+  double norm_threshold = 0.0;
+  /// β ∈ [−1, 1]: the running average \f$\bar\Delta \leftarrow \Delta + \beta\bar\Delta\f$ (§4.3; the paper uses
+  /// negative values, e.g. −0.5). 0 = no momentum (then no state is needed).
+  double momentum = 0.0;
+};
+
+/// @brief The caller-owned momentum of @ref apply_apg: the running average \f$\bar\Delta\f$ of the
+/// guidance differences (rows × n, of the outputs' size). Reset `has_average` at the start of each run.
+template <real_scalar T>
+struct apg_state {
+  std::span<T> running_average;  ///< \f$\bar\Delta\f$, written by @ref apply_apg.
+  bool has_average = false;      ///< False before the first step (\f$\bar\Delta = 0\f$).
+};
+
+namespace detail {
+inline void check_apg_options(std::string_view where, const apg_options& opt) {
+  check_finite(where, "guidance_scale", opt.guidance_scale);
+  check_finite(where, "eta", opt.eta);
+  if (!(opt.norm_threshold >= 0.0 && std::isfinite(opt.norm_threshold)))
+    throw_invalid(where, "norm_threshold = " + to_text(opt.norm_threshold) + " is outside the allowed range [0, inf)");
+  if (!(opt.momentum >= -1.0 && opt.momentum <= 1.0))
+    throw_invalid(where, "momentum = " + to_text(opt.momentum) + " is outside the allowed range [-1, 1]");
+}
+
+/// One row of APG: Δ is c − u (`m` empty) or the running average `m`. Returns the pass's finiteness.
+template <real_scalar T>
+bool apg_row(std::string_view where, std::span<const T> c, std::span<const T> u, std::span<const T> m, std::span<T> out,
+             const apg_options& opt) {
+  const bool averaged = !m.empty();
+  // ‖Δ‖ and ⟨Δ, D_c⟩ by compensated sums (differences formed in double: no cancellation in ⟨c − u, c⟩).
+  const double norm = averaged ? norm2(m) : distance2(c, u);
+  const double along = averaged ? dot(m, c) : transform_sum(c, u, [](double a, double b) { return (a - b) * a; });
+  const double cc = sum_of_squares(c);
+  const double f = opt.norm_threshold > 0.0 && norm > opt.norm_threshold ? opt.norm_threshold / norm : 1.0;
+  // Δ∥ = p D_c with p = f⟨Δ, D_c⟩/⟨D_c, D_c⟩ (0 when D_c = 0: the projection onto {0}).
+  const double p = cc > 0.0 ? f * along / cc : 0.0;
+  // D_c + (w − 1)(fΔ − p D_c + η p D_c) = a D_c + b Δ.
+  const double wm1 = opt.guidance_scale - 1.0;
+  const T a = coefficient<T>(where, "1 + (w - 1)(eta - 1) p", 1.0 + wm1 * (opt.eta - 1.0) * p);
+  const T b = coefficient<T>(where, "(w - 1) * the threshold factor", wm1 * f);
+  if (averaged)
+    return kernels::map(sequential_policy{}, kernels::no_noise{}, kernels::outputs(out), kernels::inputs<T>(c, m),
+                        [a, b](auto cv, auto mv) {
+                          using V = decltype(cv);
+                          return kernels::madd(V(b), mv, V(a) * cv);
+                        });
+  return kernels::map(sequential_policy{}, kernels::no_noise{}, kernels::outputs(out), kernels::inputs<T>(c, u),
+                      [a, b](auto cv, auto uv) {
+                        using V = decltype(cv);
+                        return kernels::madd(V(b), cv - uv, V(a) * cv);
+                      });
+}
+}  // namespace detail
+
+/// @brief Adaptive projected guidance (Sadat et al. 2024, "Eliminating Oversaturation and Artifacts of High
+/// Guidance Scales in Diffusion Models", arXiv 2410.02416, Algorithm 1), per row of a batch:
+///
+/// \f$\Delta = D_c - D_u\f$; with momentum \f$\bar\Delta \leftarrow \Delta + \beta\bar\Delta\f$ and Δ := \f$\bar\Delta\f$ (§4.3);
+/// with a threshold \f$\Delta \leftarrow \Delta\min(1, r/\lVert\Delta\rVert)\f$ (§4.2);
+/// \f$\Delta_\parallel = \frac{\langle\Delta, D_c\rangle}{\langle D_c, D_c\rangle}D_c\f$, \f$\Delta_\perp = \Delta - \Delta_\parallel\f$ (Eq. 8);
+/// \f$\tilde D = D_c + (w - 1)(\Delta_\perp + \eta\,\Delta_\parallel)\f$ (Eq. 9).
+///
+/// Which space: the paper and ComfyUI's APG node apply it to the denoised prediction \f$D = \hat x_0\f$ (ComfyUI's
+/// `conds_out`), diffusers' `AdaptiveProjectedGuidance` to whatever the model outputs (ε for Stable Diffusion).
+/// Unlike plain guidance the result depends on that choice (the projection onto \f$D_c\f$ is not affine), so pass
+/// x̂₀ for the paper's method. Norms and projections are over all elements of a row (one sample), as both references do.
+///
+/// Scale conventions (w here is the paper's): diffusers' `use_original_formulation=True` with
+/// `guidance_scale` = w − 1 is this; its default form \f$D_u + w(\Delta_\perp + \eta\Delta_\parallel)\f$ agrees only at
+/// η = 1 without threshold or momentum; ComfyUI's node computes \f$D_c + w_\text{node}(\ldots)\f$, i.e. w = w_node + 1.
+///
+/// Accuracy: the norm, ⟨Δ, D_c⟩ and ⟨D_c, D_c⟩ are compensated double sums (kernels/reductions.hpp; without momentum
+/// Δ is formed in double inside them), the two coefficients a, b of \f$\tilde D = a D_c + b\Delta\f$ are computed in double,
+/// and the output is one pass `madd(b, Δ, a·D_c)` in T. The momentum update \f$\bar\Delta \leftarrow (D_c - D_u) + \beta\bar\Delta\f$
+/// is one pass in T (the state's type, as the references keep it in the tensor's dtype).
+/// @param[in] conditional rows × n: \f$D_c\f$; @param[in] unconditional rows × n: \f$D_u\f$; @param[in] rows the batch size;
+/// @param[in] opt w, η, r, β; @param[in,out] state the momentum (required when β ≠ 0; `nullptr` otherwise);
+/// @param[out] out rows × n, the guided output (may alias either input).
+/// @throws std::invalid_argument for options out of range, β ≠ 0 without a state, sizes that disagree or partial
+///         overlaps; std::domain_error when a coefficient or the output overflows T.
+template <real_scalar T>
+void apply_apg(std::span<const T> conditional, std::span<const T> unconditional, std::size_t rows,
+               const apg_options& opt, apg_state<T>* state, std::span<T> out) {
+  constexpr std::string_view where = "diffusion::apply_apg";
+  detail::check_apg_options(where, opt);
+  detail::check_same_size(where, "conditional", conditional.size(), "unconditional", unconditional.size());
+  detail::check_same_size(where, "conditional", conditional.size(), "out", out.size());
+  detail::check_no_partial_overlap(where, "conditional", conditional, "out", out);
+  detail::check_no_partial_overlap(where, "unconditional", unconditional, "out", out);
+  const std::size_t n = detail::rows_split(where, out.size(), rows, "out");
+  if (opt.momentum != 0.0 && state == nullptr)
+    detail::throw_invalid(where, "momentum = " + detail::to_text(opt.momentum) +
+                                     " needs a state (the running average); pass an apg_state");
+  std::span<T> avg;
+  if (state != nullptr) {
+    avg = state->running_average;
+    detail::check_same_size(where, "state->running_average", avg.size(), "out", out.size());
+    detail::check_no_partial_overlap(where, "state->running_average", std::span<const T>(avg), "out", std::span<const T>(out));
+    detail::check_no_partial_overlap(where, "state->running_average", std::span<const T>(avg), "conditional", conditional);
+    detail::check_no_partial_overlap(where, "state->running_average", std::span<const T>(avg), "unconditional",
+                                     unconditional);
+    if (avg.data() == out.data() || avg.data() == conditional.data() || avg.data() == unconditional.data())
+      detail::throw_invalid(where, "state->running_average must be its own array (it is also an input or the output)");
+    bool ok;
+    if (state->has_average) {
+      const T beta = static_cast<T>(opt.momentum);
+      ok = kernels::map(sequential_policy{}, kernels::no_noise{}, kernels::outputs(avg),
+                        kernels::inputs<T>(conditional, unconditional, std::span<const T>(avg)), [beta](auto c, auto u, auto m) {
+                          using V = decltype(c);
+                          return kernels::madd(V(beta), m, c - u);
+                        });
+    } else {
+      ok = kernels::map(sequential_policy{}, kernels::no_noise{}, kernels::outputs(avg),
+                        kernels::inputs<T>(conditional, unconditional), [](auto c, auto u) { return c - u; });
+    }
+    detail::require_finite_output(where, ok, "the running average");
+    state->has_average = true;
+  }
+  bool ok = true;
+  for (std::size_t b = 0; b < rows; ++b)
+    ok = detail::apg_row<T>(where, conditional.subspan(b * n, n), unconditional.subspan(b * n, n),
+                            avg.empty() ? std::span<const T>() : std::span<const T>(avg).subspan(b * n, n),
+                            out.subspan(b * n, n), opt) && ok;
+  detail::require_finite_output(where, ok, "the guided output");
+}
+
+// ---------------------------------------------------------------------------------------
+// CFG-Zero*
+// ---------------------------------------------------------------------------------------
+
+/// @brief Parameters of CFG-Zero* (Fan et al. 2025, arXiv 2503.18886).
+struct cfg_zero_star_options {
+  double guidance_scale = 4.0;      ///< w, finite (as @ref guidance_options: w = 1 is the conditional model).
+  std::size_t zero_init_steps = 1;  ///< K: steps 0 … K − 1 output zero (§3.2 "zero-init"; diffusers' `zero_init_steps`).
+};
+
+/// @brief The optimized scale of CFG-Zero* for one row (Fan et al. 2025, Eq. 8 with Theorem 1):
+/// \f$s^* = \langle v_c, v_u\rangle/\lVert v_u\rVert^2\f$, the minimizer of \f$\lVert v_c - s\,v_u\rVert^2\f$ over s.
+/// Compensated double sums. A row with \f$v_u = 0\f$ gives 0 (every s is a minimizer there, and the guided
+/// output does not depend on it); diffusers adds 1e-8 to the denominator instead.
+/// @param[in] conditional one row of \f$v_c\f$; @param[in] unconditional one row of \f$v_u\f$.
+/// @return s*.
+/// @throws std::invalid_argument when the sizes differ.
+template <real_scalar T>
+[[nodiscard]] double cfg_zero_star_scale(std::span<const T> conditional, std::span<const T> unconditional) {
+  detail::check_same_size("diffusion::cfg_zero_star_scale", "conditional", conditional.size(), "unconditional",
+                          unconditional.size());
+  const double uu = sum_of_squares(unconditional);
+  return uu > 0.0 ? dot(conditional, unconditional) / uu : 0.0;
+}
+
+/// @brief CFG-Zero* (Fan et al. 2025, "CFG-Zero*: Improved Classifier-Free Guidance for Flow Matching Models",
+/// arXiv 2503.18886, Algorithm 1), per row: at steps `step` < K the output is 0 (zero-init: the first
+/// steps of a flow sampler do not move the state); afterwards
+/// \f$\tilde v = s^* v_u + w(v_c - s^* v_u) = w\,v_c + (1 - w)s^*v_u\f$ with s* from @ref cfg_zero_star_scale.
+///
+/// Written for flow-matching velocities, as the paper and diffusers' `ClassifierFreeZeroStarGuidance` apply it (on
+/// the model output); the zero output is a zero velocity only for a velocity model. Evaluated as
+/// `madd(w, v_c, k·v_u)` with k = (1 − w)s* in double: exactly v_c at w = 1.
+/// @param[in] conditional rows × n: \f$v_c\f$; @param[in] unconditional rows × n: \f$v_u\f$; @param[in] rows the batch size;
+/// @param[in] step the 0-based index of the sampler step; @param[in] opt w and K;
+/// @param[out] out rows × n (may alias either input).
+/// @throws std::invalid_argument for a non-finite w, sizes that disagree or partial overlaps;
+///         std::domain_error when a coefficient or the output overflows T.
+template <real_scalar T>
+void apply_cfg_zero_star(std::span<const T> conditional, std::span<const T> unconditional, std::size_t rows,
+                         std::size_t step, const cfg_zero_star_options& opt, std::span<T> out) {
+  constexpr std::string_view where = "diffusion::apply_cfg_zero_star";
+  detail::check_finite(where, "guidance_scale", opt.guidance_scale);
+  detail::check_same_size(where, "conditional", conditional.size(), "unconditional", unconditional.size());
+  detail::check_same_size(where, "conditional", conditional.size(), "out", out.size());
+  detail::check_no_partial_overlap(where, "conditional", conditional, "out", out);
+  detail::check_no_partial_overlap(where, "unconditional", unconditional, "out", out);
+  const std::size_t n = detail::rows_split(where, out.size(), rows, "out");
+  if (step < opt.zero_init_steps) {
+    std::fill(out.begin(), out.end(), T{0});
+    return;
+  }
+  const T w = detail::coefficient<T>(where, "guidance_scale", opt.guidance_scale);
+  bool ok = true;
+  for (std::size_t b = 0; b < rows; ++b) {
+    const auto cb = conditional.subspan(b * n, n), ub = unconditional.subspan(b * n, n);
+    const T k = detail::coefficient<T>(where, "(1 - w) s*", (1.0 - opt.guidance_scale) * cfg_zero_star_scale(cb, ub));
+    ok = kernels::map(sequential_policy{}, kernels::no_noise{}, kernels::outputs(out.subspan(b * n, n)),
+                      kernels::inputs<T>(cb, ub), [w, k](auto c, auto u) {
+                        using V = decltype(c);
+                        return kernels::madd(V(w), c, V(k) * u);
+                      }) && ok;
+  }
+  detail::require_finite_output(where, ok, "the guided output");
 }
 
 /// @brief A denoiser that applies classifier-free guidance to two denoisers: a conditional one

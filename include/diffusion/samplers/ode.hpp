@@ -256,8 +256,7 @@ void dpmpp_2m_update(std::string_view where, const level_step& s, std::span<cons
   check_no_partial_overlap(where, "denoised", denoised, "x", x);
   const bool lands_on_data = s.to.sigma == 0.0;
   const double ratio = s.to.sigma / s.from.sigma;
-  // h = λ' − λ, λ = log α − log σ (written so that α = 1 gives log σ − log σ' exactly).
-  const double h = lands_on_data ? 0.0 : (std::log(s.to.alpha) - std::log(s.to.sigma)) - (std::log(s.from.alpha) - std::log(s.from.sigma));
+  const double h = lands_on_data ? 0.0 : lambda_difference(s);  // λ' − λ
   const double h_eta = eta == 0.0 ? h : h * (1.0 + eta);
   const double em = lands_on_data ? -1.0 : std::expm1(-h_eta);  // −E
   // e^{−ηh} is 1 at η = 0 (also where h = ∞, the start of a flow at σ = 1).

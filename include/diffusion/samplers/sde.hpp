@@ -340,7 +340,7 @@ void dpmpp_3m_sde_step(const level_step& s, std::span<const T> denoised, std::sp
   detail::check_no_partial_overlap(where, "denoised", denoised, "x", x);
   const bool lands_on_data = s.to.sigma == 0.0;
   const double ratio = s.to.sigma / s.from.sigma;
-  const double h = lands_on_data ? 0.0 : (std::log(s.to.alpha) - std::log(s.to.sigma)) - (std::log(s.from.alpha) - std::log(s.from.sigma));
+  const double h = lands_on_data ? 0.0 : detail::lambda_difference(s);  // λ' − λ
   const double h_eta = opt.eta == 0.0 ? h : h * (1.0 + opt.eta);
   const double E = lands_on_data ? 1.0 : -std::expm1(-h_eta);
   const double cx_d = opt.eta == 0.0 || lands_on_data ? ratio : ratio * std::exp(-opt.eta * h);

@@ -166,6 +166,12 @@ inline void check_level_step(std::string_view where, const level_step& s) {
                              "; it must end at a finite level");
 }
 
+/// The log-SNR step h = λ' − λ of a level step (λ = log α − log σ, written so that α = 1 gives
+/// log σ − log σ' exactly), for a step that does not land on the data (σ' > 0); +∞ from α = 0.
+inline double lambda_difference(const level_step& s) noexcept {
+  return (std::log(s.to.alpha) - std::log(s.to.sigma)) - (std::log(s.from.alpha) - std::log(s.from.sigma));
+}
+
 /// Requires a valid σ-space step: σ > 0 finite, σ_next ≥ 0 finite.
 inline void check_sigma_step(std::string_view where, sigma_step s) {
   if (!(s.sigma > 0.0 && std::isfinite(s.sigma)))
