@@ -322,11 +322,12 @@ TEST_CASE("beta_sigmas: exact ends, strictly decreasing, linear at alpha = beta 
       INFO("n = " << n << ", i = " << i);
       CHECK(test::ulps(lin[i], 0.03 + p * (14.6 - 0.03)) <= 2.0 + 9.0 * p * (14.6 - 0.03) / lin[i]);
     }
-    // alpha = beta: symmetric about the middle of [sigma_min, sigma_max] (the quantiles are, bit for bit,
-    // when p is dyadic: n - 1 a power of 2).
   }
-  const auto sym = diffusion::beta_sigmas(9, 1.0, 3.0, 0.6, 0.6);  // p = k/8, dyadic
-  for (std::size_t i = 0; i < 9; ++i) CHECK(sym[i] - 2.0 == Approx(2.0 - sym[8 - i]).margin(4e-16));
+  // alpha = beta: symmetric about the middle of [sigma_min, sigma_max]. With p = k/8 (dyadic) the quantiles
+  // are complements bit for bit, so sigma_i = fl(1 + 2x) and sigma_{8-i} = fl(3 - 2x): each sum rounds by at
+  // most ulp(3)/2 = 2^-52 and the differences with 2 are exact (Sterbenz), hence the margin 2^-51.
+  const auto sym = diffusion::beta_sigmas(9, 1.0, 3.0, 0.6, 0.6);
+  for (std::size_t i = 0; i < 9; ++i) CHECK(sym[i] - 2.0 == Approx(2.0 - sym[8 - i]).margin(0x1p-51));
   CHECK(sym[4] == 2.0);
   CHECK_THROWS_WITH(diffusion::beta_sigmas(1, 0.1, 1.0), Contains("beta_sigmas") && Contains("n = 1 must be >= 2"));
   CHECK_THROWS_WITH(diffusion::beta_sigmas(5, 0.1, 1.0, 0.05), Contains("beta_sigmas") && Contains("alpha = 0.05") &&

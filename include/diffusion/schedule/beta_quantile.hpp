@@ -72,7 +72,7 @@ inline double beta_continued_fraction(double a, double b, double x) noexcept {
 
 /// Both tails of the Beta(a, b) distribution at x (exact; y = 1 − x is formed exactly as a double-double):
 /// {I_x(a, b), 1 − I_x(a, b)}, the one evaluated by the continued fraction accurate to its own size, the
-/// other 1 minus it. `rb` is @ref inverse_beta_function (a, b). The factor y^b is pow(ŷ, b)(1 + b·δ/ŷ) for
+/// other 1 minus it. `rb` is inverse_beta_function(a, b). The factor y^b is pow(ŷ, b)(1 + b·δ/ŷ) for
 /// y = ŷ + δ, so the rounding of 1 − x (which alone would cost b·u/2) does not enter.
 inline std::pair<double, double> beta_tails(double a, double b, double x, double rb) noexcept {
   if (x <= 0.0) return {0.0, 1.0};
@@ -135,7 +135,7 @@ inline double beta_quantile(double a, double b, double p, double q) noexcept {
   return 1.0 - beta_quantile_lower_half(b, a, q, p);
 }
 
-/// @ref beta_quantile with q = 1 − p (exact for p ≥ 1/2; for p < 1/2 the equation solved is p's).
+/// beta_quantile(a, b, p, 1 − p) (exact for p ≥ 1/2; for p < 1/2 the equation solved is p's).
 inline double beta_quantile(double a, double b, double p) noexcept { return beta_quantile(a, b, p, 1.0 - p); }
 
 }  // namespace diffusion::detail

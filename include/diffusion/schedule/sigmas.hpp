@@ -402,7 +402,7 @@ inline std::vector<double> ays_sigmas(ays_model m, std::size_t n) {
 // ---------------------------------------------------------------------------------------
 
 namespace detail {
-/// Requires the Beta shape parameters in [0.1, 10], the range over which @ref detail::beta_quantile is tested.
+/// Requires the Beta shape parameters in [0.1, 10], the range over which detail::beta_quantile is tested.
 inline void check_beta_shape(std::string_view where, double alpha, double beta) {
   for (const auto& [name, v] : {std::pair{"alpha", alpha}, std::pair{"beta", beta}})
     if (!(v >= 0.1 && v <= 10.0))
