@@ -538,7 +538,7 @@ inline std::vector<double> linear_quadratic_sigmas(std::size_t n, double thresho
 /// @return the number of steps removed.
 /// @throws std::invalid_argument if the sizes disagree or a timestep exceeds the one before it.
 template <class Timestep>
-  requires std::totally_ordered<Timestep>
+  requires std::integral<Timestep> || std::floating_point<Timestep>
 std::size_t deduplicate_timesteps(std::vector<Timestep>& timesteps, std::vector<double>& sigmas) {
   constexpr std::string_view where = "diffusion::deduplicate_timesteps";
   const std::size_t n = timesteps.size();
