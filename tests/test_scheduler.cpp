@@ -122,6 +122,32 @@ TEST_CASE("scheduler timesteps and sigmas follow diffusers' classes", "[schedule
     diffusion::scheduler one(cfg);
     CHECK_THROWS_WITH(one.set_timesteps(1), Catch::Matchers::Contains("use_exponential_sigmas needs num_inference_steps >= 2"));
   }
+  SECTION("Euler and DPM-Solver with beta sigmas: Beta(0.6, 0.6) quantiles between the same ends as Karras'") {
+    cfg.use_beta_sigmas = true;
+    diffusion::scheduler s(cfg);
+    s.set_timesteps(10);
+    const auto& tr = s.training_schedule();
+    const auto b = diffusion::beta_sigmas(10, tr[0].sigma, tr[999].sigma, 0.6, 0.6);
+    REQUIRE(s.sigmas().size() == 11);
+    for (std::size_t i = 0; i < 10; ++i) CHECK(s.sigmas()[i] == b[i]);
+    CHECK(s.sigmas()[10] == 0.0);
+    CHECK(s.timesteps()[3] == Approx(diffusion::sigma_to_t(tr, b[3])).epsilon(1e-12));
+    cfg.kind = scheduler_kind::dpm_solver_multistep;
+    diffusion::scheduler d(cfg);
+    d.set_timesteps(8);
+    const auto bd = diffusion::beta_sigmas(8, tr[0].sigma, tr[999].sigma);
+    for (std::size_t i = 0; i < 8; ++i) {
+      CHECK(d.sigmas()[i] == bd[i]);
+      CHECK(d.timesteps()[i] == std::nearbyint(diffusion::sigma_to_t(tr, bd[i])));
+    }
+    cfg.use_exponential_sigmas = true;  // two of the three: refused, as diffusers does
+    CHECK_THROWS_WITH(diffusion::scheduler(cfg), Catch::Matchers::Contains("use_exponential_sigmas and use_beta_sigmas are both true"));
+    cfg.use_karras_sigmas = true;
+    CHECK_THROWS_WITH(diffusion::scheduler(cfg), Catch::Matchers::Contains("are all true"));
+    cfg.use_karras_sigmas = cfg.use_exponential_sigmas = false;
+    diffusion::scheduler one(cfg);
+    CHECK_THROWS_WITH(one.set_timesteps(1), Catch::Matchers::Contains("use_beta_sigmas needs num_inference_steps >= 2"));
+  }
   SECTION("Heun duplicates the interior timesteps: 2N - 1 model calls") {
     cfg.kind = scheduler_kind::heun;
     diffusion::scheduler s(cfg);

@@ -121,8 +121,12 @@ TEST_CASE("scheduler_config.json errors name the key and the supported values", 
     CHECK(sde.config.solver_type == diffusion::dpm_solver_type::heun);
     CHECK(sde.ignored_keys.empty());
   }
-  CHECK_THROWS_WITH(diffusion::parse_scheduler_config(R"({"_class_name": "EulerDiscreteScheduler", "use_beta_sigmas": true})"),
+  CHECK(diffusion::parse_scheduler_config(R"({"_class_name": "EulerDiscreteScheduler", "use_beta_sigmas": true})")
+            .config.use_beta_sigmas);
+  CHECK_THROWS_WITH(diffusion::scheduler_from_json(R"({"_class_name": "FlowMatchEulerDiscreteScheduler", "use_beta_sigmas": true})"),
                     Contains("use_beta_sigmas") && Contains("supported: false"));
+  CHECK_THROWS_WITH(diffusion::parse_scheduler_config(R"({"_class_name": "EulerDiscreteScheduler", "use_flow_sigmas": true})"),
+                    Contains("use_flow_sigmas") && Contains("supported: false"));
   CHECK(diffusion::parse_scheduler_config(R"({"_class_name": "EulerDiscreteScheduler", "use_exponential_sigmas": true})")
             .config.use_exponential_sigmas);
   CHECK_THROWS_WITH(diffusion::scheduler_from_json(

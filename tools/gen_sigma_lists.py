@@ -17,6 +17,23 @@ not from the C++ sources.  i runs over 0 .. n-1 and r_i = i/(n-1), exactly:
                      the 11 published levels tau_0 > ... > tau_10 (as decimal numbers, so the
                      reference uses their exact decimal values) interpolated log-linearly at the
                      position p = 10 r_i = j + w: exp((1 - w) log tau_j + w log tau_{j+1})
+``beta``             s_min + x_i (s_max - s_min), x_i the Beta(alpha, beta) quantile of 1 - r_i
+                     (Lee et al. 2024, arXiv:2407.12173; diffusers ``_convert_to_beta``)
+``beta_quantile``    the Beta(alpha, beta) quantile of p = i/n (here n is a denominator, not a count)
+``beta_timestep``    ComfyUI ``beta_scheduler`` before its de-duplication: round-half-even of
+                     x (T - 1), x the Beta(alpha, beta) quantile of 1 - i/n (i = 0 .. n-1); the value
+                     is an integer, and the line's ``gap`` is the distance of x (T - 1) to the nearest
+                     half-integer (a computed quantile must be closer than that to round alike)
+``linear_quadratic`` ComfyUI ``linear_quadratic_schedule`` (Mochi): with L linear steps of N and
+                     tau = threshold_noise (its exact double value), s_i = i tau/L for i < L, else
+                     s_i = a i^2 + b i + c, d = L - tau N, q = N - L, a = d/(L q^2), b = tau/L - 2d/q^2,
+                     c = a L^2; sigma_i = 1 - s_i, i = 0 .. N-1.  Computed in exact rational arithmetic;
+                     parameters whose list is not strictly decreasing are skipped (the library refuses them).
+
+The quantile x of Beta(a, b) at p is the root of mpmath ``betainc(a, b, 0, x, regularized=True) = p``,
+found by bisection and Newton's method in log x for p <= 1/2 and, through
+1 - I_x(a, b) = I_{1-x}(b, a), in log(1 - x) from the exact complement 1 - p otherwise, then checked
+to a relative residual below 1e-40.
 
 Each list is followed by a 0 in the library (not written here).  Line format (4 fields):
 
@@ -25,6 +42,7 @@ Each list is followed by a 0 in the library (not written here).  Line format (4 
 Usage: python3 tools/gen_sigma_lists.py tests/data
 """
 import sys
+from fractions import Fraction
 
 import mpmath as mp
 
@@ -85,6 +103,98 @@ def ays(i, n, model):
     return mp.exp((1 - w) * mp.log(tau[j]) + w * mp.log(tau[j + 1]))
 
 
+def beta_quantile(a, b, p):
+    """x with I_x(a, b) = p, p an exact rational (fractions.Fraction) in (0, 1)."""
+    a, b = mp.mpf(a), mp.mpf(b)
+    if p > Fraction(1, 2):
+        return 1 - beta_quantile_lower(b, a, 1 - p)
+    return beta_quantile_lower(a, b, p)
+
+
+def beta_quantile_lower(a, b, p):
+    target = mp.mpf(p.numerator) / p.denominator
+    f = lambda u: mp.betainc(a, b, 0, mp.exp(u), regularized=True) - target
+    hi = mp.mpf(0)
+    lo = mp.mpf(-20)
+    while f(lo) > 0:
+        lo *= 2
+    for _ in range(60):  # bisection in u = log x, then Newton (dI/du = x^a (1 - x)^(b-1) / B(a, b))
+        mid = (lo + hi) / 2
+        if f(mid) > 0:
+            hi = mid
+        else:
+            lo = mid
+    u = (lo + hi) / 2
+    for _ in range(100):
+        x = mp.exp(u)
+        du = f(u) / (x ** a * (1 - x) ** (b - 1) / mp.beta(a, b))
+        u -= du
+        if abs(du) < mp.mpf(10) ** -48:
+            break
+    x = mp.exp(u)
+    assert abs(f(u)) <= mp.mpf(10) ** -40 * target, (a, b, p)
+    return x
+
+
+def mpq(fr):
+    return mp.mpf(fr.numerator) / fr.denominator
+
+
+def linear_quadratic(i, n, tau, lin):
+    tau = Fraction(tau)
+    if n == 1:
+        return Fraction(1)
+    if i < lin:
+        return 1 - Fraction(i) * tau / lin
+    d = lin - tau * n
+    q = n - lin
+    a = d / (lin * q * q)
+    b = tau / lin - 2 * d / (q * q)
+    c = a * lin * lin
+    return 1 - (a * i * i + b * i + c)
+
+
+def beta_lines():
+    out = []
+    shapes = [(0.6, 0.6), (0.5, 2.0), (1.0, 1.0), (3.0, 0.3), (10.0, 10.0), (0.1, 0.1), (0.1, 10.0), (10.0, 0.1),
+              (2.5, 0.25), (1.7, 4.2)]
+    for a, b in shapes:
+        for m, ks in ((16, range(1, 16)), (1000, (1, 2, 10, 100, 333, 500, 667, 900, 990, 998, 999)),
+                      (10 ** 6, (1, 999999))):
+            for k in ks:
+                out.append(('beta_quantile', f'n={m},i={k},alpha={a!r},beta={b!r}',
+                            beta_quantile(a, b, Fraction(k, m))))
+    for n in (2, 3, 10, 25):
+        for smin, smax in [(0.002, 80.0), (0.0291675, 14.614642), (0.03, 1.0), (1e-5, 1e5)]:
+            for a, b in shapes[:4]:
+                for i in range(n):
+                    x = 0 if i == n - 1 else 1 if i == 0 else beta_quantile(a, b, Fraction(n - 1 - i, n - 1))
+                    out.append(('beta', f'n={n},i={i},sigma_min={smin!r},sigma_max={smax!r},alpha={a!r},beta={b!r}',
+                                mp.mpf(smin) + x * (mp.mpf(smax) - mp.mpf(smin))))
+    for T in (1000, 100):
+        for n in (1, 5, 20, 80):
+            for a, b in shapes[:4]:
+                for i in range(n):
+                    x = 1 if i == 0 else beta_quantile(a, b, Fraction(n - i, n))
+                    v = x * (T - 1)
+                    t = int(mp.nint(v))  # mpmath rounds half to even, as numpy.rint
+                    gap = abs(abs(v - mp.floor(v) - mp.mpf(1) / 2))
+                    out.append(('beta_timestep', f'n={n},i={i},T={T},alpha={a!r},beta={b!r},gap={float(gap)!r}', t))
+    for n in (1, 2, 3, 7, 50, 80, 1000):
+        for tau in (0.025, 0.1, 0.5):
+            lins = sorted({l for l in (n // 2, 1, n - 1) if 1 <= l < n}) if n > 1 else [0]
+            for lin in lins:
+                exact = [linear_quadratic(i, n, tau, lin) for i in range(n)] + [Fraction(0)]
+                if any(exact[i + 1] >= exact[i] for i in range(n)):
+                    continue  # not strictly decreasing: the library refuses these parameters
+                for i in range(n):
+                    if n > 60 and i % 7 and i < n - 3:
+                        continue
+                    out.append(('linear_quadratic', f'n={n},i={i},threshold_noise={tau!r},linear_steps={lin}',
+                                mpq(linear_quadratic(i, n, tau, lin))))
+    return out
+
+
 def lines():
     out = []
     ranges = [(0.002, 80.0), (0.0291675, 14.614642), (0.03, 1.0), (1e-5, 1e5)]
@@ -111,7 +221,7 @@ def lines():
         for n in (2, 5, 11, 21, 32):
             for i in range(n):
                 out.append(('ays', f'n={n},i={i},model={model}', ays(i, n, model)))
-    return out
+    return out + beta_lines()
 
 
 def main(argv):

@@ -184,6 +184,7 @@ struct scheduler_config {
   bool rescale_betas_zero_snr = false;                        ///< `rescale_betas_zero_snr`.
   bool use_karras_sigmas = false;                             ///< `use_karras_sigmas` (σ-space classes, DPM-Solver).
   bool use_exponential_sigmas = false;  ///< `use_exponential_sigmas` (σ-space classes, DPM-Solver): @ref exponential_sigmas between the same ends as Karras'.
+  bool use_beta_sigmas = false;  ///< `use_beta_sigmas` (σ-space classes, DPM-Solver): @ref beta_sigmas with α = β = 0.6 (diffusers' `_convert_to_beta` defaults) between the same ends as Karras'.
   final_sigma final_sigmas_type = final_sigma::zero;          ///< `final_sigmas_type`.
   variance_type variance = variance_type::fixed_small;        ///< `variance_type` (DDPM).
   double eta = 0.0;                                           ///< DDIM's η, TCD's γ ∈ [0, 1] (a `step()` argument in diffusers; TCD's default 0.3).
@@ -600,19 +601,22 @@ class scheduler {
     if (cfg_.kind == scheduler_kind::unipc_multistep && cfg_.unipc_solver_type != unipc_variant::bh1 &&
         cfg_.unipc_solver_type != unipc_variant::bh2)
       detail::throw_invalid(where, "solver_type = " + detail::to_text(static_cast<int>(cfg_.unipc_solver_type)) + " is not bh1 or bh2");
-    if ((edm(cfg_.kind) || cfg_.kind == scheduler_kind::lcm || cfg_.kind == scheduler_kind::tcd) &&
-        (cfg_.use_karras_sigmas || cfg_.use_exponential_sigmas))
-      detail::throw_invalid(where, std::string(cfg_.use_karras_sigmas ? "use_karras_sigmas" : "use_exponential_sigmas") +
-                                       " = true is not supported by " + std::string(class_name(cfg_.kind)) +
-                                       (edm(cfg_.kind) ? " (it takes sigma_schedule)" : ""));
-    if (cfg_.use_karras_sigmas && cfg_.use_exponential_sigmas)
-      detail::throw_invalid(where, "use_karras_sigmas and use_exponential_sigmas are both true; set at most one (as diffusers)");
+    if ((edm(cfg_.kind) || cfg_.kind == scheduler_kind::lcm || cfg_.kind == scheduler_kind::tcd) && converted_sigmas_on())
+      detail::throw_invalid(where, std::string(converted_sigmas_key()) + " = true is not supported by " +
+                                       std::string(class_name(cfg_.kind)) + (edm(cfg_.kind) ? " (it takes sigma_schedule)" : ""));
+    {
+      std::string on;
+      int count = 0;
+      for (const auto& [key, flag] : converted_sigma_flags())
+        if (flag) on += (count++ == 0 ? "" : " and ") + std::string(key);
+      if (count > 1)
+        detail::throw_invalid(where, on + (count == 2 ? " are both true" : " are all true") + "; set at most one (as diffusers)");
+    }
     if (is_flow()) {
       if (p != prediction::flow_velocity)
         detail::throw_invalid(where, "prediction_type = " + std::string(to_string(p)) + " is not supported by " +
                                          std::string(class_name(cfg_.kind)) + " (supported: flow_velocity)");
-      for (const auto& [key, on] : {std::pair{"use_karras_sigmas", cfg_.use_karras_sigmas},
-                                    std::pair{"use_exponential_sigmas", cfg_.use_exponential_sigmas}})
+      for (const auto& [key, on] : converted_sigma_flags())
         if (on)
           detail::throw_invalid(where, std::string(key) + " = true is not supported by " + std::string(class_name(cfg_.kind)) +
                                            " here (supported: false)");
@@ -675,7 +679,7 @@ class scheduler {
     const auto table = train_sigmas();
     std::vector<double> s(N);
     for (std::size_t k = 0; k < N; ++k) s[k] = interp(table, t[k]);
-    if (cfg_.use_karras_sigmas || cfg_.use_exponential_sigmas) {
+    if (converted_sigmas_on()) {
       if (N < 2)
         detail::throw_invalid("diffusion::scheduler::set_timesteps", std::string(converted_sigmas_key()) +
                                                                          " needs num_inference_steps >= 2");
@@ -687,12 +691,23 @@ class scheduler {
     sigmas_.push_back(cfg_.final_sigmas_type == final_sigma::zero ? 0.0 : table.front());
   }
 
-  // diffusers' `_convert_to_karras` / `_convert_to_exponential`: N levels from σ_max to σ_min (no final 0).
+  // diffusers' `_convert_to_karras` / `_convert_to_exponential` / `_convert_to_beta`: N levels from σ_max
+  // to σ_min (no final 0).
+  [[nodiscard]] std::array<std::pair<const char*, bool>, 3> converted_sigma_flags() const {
+    return {std::pair{"use_karras_sigmas", cfg_.use_karras_sigmas},
+            std::pair{"use_exponential_sigmas", cfg_.use_exponential_sigmas},
+            std::pair{"use_beta_sigmas", cfg_.use_beta_sigmas}};
+  }
+  [[nodiscard]] bool converted_sigmas_on() const {
+    return cfg_.use_karras_sigmas || cfg_.use_exponential_sigmas || cfg_.use_beta_sigmas;
+  }
   [[nodiscard]] const char* converted_sigmas_key() const {
-    return cfg_.use_karras_sigmas ? "use_karras_sigmas" : "use_exponential_sigmas";
+    return cfg_.use_karras_sigmas ? "use_karras_sigmas" : cfg_.use_exponential_sigmas ? "use_exponential_sigmas" : "use_beta_sigmas";
   }
   [[nodiscard]] std::vector<double> converted_sigmas(std::size_t N, double sigma_min, double sigma_max) const {
-    std::vector<double> s = cfg_.use_karras_sigmas ? karras_sigmas(N, sigma_min, sigma_max) : exponential_sigmas(N, sigma_min, sigma_max);
+    std::vector<double> s = cfg_.use_karras_sigmas        ? karras_sigmas(N, sigma_min, sigma_max)
+                            : cfg_.use_exponential_sigmas ? exponential_sigmas(N, sigma_min, sigma_max)
+                                                          : beta_sigmas(N, sigma_min, sigma_max);
     s.pop_back();
     return s;
   }
@@ -715,7 +730,7 @@ class scheduler {
     std::vector<double> s(N);
     for (std::size_t k = 0; k < N; ++k) s[k] = train_[ts[k]].sigma;
     std::vector<double> t(ts.begin(), ts.end());
-    if (cfg_.use_karras_sigmas || cfg_.use_exponential_sigmas) {
+    if (converted_sigmas_on()) {
       if (N < 2) detail::throw_invalid(where, std::string(converted_sigmas_key()) + " needs num_inference_steps >= 2");
       const auto table = train_sigmas();
       s = converted_sigmas(N, table.front(), table.back());

@@ -199,12 +199,14 @@ inline parsed_scheduler_config parse_scheduler_config(std::string_view json_text
                                                          {"fixed_large", variance_type::fixed_large},
                                                          {"learned", variance_type::learned},
                                                          {"learned_range", variance_type::learned_range}});
-    } else if (key == "use_karras_sigmas" || key == "use_exponential_sigmas") {
+    } else if (key == "use_karras_sigmas" || key == "use_exponential_sigmas" || key == "use_beta_sigmas") {
       if (discrete || edm || consistency) {
         ignore(key, "not used by " + std::string(class_name(kind)));
         continue;
       }
-      (key == "use_karras_sigmas" ? c.use_karras_sigmas : c.use_exponential_sigmas) = detail::config_bool(key, v);
+      (key == "use_karras_sigmas"        ? c.use_karras_sigmas
+       : key == "use_exponential_sigmas" ? c.use_exponential_sigmas
+                                         : c.use_beta_sigmas) = detail::config_bool(key, v);
     } else if (key == "final_sigmas_type") {
       if (discrete || consistency) {
         ignore(key, "not used by " + std::string(class_name(kind)));
@@ -255,7 +257,7 @@ inline parsed_scheduler_config parse_scheduler_config(std::string_view json_text
         continue;
       }
       require_value(key, v, std::string_view("discrete"), "discrete");
-    } else if (key == "use_beta_sigmas" || key == "use_flow_sigmas") {
+    } else if (key == "use_flow_sigmas") {
       require_value(key, v, false, "false");
     } else if (key == "shift" || key == "use_dynamic_shifting" || key == "base_shift" || key == "max_shift" ||
                key == "base_image_seq_len" || key == "max_image_seq_len" || key == "time_shift_type" ||

@@ -1,18 +1,23 @@
 /// @file
-/// @brief Continuous-time noise families (VP and VE SDEs), σ lists (Karras, exponential, KL-optimal, VP, AYS, ComfyUI's),
+/// @brief Continuous-time noise families (VP and VE SDEs), σ lists (Karras, exponential, KL-optimal, VP, AYS, beta,
+/// linear-quadratic, ComfyUI's), the de-duplication of rounded timesteps,
 /// and the map between a discrete schedule's timestep and its noise level σ.
 #pragma once
 
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <concepts>
 #include <limits>
+#include <optional>
 #include <string_view>
 #include <utility>
 #include <vector>
 
 #include "../core/config.hpp"
+#include "../core/double_double.hpp"
 #include "../core/errors.hpp"
+#include "beta_quantile.hpp"
 #include "noise_schedule.hpp"
 #include "timesteps.hpp"
 
@@ -390,6 +395,175 @@ inline std::vector<double> ays_sigmas(ays_model m, std::size_t n) {
     out[k] = std::exp(a + w * (b - a));
   }
   return out;
+}
+
+// ---------------------------------------------------------------------------------------
+// Beta σ lists (Lee et al. 2024), the linear-quadratic flow list, rounded-timestep collisions
+// ---------------------------------------------------------------------------------------
+
+namespace detail {
+/// Requires the Beta shape parameters in [0.1, 10], the range over which detail::beta_quantile is tested.
+inline void check_beta_shape(std::string_view where, double alpha, double beta) {
+  for (const auto& [name, v] : {std::pair{"alpha", alpha}, std::pair{"beta", beta}})
+    if (!(v >= 0.1 && v <= 10.0))
+      throw_invalid(where, std::string(name) + " = " + to_text(v) +
+                               " is outside the allowed range [0.1, 10] (the range the Beta quantile is tested over)");
+}
+}  // namespace detail
+
+/// @brief Beta σ list (Lee et al. 2024, "Beta Sampling is All You Need", arXiv:2407.12173, §3; diffusers
+/// `use_beta_sigmas`, `_convert_to_beta`): levels at the Beta(α, β) quantiles of a uniform ramp,
+/// \f$\sigma_i = \sigma_{\min} + F^{-1}_{\alpha,\beta}\!\big(1 - \tfrac{i}{n-1}\big)(\sigma_{\max} - \sigma_{\min})\f$,
+/// i = 0 … n − 1, F⁻¹ the inverse of the regularized incomplete beta function \f$I_x(\alpha, \beta)\f$;
+/// followed by a final 0. α = β < 1 spends more steps at both ends (the paper's and diffusers' 0.6);
+/// α = β = 1 is the linear ramp. The quantile level 1 − i/(n − 1) and its complement i/(n − 1) are
+/// formed exactly (diffusers: `1 - np.linspace(0, 1, n)`, an ulp apart at most).
+/// @param[in] n number of nonzero levels, n ≥ 2; @param[in] sigma_min σ_min > 0; @param[in] sigma_max σ_max > σ_min;
+/// @param[in] alpha α ∈ [0.1, 10]; @param[in] beta β ∈ [0.1, 10].
+/// @return n + 1 values: σ_max, …, σ_min, 0 (σ_0 and σ_{n−1} exact).
+inline std::vector<double> beta_sigmas(std::size_t n, double sigma_min, double sigma_max, double alpha = 0.6,
+                                       double beta = 0.6) {
+  constexpr std::string_view where = "diffusion::beta_sigmas";
+  if (n < 2) detail::throw_invalid(where, "n = " + detail::to_text(n) + " must be >= 2");
+  detail::check_sigma_range(where, sigma_min, sigma_max);
+  detail::check_beta_shape(where, alpha, beta);
+  std::vector<double> s(n + 1, 0.0);
+  const double den = static_cast<double>(n - 1), span = sigma_max - sigma_min;
+  for (std::size_t i = 1; i + 1 < n; ++i) {
+    const double p = static_cast<double>(n - 1 - i) / den, q = static_cast<double>(i) / den;
+    s[i] = sigma_min + detail::beta_quantile(alpha, beta, p, q) * span;
+  }
+  s[0] = sigma_max;
+  s[n - 1] = sigma_min;
+  return s;
+}
+
+/// @brief ComfyUI's "beta" scheduler (`beta_scheduler`, after Lee et al. 2024, arXiv:2407.12173): the
+/// Beta(α, β) quantiles of 1 − k/n, k = 0 … n − 1, placed on the model's timesteps and rounded,
+/// \f$t_k = \mathrm{round}\big(F^{-1}_{\alpha,\beta}(1 - k/n)\,(T - 1)\big)\f$ (half to even, as `numpy.rint`),
+/// keeping the first of each run of equal timesteps (as ComfyUI; see @ref deduplicate_timesteps).
+/// 0-based code timesteps, strictly decreasing, t_0 = T − 1; fewer than n where quantiles round alike.
+/// ComfyUI forms 1 − k·(1/n) in float64; here the level and its complement are exact rationals.
+/// @param[in] T the number of training timesteps, T ≥ 2; @param[in] n the number of steps asked for, n ≥ 1;
+/// @param[in] alpha α ∈ [0.1, 10]; @param[in] beta β ∈ [0.1, 10].
+inline std::vector<std::size_t> beta_timesteps(std::size_t T, std::size_t n, double alpha = 0.6, double beta = 0.6) {
+  constexpr std::string_view where = "diffusion::beta_timesteps";
+  if (T < 2) detail::throw_invalid(where, "T = " + detail::to_text(T) + " must be >= 2");
+  if (n == 0) detail::throw_invalid(where, "n = 0 must be >= 1");
+  detail::check_beta_shape(where, alpha, beta);
+  std::vector<std::size_t> t;
+  t.reserve(n);
+  const double top = static_cast<double>(T - 1), den = static_cast<double>(n);
+  for (std::size_t k = 0; k < n; ++k) {
+    const double x = detail::beta_quantile(alpha, beta, static_cast<double>(n - k) / den, static_cast<double>(k) / den);
+    const auto tk = static_cast<std::size_t>(std::nearbyint(x * top));  // default rounding mode: half to even
+    if (t.empty() || tk != t.back()) t.push_back(tk);
+  }
+  return t;
+}
+
+/// @brief ComfyUI's "beta" scheduler as a σ list: the table's σ at each of @ref beta_timesteps
+/// (T = the schedule's size), followed by a final 0. A different list from @ref beta_sigmas, which
+/// places the quantiles between σ_min and σ_max instead of on the timesteps.
+/// @param[in] s the model's schedule (T ≥ 2, every σ finite); @param[in] n steps asked for, n ≥ 1;
+/// @param[in] alpha α ∈ [0.1, 10]; @param[in] beta β ∈ [0.1, 10].
+/// @return the levels, descending, ending in 0 (at most n + 1 values).
+inline std::vector<double> beta_table_sigmas(const noise_schedule& s, std::size_t n, double alpha = 0.6, double beta = 0.6) {
+  detail::check_table_list("diffusion::beta_table_sigmas", s, n);
+  const auto t = beta_timesteps(s.size(), n, alpha, beta);
+  std::vector<double> out(t.size() + 1, 0.0);
+  for (std::size_t k = 0; k < t.size(); ++k) out[k] = s[t[k]].sigma;
+  return out;
+}
+
+/// @brief ComfyUI's "linear_quadratic" scheduler (`linear_quadratic_schedule`, from Genmo's Mochi): a flow
+/// σ list in [0, 1], \f$\sigma_i = 1 - s_i\f$, i = 0 … n − 1, followed by a final 0, with s linear over the
+/// first L steps up to the threshold τ and quadratic after, reaching 1 at i = n:
+/// \f$s_i = i\tau/L\f$ for i < L, \f$s_i = a i^2 + b i + c\f$ for L ≤ i ≤ n, \f$d = L - \tau n\f$, q = n − L,
+/// \f$a = d/(Lq^2)\f$, \f$b = \tau/L - 2d/q^2\f$, \f$c = aL^2\f$ (continuous at L, s_n = 1). Evaluated as
+/// \f$\sigma_i = (L - i\tau)/L\f$ and, with j = n − i, \f$\sigma_i = j\big((2q - j)L + \tau(q^2 - n(2q - j))\big)/(Lq^2)\f$,
+/// integers exact and the rest in double-double: each level is the double nearest the exact value of the
+/// formula at the double τ (ComfyUI evaluates the polynomial in float64 and subtracts from 1). n = 1 gives
+/// {1, 0}, as in ComfyUI. ComfyUI multiplies the list by the model's σ_max (1 for a flow model).
+/// @param[in] n steps, 1 ≤ n ≤ 2²⁴ (so the integers above are exact in double).
+/// @param[in] threshold_noise τ ∈ (0, 1), the noise level 1 − τ reached after the linear part (Mochi's 0.025).
+/// @param[in] linear_steps L ∈ [1, n − 1] (default ⌊n/2⌋, as ComfyUI's `None`); unused when n = 1.
+/// @pre the list must be strictly decreasing: τ > 0, and where d < 0 (the quadratic slows towards the end)
+/// \f$\tau q^2 + d(2q - 1) > 0\f$; otherwise std::invalid_argument naming the values.
+/// @return n + 1 values: 1, …, 0.
+inline std::vector<double> linear_quadratic_sigmas(std::size_t n, double threshold_noise = 0.025,
+                                                   std::optional<std::size_t> linear_steps = std::nullopt) {
+  constexpr std::string_view where = "diffusion::linear_quadratic_sigmas";
+  constexpr std::size_t max_n = std::size_t{1} << 24;
+  if (n == 0 || n > max_n)
+    detail::throw_invalid(where, "n = " + detail::to_text(n) + " is outside the allowed range [1, 16777216]");
+  detail::check_open(where, "threshold_noise", threshold_noise, 0.0, 1.0);
+  if (n == 1) return {1.0, 0.0};
+  const std::size_t L = linear_steps.value_or(n / 2);
+  if (L < 1 || L >= n)
+    detail::throw_invalid(where, "linear_steps = " + detail::to_text(L) + " is outside the allowed range [1, " +
+                                     detail::to_text(n - 1) + "]");
+  const double tau = threshold_noise, N = static_cast<double>(n), Ld = static_cast<double>(L),
+               q = static_cast<double>(n - L);
+  // Strictly decreasing iff the smallest difference, at j = 0 when d < 0, is positive:
+  // tau (q² − n(2q − 1)) + L(2q − 1) > 0, one rounding of exact integers, so its sign is exact.
+  if (std::fma(tau, q * q - N * (2.0 * q - 1.0), Ld * (2.0 * q - 1.0)) <= 0.0)
+    detail::throw_invalid(where, "threshold_noise = " + detail::to_text(tau) + " with linear_steps = " + detail::to_text(L) +
+                                     " of n = " + detail::to_text(n) +
+                                     " makes the quadratic part turn back (the list would not decrease strictly); "
+                                     "allowed: threshold_noise (q^2 - n(2q - 1)) + linear_steps (2q - 1) > 0, q = n - linear_steps");
+  using detail::dd;
+  std::vector<double> s(n + 1, 0.0);
+  for (std::size_t i = 0; i < L; ++i)
+    s[i] = detail::to_double((dd{Ld, 0.0} - detail::two_prod(static_cast<double>(i), tau)) / dd{Ld, 0.0});
+  const dd den = detail::two_prod(Ld * q, q);
+  for (std::size_t i = L; i < n; ++i) {
+    const double j = static_cast<double>(n - i), A = (2.0 * q - j) * Ld, B = q * q - N * (2.0 * q - j);
+    const dd num = detail::two_prod(j, A) + dd{tau, 0.0} * detail::two_prod(j, B);
+    s[i] = detail::to_double(num / den);
+  }
+  return s;
+}
+
+/// @brief De-duplicates a list of rounded timesteps (diffusers #5687, #12771: Karras or other σ lists
+/// mapped to timesteps and rounded can repeat a timestep when the training schedule is short or the step
+/// count large). The rule: the timesteps must be non-increasing; of each run of equal timesteps the FIRST
+/// is kept with its σ, the later ones and their σ are removed; a final σ past the last timestep (the list's
+/// terminal level, e.g. 0) is kept. Afterwards the timesteps are strictly decreasing and `sigmas[k]` is
+/// still the level of `timesteps[k]`; the sampler steps from each kept level straight to the next kept one.
+/// (The same rule as ComfyUI's "beta" scheduler and as diffusers' DPMSolverMultistepScheduler with
+/// `np.unique(…, return_index=True)` before #4986; diffusers' current classes keep duplicates.)
+/// @param[in,out] timesteps non-increasing (integers or floating point; NaN refused).
+/// @param[in,out] sigmas the levels: as many as the timesteps, or one more (the terminal level).
+/// @return the number of steps removed.
+/// @throws std::invalid_argument if the sizes disagree or a timestep exceeds the one before it.
+template <class Timestep>
+  requires std::integral<Timestep> || std::floating_point<Timestep>
+std::size_t deduplicate_timesteps(std::vector<Timestep>& timesteps, std::vector<double>& sigmas) {
+  constexpr std::string_view where = "diffusion::deduplicate_timesteps";
+  const std::size_t n = timesteps.size();
+  if (sigmas.size() != n && sigmas.size() != n + 1)
+    detail::throw_invalid(where, "sigmas has " + detail::to_text(sigmas.size()) + " entries; allowed: " + detail::to_text(n) +
+                                     " or " + detail::to_text(n + 1) + " (one per timestep, and optionally a terminal level)");
+  for (std::size_t k = 1; k < n; ++k)
+    if (!(timesteps[k] <= timesteps[k - 1]))
+      detail::throw_invalid(where, "timesteps[" + detail::to_text(k) + "] = " + detail::to_text(timesteps[k]) +
+                                       " must be <= timesteps[" + detail::to_text(k - 1) + "] = " +
+                                       detail::to_text(timesteps[k - 1]) + " (a non-increasing list)");
+  if (n > 0 && !(timesteps[0] == timesteps[0]))
+    detail::throw_invalid(where, "timesteps[0] is NaN");
+  std::size_t kept = 0;
+  for (std::size_t k = 0; k < n; ++k) {
+    if (kept > 0 && timesteps[k] == timesteps[kept - 1]) continue;
+    timesteps[kept] = timesteps[k];
+    sigmas[kept] = sigmas[k];
+    ++kept;
+  }
+  const std::size_t dropped = n - kept;
+  if (sigmas.size() == n + 1) sigmas[kept] = sigmas[n];
+  timesteps.resize(kept);
+  sigmas.resize(sigmas.size() - dropped);
+  return dropped;
 }
 
 }  // namespace diffusion
