@@ -148,8 +148,8 @@ struct deis_state {
 };
 
 /// @brief One DEIS step between two levels of the state's process (Zhang & Chen 2023, "Fast Sampling of
-/// Diffusion Models with Exponential Integrator", the multistep exponential integrator of §4 (Eq. 14) with
-/// the polynomial extrapolation of ε in log ρ — diffusers' DEISMultistepScheduler, `algorithm_type="deis"`,
+/// Diffusion Models with Exponential Integrator", arXiv 2204.13902: the multistep exponential integrator
+/// of ε, ρAB-DEIS, with the polynomial extrapolation of ε in log ρ instead of ρ — diffusers' DEISMultistepScheduler, `algorithm_type="deis"`,
 /// `solver_type="logrho"`). With ρ = σ/α, λ = −log ρ, h = λ_t − λ_s > 0, and \f$\ell_j\f$ the Lagrange basis
 /// on the k newest outputs' log ρ:
 /// \f[ x_t = \frac{\alpha_t}{\alpha_s}x_s + \alpha_t\sum_{j<k} C_j\,\varepsilon_j,\qquad
@@ -449,12 +449,13 @@ sample_result plms_sample(SigmaModel& D, X&& x, std::size_t rows, Noise& noise, 
 struct ipndm_options {
   std::size_t order = 4;       ///< 1 … 4 (ComfyUI's `max_order`, default 4); the history length.
   /// False: the Adams–Bashforth weights of an equal grid (ComfyUI `ipndm`); true: the variable-step weights,
-  /// the exact integral of the Lagrange interpolant in σ (ComfyUI `ipndm_v`, = @ref lms_coefficients).
+  /// the exact integral of the Lagrange interpolant in σ (@ref lms_coefficients; ComfyUI's `ipndm_v` uses
+  /// closed-form weights that agree at orders 1–2 and on equal steps, docs/conventions.md).
   bool variable_step = false;
 };
 
-/// @brief One iPNDM step in σ (Zhang & Chen 2023, the improved PNDM of §4 / Appendix: PNDM's linear multistep
-/// method applied to the σ-space slope, with a lower-order start instead of pseudo Runge–Kutta steps;
+/// @brief One iPNDM step in σ (the improved PNDM of Zhang & Chen 2023, arXiv 2204.13902: PNDM's linear
+/// multistep method applied to the σ-space slope, with a lower-order start instead of pseudo Runge–Kutta steps;
 /// ComfyUI `sample_ipndm`, `sample_ipndm_v`): \f$d_0 = (x - D)/\sigma\f$,
 /// \f[ x' = x + (\sigma' - \sigma)\sum_{j<k} b^{(k)}_j d_j \f]
 /// with the Adams–Bashforth weights b of order k = min(stored + 1, `order`), or, with `variable_step`,
