@@ -382,29 +382,33 @@ struct lms_state {
   std::size_t count = 0;                 ///< Slopes stored (0 at the start).
 };
 
-/// @brief One step of the linear multistep method in σ (k-diffusion `sample_lms`, diffusers
-/// LMSDiscreteScheduler): \f$d_0 = (x - D)/\sigma\f$, \f$x' = x + \sum_{j<k} c_j d_j\f$ with
-/// @ref lms_coefficients on the levels of the k = min(stored + 1, order) newest slopes. Order 1 is
-/// Euler. One pass: the new slope is written into the history (replacing the oldest) while x is updated.
-/// @param[in] s the step (σ must be below the previous step's σ); @param[in] denoised D(x; σ);
-/// @param[in,out] x the state; @param[in,out] state the history; @param[in] order 1 … 4 (k-diffusion's and
-/// diffusers' default 4); @param[in] policy threads.
-/// @throws std::invalid_argument for a bad step, order, sizes or history buffers; std::domain_error on overflow.
-template <real_scalar T, execution_policy P = sequential_policy>
-void lms_step(sigma_step s, std::span<const T> denoised, std::span<T> x, lms_state<T>& state, std::size_t order = 4,
-              const P& policy = P{}) {
-  constexpr std::string_view where = "diffusion::lms_step";
-  detail::check_sigma_step(where, s);
-  if (order < 1 || order > 4) detail::throw_invalid(where, "order = " + detail::to_text(order) + " is outside the allowed range [1, 4]");
+namespace detail {
+/// How the multistep methods on the σ-space slope d = (x − D)/σ end a step (@ref lms_step, @ref ipndm_step).
+enum class slope_final_step {
+  integrate,  ///< x' = x + Σ c_j d_j at every step (LMS: the step to σ' = 0 is integrated too).
+  denoised,   ///< x' = D exactly where σ' = 0 (iPNDM, as ComfyUI's "denoising step").
+};
+
+/// The step of a linear multistep method on the slopes d = (x − D)/σ, shared by @ref lms_step and
+/// @ref ipndm_step: validates, rotates the history (the oldest slot becomes slot 0), and in one pass writes
+/// d₀ into slot 0 and \f$x' = x + \sum_{j<k} c_j d_j\f$ with k = min(stored + 1, order) and
+/// c = coefficients(newest-first σ's of the k slopes, σ', k) (at σ' = 0 with `slope_final_step::denoised`,
+/// x' = D instead). Coefficients is `std::array<double, 4>(std::span<const double>, double, std::size_t)`.
+template <real_scalar T, class Coefficients, execution_policy P>
+void slope_multistep_update(std::string_view where, sigma_step s, std::span<const T> denoised, std::span<T> x,
+                            lms_state<T>& state, std::size_t order, slope_final_step last, Coefficients&& coefficients,
+                            const P& policy) {
+  check_sigma_step(where, s);
+  if (order < 1 || order > 4) throw_invalid(where, "order = " + to_text(order) + " is outside the allowed range [1, 4]");
   if (!(s.sigma_next < s.sigma))
-    detail::throw_invalid(where, "sigma_next = " + detail::to_text(s.sigma_next) + " must be < sigma = " + detail::to_text(s.sigma));
+    throw_invalid(where, "sigma_next = " + to_text(s.sigma_next) + " must be < sigma = " + to_text(s.sigma));
   if (state.count > 0 && !(s.sigma < state.sigmas[0]))
-    detail::throw_invalid(where, "sigma = " + detail::to_text(s.sigma) + " must be below the previous step's " +
-                                     detail::to_text(state.sigmas[0]) + " (the history is for a descending list)");
-  detail::check_same_size(where, "denoised", denoised.size(), "x", x.size());
-  detail::check_no_partial_overlap(where, "denoised", denoised, "x", x);
+    throw_invalid(where, "sigma = " + to_text(s.sigma) + " must be below the previous step's " +
+                             to_text(state.sigmas[0]) + " (the history is for a descending list)");
+  check_same_size(where, "denoised", denoised.size(), "x", x.size());
+  check_no_partial_overlap(where, "denoised", denoised, "x", x);
   for (std::size_t j = 0; j < order; ++j)
-    detail::check_same_size(where, "state.slopes[" + detail::to_text(j) + "]", state.slopes[j].size(), "x", x.size());
+    check_same_size(where, "state.slopes[" + to_text(j) + "]", state.slopes[j].size(), "x", x.size());
   // The oldest slot becomes the newest; the others move one back.
   std::rotate(state.slopes.begin(), state.slopes.begin() + static_cast<std::ptrdiff_t>(order - 1),
               state.slopes.begin() + static_cast<std::ptrdiff_t>(order));
@@ -412,13 +416,23 @@ void lms_step(sigma_step s, std::span<const T> denoised, std::span<T> x, lms_sta
               state.sigmas.begin() + static_cast<std::ptrdiff_t>(order));
   state.sigmas[0] = s.sigma;
   const std::size_t k = std::min(state.count + 1, order);
-  const auto c = lms_coefficients(std::span<const double>(state.sigmas.data(), k), s.sigma_next);
-  const T inv = static_cast<T>(1.0 / s.sigma), c0 = static_cast<T>(c[0]), c1 = static_cast<T>(c[1]),
-          c2 = static_cast<T>(c[2]), c3 = static_cast<T>(c[3]);
+  const T inv = static_cast<T>(1.0 / s.sigma);
   const std::span<const T> xc(x);
   using kernels::madd;
   auto first = [inv](auto xv, auto dv) { return (xv - dv) * decltype(xv)(inv); };
   bool ok = true;
+  if (last == slope_final_step::denoised && s.sigma_next == 0.0) {
+    ok = kernels::map(policy, kernels::no_noise{}, kernels::outputs(x, state.slopes[0]), kernels::inputs<T>(xc, denoised),
+                      [=](auto xv, auto dv) {
+                        using V = decltype(xv);
+                        return std::array<V, 2>{dv, first(xv, dv)};
+                      });
+    require_finite_step(where, ok, "the multistep step to sigma = 0");
+    state.count = k;
+    return;
+  }
+  const std::array<double, 4> c = coefficients(std::span<const double>(state.sigmas.data(), k), s.sigma_next, k);
+  const T c0 = static_cast<T>(c[0]), c1 = static_cast<T>(c[1]), c2 = static_cast<T>(c[2]), c3 = static_cast<T>(c[3]);
   switch (k) {
     case 1:
       ok = kernels::map(policy, kernels::no_noise{}, kernels::outputs(x, state.slopes[0]), kernels::inputs<T>(xc, denoised),
@@ -456,8 +470,26 @@ void lms_step(sigma_step s, std::span<const T> denoised, std::span<T> x, lms_sta
                         });
       break;
   }
-  detail::require_finite_step(where, ok, "the linear multistep step");
+  require_finite_step(where, ok, "the linear multistep step");
   state.count = k;
+}
+}  // namespace detail
+
+/// @brief One step of the linear multistep method in σ (k-diffusion `sample_lms`, diffusers
+/// LMSDiscreteScheduler): \f$d_0 = (x - D)/\sigma\f$, \f$x' = x + \sum_{j<k} c_j d_j\f$ with
+/// @ref lms_coefficients on the levels of the k = min(stored + 1, order) newest slopes. Order 1 is
+/// Euler. One pass: the new slope is written into the history (replacing the oldest) while x is updated.
+/// @param[in] s the step (σ must be below the previous step's σ); @param[in] denoised D(x; σ);
+/// @param[in,out] x the state; @param[in,out] state the history; @param[in] order 1 … 4 (k-diffusion's and
+/// diffusers' default 4); @param[in] policy threads.
+/// @throws std::invalid_argument for a bad step, order, sizes or history buffers; std::domain_error on overflow.
+template <real_scalar T, execution_policy P = sequential_policy>
+void lms_step(sigma_step s, std::span<const T> denoised, std::span<T> x, lms_state<T>& state, std::size_t order = 4,
+              const P& policy = P{}) {
+  detail::slope_multistep_update<T>(
+      "diffusion::lms_step", s, denoised, x, state, order, detail::slope_final_step::integrate,
+      [](std::span<const double> nodes, double sigma_next, std::size_t) { return lms_coefficients(nodes, sigma_next); },
+      policy);
 }
 
 // ---------------------------------------------------------------------------------------
