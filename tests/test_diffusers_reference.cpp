@@ -76,7 +76,8 @@ bool supported(const std::string& config) {
   for (const char* c : {"DDPMScheduler", "DDIMScheduler", "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler",
                         "HeunDiscreteScheduler", "FlowMatchEulerDiscreteScheduler", "LMSDiscreteScheduler",
                         "EDMEulerScheduler", "EDMDPMSolverMultistepScheduler", "LCMScheduler", "TCDScheduler",
-                        "UniPCMultistepScheduler", "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler"})
+                        "UniPCMultistepScheduler", "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler",
+                        "DEISMultistepScheduler", "PNDMScheduler"})
     if (cls == c) return true;
   return false;
 }
@@ -170,8 +171,8 @@ TEST_CASE("the scheduler object reproduces diffusers' scheduler classes step by 
     WARN(name << ": largest relative difference, lists " << table.worst << ", states " << state.worst);
   }
   // DDPM ×2, DDIM ×5, Euler ×4, Euler-a, Heun, DPM-Solver++(2M) ×4, its SDE form, (3M), FlowMatchEuler ×4, LMS,
-  // EDM Euler, EDM DPM-Solver++(2M), LCM, TCD, UniPC, KDPM2, KDPM2-ancestral.
-  CHECK(replayed == 31);
+  // EDM Euler, EDM DPM-Solver++(2M), LCM, TCD, UniPC, KDPM2, KDPM2-ancestral, DEIS, PNDM.
+  CHECK(replayed == 33);
 }
 
 TEST_CASE("flow classes: mu, custom sigmas and the parity switch", "[scheduler][flow]") {

@@ -338,6 +338,38 @@ TEST_CASE("UniPC, KDPM2 and KDPM2-ancestral classes run the library's steps", "[
     CHECK_THROWS_WITH(diffusion::scheduler(bad), Catch::Matchers::Contains("solver_order = 4") &&
                                                      Catch::Matchers::Contains("UniPCMultistepScheduler"));
   }
+  SECTION("DEISMultistepScheduler in VP scale agrees with deis_sample in sigma-space; PNDM's defaults and list") {
+    for (const std::size_t order : {std::size_t{1}, std::size_t{2}, std::size_t{3}}) {
+      auto cfg = sd(scheduler_kind::deis_multistep);
+      cfg.solver_order = order;
+      cfg.final_sigmas_type = diffusion::final_sigma::zero;  // deis_sample's list ends at 0
+      diffusion::scheduler s(cfg);
+      s.set_timesteps(20);
+      const auto x0 = start<T>(rows * n);
+      const auto a = run_scheduler<T>(s, g, x0, rows, [](diffusion::scheduler& sc, std::size_t i, std::span<const T> out, std::span<T> x,
+                                                        std::size_t r) { sc.step<T>(i, out, x, diffusion::kernels::no_noise{}, r); });
+      auto b = x0;
+      const double alpha0 = diffusion::noise_level::preserving(s.sigmas()[0]).alpha;
+      for (auto& v : b) v /= alpha0;
+      diffusion::deis_sample(D, b, rows, noise, s.sigmas(), {.order = order, .lower_order_final = false, .draw_initial_noise = false});
+      INFO("order " << order);
+      for (std::size_t k = 0; k < a.size(); ++k) CHECK(a[k] == Approx(b[k]).epsilon(1e-12).margin(1e-14));
+    }
+    CHECK(diffusion::scheduler_config::defaults_for(scheduler_kind::deis_multistep).final_sigmas_type == diffusion::final_sigma::sigma_min);
+    const auto p = diffusion::scheduler_config::defaults_for(scheduler_kind::pndm);
+    CHECK_FALSE(p.set_alpha_to_one);
+    CHECK(p.spacing == diffusion::timestep_spacing::leading);
+    auto pc = sd(scheduler_kind::pndm);
+    pc.steps_offset = 1;
+    diffusion::scheduler s(pc);
+    s.set_timesteps(4);  // leading, offset 1: 751, 501, 501, 251, 1
+    REQUIRE(s.timesteps().size() == 5);
+    CHECK(s.timesteps()[1] == 501.0);
+    CHECK(s.timesteps()[2] == 501.0);
+    CHECK(s.sigmas().back() == s.training_schedule()[0].sigma);
+    pc.thresholding = true;
+    CHECK_THROWS_WITH(diffusion::scheduler(pc), Catch::Matchers::Contains("thresholding is not supported by PNDMScheduler"));
+  }
   SECTION("KDPM2 equals dpm2_sample, KDPM2-ancestral dpm2_ancestral_sample, bit for bit") {
     for (const auto kind : {scheduler_kind::kdpm2, scheduler_kind::kdpm2_ancestral}) {
       diffusion::scheduler s(sd(kind));

@@ -99,8 +99,8 @@ TEST_CASE("real models' scheduler_config.json files configure the scheduler", "[
 
 TEST_CASE("scheduler_config.json errors name the key and the supported values", "[scheduler][json][errors]") {
   using Catch::Matchers::Contains;
-  CHECK_THROWS_WITH(diffusion::parse_scheduler_config(R"({"_class_name": "PNDMScheduler"})"),
-                    Contains("\"_class_name\"") && Contains("PNDMScheduler") && Contains("DDIMScheduler"));
+  CHECK_THROWS_WITH(diffusion::parse_scheduler_config(R"({"_class_name": "DPMSolverSinglestepScheduler"})"),
+                    Contains("\"_class_name\"") && Contains("DPMSolverSinglestepScheduler") && Contains("DDIMScheduler"));
   CHECK_THROWS_WITH(diffusion::parse_scheduler_config(R"({"beta_start": 0.1})"), Contains("_class_name\" is missing"));
   CHECK_THROWS_WITH(diffusion::parse_scheduler_config("{\"_class_name\": "), Contains("not valid JSON"));
   CHECK_THROWS_WITH(diffusion::parse_scheduler_config(R"({"_class_name": "DDIMScheduler", "beta_schedule": "exp"})"),
@@ -185,4 +185,15 @@ TEST_CASE("scheduler_config.json of the EDM, LCM and TCD classes", "[consistency
   CHECK(k2.config.kind == diffusion::scheduler_kind::kdpm2_ancestral);
   CHECK(k2.config.use_karras_sigmas);
   CHECK(diffusion::parse_scheduler_config(R"({"_class_name":"KDPM2DiscreteScheduler"})").config.kind == diffusion::scheduler_kind::kdpm2);
+  const auto deis = diffusion::parse_scheduler_config(
+      R"({"_class_name":"DEISMultistepScheduler","algorithm_type":"deis","solver_type":"logrho","solver_order":3})");
+  CHECK(deis.config.kind == diffusion::scheduler_kind::deis_multistep);
+  CHECK(deis.config.solver_order == 3);
+  CHECK_THROWS_WITH(diffusion::parse_scheduler_config(R"({"_class_name":"DEISMultistepScheduler","solver_type":"midpoint"})"),
+                    Contains("solver_type") && Contains("logrho"));
+  const auto pndm = diffusion::parse_scheduler_config(R"({"_class_name":"PNDMScheduler","skip_prk_steps":true,"set_alpha_to_one":true})");
+  CHECK(pndm.config.kind == diffusion::scheduler_kind::pndm);
+  CHECK(pndm.config.set_alpha_to_one);
+  CHECK_THROWS_WITH(diffusion::parse_scheduler_config(R"({"_class_name":"PNDMScheduler","skip_prk_steps":false})"),
+                    Contains("skip_prk_steps") && Contains("Runge-Kutta"));
 }

@@ -33,6 +33,8 @@
 /// | TCDScheduler | @ref diffusion::tcd_step "tcd_step" (γ is the config's `eta`, default 0.3) | variance preserving |
 /// | UniPCMultistepScheduler (`predict_x0`, bh1/bh2, orders 1–3, `disable_corrector`) | @ref diffusion::unipc_step "unipc_step" over VP levels | variance preserving |
 /// | KDPM2DiscreteScheduler | @ref diffusion::dpm2_predict "dpm2_predict" / @ref diffusion::dpm2_correct "dpm2_correct" (two calls per step, the second at √(σσ')) | σ-space |
+/// | DEISMultistepScheduler (`deis`, `logrho`, orders 1–3) | @ref diffusion::deis_step "deis_step" over VP levels | variance preserving |
+/// | PNDMScheduler (`skip_prk_steps`) | @ref diffusion::plms_step "plms_step" over the training levels (diffusers' list with its repeated second timestep) | variance preserving |
 /// | KDPM2AncestralDiscreteScheduler | the same between σ and σ↓ with σ↑ noise at the second call (@ref diffusion::ancestral_midpoint_levels "ancestral_midpoint_levels") | σ-space |
 ///
 /// The EDM classes take Karras' (or the exponential) σ list between `sigma_min` and `sigma_max`, the
@@ -83,6 +85,7 @@
 #include "consistency.hpp"
 #include "ode.hpp"
 #include "sde.hpp"
+#include "multistep.hpp"
 #include "sigma_common.hpp"
 #include "singlestep.hpp"
 #include "unipc.hpp"
@@ -111,6 +114,8 @@ enum class scheduler_kind {
   unipc_multistep,       ///< UniPCMultistepScheduler (UniPC, Zhao et al. 2023; bh1/bh2, orders 1–3).
   kdpm2,                 ///< KDPM2DiscreteScheduler (DPM2, two calls per step).
   kdpm2_ancestral,       ///< KDPM2AncestralDiscreteScheduler (DPM2-ancestral, η = 1).
+  deis_multistep,        ///< DEISMultistepScheduler (DEIS, log-ρ, orders 1–3).
+  pndm,                  ///< PNDMScheduler with `skip_prk_steps` (PLMS, Liu et al. 2022).
 };
 
 /// @brief The diffusers `_class_name` of a kind ("DDIMScheduler", …).
@@ -132,6 +137,8 @@ inline std::string_view class_name(scheduler_kind k) noexcept {
     case scheduler_kind::unipc_multistep: return "UniPCMultistepScheduler";
     case scheduler_kind::kdpm2: return "KDPM2DiscreteScheduler";
     case scheduler_kind::kdpm2_ancestral: return "KDPM2AncestralDiscreteScheduler";
+    case scheduler_kind::deis_multistep: return "DEISMultistepScheduler";
+    case scheduler_kind::pndm: return "PNDMScheduler";
   }
   return "?";
 }
@@ -180,7 +187,7 @@ struct scheduler_config {
   bool thresholding = false;                                  ///< `thresholding` (DDPM, DDIM, DPM-Solver).
   double dynamic_thresholding_ratio = 0.995;                  ///< `dynamic_thresholding_ratio`.
   double sample_max_value = 1.0;                              ///< `sample_max_value`.
-  bool set_alpha_to_one = true;                               ///< `set_alpha_to_one` (DDIM).
+  bool set_alpha_to_one = true;                               ///< `set_alpha_to_one` (DDIM; PNDM, whose default is false).
   bool rescale_betas_zero_snr = false;                        ///< `rescale_betas_zero_snr`.
   bool use_karras_sigmas = false;                             ///< `use_karras_sigmas` (σ-space classes, DPM-Solver).
   bool use_exponential_sigmas = false;  ///< `use_exponential_sigmas` (σ-space classes, DPM-Solver): @ref exponential_sigmas between the same ends as Karras'.
@@ -225,7 +232,10 @@ struct scheduler_config {
     scheduler_config c;
     c.kind = k;
     const bool discrete = k == scheduler_kind::ddpm || k == scheduler_kind::ddim;
-    c.spacing = discrete ? timestep_spacing::leading : timestep_spacing::linspace;
+    c.spacing = discrete || k == scheduler_kind::pndm ? timestep_spacing::leading : timestep_spacing::linspace;
+    if (k == scheduler_kind::pndm) c.set_alpha_to_one = false;  // PNDMScheduler's default
+    // DEISMultistepScheduler ends on timestep 0's level (it has no final_sigmas_type key).
+    if (k == scheduler_kind::deis_multistep) c.final_sigmas_type = final_sigma::sigma_min;
     c.clip_sample = discrete;
     if (k == scheduler_kind::flow_match_euler || k == scheduler_kind::flow_match_heun)
       c.prediction_type = prediction::flow_velocity;
@@ -357,7 +367,23 @@ class scheduler {
         expand_for_kdpm2();
         break;
       case scheduler_kind::unipc_multistep:
+      case scheduler_kind::deis_multistep:
       case scheduler_kind::dpm_solver_multistep: set_dpm_timesteps(N); break;
+      case scheduler_kind::pndm: {
+        // diffusers' PNDMScheduler with skip_prk_steps: the inference timesteps with the second one
+        // repeated (the second call is the correction of the improved-Euler start).
+        seq_ = inference_timesteps(T, N, cfg_.spacing, cfg_.steps_offset);
+        for (std::size_t k = 0; k < N; ++k) {
+          const auto t = (*seq_)[k];
+          const std::size_t copies = k == 1 ? 2 : 1;
+          for (std::size_t c = 0; c < copies; ++c) {
+            timesteps_.push_back(static_cast<double>(t));
+            sigmas_.push_back(train_[t].sigma);
+          }
+        }
+        sigmas_.push_back(cfg_.set_alpha_to_one ? 0.0 : train_[0].sigma);
+        break;
+      }
       case scheduler_kind::edm_euler:
       case scheduler_kind::edm_dpm_solver_multistep: set_edm_timesteps(N); break;
       case scheduler_kind::lcm:
@@ -395,6 +421,8 @@ class scheduler {
     lms_count_ = 0;
     dpm3_count_ = 0;
     unipc_ = {};
+    deis_ = {};
+    plms_ = {};
   }
 
  public:
@@ -517,6 +545,7 @@ class scheduler {
     std::vector<T> denoised, aux, aux2, scratch;
     std::array<std::vector<T>, 4> lms;  // LMS slopes, newest first
     std::array<std::vector<T>, 3> unipc;  // UniPC outputs, newest first
+    std::array<std::vector<T>, 4> hist;   // DEIS / PLMS ε history, newest first
   };
   template <class T>
   state_buffers<T>& buffers() noexcept {
@@ -580,7 +609,8 @@ class scheduler {
       detail::throw_invalid(where, "eta (TCD's gamma) = " + detail::to_text(cfg_.eta) + " is outside the allowed range [0, 1]");
     if (cfg_.kind == scheduler_kind::lms_discrete && !(cfg_.lms_order >= 1 && cfg_.lms_order <= 4))
       detail::throw_invalid(where, "lms_order = " + detail::to_text(cfg_.lms_order) + " is outside the allowed range [1, 4]");
-    if ((dpm() || cfg_.kind == scheduler_kind::unipc_multistep) && !(cfg_.solver_order >= 1 && cfg_.solver_order <= 3))
+    if ((dpm() || cfg_.kind == scheduler_kind::unipc_multistep || cfg_.kind == scheduler_kind::deis_multistep) &&
+        !(cfg_.solver_order >= 1 && cfg_.solver_order <= 3))
       detail::throw_invalid(where, "solver_order = " + detail::to_text(cfg_.solver_order) + " is not supported by " +
                                        std::string(class_name(cfg_.kind)) + " here (supported: 1, 2, 3)");
     if (dpm() && cfg_.solver_order == 3 &&
@@ -589,7 +619,8 @@ class scheduler {
                                    "(the 3M SDE is dpmpp_3m_sde_step / dpmpp_3m_sde_sample)");
     if (!(cfg_.eta >= 0.0 && std::isfinite(cfg_.eta)))
       detail::throw_invalid(where, "eta = " + detail::to_text(cfg_.eta) + " is outside the allowed range [0, inf)");
-    if (cfg_.thresholding && (sigma_space() || is_flow() || edm(cfg_.kind) || cfg_.kind == scheduler_kind::tcd))
+    if (cfg_.thresholding && (sigma_space() || is_flow() || edm(cfg_.kind) || cfg_.kind == scheduler_kind::tcd ||
+                              cfg_.kind == scheduler_kind::pndm))
       detail::throw_invalid(where, "thresholding is not supported by " + std::string(class_name(cfg_.kind)));
     // Clipping x̂₀ is DDPM's, DDIM's and LCM's option; no other class would apply it.
     if (cfg_.clip_sample && !(cfg_.kind == scheduler_kind::ddpm || cfg_.kind == scheduler_kind::ddim || cfg_.kind == scheduler_kind::lcm))
@@ -809,7 +840,19 @@ class scheduler {
                                 "x0 from the model output");
   }
 
-  // The configured clipping / dynamic thresholding of x̂₀, row by row (LCM, DPM-Solver, UniPC).
+  // A multistep step rotates the views of its history; reorder the buffers the same way so that
+  // buffer q is the view in slot q again (vector swaps keep every buffer's storage).
+  template <class T, std::size_t K>
+  static void follow_rotation(std::array<std::vector<T>, K>& bufs, const std::array<std::span<T>, K>& views, std::size_t k) {
+    for (std::size_t q = 0; q < k; ++q)
+      for (std::size_t r = q; r < k; ++r)
+        if (bufs[r].data() == views[q].data()) {
+          std::swap(bufs[q], bufs[r]);
+          break;
+        }
+  }
+
+  // The configured clipping / dynamic thresholding of x̂₀, row by row (LCM, DPM-Solver, UniPC, DEIS).
   template <class T>
   void process_x0(std::span<T> d, std::size_t rows) {
     const x0_processing proc = processing();
@@ -891,7 +934,7 @@ class scheduler {
     const std::span<T> d = x0.empty() ? std::span<T>(b.denoised) : x0;
     if (!x0.empty()) detail::check_same_size("diffusion::scheduler::step", "x0", x0.size(), "x", x.size());
     denoise<T>(i, model_output, std::span<const T>(x), d);
-    if (dpm() || cfg_.kind == scheduler_kind::unipc_multistep) process_x0(d, rows);
+    if (dpm() || cfg_.kind == scheduler_kind::unipc_multistep || cfg_.kind == scheduler_kind::deis_multistep) process_x0(d, rows);
     const sigma_step s{sigmas_[i], sigmas_[i + 1]};
     switch (cfg_.kind) {
       case scheduler_kind::euler: euler_step<T>(s, d, x); break;
@@ -981,6 +1024,41 @@ class scheduler {
         }
         break;
       }
+      case scheduler_kind::deis_multistep: {
+        const std::size_t k = cfg_.solver_order, N = timesteps_.size();
+        deis_state<T> st;
+        for (std::size_t q = 0; q < k; ++q) {
+          b.hist[q].resize(x.size());
+          st.eps[q] = b.hist[q];
+        }
+        st.lambda = deis_.lambda;
+        st.count = deis_.count;
+        // diffusers: order 1 at the last step and at most 2 at the one before, below 15 steps.
+        const bool short_run = cfg_.lower_order_final && N < 15;
+        const std::size_t max_order = short_run && i + 1 == N ? 1 : (short_run && i + 2 == N ? std::min<std::size_t>(k, 2) : k);
+        deis_step<T>(level_step{noise_level::preserving(s.sigma), noise_level::preserving(s.sigma_next)}, d, x, st, k, max_order);
+        follow_rotation(b.hist, st.eps, k);
+        deis_ = {st.lambda, st.count};
+        break;
+      }
+      case scheduler_kind::pndm: {
+        plms_state<T> st;
+        for (std::size_t q = 0; q < 4; ++q) {
+          b.hist[q].resize(x.size());
+          st.eps[q] = b.hist[q];
+        }
+        b.aux.resize(x.size());
+        st.start = b.aux;
+        st.count = plms_.count;
+        st.start_level = plms_.start_level;
+        st.landed = plms_.landed;
+        st.correction_pending = plms_.correction_pending;
+        st.last_lambda = plms_.last_lambda;
+        plms_step<T>(level_step{noise_level::preserving(s.sigma), noise_level::preserving(s.sigma_next)}, d, x, st, 4);
+        follow_rotation(b.hist, st.eps, 4);
+        plms_ = {st.count, st.start_level, st.landed, st.correction_pending, st.last_lambda};
+        break;
+      }
       case scheduler_kind::unipc_multistep: {
         // The history lives in b.unipc (newest first) and unipc_; the step rotates the views of its
         // first `order` slots, and the vectors are rotated the same way.
@@ -1002,7 +1080,7 @@ class scheduler {
         const unipc_options o{k, cfg_.unipc_solver_type, !disabled};
         const std::size_t max_order = cfg_.lower_order_final ? std::min(k, N - i) : k;
         unipc_step<T>(level_step{noise_level::preserving(s.sigma), noise_level::preserving(s.sigma_next)}, d, x, st, o, max_order);
-        std::rotate(b.unipc.begin(), b.unipc.begin() + static_cast<std::ptrdiff_t>(k - 1), b.unipc.begin() + static_cast<std::ptrdiff_t>(k));
+        follow_rotation(b.unipc, st.denoised, k);
         unipc_ = {st.lambda, st.count, st.last_sigma, st.last_to, st.last_order};
         break;
       }
@@ -1076,6 +1154,16 @@ class scheduler {
     noise_level last_to{};
     std::size_t last_order = 0;
   } unipc_;
+  struct deis_history {
+    std::array<double, 4> lambda{};
+    std::size_t count = 0;
+  } deis_;
+  struct plms_history {
+    std::size_t count = 0;
+    noise_level start_level{}, landed{};
+    bool correction_pending = false;
+    double last_lambda = 0.0;
+  } plms_;
   std::vector<double> kdpm2_sigmas_;  // KDPM2's N + 1 step levels (the per-call list is sigmas_)
   std::array<double, 4> lms_sigmas_{};
   std::size_t lms_count_ = 0;

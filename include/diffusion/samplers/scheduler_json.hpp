@@ -113,7 +113,9 @@ inline parsed_scheduler_config parse_scheduler_config(std::string_view json_text
        {"TCDScheduler", scheduler_kind::tcd},
        {"UniPCMultistepScheduler", scheduler_kind::unipc_multistep},
        {"KDPM2DiscreteScheduler", scheduler_kind::kdpm2},
-       {"KDPM2AncestralDiscreteScheduler", scheduler_kind::kdpm2_ancestral}});
+       {"KDPM2AncestralDiscreteScheduler", scheduler_kind::kdpm2_ancestral},
+       {"DEISMultistepScheduler", scheduler_kind::deis_multistep},
+       {"PNDMScheduler", scheduler_kind::pndm}});
   parsed_scheduler_config out{scheduler_config::defaults_for(kind), {}};
   scheduler_config& c = out.config;
   const bool discrete = kind == scheduler_kind::ddpm || kind == scheduler_kind::ddim;
@@ -121,6 +123,7 @@ inline parsed_scheduler_config parse_scheduler_config(std::string_view json_text
                            kind == scheduler_kind::heun || kind == scheduler_kind::lms_discrete ||
                            kind == scheduler_kind::kdpm2 || kind == scheduler_kind::kdpm2_ancestral;
   const bool unipc = kind == scheduler_kind::unipc_multistep;
+  const bool deis = kind == scheduler_kind::deis_multistep;
   const bool dpm = kind == scheduler_kind::dpm_solver_multistep || kind == scheduler_kind::edm_dpm_solver_multistep;
   const bool edm = kind == scheduler_kind::edm_euler || kind == scheduler_kind::edm_dpm_solver_multistep;
   const bool consistency = kind == scheduler_kind::lcm || kind == scheduler_kind::tcd;
@@ -175,9 +178,9 @@ inline parsed_scheduler_config parse_scheduler_config(std::string_view json_text
       // TCDScheduler reads none of these (its step neither clips nor thresholds); LCMScheduler's
       // final_alpha_cumprod is never reached (its previous timestep is always >= 0).
       const bool lcm = kind == scheduler_kind::lcm;
-      const bool used = key == "set_alpha_to_one" ? kind == scheduler_kind::ddim
+      const bool used = key == "set_alpha_to_one" ? (kind == scheduler_kind::ddim || kind == scheduler_kind::pndm)
                         : (key == "clip_sample" || key == "clip_sample_range") ? (discrete || lcm)
-                                                                               : (discrete || dpm || lcm || unipc);
+                                                                               : (discrete || dpm || lcm || unipc || deis);
       if (!used) {
         ignore(key, "not used by " + std::string(class_name(kind)));
         continue;
@@ -213,6 +216,11 @@ inline parsed_scheduler_config parse_scheduler_config(std::string_view json_text
         continue;
       }
       c.final_sigmas_type = detail::config_choice<final_sigma>(key, v, {{"zero", final_sigma::zero}, {"sigma_min", final_sigma::sigma_min}});
+    } else if (deis && (key == "solver_order" || key == "lower_order_final" || key == "algorithm_type" || key == "solver_type")) {
+      if (key == "solver_order") c.solver_order = detail::config_count(key, v);
+      else if (key == "lower_order_final") c.lower_order_final = detail::config_bool(key, v);
+      else if (key == "algorithm_type") require_value(key, v, std::string_view("deis"), "deis");
+      else require_value(key, v, std::string_view("logrho"), "logrho");
     } else if (unipc && (key == "solver_order" || key == "lower_order_final" || key == "solver_type" ||
                          key == "predict_x0" || key == "disable_corrector" || key == "solver_p")) {
       if (key == "solver_order") c.solver_order = detail::config_count(key, v);
@@ -284,7 +292,8 @@ inline parsed_scheduler_config parse_scheduler_config(std::string_view json_text
     } else if (key == "flow_shift") {
       ignore(key, "only used with use_flow_sigmas, which is not supported");
     } else if (key == "skip_prk_steps") {
-      ignore(key, "PNDM's option; no effect on " + std::string(class_name(kind)));
+      if (kind == scheduler_kind::pndm) require_value(key, v, true, "true (the pseudo Runge-Kutta start is not offered)");
+      else ignore(key, "PNDM's option; no effect on " + std::string(class_name(kind)));
     } else if (key == "sigma_min" || key == "sigma_max") {
       if (edm) (key == "sigma_min" ? c.sigma_min : c.sigma_max) = detail::config_number(key, v);
       else if (!v.is_null()) detail::throw_config(key, detail::json_text(v) + " is not supported (supported: null)");
