@@ -229,3 +229,24 @@ TEST_CASE("brownian_tree: refuses bad intervals, depths, queries and sizes", "[n
   tree.increment(0, 2.0, 2.0, s);
   CHECK(out == std::vector<float>(6, 0.0f));
 }
+
+TEST_CASE("brownian_tree: DPM++ SDE's two reads compose to the read of the whole step", "[noise][brownian]") {
+  // z1 over [sigma_m, sigma] and z2 over [sigma_next, sigma_m]: rho z1 + sqrt(1 - rho^2) z2, with
+  // rho = sqrt((sigma - sigma_m)/(sigma - sigma_next)), is (W(sigma_next) - W(sigma))/sqrt(sigma - sigma_next):
+  // the normalized sum of a two-piece partition. Bound: three increments of <= 65 terms each (as in
+  // the partition test), divided by sqrt(sigma - sigma_next), plus the combination's roundings.
+  const double t0 = 0.03, t1 = 14.6, s = 3.0, sn = 2.5, sm = std::sqrt(s * sn);
+  const diffusion::brownian_tree tree(55, t0, t1);
+  constexpr std::size_t n = 2000;
+  std::vector<double> z1(n), z2(n), whole(n);
+  tree.fill(std::span<double>(z1), 1, s, sm, 0);
+  tree.fill(std::span<double>(z2), 1, sm, sn, 0);
+  tree.fill(std::span<double>(whole), 1, s, sn, 0);
+  const double rho = std::sqrt((s - sm) / (s - sn)), rho_c = std::sqrt((1.0 - rho) * (1.0 + rho));
+  const double u = std::numeric_limits<double>::epsilon() / 2;
+  const double bound = 3 * (65 + 3) * u * 4.42 * 8.57 * std::sqrt(t1 - t0) / std::sqrt(s - sn) + 8 * u * 8.57;
+  double worst = 0.0;
+  for (std::size_t k = 0; k < n; ++k) worst = std::max(worst, std::abs(rho * z1[k] + rho_c * z2[k] - whole[k]));
+  INFO("largest difference " << worst << ", bound " << bound);
+  CHECK(worst <= bound);
+}

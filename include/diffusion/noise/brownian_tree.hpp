@@ -31,8 +31,10 @@
 /// deficit below 10⁻⁶ relative for any step wider than 10⁻² σ_min.
 ///
 /// **Arithmetic.** The coefficient of node j in W_D(b) − W_D(a) is the difference of its two tent
-/// values, each computed in double by one formula of (node, point), so that over a partition of
-/// [a, b] the coefficients telescope up to the rounding of the differences (≤ u|coefficient|);
+/// values, formed in double from the points' distances to the node's ends, each computed by one
+/// formula of (node, point), so that over a partition of [a, b] the coefficients telescope up to
+/// the rounding of the differences (≤ u|coefficient|; products feed sums only through simd::madd,
+/// so compiler contraction cannot break the telescoping or the symmetry below);
 /// cast to T, the terms are summed in T in a fixed order (increasing node index) with
 /// @ref diffusion::simd::madd, one SIMD body for the bulk and the tail. Hence an increment of K
 /// terms is within \f$(K + 2)u_T\sum_j|c_j\xi_j|\f$ of its exact value on the same ξ, and a value is a
@@ -215,7 +217,11 @@ class brownian_tree {
                                        detail::to_text(t0_) + ", " + detail::to_text(t1_) + "]");
   }
 
-  /// The terms of W_D(b) − W_D(a), in increasing node order.
+  /// The terms of W_D(b) − W_D(a), in increasing node order. The tent of node (d, i) at t is
+  /// e·slope with e = t − l left of the midpoint and r − t right of it (slope = 1/√w_d, the same on
+  /// both sides), so a coefficient is (e_b − e_a)·slope, e_b·slope or −e_a·slope: no product feeds a
+  /// sum except through simd::madd, so compiler contraction cannot change a coefficient (and the
+  /// same point always gives the same e).
   [[nodiscard]] detail::brownian_terms terms(double a, double b) const noexcept {
     detail::brownian_terms out;
     out.push(0, (b - a) * root_scale_);
@@ -223,33 +229,31 @@ class brownian_tree {
     bool joint = true;             // a and b in the same node
     for (std::size_t d = 0; d < depth_; ++d) {
       const double w = std::ldexp(width_, -static_cast<int>(d)), half = 0.5 * w, slope = 1.0 / std::sqrt(w);
-      // Node (d, i) spans [t0 + w i, t0 + w (i + 1)], midpoint t0 + (w/2)(2i + 1): a child's ends are the
-      // same doubles as its parent's (scaling by 2 is exact), so the nodes nest exactly.
+      // Node (d, i) spans [t0 + w i, t0 + w (i + 1)], midpoint t0 + (w/2)(2i + 1), each one madd: a
+      // child's ends are the same doubles as its parent's (w (i + 1) = (w/2)(2i + 2) exactly), so the
+      // nodes nest exactly.
       const auto level = std::uint64_t{1} << d;
-      // The tent of node (d, i) at t, and the side of its midpoint t lies on.
-      const auto at = [&](std::uint64_t i, double t, bool& right) {
-        const double l = t0_ + w * static_cast<double>(i), m = t0_ + half * static_cast<double>(2 * i + 1);
+      // The distance e of t from the nearer end of node (d, i), and the side of the midpoint t is on.
+      const auto offset = [&](std::uint64_t i, double t, bool& right) {
+        const double m = simd::madd(half, static_cast<double>(2 * i + 1), t0_);
         right = !(t < m);
-        return right ? (t0_ + w * static_cast<double>(i + 1) - t) * slope : (t - l) * slope;
+        return right ? simd::madd(w, static_cast<double>(i + 1), t0_) - t : t - simd::madd(w, static_cast<double>(i), t0_);
       };
+      bool ra = false, rb = false;
+      const double ea = offset(ia, a, ra), eb = offset(ib, b, rb);
       if (joint) {
-        bool ra = false, rb = false;
-        const double va = at(ia, a, ra), vb = at(ib, b, rb);
-        const auto node = static_cast<std::uint32_t>(level + ia);
-        out.push(node, vb - va);
+        out.push(static_cast<std::uint32_t>(level + ia), (eb - ea) * slope);
         joint = ra == rb;
         ib = 2 * ia + (rb ? 1 : 0);
         ia = 2 * ia + (ra ? 1 : 0);
       } else {
-        bool ra = false, rb = false;
-        const double va = at(ia, a, ra), vb = at(ib, b, rb);
         const auto na = static_cast<std::uint32_t>(level + ia), nb = static_cast<std::uint32_t>(level + ib);
         if (na < nb) {
-          out.push(na, -va);
-          out.push(nb, vb);
+          out.push(na, -ea * slope);
+          out.push(nb, eb * slope);
         } else {
-          out.push(nb, vb);
-          out.push(na, -va);
+          out.push(nb, eb * slope);
+          out.push(na, -ea * slope);
         }
         ia = 2 * ia + (ra ? 1 : 0);
         ib = 2 * ib + (rb ? 1 : 0);
