@@ -177,7 +177,7 @@ TEMPLATE_TEST_CASE("brownian_tree: increments over any partition sum to the whol
   }
 }
 
-TEMPLATE_TEST_CASE("brownian_tree: row b depends only on first_sample + b, never on the batch", "[noise][brownian]",
+TEMPLATE_TEST_CASE("brownian_tree: row b depends only on first_sample + b, never on the batch or the threads", "[noise][brownian]",
                    float, double) {
   using T = TestType;
   const diffusion::brownian_tree tree(99, 0.03, 14.6);
@@ -190,6 +190,11 @@ TEMPLATE_TEST_CASE("brownian_tree: row b depends only on first_sample + b, never
     INFO("row " << r);
     CHECK(std::equal(one.begin(), one.end(), batch.begin() + static_cast<std::ptrdiff_t>(r * n)));
   }
+  // Any thread split (ranges of multiples of 512 elements crossing rows of 1000): the same bits.
+  std::vector<T> seq_out(5 * 1000), par_out(5 * 1000);
+  tree.fill(std::span<T>(seq_out), 5, 9.0, 2.0, 3);
+  tree.fill(std::span<T>(par_out), 5, 9.0, 2.0, 3, diffusion::parallel_policy{3, 100});
+  CHECK(seq_out == par_out);
   // Different seeds and different samples give different values.
   const diffusion::brownian_tree other(100, 0.03, 14.6);
   std::vector<T> o(n);

@@ -57,6 +57,7 @@
 
 #include "../core/config.hpp"
 #include "../core/errors.hpp"
+#include "../core/execution.hpp"
 #include "../core/simd.hpp"
 #include "../core/tensor.hpp"
 #include "philox.hpp"
@@ -121,7 +122,7 @@ void brownian_accumulate(T c, const T* z, T* out, std::size_t n) noexcept {
 /// diffusion::dpmpp_2m_sde_sample(D, x, rows, noise, tree, sigmas);
 /// @endcode
 /// Cost of one query: one Philox normal per element for each of at most 2D + 1 nodes (D = 32: ≤ 65);
-/// no allocation (a stack buffer of 512 elements).
+/// no allocation (a stack buffer of 512 elements); an execution policy splits the elements over threads.
 class brownian_tree {
  public:
   /// @brief The largest depth: node indices are Philox step coordinates (32 bits), 2^D − 1 < 2^32.
@@ -175,7 +176,7 @@ class brownian_tree {
     constexpr std::string_view where = "diffusion::brownian_tree::increment";
     check_time(where, "a", a);
     check_time(where, "b", b);
-    accumulate_row(terms(a, b), 1.0, sample, out);
+    accumulate(terms(a, b), 1.0, sample, 0, out);
   }
 
   /// @brief The standardized increments \f$z = \bigl(W_D(\sigma_\text{next}) - W_D(\sigma)\bigr)/\sqrt{|\sigma_\text{next} - \sigma|}\f$
@@ -189,9 +190,12 @@ class brownian_tree {
   ///            |σ_next − σ| ≥ leaf_width() (narrower, both ends could share a leaf, where W_D is
   ///            linear and z would not be standard).
   /// @param[in] first_sample the sample of row 0.
+  /// @param[in] policy threads: the elements are split in ranges of multiples of 512; each value is
+  ///            the same for every split (bit-identical for any thread count).
   /// @throws std::invalid_argument for bad ends, a zero-length or sub-leaf interval, or bad sizes.
-  template <real_scalar T>
-  void fill(std::span<T> out, std::size_t rows, double sigma, double sigma_next, std::uint64_t first_sample) const {
+  template <real_scalar T, execution_policy P = sequential_policy>
+  void fill(std::span<T> out, std::size_t rows, double sigma, double sigma_next, std::uint64_t first_sample,
+            const P& policy = P{}) const {
     constexpr std::string_view where = "diffusion::brownian_tree::fill";
     const std::size_t n = detail::rows_split(where, out.size(), rows, "out");
     check_time(where, "sigma", sigma);
@@ -204,7 +208,13 @@ class brownian_tree {
                                        "; increase the depth for narrower intervals)");
     const detail::brownian_terms t = terms(sigma, sigma_next);
     const double scale = 1.0 / std::sqrt(delta);
-    for (std::size_t r = 0; r < rows; ++r) accumulate_row(t, scale, first_sample + r, out.subspan(r * n, n));
+    detail::for_each_range(policy, out.size(), chunk, [&](std::size_t begin, std::size_t end) {
+      for (std::size_t i = begin; i < end;) {  // the range's pieces of rows
+        const std::size_t r = i / n, stop = std::min(end, (r + 1) * n);
+        accumulate(t, scale, first_sample + r, i - r * n, out.subspan(i, stop - i));
+        i = stop;
+      }
+    });
   }
 
   /// @brief Whether [lo, hi] lies in the tree's interval (what a sampler checks before its first step).
@@ -262,22 +272,25 @@ class brownian_tree {
     return out;
   }
 
-  /// out = Σ scale·coef_j ξ_j over the terms, for one sample, in chunks of a stack buffer.
+  /// out = Σ scale·coef_j ξ_j over the terms, for elements offset, offset + 1, … of one sample: term by
+  /// term (the order of the sum), each node's stream made 512 normals at a time into a stack buffer.
   template <real_scalar T>
-  void accumulate_row(const detail::brownian_terms& t, double scale, std::uint64_t sample, std::span<T> out) const {
-    constexpr std::size_t chunk = 512;
+  void accumulate(const detail::brownian_terms& t, double scale, std::uint64_t sample, std::size_t offset,
+                  std::span<T> out) const {
     alignas(64) T buf[chunk];
-    for (std::size_t c = 0; c < out.size(); c += chunk) {
-      const std::size_t len = std::min(chunk, out.size() - c);
-      T* o = out.data() + c;
-      std::fill(o, o + len, T(0));
-      for (std::size_t j = 0; j < t.size; ++j) {
-        source_.fill(sample, t.term[j].node, c, std::span<T>(buf, len));
-        detail::brownian_accumulate(static_cast<T>(t.term[j].coef * scale), buf, o, len);
+    std::fill(out.begin(), out.end(), T(0));
+    for (std::size_t j = 0; j < t.size; ++j) {
+      const detail::philox_row<T> stream(source_.key(), sample, t.term[j].node);
+      const T c = static_cast<T>(t.term[j].coef * scale);
+      for (std::size_t e = 0; e < out.size(); e += chunk) {
+        const std::size_t len = std::min(chunk, out.size() - e);
+        stream.fill(offset + e, std::span<T>(buf, len));
+        detail::brownian_accumulate(c, buf, out.data() + e, len);
       }
     }
   }
 
+  static constexpr std::size_t chunk = 512;  ///< Elements per stack buffer and grain of a thread split.
   philox_normal source_;
   std::uint64_t seed_;
   double t0_, t1_, width_;

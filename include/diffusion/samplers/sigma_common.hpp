@@ -253,7 +253,7 @@ class sigma_sampler : public sampler_loop<T, Context> {
   /// with its standardized increments (@ref brownian_tree::fill; row b is sample first_sample + b).
   std::span<const T> noise(const brownian_tree& tree, double sigma, double sigma_next) {
     const std::span<T> z = this->buffer(1);
-    tree.fill(z, this->rows(), sigma, sigma_next, first_sample_);
+    tree.fill(z, this->rows(), sigma, sigma_next, first_sample_, this->policy());
     return z;
   }
 
