@@ -335,8 +335,9 @@ void dpmpp_3m_sde_step(const level_step& s, std::span<const T> denoised, std::sp
   if (max_order < 1 || max_order > 3)
     detail::throw_invalid(where, "max_order = " + detail::to_text(max_order) + " is outside the allowed range [1, 3]");
   detail::check_same_size(where, "denoised", denoised.size(), "x", x.size());
-  for (std::size_t j = 0; j < 2; ++j)
-    detail::check_same_size(where, "state.previous_denoised[" + detail::to_text(j) + "]", state.previous_denoised[j].size(), "x", x.size());
+  // Literal names: a built std::string would allocate at every step (test_allocations).
+  detail::check_same_size(where, "state.previous_denoised[0]", state.previous_denoised[0].size(), "x", x.size());
+  detail::check_same_size(where, "state.previous_denoised[1]", state.previous_denoised[1].size(), "x", x.size());
   detail::check_no_partial_overlap(where, "denoised", denoised, "x", x);
   const bool lands_on_data = s.to.sigma == 0.0;
   const double ratio = s.to.sigma / s.from.sigma;
