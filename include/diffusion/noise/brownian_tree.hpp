@@ -27,8 +27,9 @@
 /// so for a < b in different leaves \f$\operatorname{Var}(W_D(b) - W_D(a)) = (b - a) - w\theta_a(1-\theta_a)
 /// - w\theta_b(1-\theta_b)\f$ (θ the position within the leaf, in [0, 1)): a relative deficit of at
 /// most \f$w/(2(b-a))\f$. Increments over disjoint intervals are independent except through a shared
-/// leaf (covariance at most w/4). The default D = 32 gives w = T·2⁻³²: for σ ∈ [0.002, 80] a
-/// deficit below 10⁻⁶ relative for any step wider than 10⁻² σ_min.
+/// leaf (covariance at most w/4). The default D = 32 gives w = T·2⁻³²: for σ ∈ [0.002, 80],
+/// w = 1.9·10⁻⁸, so a relative deficit ≤ 10⁻³ for steps wider than 10⁻⁵ and ≤ 10⁻⁶ for steps
+/// wider than 10⁻².
 ///
 /// **Arithmetic.** The coefficient of node j in W_D(b) − W_D(a) is the difference of its two tent
 /// values, formed in double from the points' distances to the node's ends, each computed by one
@@ -41,7 +42,7 @@
 /// pure function of (seed, sample, element, a, b): bit-identical for every batch split, chunking and
 /// thread count; swapping a and b negates it bit for bit.
 ///
-/// Dependencies: core (config, errors, simd, tensor), philox.hpp.
+/// Dependencies: core (config, errors, execution, simd, tensor), philox.hpp.
 #pragma once
 
 #include <algorithm>
