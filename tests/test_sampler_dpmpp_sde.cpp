@@ -509,3 +509,35 @@ TEST_CASE("DPM++ 2M SDE with a Brownian tree: batch invariance and errors", "[sa
   diffusion::dpmpp_2m_sde_sample(D, b, 1, noise, sig, {.eta = 0.0});
   CHECK(a == b);
 }
+
+TEMPLATE_TEST_CASE("dpmpp_2m_sde_step fed by brownian_tree::fill in your own loop is the loop with the tree, bit for bit",
+                   "[samplers][dpmpp_sde][brownian]", float, double) {
+  using T = TestType;
+  diffusion::gaussian_data g({0.3, -0.2, 0.6}, {0.5, 1.1, 0.2});
+  diffusion::sigma_space_model<diffusion::gaussian_data> D(g);
+  const diffusion::philox_normal noise(11);
+  const diffusion::brownian_tree tree(12, 0.03, 20.0);
+  const auto sig = diffusion::karras_sigmas(12, 0.03, 20.0);
+  constexpr std::size_t n = 3;
+  std::vector<T> start(n);
+  test::normal_source src(4);
+  for (auto& v : start) v = static_cast<T>(20.0 * src.normal());
+  std::vector<T> a = start, b = start, den(n), prev(n), z(n);
+  diffusion::dpmpp_2m_state<T> st{prev};
+  const diffusion::dpmpp_sde_options o{.eta = 0.9, .solver_type = dpm_solver_type::heun};
+  for (std::size_t i = 0; i + 1 < sig.size(); ++i) {
+    const std::vector<double> level{sig[i]};
+    D(std::span<const T>(a), std::span<const double>(level), std::span<T>(den),
+      static_cast<const diffusion::no_context*>(nullptr));
+    const diffusion::sigma_step s{sig[i], sig[i + 1]};
+    if (s.sigma_next > 0.0) {
+      tree.fill(std::span<T>(z), 1, s.sigma, s.sigma_next, 0);  // (W(sigma_next) - W(sigma))/sqrt(sigma - sigma_next)
+      diffusion::dpmpp_2m_sde_step<T>(s, den, a, st, std::span<const T>(z), o);
+    } else {
+      diffusion::dpmpp_2m_sde_step<T>(s, den, a, st, diffusion::kernels::no_noise{}, o);
+    }
+  }
+  diffusion::dpmpp_2m_sde_sample(D, b, 1, noise, tree, sig,
+                                 {.eta = 0.9, .solver_type = dpm_solver_type::heun, .draw_initial_noise = false});
+  CHECK(a == b);
+}

@@ -226,6 +226,26 @@ TEMPLATE_TEST_CASE("the stage functions in your own loop are the sample loops bi
   }
   diffusion::dpmpp_sde_sample(D, b, 1, noise, sig, {.s_noise = 0.9, .eta = 0.8, .draw_initial_noise = false});
   CHECK(a == b);
+  // DPM++ SDE with a Brownian tree: z1 over [sigma_m, sigma], z2 over [sigma_next, sigma_m].
+  const diffusion::brownian_tree tree(12, 0.03, 20.0);
+  std::vector<T> tz(n);
+  a = start;
+  b = start;
+  for (std::size_t i = 0; i + 1 < sig.size(); ++i) {
+    const auto L = diffusion::midpoint_levels({sig[i], sig[i + 1]});
+    model(a, sig[i], den);
+    if (sig[i + 1] == 0.0) {
+      diffusion::euler_step<T>(diffusion::sigma_step{sig[i], sig[i + 1]}, den, a);
+      continue;
+    }
+    tree.fill(std::span<T>(tz), 1, sig[i], L.mid.sigma, 0);
+    REQUIRE(diffusion::dpmpp_sde_predict<T>(L, den, a, st, std::span<const T>(tz), o));
+    model(xm, L.mid.sigma, den2);
+    tree.fill(std::span<T>(tz), 1, L.mid.sigma, sig[i + 1], 0);
+    diffusion::dpmpp_sde_correct<T>(L, den2, a, st, std::span<const T>(tz), o, a);
+  }
+  diffusion::dpmpp_sde_sample(D, b, 1, noise, tree, sig, {.s_noise = 0.9, .eta = 0.8, .draw_initial_noise = false});
+  CHECK(a == b);
 }
 
 TEST_CASE("the level form on variance-preserving levels is the sigma-space form on x/alpha", "[samplers][singlestep]") {
