@@ -8,6 +8,7 @@
 #include <diffusion/sampler_ddpm.hpp>
 #include <diffusion/sampler_karras.hpp>
 #include <diffusion/sampler_langevin.hpp>
+#include <diffusion/samplers/singlestep.hpp>
 
 #include <algorithm>
 #include <atomic>
@@ -140,6 +141,38 @@ TEST_CASE("sigma-space loops allocate nothing per step, nor per call with a reus
   const std::size_t before = allocations.load();
   diffusion::karras_sample(diffusion::karras_method::heun, D, x, 16, noise, karras, {},
                            diffusion::sampler_hooks<float>{.workspace = &ws});
+  CHECK(allocations.load() == before);
+}
+
+TEST_CASE("Brownian-tree noise allocates nothing per query nor per step", "[samplers][allocation][brownian]") {
+  const diffusion::brownian_tree tree(3, 0.01, 10.0);
+  std::vector<float> z(3 * 700);  // rows longer than the tree's 512-element buffer
+  std::size_t before = allocations.load();
+  tree.fill(std::span<float>(z), 3, 4.0, 3.0, 0);
+  tree.increment(1, 0.5, 0.25, std::span<float>(z));
+  CHECK(allocations.load() == before);
+  diffusion::gaussian_data g({0.1, 0.2, 0.3, 0.4}, {1.0, 0.5, 0.25, 0.1});
+  diffusion::sigma_space_model<diffusion::gaussian_data> D(g);
+  const diffusion::philox_normal noise(4);
+  std::vector<float> x(4 * 16);
+  std::vector<std::size_t> counts;
+  counts.reserve(64);
+  diffusion::sampler_workspace<float> ws;
+  diffusion::sampler_hooks<float> hooks{.on_step = [&](const diffusion::step_info<float>&) {
+                                          counts.push_back(allocations.load());
+                                          return true;
+                                        },
+                                        .workspace = &ws};
+  const auto karras = diffusion::karras_sigmas(20, 0.01, 10.0);
+  diffusion::dpmpp_2m_sde_sample(D, x, 16, noise, tree, karras, {}, hooks);
+  REQUIRE(counts.size() == 20);
+  CHECK(counts.front() == counts.back());
+  counts.clear();
+  diffusion::dpmpp_sde_sample(D, x, 16, noise, tree, karras, {}, hooks);
+  REQUIRE(counts.size() == 20);
+  CHECK(counts.front() == counts.back());
+  before = allocations.load();
+  diffusion::dpmpp_3m_sde_sample(D, x, 16, noise, tree, karras, {}, diffusion::sampler_hooks<float>{.workspace = &ws});
   CHECK(allocations.load() == before);
 }
 

@@ -407,3 +407,137 @@ TEST_CASE("DPM++ 3M SDE draws the exact law of its Gaussian chain, which tends t
   CHECK(fine_err < 2e-3);
   CHECK(fine_err < 0.5 * coarse_err);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Brownian-tree noise (noise/brownian_tree.hpp): the same chains, and one Brownian path for every
+// step count.
+
+TEST_CASE("DPM++ 2M and 3M SDE driven by a Brownian tree draw the exact law of their Gaussian chain",
+          "[samplers][dpmpp_sde][brownian][montecarlo]") {
+  // The tree's standardized increments over the disjoint steps are independent N(0, 1) (up to the
+  // leaf deficit, below 1e-9 here), so the chain's law is the one with independent noise.
+  const double mu = 0.25, sd = 0.6;
+  constexpr std::size_t dims = 20, rows = 5000, N = dims * rows;  // every (row, dimension) independent
+  diffusion::gaussian_data g(std::vector<double>(dims, mu), std::vector<double>(dims, sd));
+  diffusion::sigma_space_model<diffusion::gaussian_data> D(g);
+  const diffusion::philox_normal noise(2025);
+  const auto sig = diffusion::karras_sigmas(30, 0.01, 20.0);
+  const diffusion::brownian_tree tree(2026, 0.01, 20.0);
+  // 5 standard errors: false-failure probability < 6e-7 per check (4 checks).
+  for (const int order : {2, 3}) {
+    std::vector<double> x(N);
+    if (order == 2)
+      diffusion::dpmpp_2m_sde_sample(D, x, rows, noise, tree, sig, {.eta = 1.0});
+    else
+      diffusion::dpmpp_3m_sde_sample(D, x, rows, noise, tree, sig, {.eta = 1.0, .solver_type = dpm_solver_type::heun});
+    const chain_law law = order == 2 ? exact_chain(sig, mu, sd, 1.0, dpm_solver_type::midpoint)
+                                     : exact_chain_3m(sig, mu, sd, 1.0);
+    double em = 0, ev = 0;
+    for (double xi : x) em += xi;
+    em /= N;
+    for (double xi : x) ev += (xi - em) * (xi - em);
+    ev /= N - 1;
+    INFO(order << "M SDE with the tree: mean " << em << " vs " << law.mean << ", variance " << ev << " vs " << law.var);
+    CHECK(std::abs(em - law.mean) <= 5 * std::sqrt(law.var / N));
+    CHECK(std::abs(ev - law.var) <= 5 * law.var * std::sqrt(2.0 / (N - 1)));
+    WARN(order << "M SDE eta 1 with a Brownian tree (30 steps): law N(" << law.mean << ", " << law.var << "), sampled N("
+               << em << ", " << ev << ")");
+  }
+}
+
+TEST_CASE("DPM++ 2M and 3M SDE with a Brownian tree: 50 and 100 steps follow one path", "[samplers][dpmpp_sde][brownian]") {
+  // With independent noise per step the 50- and 100-step samples of a row are two nearly independent
+  // draws (RMS difference ~ sqrt(2) sd = 0.85); with one Brownian path both approximate the same
+  // solution of the reverse SDE and differ by the discretization error only.
+  const double mu = 0.25, sd = 0.6;
+  constexpr std::size_t dims = 8, rows = 500, N = dims * rows;
+  diffusion::gaussian_data g(std::vector<double>(dims, mu), std::vector<double>(dims, sd));
+  diffusion::sigma_space_model<diffusion::gaussian_data> D(g);
+  const diffusion::philox_normal noise(12);
+  const diffusion::brownian_tree tree(13, 0.002, 80.0);
+  const auto coarse = diffusion::karras_sigmas(50, 0.002, 80.0), fine = diffusion::karras_sigmas(100, 0.002, 80.0);
+  const auto rms = [](const std::vector<double>& a, const std::vector<double>& b) {
+    double s = 0;
+    for (std::size_t k = 0; k < a.size(); ++k) s += (a[k] - b[k]) * (a[k] - b[k]);
+    return std::sqrt(s / static_cast<double>(a.size()));
+  };
+  for (const int order : {2, 3}) {
+    const auto run = [&](const std::vector<double>& sig, bool with_tree) {
+      std::vector<double> x(N);
+      const diffusion::karras_options opt{.eta = 1.0, .solver_type = dpm_solver_type::heun};
+      if (order == 2 && with_tree) diffusion::dpmpp_2m_sde_sample(D, x, rows, noise, tree, sig, opt);
+      if (order == 2 && !with_tree) diffusion::dpmpp_2m_sde_sample(D, x, rows, noise, sig, opt);
+      if (order == 3 && with_tree) diffusion::dpmpp_3m_sde_sample(D, x, rows, noise, tree, sig, opt);
+      if (order == 3 && !with_tree) diffusion::dpmpp_3m_sde_sample(D, x, rows, noise, sig, opt);
+      return x;
+    };
+    const double with_tree = rms(run(coarse, true), run(fine, true));
+    const double independent = rms(run(coarse, false), run(fine, false));
+    INFO(order << "M SDE: RMS difference of 50 and 100 steps: tree " << with_tree << ", independent " << independent);
+    CHECK(independent > 0.5);  // ~ sqrt(2) sd; its standard error at 4000 values is ~0.01
+    CHECK(with_tree < 0.2 * independent);  // at least 5 times closer (measured: docs/accuracy.md)
+    WARN(order << "M SDE, 50 vs 100 Karras steps (sigma 0.002 to 80, data N(0.25, 0.36)): RMS difference " << with_tree
+               << " with a Brownian tree, " << independent << " with independent noise");
+  }
+}
+
+TEST_CASE("DPM++ 2M SDE with a Brownian tree: batch invariance and errors", "[samplers][dpmpp_sde][brownian][errors]") {
+  diffusion::gaussian_data g({0.1, -0.3, 0.7}, {0.4, 0.8, 0.2});
+  diffusion::sigma_space_model<diffusion::gaussian_data> D(g);
+  const diffusion::philox_normal noise(99);
+  const diffusion::brownian_tree tree(98, 0.03, 15.0);
+  const auto sig = diffusion::karras_sigmas(10, 0.03, 15.0);
+  std::vector<float> batch(7 * 3);
+  diffusion::dpmpp_2m_sde_sample(D, batch, 7, noise, tree, sig, {.solver_type = dpm_solver_type::heun});
+  for (std::uint64_t r = 0; r < 7; ++r) {
+    std::vector<float> one(3);
+    diffusion::dpmpp_2m_sde_sample(D, one, 1, noise, tree, sig, {.solver_type = dpm_solver_type::heun, .first_sample = r});
+    INFO("row " << r);
+    CHECK(std::equal(one.begin(), one.end(), batch.begin() + static_cast<std::ptrdiff_t>(3 * r)));
+  }
+  // A list reaching outside the tree is refused before any model call, x untouched.
+  const diffusion::brownian_tree narrow(98, 0.05, 15.0);
+  std::vector<float> x(6, 2.0f);
+  CHECK_THROWS_WITH(diffusion::dpmpp_2m_sde_sample(D, x, 2, noise, narrow, sig),
+                    Contains("dpmpp_2m_sde_sample") && Contains("sigmas[9] = 0.03") &&
+                        Contains("outside the Brownian tree's interval [0.05, 15]"));
+  CHECK_THROWS_WITH(diffusion::dpmpp_3m_sde_sample(D, x, 2, noise, narrow, sig), Contains("dpmpp_3m_sde_sample"));
+  CHECK(x == std::vector<float>(6, 2.0f));
+  // eta = 0 never reads the tree: the ODE sampler, bit for bit.
+  std::vector<double> a(3), b(3);
+  diffusion::dpmpp_2m_sde_sample(D, a, 1, noise, tree, sig, {.eta = 0.0});
+  diffusion::dpmpp_2m_sde_sample(D, b, 1, noise, sig, {.eta = 0.0});
+  CHECK(a == b);
+}
+
+TEMPLATE_TEST_CASE("dpmpp_2m_sde_step fed by brownian_tree::fill in your own loop is the loop with the tree, bit for bit",
+                   "[samplers][dpmpp_sde][brownian]", float, double) {
+  using T = TestType;
+  diffusion::gaussian_data g({0.3, -0.2, 0.6}, {0.5, 1.1, 0.2});
+  diffusion::sigma_space_model<diffusion::gaussian_data> D(g);
+  const diffusion::philox_normal noise(11);
+  const diffusion::brownian_tree tree(12, 0.03, 20.0);
+  const auto sig = diffusion::karras_sigmas(12, 0.03, 20.0);
+  constexpr std::size_t n = 3;
+  std::vector<T> start(n);
+  test::normal_source src(4);
+  for (auto& v : start) v = static_cast<T>(20.0 * src.normal());
+  std::vector<T> a = start, b = start, den(n), prev(n), z(n);
+  diffusion::dpmpp_2m_state<T> st{prev};
+  const diffusion::dpmpp_sde_options o{.eta = 0.9, .solver_type = dpm_solver_type::heun};
+  for (std::size_t i = 0; i + 1 < sig.size(); ++i) {
+    const std::vector<double> level{sig[i]};
+    D(std::span<const T>(a), std::span<const double>(level), std::span<T>(den),
+      static_cast<const diffusion::no_context*>(nullptr));
+    const diffusion::sigma_step s{sig[i], sig[i + 1]};
+    if (s.sigma_next > 0.0) {
+      tree.fill(std::span<T>(z), 1, s.sigma, s.sigma_next, 0);  // (W(sigma_next) - W(sigma))/sqrt(sigma - sigma_next)
+      diffusion::dpmpp_2m_sde_step<T>(s, den, a, st, std::span<const T>(z), o);
+    } else {
+      diffusion::dpmpp_2m_sde_step<T>(s, den, a, st, diffusion::kernels::no_noise{}, o);
+    }
+  }
+  diffusion::dpmpp_2m_sde_sample(D, b, 1, noise, tree, sig,
+                                 {.eta = 0.9, .solver_type = dpm_solver_type::heun, .draw_initial_noise = false});
+  CHECK(a == b);
+}

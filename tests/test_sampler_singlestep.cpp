@@ -226,6 +226,26 @@ TEMPLATE_TEST_CASE("the stage functions in your own loop are the sample loops bi
   }
   diffusion::dpmpp_sde_sample(D, b, 1, noise, sig, {.s_noise = 0.9, .eta = 0.8, .draw_initial_noise = false});
   CHECK(a == b);
+  // DPM++ SDE with a Brownian tree: z1 over [sigma_m, sigma], z2 over [sigma_next, sigma_m].
+  const diffusion::brownian_tree tree(12, 0.03, 20.0);
+  std::vector<T> tz(n);
+  a = start;
+  b = start;
+  for (std::size_t i = 0; i + 1 < sig.size(); ++i) {
+    const auto L = diffusion::midpoint_levels({sig[i], sig[i + 1]});
+    model(a, sig[i], den);
+    if (sig[i + 1] == 0.0) {
+      diffusion::euler_step<T>(diffusion::sigma_step{sig[i], sig[i + 1]}, den, a);
+      continue;
+    }
+    tree.fill(std::span<T>(tz), 1, sig[i], L.mid.sigma, 0);
+    REQUIRE(diffusion::dpmpp_sde_predict<T>(L, den, a, st, std::span<const T>(tz), o));
+    model(xm, L.mid.sigma, den2);
+    tree.fill(std::span<T>(tz), 1, L.mid.sigma, sig[i + 1], 0);
+    diffusion::dpmpp_sde_correct<T>(L, den2, a, st, std::span<const T>(tz), o, a);
+  }
+  diffusion::dpmpp_sde_sample(D, b, 1, noise, tree, sig, {.s_noise = 0.9, .eta = 0.8, .draw_initial_noise = false});
+  CHECK(a == b);
 }
 
 TEST_CASE("the level form on variance-preserving levels is the sigma-space form on x/alpha", "[samplers][singlestep]") {
@@ -559,4 +579,69 @@ TEST_CASE("DPM2 and DPM-Solver++(2S) on rectified-flow states converge at order 
   test::test_noise noise{1};
   CHECK_THROWS_WITH(diffusion::dpm2_sample(D, x, 4, noise, std::vector<double>{1.0, 0.5, 0.0}, {.draw_initial_noise = false}),
                     Contains("diffusion::dpm2_sample") && Contains("sigmas[0] = 1") && Contains("alpha = 0"));
+}
+
+TEST_CASE("DPM++ SDE driven by a Brownian tree draws the exact law of its chain and follows one path",
+          "[samplers][singlestep][brownian][montecarlo]") {
+  // The two reads of a step (over [sigma_m, sigma] and [sigma_next, sigma_m]) are independent
+  // standardized increments, so the stages' noise has the joint law exact_chain assumes.
+  const double mu = 0.25, sd = 0.6;
+  constexpr std::size_t dims = 20, rows = 5000, N = dims * rows;  // every (row, dimension) independent
+  diffusion::gaussian_data g(std::vector<double>(dims, mu), std::vector<double>(dims, sd));
+  gauss_model D(g);
+  const diffusion::philox_normal noise(4040);
+  const auto sig = diffusion::karras_sigmas(30, 0.01, 20.0);
+  const diffusion::brownian_tree tree(4041, 0.01, 20.0);
+  // 5 standard errors: false-failure probability < 6e-7 per check (4 checks).
+  for (const double eta : {1.0, 0.5}) {
+    std::vector<double> x(N);
+    diffusion::dpmpp_sde_sample(D, x, rows, noise, tree, sig, {.eta = eta});
+    const chain_law law = exact_chain(method::dpmpp_sde, sig, mu, sd, eta);
+    double em = 0, ev = 0;
+    for (double xi : x) em += xi;
+    em /= N;
+    for (double xi : x) ev += (xi - em) * (xi - em);
+    ev /= N - 1;
+    INFO("DPM++ SDE with the tree, eta " << eta << ": mean " << em << " vs " << law.mean << ", variance " << ev
+                                         << " vs " << law.var);
+    CHECK(std::abs(em - law.mean) <= 5 * std::sqrt(law.var / N));
+    CHECK(std::abs(ev - law.var) <= 5 * law.var * std::sqrt(2.0 / (N - 1)));
+    WARN("DPM++ SDE eta " << eta << " with a Brownian tree (30 steps): law N(" << law.mean << ", " << law.var
+                          << "), sampled N(" << em << ", " << ev << ")");
+  }
+  // 50 and 100 steps: one Brownian path (RMS difference of the discretizations) against two nearly
+  // independent draws (~ sqrt(2) sd = 0.85) with the Philox step streams.
+  constexpr std::size_t small_rows = 500, small_n = 8 * small_rows;
+  diffusion::gaussian_data g8(std::vector<double>(8, mu), std::vector<double>(8, sd));
+  gauss_model D8(g8);
+  const diffusion::brownian_tree wide(4042, 0.002, 80.0);
+  const auto run = [&](std::size_t steps, bool with_tree) {
+    std::vector<double> x(small_n);
+    const auto s = diffusion::karras_sigmas(steps, 0.002, 80.0);
+    if (with_tree)
+      diffusion::dpmpp_sde_sample(D8, x, small_rows, noise, wide, s);
+    else
+      diffusion::dpmpp_sde_sample(D8, x, small_rows, noise, s);
+    return x;
+  };
+  const auto rms = [](const std::vector<double>& a, const std::vector<double>& b) {
+    double s = 0;
+    for (std::size_t k = 0; k < a.size(); ++k) s += (a[k] - b[k]) * (a[k] - b[k]);
+    return std::sqrt(s / static_cast<double>(a.size()));
+  };
+  const double with_tree = rms(run(50, true), run(100, true)), independent = rms(run(50, false), run(100, false));
+  INFO("RMS difference of 50 and 100 steps: tree " << with_tree << ", independent " << independent);
+  CHECK(independent > 0.5);
+  CHECK(with_tree < 0.2 * independent);  // at least 5 times closer (measured: docs/accuracy.md)
+  WARN("DPM++ SDE, 50 vs 100 Karras steps (sigma 0.002 to 80, data N(0.25, 0.36)): RMS difference " << with_tree
+                                                                                                    << " with a Brownian tree, "
+                                                                                                    << independent
+                                                                                                    << " with independent noise");
+  // A list reaching outside the tree is refused before any model call.
+  std::vector<double> x(2 * dims, 3.0);
+  const diffusion::brownian_tree narrow(1, 0.02, 20.0);
+  CHECK_THROWS_WITH(diffusion::dpmpp_sde_sample(D, x, 2, noise, narrow, sig),
+                    Contains("diffusion::dpmpp_sde_sample") && Contains("sigmas[28] = 0.0158") &&
+                        Contains("outside the Brownian tree's interval"));
+  CHECK(x == std::vector<double>(2 * dims, 3.0));
 }

@@ -335,8 +335,9 @@ void dpmpp_3m_sde_step(const level_step& s, std::span<const T> denoised, std::sp
   if (max_order < 1 || max_order > 3)
     detail::throw_invalid(where, "max_order = " + detail::to_text(max_order) + " is outside the allowed range [1, 3]");
   detail::check_same_size(where, "denoised", denoised.size(), "x", x.size());
-  for (std::size_t j = 0; j < 2; ++j)
-    detail::check_same_size(where, "state.previous_denoised[" + detail::to_text(j) + "]", state.previous_denoised[j].size(), "x", x.size());
+  // Literal names: a built std::string would allocate at every step (test_allocations).
+  detail::check_same_size(where, "state.previous_denoised[0]", state.previous_denoised[0].size(), "x", x.size());
+  detail::check_same_size(where, "state.previous_denoised[1]", state.previous_denoised[1].size(), "x", x.size());
   detail::check_no_partial_overlap(where, "denoised", denoised, "x", x);
   const bool lands_on_data = s.to.sigma == 0.0;
   const double ratio = s.to.sigma / s.from.sigma;
@@ -420,11 +421,13 @@ void dpmpp_3m_sde_step(const level_step& s, std::span<const T> denoised, std::sp
 namespace detail {
 /// The loop of DPM-Solver++(2M) SDE (Order 2) and (3M) SDE (Order 3): one model call and one step per
 /// σ, the noise of stream step i where the step adds noise, no_noise elsewhere.
+/// With a Brownian tree, the noise of step i is the tree's standardized increment over [σ_{i+1}, σ_i].
 template <std::size_t Order, class SigmaModel, real_scalar T, class Noise, class Context>
 sample_result dpmpp_sde_loop(std::string_view where, SigmaModel& D, std::span<T> x, std::size_t rows, Noise& noise,
                              std::span<const double> sigmas, const karras_options& opt,
-                             const sampler_hooks<T, Context>& hooks) {
+                             const sampler_hooks<T, Context>& hooks, const brownian_tree* tree = nullptr) {
   check_karras_options(where, opt);
+  if (tree != nullptr) check_tree_covers(where, *tree, sigmas);
   sigma_sampler<SigmaModel, T, Noise, Context> loop(where, D, x, rows, noise, sigmas, opt.first_sample,
                                                     opt.draw_initial_noise, opt.check_finite, hooks);
   const auto xs = loop.x();
@@ -445,7 +448,9 @@ sample_result dpmpp_sde_loop(std::string_view where, SigmaModel& D, std::span<T>
   for (std::size_t i = 0; i < loop.steps(); ++i) {
     loop.denoise(xs, loop.sigma(i), den, i);
     const level_step l = loop.step_levels(loop.sigma(i), i);
-    if (noisy && loop.sigma(i + 1) > 0.0)
+    if (noisy && loop.sigma(i + 1) > 0.0 && tree != nullptr)
+      step(l, loop.noise(*tree, loop.sigma(i), loop.sigma(i + 1)));
+    else if (noisy && loop.sigma(i + 1) > 0.0)
       step(l, loop.noise(i));
     else
       step(l, kernels::no_noise{});
@@ -472,6 +477,25 @@ sample_result dpmpp_2m_sde_sample(SigmaModel& D, X&& x, std::size_t rows, Noise&
   return detail::dpmpp_sde_loop<2>("diffusion::dpmpp_2m_sde_sample", D, as_mutable_span(x), rows, noise, sigmas, opt, hooks);
 }
 
+/// @brief DPM-Solver++(2M) SDE sampling with Brownian-tree noise (k-diffusion `sample_dpmpp_2m_sde` with its
+/// default `BrownianTreeNoiseSampler`): as the overload above, but the noise of step i is the tree's
+/// standardized increment \f$(W(\sigma_{i+1}) - W(\sigma_i))/\sqrt{\sigma_i - \sigma_{i+1}}\f$ (@ref brownian_tree::fill),
+/// so that runs with different step counts share one Brownian path (their results converge to the
+/// solution of the reverse SDE for that path). `noise` draws only the initial x = σ₀z.
+/// @param[in] D the σ-space denoiser; @param[in,out] x rows × n; @param[in] rows batch size;
+/// @param[in] noise the initial noise; @param[in] tree the Brownian tree, in the list's σ, covering every
+/// σ > 0 of the list; @param[in] sigmas the σ list; @param[in] opt options; @param[in] hooks hooks.
+/// @throws as the overload above; std::invalid_argument for a σ outside the tree's interval (before any
+/// model call) or a step narrower than the tree's leaf width.
+template <class SigmaModel, mutable_tensor X, class Noise, class Context = no_context>
+  requires sigma_denoiser<SigmaModel, tensor_value_t<X>, Context> && noise_source_for<Noise, tensor_value_t<X>>
+sample_result dpmpp_2m_sde_sample(SigmaModel& D, X&& x, std::size_t rows, Noise& noise, const brownian_tree& tree,
+                                  std::span<const double> sigmas, const karras_options& opt = {},
+                                  const sampler_hooks<tensor_value_t<X>, Context>& hooks = {}) {
+  return detail::dpmpp_sde_loop<2>("diffusion::dpmpp_2m_sde_sample", D, as_mutable_span(x), rows, noise, sigmas, opt,
+                                   hooks, &tree);
+}
+
 /// @brief DPM-Solver++(3M) sampling, deterministic (η = 0) or the 3M SDE (k-diffusion
 /// `sample_dpmpp_3m_sde`, ComfyUI `dpmpp_3m_sde`): one model call and one
 /// @ref diffusion::dpmpp_3m_sde_step "dpmpp_3m_sde_step" per step over the state's process, the noise
@@ -486,6 +510,22 @@ sample_result dpmpp_3m_sde_sample(SigmaModel& D, X&& x, std::size_t rows, Noise&
                                   const karras_options& opt = {},
                                   const sampler_hooks<tensor_value_t<X>, Context>& hooks = {}) {
   return detail::dpmpp_sde_loop<3>("diffusion::dpmpp_3m_sde_sample", D, as_mutable_span(x), rows, noise, sigmas, opt, hooks);
+}
+
+/// @brief DPM-Solver++(3M) SDE sampling with Brownian-tree noise (k-diffusion `sample_dpmpp_3m_sde` with its
+/// default `BrownianTreeNoiseSampler`): the noise of step i is the tree's standardized increment over
+/// [σ_{i+1}, σ_i], as in the 2M SDE overload with a tree.
+/// @param[in] D the σ-space denoiser; @param[in,out] x rows × n; @param[in] rows batch size;
+/// @param[in] noise the initial noise; @param[in] tree the Brownian tree covering every σ > 0 of the list;
+/// @param[in] sigmas the σ list; @param[in] opt options; @param[in] hooks hooks.
+/// @throws as the 2M SDE overload with a tree.
+template <class SigmaModel, mutable_tensor X, class Noise, class Context = no_context>
+  requires sigma_denoiser<SigmaModel, tensor_value_t<X>, Context> && noise_source_for<Noise, tensor_value_t<X>>
+sample_result dpmpp_3m_sde_sample(SigmaModel& D, X&& x, std::size_t rows, Noise& noise, const brownian_tree& tree,
+                                  std::span<const double> sigmas, const karras_options& opt = {},
+                                  const sampler_hooks<tensor_value_t<X>, Context>& hooks = {}) {
+  return detail::dpmpp_sde_loop<3>("diffusion::dpmpp_3m_sde_sample", D, as_mutable_span(x), rows, noise, sigmas, opt,
+                                   hooks, &tree);
 }
 
 }  // namespace diffusion

@@ -27,6 +27,7 @@
 #include "../core/tensor.hpp"
 #include "../kernels/elementwise.hpp"
 #include "../models/sigma_space.hpp"
+#include "../noise/brownian_tree.hpp"
 #include "../process/parameterization.hpp"
 #include "common.hpp"
 
@@ -180,6 +181,16 @@ inline void check_sigma_step(std::string_view where, sigma_step s) {
     throw_invalid(where, "sigma_next = " + to_text(s.sigma_next) + " must be finite and >= 0");
 }
 
+/// Requires every σ > 0 of the list to lie in the Brownian tree's interval (the tree is read over
+/// [σ_{i+1}, σ_i] and the stage levels between them), naming the sampler and the entry.
+inline void check_tree_covers(std::string_view where, const brownian_tree& tree, std::span<const double> sigmas) {
+  for (std::size_t i = 0; i < sigmas.size(); ++i)
+    if (sigmas[i] > 0.0 && !tree.covers(sigmas[i], sigmas[i]))
+      throw_invalid(where, "sigmas[" + to_text(i) + "] = " + to_text(sigmas[i]) +
+                               " is outside the Brownian tree's interval [" + to_text(tree.t_min()) + ", " +
+                               to_text(tree.t_max()) + "] (build the tree over [min sigma > 0, max sigma])");
+}
+
 /// The loop of every σ-space sampler on top of @ref sampler_loop: validates the σ list (and every
 /// level the sampler will call the model at, against the model's range), draws the initial
 /// x = σ_0 z, calls the model with the output check, and hands out the noise of each step.
@@ -242,6 +253,14 @@ class sigma_sampler : public sampler_loop<T, Context> {
   /// The noise operand of stream step k: in-kernel Philox, or buffer 1 filled from the source.
   auto noise(std::uint64_t k) {
     return step_noise(noise_, first_sample_, k, this->buffer(1), this->rows(), this->row_size());
+  }
+
+  /// The noise operand of the interval between σ and σ_next from a Brownian tree: buffer 1 filled
+  /// with its standardized increments (@ref brownian_tree::fill; row b is sample first_sample + b).
+  std::span<const T> noise(const brownian_tree& tree, double sigma, double sigma_next) {
+    const std::span<T> z = this->buffer(1);
+    tree.fill(z, this->rows(), sigma, sigma_next, first_sample_, this->policy());
+    return z;
   }
 
  private:

@@ -510,12 +510,14 @@ inline two_stage_plan plan_two_stage(two_stage_method m, state_process p, const 
           to.alpha * a.sigma_up * opt.s_noise};
 }
 
-/// The loop of the four two-stage samplers over a σ list (σ-space or rectified-flow states).
+/// The loop of the four two-stage samplers over a σ list (σ-space or rectified-flow states). With a
+/// Brownian tree (DPM++ SDE only), the two stages read the tree over [σ_m, σ] and [σ_next, σ_m].
 template <two_stage_method M, class SigmaModel, real_scalar T, class Noise, class Context>
 sample_result two_stage_loop(std::string_view where, SigmaModel& D, std::span<T> x, std::size_t rows, Noise& noise,
                              std::span<const double> sigmas, const karras_options& opt,
-                             const sampler_hooks<T, Context>& hooks) {
+                             const sampler_hooks<T, Context>& hooks, const brownian_tree* tree = nullptr) {
   check_karras_options(where, opt);
+  if (tree != nullptr) check_tree_covers(where, *tree, sigmas);
   sigma_sampler<SigmaModel, T, Noise, Context> loop(where, D, x, rows, noise, sigmas, opt.first_sample,
                                                     opt.draw_initial_noise, opt.check_finite, hooks);
   if (loop.level(sigmas[0]).alpha == 0.0)
@@ -563,12 +565,19 @@ sample_result two_stage_loop(std::string_view where, SigmaModel& D, std::span<T>
       else
         dpmpp_2s_correct<T>(L, den2, at, state, xs, kernels::no_noise{}, 0.0, loop.policy());
     } else {
-      if (noisy)
+      // With a tree: z₁ over [σ_m, σ] and z₂ over [σ_next, σ_m], so that the second stage's
+      // ρz₁ + √(1 − ρ²)z₂ is the tree's increment over [σ_next, σ] (σ-space: ς = σ).
+      if (noisy && tree != nullptr)
+        dpmpp_sde_predict<T>(L, den, at, state, loop.noise(*tree, from, L.mid.sigma), sde, loop.policy());
+      else if (noisy)
         dpmpp_sde_predict<T>(L, den, at, state, loop.noise(2 * i), sde, loop.policy());
       else
         dpmpp_sde_predict<T>(L, den, at, state, kernels::no_noise{}, sde, loop.policy());
       loop.denoise(std::span<const T>(state.x_mid), L.mid.sigma, den2, i);
-      if (noisy)
+      if (noisy && tree != nullptr)
+        dpmpp_sde_correct<T>(L, den2, at, state, loop.noise(*tree, L.mid.sigma, loop.sigma(i + 1)), sde, xs,
+                             loop.policy());
+      else if (noisy)
         dpmpp_sde_correct<T>(L, den2, at, state, loop.noise(2 * i + 1), sde, xs, loop.policy());
       else
         dpmpp_sde_correct<T>(L, den2, at, state, kernels::no_noise{}, sde, xs, loop.policy());
@@ -646,6 +655,29 @@ sample_result dpmpp_sde_sample(SigmaModel& D, X&& x, std::size_t rows, Noise& no
                                const sampler_hooks<tensor_value_t<X>, Context>& hooks = {}) {
   return detail::two_stage_loop<detail::two_stage_method::dpmpp_sde>("diffusion::dpmpp_sde_sample", D,
                                                                      as_mutable_span(x), rows, noise, sigmas, opt, hooks);
+}
+
+/// @brief DPM++ SDE sampling with Brownian-tree noise (k-diffusion `sample_dpmpp_sde` with its default
+/// `BrownianTreeNoiseSampler`): as the overload above, but the first stage's noise is the tree's
+/// standardized increment over [σ_m, σ] and the second stage's z₂ the one over [σ_next, σ_m], so that
+/// \f$\rho z_1 + \sqrt{1-\rho^2}\,z_2 = (W(\sigma_\text{next}) - W(\sigma))/\sqrt{\sigma - \sigma_\text{next}}\f$
+/// (to rounding; σ-space): k-diffusion's two tree reads, and one Brownian path for every step count.
+/// For a rectified-flow state the tree runs in the list's σ while ρ is formed in ς = σ/α: the law of
+/// each step is exact, the path consistency across step counts approximate. `noise` draws only the
+/// initial x = σ₀z.
+/// @param[in] D the σ-space denoiser; @param[in,out] x rows × n; @param[in] rows batch size;
+/// @param[in] noise the initial noise; @param[in] tree the Brownian tree covering every σ > 0 of the list;
+/// @param[in] sigmas the σ list; @param[in] opt options (η, S_noise); @param[in] hooks hooks.
+/// @throws as the overload above; std::invalid_argument for a σ outside the tree's interval (before any
+/// model call) or a stage interval narrower than the tree's leaf width.
+template <class SigmaModel, mutable_tensor X, class Noise, class Context = no_context>
+  requires sigma_denoiser<SigmaModel, tensor_value_t<X>, Context> && noise_source_for<Noise, tensor_value_t<X>>
+sample_result dpmpp_sde_sample(SigmaModel& D, X&& x, std::size_t rows, Noise& noise, const brownian_tree& tree,
+                               std::span<const double> sigmas, const karras_options& opt = {},
+                               const sampler_hooks<tensor_value_t<X>, Context>& hooks = {}) {
+  return detail::two_stage_loop<detail::two_stage_method::dpmpp_sde>("diffusion::dpmpp_sde_sample", D,
+                                                                     as_mutable_span(x), rows, noise, sigmas, opt, hooks,
+                                                                     &tree);
 }
 
 }  // namespace diffusion
