@@ -245,3 +245,111 @@ TEMPLATE_TEST_CASE("Every sampling loop is batch-invariant and thread-count inva
                   });
   }
 }
+
+namespace {
+
+// A step function run on `rows` rows of x (in place) with the model output d, the Philox stream of
+// row 0 = first_sample, and the policy.
+template <class T>
+using step_run = std::function<void(std::span<T> x, std::span<const T> d, std::size_t rows, std::uint64_t first_sample,
+                                    const diffusion::parallel_policy& policy)>;
+
+// Row b of the inputs depends on b only (so a row alone is the same row of the batch).
+template <class T>
+T input_value(std::size_t b, std::size_t k, double phase) {
+  return static_cast<T>(0.8 * std::sin(0.37 * static_cast<double>(k) + 1.1 * static_cast<double>(b) + phase));
+}
+
+template <class T>
+void check_step(const std::string& name, const step_run<T>& step) {
+  INFO("step: " << name);
+  auto inputs = [](std::size_t first_row, std::size_t rows) {
+    std::pair<std::vector<T>, std::vector<T>> xd;
+    for (std::size_t b = first_row; b < first_row + rows; ++b)
+      for (std::size_t k = 0; k < n_elems; ++k) {
+        xd.first.push_back(input_value<T>(b, k, 0.0));
+        xd.second.push_back(input_value<T>(b, k, 0.5));
+      }
+    return xd;
+  };
+  auto [x_all, d_all] = inputs(0, batch);
+  step(x_all, d_all, batch, 0, diffusion::parallel_policy{1, 16});
+  for (std::size_t b : {0u, 3u, 6u}) {
+    for (unsigned threads : {1u, 2u}) {
+      auto [x, d] = inputs(b, 1);
+      step(x, d, 1, b, diffusion::parallel_policy{threads, 16});
+      const std::size_t k = first_difference<T>(x, std::span<const T>(x_all).subspan(b * n_elems, n_elems));
+      INFO("row " << b << " alone with " << threads << " thread(s) vs in the batch: first difference at element " << k);
+      CHECK(k == n_elems);
+    }
+  }
+  auto [x2, d2] = inputs(0, batch);
+  step(x2, d2, batch, 0, diffusion::parallel_policy{2, 16});
+  const std::size_t k = first_difference<T>(x2, x_all);
+  INFO("batch, 2 threads vs 1: first difference at element " << k);
+  CHECK(k == batch * n_elems);
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("Stochastic step functions with in-kernel Philox noise are batch- and thread-count invariant",
+                   "[batch_invariance][steps]", float, double) {
+  using T = TestType;
+  using P = diffusion::parallel_policy;
+  using diffusion::noise_level;
+  using diffusion::sigma_step;
+  const diffusion::philox_normal noise(77);
+  const std::uint64_t k = 5;  // the stream step
+  auto z = [&](std::uint64_t fs) { return diffusion::kernels::philox_stream{&noise, fs, k, 0, n_elems}; };
+  using CX = std::span<const T>;
+
+  check_step<T>("euler_ancestral_step", [&](std::span<T> x, CX d, std::size_t, std::uint64_t fs, const P& p) {
+    diffusion::euler_ancestral_step<T>(sigma_step{2.0, 0.7}, d, x, z(fs), {}, p);
+  });
+  check_step<T>("rf_ancestral_step", [&](std::span<T> x, CX d, std::size_t, std::uint64_t fs, const P& p) {
+    diffusion::rf_ancestral_step<T>(sigma_step{0.8, 0.5}, d, x, z(fs), {}, p);
+  });
+  check_step<T>("flow_stochastic_step", [&](std::span<T> x, CX d, std::size_t, std::uint64_t fs, const P& p) {
+    diffusion::flow_stochastic_step<T>(sigma_step{0.8, 0.5}, d, x, z(fs), p);
+  });
+  check_step<T>("churn_step", [&](std::span<T> x, CX, std::size_t, std::uint64_t fs, const P& p) {
+    diffusion::churn_step<T>(1.0, 1.3, 1.0, x, z(fs), p);
+  });
+  check_step<T>("renoise_step", [&](std::span<T> x, CX, std::size_t, std::uint64_t fs, const P& p) {
+    diffusion::renoise_step<T>({noise_level::general(0.9, 0.3), noise_level::general(0.7, 0.6)}, 1.0, x, z(fs), p);
+  });
+  check_step<T>("lcm_step", [&](std::span<T> x, CX d, std::size_t, std::uint64_t fs, const P& p) {
+    diffusion::lcm_step<T>(diffusion::lcm_boundary(499.0), noise_level::general(0.8, 0.6), d, x, z(fs), {}, p);
+  });
+  check_step<T>("tcd_step", [&](std::span<T> x, CX d, std::size_t, std::uint64_t fs, const P& p) {
+    diffusion::tcd_step<T>({noise_level::general(0.5, std::sqrt(0.75)), noise_level::general(0.8, 0.6)},
+                           noise_level::general(0.95, std::sqrt(1.0 - 0.95 * 0.95)), d, x, z(fs), {}, p);
+  });
+  check_step<T>("cfgpp_euler_ancestral_step", [&](std::span<T> x, CX d, std::size_t, std::uint64_t fs, const P& p) {
+    std::vector<T> u(d.begin(), d.end());
+    for (auto& v : u) v = static_cast<T>(0.9) * v;
+    diffusion::cfgpp_euler_ancestral_step<T>(sigma_step{2.0, 0.7}, d, u, x, z(fs), {}, p);
+  });
+  check_step<T>("dpmpp_2m_sde_step (second order, heun)", [&](std::span<T> x, CX d, std::size_t, std::uint64_t fs, const P& p) {
+    std::vector<T> prev(d.begin(), d.end());
+    for (auto& v : prev) v = static_cast<T>(1.1) * v + static_cast<T>(0.05);
+    diffusion::dpmpp_2m_state<T> st{prev, 0.4, true};
+    diffusion::dpmpp_2m_sde_step<T>(sigma_step{2.0, 0.7}, d, x, st, z(fs),
+                                    {.eta = 0.8, .solver_type = diffusion::dpm_solver_type::heun}, p);
+  });
+}
+
+TEST_CASE("The comparison detects a row that depends on its batch (corrector_norms::batch_mean, documented so)",
+          "[batch_invariance][samplers]") {
+  // A control of the check above: score_sde's parity mode takes one corrector step size from the batch
+  // means of the norms, so a row alone is not the row in a batch of 7 (langevin.hpp, corrector_norms).
+  const diffusion::philox_normal noise(20240512);
+  auto g = make_data();
+  diffusion::sigma_space_model<diffusion::gaussian_data> D(g);
+  const auto geo = diffusion::geometric_sigmas(5, 0.03, 3.0);
+  const diffusion::predictor_corrector_options opt{.norms = diffusion::corrector_norms::batch_mean};
+  std::vector<double> all(batch * n_elems), one(n_elems);
+  diffusion::predictor_corrector_sample(D, all, batch, noise, geo, opt);
+  diffusion::predictor_corrector_sample(D, one, 1, noise, geo, opt);
+  CHECK(first_difference<double>(one, std::span<const double>(all).first(n_elems)) < n_elems);
+}
