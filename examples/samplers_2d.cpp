@@ -1,4 +1,4 @@
-// Eight samplers on two 2-D data sets with the exact denoiser, checked against the known density.
+// Every sampler of the library on two 2-D data sets with the exact denoiser, checked against the known density.
 //
 // Data (diffusion::gaussian_mixture_data, which is the exact denoiser E[ε | x_t] the samplers call):
 //   "8 Gaussians": 8 equal components on the unit circle, standard deviation 0.05;
@@ -6,8 +6,11 @@
 //   components are 2.8 standard deviations apart).
 // Samplers: DDPM ancestral (Ho et al. 2020, Algorithm 2; linear β, T = 1000, σ_t² = β_t and β̃_t),
 // DDIM η = 0 (Song et al. 2021) with 10 and 50 steps, annealed Langevin (Song & Ermon 2019,
-// Algorithm 1), VE predictor–corrector (Song et al. 2021, Algorithms 2 and 4), and the Karras
-// et al. 2022 σ-space Euler, Heun (Algorithm 2) and DPM-Solver++(2M) (Lu et al. 2022).
+// Algorithm 1), VE predictor–corrector (Song et al. 2021, Algorithms 2 and 4), and on the Karras
+// et al. 2022 σ list: Euler, Heun (Algorithm 2), DPM-Solver++(2M) and (3M) (Lu et al. 2022; 3M is
+// dpmpp_3m_sde_sample with η = 0), LMS, UniPC (bh2, order 3), DEIS (order 3), iPNDM, DPM2, and the
+// stochastic Euler ancestral, DPM++ 2M SDE, DPM++ 3M SDE, DPM2 ancestral, DPM++ 2S ancestral and
+// DPM++ SDE (η = 1), each through its own *_sample loop.
 //
 // Checks, each with false-failure probability α (--alpha, 1e-5) for a sampler that draws exactly
 // from the data:
@@ -20,15 +23,16 @@
 //  * χ², the mass balance: Pearson χ² of the counts of points by most likely component against
 //    N/J (by symmetry P(argmax = j) = 1/J exactly), J − 1 degrees of freedom; pass below the
 //    1 − α quantile.
-// With 6 checked samplers × 2 statistics × 2 data sets, a false failure of the run has
-// probability ≤ 24 α = 2.4e-4 (Bonferroni). The null laws are checked on the run's own exact
+// With 18 checked samplers × 2 statistics × 2 data sets, a false failure of the run has
+// probability ≤ 72 α = 7.2e-4 (Bonferroni). The null laws are checked on the run's own exact
 // samples (2R of them: mean and sd of z, mean of χ²). Exit status 1 when a check fails.
 //
 // What is checked is a sampler at default steps where it is accurate at this resolution: the
 // stochastic samplers where the exact variance recurrence on one Gaussian component predicts a
-// spread within ~1 % (DDPM with σ² = β_t, annealed Langevin with 50 steps per level), and the
-// ODE solvers at step counts where more steps move z by about 1 or less (Euler 200, Heun 35 =
-// 69 calls, DPM-Solver++(2M) 50). Contrast rows are reported, not checked: DDPM with σ² = β̃ (the
+// spread within ~1 % (DDPM with σ² = β_t, annealed Langevin with 50 steps per level), the
+// ODE solvers at step counts where more steps move z by about 1 or less (Euler 200, Heun and
+// DPM2 35 = 69 calls, the multistep solvers 50), and the σ-space SDE solvers where the bias left
+// in z is within about 2 (Euler ancestral 400, the others 100 steps). Contrast rows are reported, not checked: DDPM with σ² = β̃ (the
 // lower end of the reverse variance: under-dispersed by a predicted λ = 0.93 / 0.89 at T = 1000)
 // and DDIM with 10 and 50 of the paper's uniform steps (first order, and its last step to ᾱ = 1
 // denoises from σ ≈ 0.01, which shrinks the spread by s²/(s² + 0.01²) in variance at any step
@@ -44,7 +48,7 @@
 // Rows are split over --threads threads; each row's noise is the stream of its row index, so the
 // split does not change the samples (except the predictor–corrector's batch-mean step size).
 //
-// Output: samplers_2d_<data>.png (a 5×2 grid of scatter plots at the default steps with a few
+// Output: samplers_2d_<data>.png (a grid of scatter plots, 5 per row, at the default steps with a few
 // trajectories), samplers_2d_distance.png (sliced W2 and |z| against denoiser calls), the tables.
 //
 //   samplers_2d [--samples N] [--directions P] [--floor-reps R] [--alpha A] [--sweep 0|1] [--out-dir DIR] [--help]
@@ -285,6 +289,11 @@ struct sampler {
   std::size_t default_steps;
   std::vector<std::size_t> sweep;  // step counts for the distance-vs-calls table
   run_fn run;
+  // Denoiser calls of a run of `steps` steps, calls_per_step · steps + call_offset (for the progress
+  // estimate; the tables print the count the loop returns): 2, −1 for the two-stage methods (Heun,
+  // DPM2, …, whose last step to σ = 0 is one Euler call).
+  std::size_t calls_per_step = 1;
+  int call_offset = 0;
 };
 
 struct settings {
@@ -347,7 +356,8 @@ std::vector<sampler> make_samplers(const settings& cfg, const noise_schedule& tr
                      return true;
                    };
                    return annealed_langevin_sample(D, x, rows, nz, sig, o, h).model_calls;
-                 }});
+                 },
+                 cfg.langevin_levels, 1});
   out.push_back({"predictor-corrector", "predictor-corrector", true, 250, {100},
                  [=](auto& m, auto x, std::size_t rows, std::size_t levels, std::uint64_t first, recorder* rec) {
                    philox_normal nz = noise;
@@ -363,29 +373,85 @@ std::vector<sampler> make_samplers(const settings& cfg, const noise_schedule& tr
                      return true;
                    };
                    return predictor_corrector_sample(D, x, rows, nz, sig, o, h).model_calls;
-                 }});
-  auto karras = [=](karras_method method) {
+                 },
+                 2, 0});
+  // σ-space samplers on Karras et al. 2022's σ list (Table 1: σ 80 … 0.002, ρ = 7), each through its
+  // own loop; `call` runs the loop on (D, x, rows, noise, σ list, first row's stream, hooks).
+  auto sigma_row = [=](auto call) {
     return [=](auto& m, auto x, std::size_t rows, std::size_t steps, std::uint64_t first, recorder* rec) {
       philox_normal nz = noise;
       sigma_space_model<gaussian_mixture_data> D(m);
-      const std::vector<double> sig = karras_sigmas(steps, 0.002, 80.0);  // Karras et al. 2022, Table 1
+      const std::vector<double> sig = karras_sigmas(steps, 0.002, 80.0);
       sampler_hooks<double> h;
-      std::size_t k = 0;
-      if (rec) {
-        h.on_step = [rec, &sig, &k](const step_info<double>& info) {
-          const double s = sig[++k];
-          rec->record(info.x, 1.0 / std::sqrt(1.0 + s * s));
-          return true;
-        };
-      }
-      karras_options o;
-      o.first_sample = first;
-      return karras_sample(method, D, x, rows, nz, sig, o, h).model_calls;
+      if (rec) h.on_step = [rec](const step_info<double>& info) {
+        rec->record(info.x, 1.0 / std::sqrt(1.0 + info.sigma_next * info.sigma_next));
+        return true;
+      };
+      return call(D, x, rows, nz, std::span<const double>(sig), first, h).model_calls;
     };
   };
+  auto karras = [=](karras_method method) {
+    return sigma_row([method](auto& D, auto x, std::size_t rows, auto& nz, auto sig, std::uint64_t first, const auto& h) {
+      karras_options o;
+      o.first_sample = first;
+      return karras_sample(method, D, x, rows, nz, sig, o, h);
+    });
+  };
+  // The loops with karras_options (karras_sample's enum holds only its four methods, karras.hpp).
+  auto with_karras_options = [=](auto loop, double eta = 1.0) {
+    return sigma_row([loop, eta](auto& D, auto x, std::size_t rows, auto& nz, auto sig, std::uint64_t first, const auto& h) {
+      karras_options o;
+      o.eta = eta;
+      o.first_sample = first;
+      return loop(D, x, rows, nz, sig, o, h);
+    });
+  };
   out.push_back({"Euler", "Euler", true, 200, {10, 25, 50, 100}, karras(karras_method::euler)});
-  out.push_back({"Heun", "Heun", true, 35, {5, 10, 18, 50}, karras(karras_method::heun)});
+  out.push_back({"Heun", "Heun", true, 35, {5, 10, 18, 50}, karras(karras_method::heun), 2, -1});
   out.push_back({"DPM-Solver++(2M)", "DPM-Solver++(2M)", true, 50, {5, 10, 20, 100}, karras(karras_method::dpmpp_2m)});
+  out.push_back({"DPM-Solver++(3M)", "DPM-Solver++(3M)", true, 50, {5, 10, 20, 100},
+                 with_karras_options([](auto&&... a) { return dpmpp_3m_sde_sample(a...); }, 0.0)});
+  out.push_back({"LMS", "LMS", true, 50, {5, 10, 20, 100},
+                 sigma_row([](auto& D, auto x, std::size_t rows, auto& nz, auto sig, std::uint64_t first, const auto& h) {
+                   lms_options o;
+                   o.first_sample = first;
+                   return lms_sample(D, x, rows, nz, sig, o, h);
+                 })});
+  out.push_back({"UniPC bh2 3", "UniPC (bh2, order 3)", true, 50, {5, 10, 20, 100},
+                 sigma_row([](auto& D, auto x, std::size_t rows, auto& nz, auto sig, std::uint64_t first, const auto& h) {
+                   unipc_sample_options o;
+                   o.solver.order = 3;
+                   o.solver.variant = unipc_variant::bh2;
+                   o.first_sample = first;
+                   return unipc_sample(D, x, rows, nz, sig, o, h);
+                 })});
+  out.push_back({"DEIS 3", "DEIS (order 3)", true, 50, {5, 10, 20, 100},
+                 sigma_row([](auto& D, auto x, std::size_t rows, auto& nz, auto sig, std::uint64_t first, const auto& h) {
+                   deis_sample_options o;
+                   o.order = 3;
+                   o.first_sample = first;
+                   return deis_sample(D, x, rows, nz, sig, o, h);
+                 })});
+  out.push_back({"iPNDM", "iPNDM", true, 50, {5, 10, 20, 100},
+                 sigma_row([](auto& D, auto x, std::size_t rows, auto& nz, auto sig, std::uint64_t first, const auto& h) {
+                   ipndm_sample_options o;
+                   o.first_sample = first;
+                   return ipndm_sample(D, x, rows, nz, sig, o, h);
+                 })});
+  out.push_back({"DPM2", "DPM2", true, 35, {5, 10, 18, 50}, with_karras_options([](auto&&... a) { return dpm2_sample(a...); }), 2, -1});
+  // Stochastic σ-space samplers (η = 1).
+  out.push_back({"Euler ancestral", "Euler ancestral", true, 400, {25, 50, 100, 200},
+                 with_karras_options([](auto&&... a) { return euler_ancestral_sample(a...); })});
+  out.push_back({"DPM++ 2M SDE", "DPM++ 2M SDE", true, 100, {10, 25, 50},
+                 with_karras_options([](auto&&... a) { return dpmpp_2m_sde_sample(a...); })});
+  out.push_back({"DPM++ 3M SDE", "DPM++ 3M SDE", true, 100, {10, 25, 50},
+                 with_karras_options([](auto&&... a) { return dpmpp_3m_sde_sample(a...); })});
+  out.push_back({"DPM2 ancestral", "DPM2 ancestral", true, 100, {10, 25, 50},
+                 with_karras_options([](auto&&... a) { return dpm2_ancestral_sample(a...); }), 2, -1});
+  out.push_back({"DPM++ 2S ancestral", "DPM++ 2S ancestral", true, 100, {10, 25, 50},
+                 with_karras_options([](auto&&... a) { return dpmpp_2s_ancestral_sample(a...); }), 2, -1});
+  out.push_back({"DPM++ SDE", "DPM++ SDE", true, 100, {10, 25, 50},
+                 with_karras_options([](auto&&... a) { return dpmpp_sde_sample(a...); }), 2, -1});
   return out;
 }
 
@@ -393,8 +459,9 @@ std::vector<sampler> make_samplers(const settings& cfg, const noise_schedule& tr
 
 int main(int argc, char** argv) {
   ex::cli args(argc, argv, "samplers_2d",
-               "DDPM, DDIM, annealed Langevin, predictor-corrector, Euler, Heun and DPM-Solver++(2M) with the exact "
-               "denoiser of two 2-D Gaussian mixtures; checked by the mean log-density (z) and the component counts "
+               "DDPM, DDIM, annealed Langevin, predictor-corrector and the sigma-space ODE and SDE samplers (Euler, Heun, "
+               "DPM-Solver++(2M)/(3M), LMS, UniPC, DEIS, iPNDM, DPM2, Euler ancestral, DPM++ 2M/3M SDE, DPM2 ancestral, "
+               "DPM++ 2S ancestral, DPM++ SDE) with the exact denoiser of two 2-D Gaussian mixtures; checked by the mean log-density (z) and the component counts "
                "(chi-square) of each sample, with sliced W2 to an exact sample reported.");
   const long samples = args.integer("--samples", 2000, "samples per run (and size of the exact reference sample)");
   const long directions = args.integer("--directions", 128, "random projections of the sliced W2");
@@ -530,7 +597,7 @@ int main(int argc, char** argv) {
     ex::plot::figure grid;
     grid.columns = 5;
     grid.width = 1150;
-    grid.height = 540;
+    grid.height = 270 * static_cast<int>((samplers.size() + 1 + 4) / 5);  // the exact sample and one panel per sampler
     grid.font_size = 9;
     grid.palette = true;  // 2 × 10 × 2000 points: the palette PNG is ~6 times smaller
     grid.title = d.name + ": " + std::to_string(n) + " samples per panel, exact denoiser";
@@ -567,8 +634,7 @@ int main(int argc, char** argv) {
     };
     for (const sampler& s : samplers)
       for (std::size_t st : steps_of(s))
-        total_calls += s.name == "annealed Langevin" ? st * levels_u + 1 : s.name == "predictor-corrector" ? 2 * st
-                       : s.name == "Heun" ? 2 * st - 1 : st;
+        total_calls += static_cast<std::size_t>(static_cast<long>(s.calls_per_step * st) + s.call_offset);
     ex::progress prog(d.name, total_calls);
     for (sampler& s : samplers) {
       const std::vector<std::size_t> steps_list = steps_of(s);
