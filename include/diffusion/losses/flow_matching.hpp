@@ -27,6 +27,20 @@
 
 namespace diffusion {
 
+namespace detail {
+/// \f$\sum_k (\hat u_k - (\varepsilon_k - x_{0,k}))^2\f$ over one row, writing grad[k] = 2·scale·(û_k − u_k) unless grad is
+/// empty. Unchecked: the callers validate the sizes.
+template <class T>
+double flow_matching_sum(std::span<const T> x0, std::span<const T> noise, std::span<const T> out, std::span<T> grad,
+                         double scale) {
+  return indexed_sum(x0.size(), [&](std::size_t k) {
+    const double e = static_cast<double>(out[k]) - (static_cast<double>(noise[k]) - static_cast<double>(x0[k]));
+    if (!grad.empty()) grad[k] = static_cast<T>(2.0 * scale * e);
+    return e * e;
+  });
+}
+}  // namespace detail
+
 /// @brief The conditional flow-matching loss of one sample (Lipman et al. 2023, Eq. 23; SD3 Eq. 12
 /// with the rectified-flow path): \f$L = \frac{w}{n}\lVert\hat u - (\varepsilon - x_0)\rVert^2\f$, the model's
 /// velocity against the path's \f$u = \varepsilon - x_0\f$ (which does not depend on σ).
@@ -51,16 +65,29 @@ double flow_matching_loss(std::span<const T> x0, std::span<const T> noise, std::
   detail::check_no_partial_overlap(where, "grad", grad, "x0", x0);
   detail::check_no_partial_overlap(where, "grad", grad, "noise", noise);
   const double scale = weight / static_cast<double>(n);
-  const double total = indexed_sum(n, [&](std::size_t k) {
-    const double e = static_cast<double>(model_output[k]) - (static_cast<double>(noise[k]) - static_cast<double>(x0[k]));
-    if (!grad.empty()) grad[k] = static_cast<T>(2.0 * scale * e);
-    return e * e;
-  });
-  const double value = total * scale;
+  const double value = detail::flow_matching_sum(x0, noise, model_output, grad, scale) * scale;
   if (!std::isfinite(value))
     detail::throw_non_finite(where, value, std::pair{"x0", x0}, std::pair{"noise", noise},
                              std::pair{"model_output", model_output});
   return value;
+}
+
+/// @brief @ref flow_matching_loss for any tensors (std::vector, Eigen, …), without the gradient.
+template <tensor X0, tensor E, tensor M>
+double flow_matching_loss(const X0& x0, const E& noise, const M& model_output, double weight = 1.0) {
+  static_assert(detail::same_value_v<X0, E> && detail::same_value_v<X0, M>,
+                "flow_matching_loss: x0, noise and model_output must have the same element type");
+  using T = tensor_value_t<X0>;
+  return flow_matching_loss<T>(as_span(x0), as_span(noise), as_span(model_output), weight, std::span<T>{});
+}
+
+/// @brief @ref flow_matching_loss for any tensors, with the gradient written to `grad` (n elements).
+template <tensor X0, tensor E, tensor M, mutable_tensor G>
+double flow_matching_loss(const X0& x0, const E& noise, const M& model_output, double weight, G&& grad) {
+  static_assert(detail::same_value_v<X0, E> && detail::same_value_v<X0, M> && detail::same_value_v<X0, G>,
+                "flow_matching_loss: x0, noise, model_output and grad must have the same element type");
+  using T = tensor_value_t<X0>;
+  return flow_matching_loss<T>(as_span(x0), as_span(noise), as_span(model_output), weight, as_mutable_span(grad));
 }
 
 /// @brief How the training σ of a flow-matching model is drawn (diffusers
@@ -91,6 +118,68 @@ inline double flow_loss_weight(flow_weighting w, double sigma) {
     case flow_weighting::cosmap: return 2.0 / (std::numbers::pi * (1.0 - 2.0 * sigma + 2.0 * sigma * sigma));
   }
   return 1.0;
+}
+
+/// @brief The conditional flow-matching loss of a batch with one σ per row (SD3 §3, Eq. 12; diffusers'
+/// `train_dreambooth_lora_sd3`: `(weighting * (model_pred - target)**2).mean()` per row, then over the batch):
+/// returns \f$\frac1B\sum_b w_b\,\lambda(\sigma_b)\,L_b\f$ with \f$L_b = \frac1n\lVert\hat u_b - (\varepsilon_b - x_{0,b})\rVert^2\f$,
+/// λ = @ref flow_loss_weight(weighting, σ_b) and \f$w_b\f$ the caller's weights (`io.weights`, 1 when empty).
+///
+/// The target u = ε − x₀ does not depend on σ; σ enters only through the weight. Row b is elements
+/// [b·n, (b + 1)·n) of every array; `io.row_losses` receives the unweighted \f$L_b\f$, `io.grad`
+/// \f$2w_b\lambda(\sigma_b)(\hat u_b - u_b)/(Bn)\f$. Each \f$L_b\f$ is, bit for bit, @ref flow_matching_loss of the row with weight 1.
+/// @param[in] sigmas one σ ∈ (0, 1] per row (B = its size); @param[in] weighting the loss weight of σ;
+/// @param[in] x0 B × n; @param[in] noise B × n; @param[in] model_output û, B × n;
+/// @param[in,out] io weights, per-row losses, gradient (@ref batch_loss_io).
+/// @throws std::invalid_argument for sizes, B not dividing x0.size(), σ outside (0, 1], a bad weight or
+///         overlapping arrays; std::domain_error for non-finite inputs.
+template <tensor X0, tensor E, tensor M>
+double flow_matching_loss(std::span<const double> sigmas, flow_weighting weighting, const X0& x0, const E& noise,
+                          const M& model_output, const batch_loss_io<tensor_value_t<X0>>& io = {}) {
+  static_assert(detail::same_value_v<X0, E> && detail::same_value_v<X0, M>,
+                "flow_matching_loss: x0, noise and model_output must have the same element type");
+  using T = tensor_value_t<X0>;
+  constexpr std::string_view where = "diffusion::flow_matching_loss";
+  const auto a = as_span(x0);
+  const auto e = as_span(noise);
+  const auto o = as_span(model_output);
+  const std::size_t rows = sigmas.size();
+  if (rows == 0) detail::throw_invalid(where, "sigmas is empty; a batch needs one sigma per row");
+  detail::check_same_size(where, "x0", a.size(), "noise", e.size());
+  detail::check_same_size(where, "x0", a.size(), "model_output", o.size());
+  if (a.empty()) detail::throw_invalid(where, "x0 is empty");
+  if (a.size() % rows != 0)
+    detail::throw_invalid(where, "the batch size " + detail::to_text(rows) + " (sigmas.size()) does not divide x0.size() = " +
+                                     detail::to_text(a.size()));
+  const std::size_t n = a.size() / rows;
+  for (std::size_t b = 0; b < rows; ++b)
+    if (!(sigmas[b] > 0.0 && sigmas[b] <= 1.0))
+      detail::throw_invalid(where, "sigmas[" + detail::to_text(b) + "] = " + detail::to_text(sigmas[b]) +
+                                       " is outside the allowed range (0, 1]");
+  if (!io.weights.empty()) {
+    detail::check_same_size(where, "weights", io.weights.size(), "sigmas", rows);
+    for (std::size_t b = 0; b < rows; ++b)
+      if (!(io.weights[b] >= 0.0 && std::isfinite(io.weights[b])))
+        detail::throw_invalid(where, "weights[" + detail::to_text(b) + "] = " + detail::to_text(io.weights[b]) +
+                                         " is outside the allowed range [0, inf)");
+  }
+  if (!io.row_losses.empty()) detail::check_same_size(where, "row_losses", io.row_losses.size(), "sigmas", rows);
+  if (!io.grad.empty()) detail::check_same_size(where, "grad", io.grad.size(), "model_output", o.size());
+  detail::check_no_partial_overlap(where, "grad", io.grad, "model_output", o);
+  detail::check_no_partial_overlap(where, "grad", io.grad, "x0", a);
+  detail::check_no_partial_overlap(where, "grad", io.grad, "noise", e);
+  const double inv_n = 1.0 / static_cast<double>(n), inv_b = 1.0 / static_cast<double>(rows);
+  const double value = indexed_sum(rows, [&](std::size_t b) {
+    const double w = detail::row_weight(io, b) * flow_loss_weight(weighting, sigmas[b]);
+    const double l = detail::flow_matching_sum(a.subspan(b * n, n), e.subspan(b * n, n), o.subspan(b * n, n),
+                                               io.grad.empty() ? std::span<T>{} : io.grad.subspan(b * n, n),
+                                               w * inv_n * inv_b) * inv_n;
+    if (!io.row_losses.empty()) io.row_losses[b] = l;
+    return w * l;
+  }) * inv_b;
+  if (!std::isfinite(value))
+    detail::throw_non_finite(where, value, std::pair{"x0", a}, std::pair{"noise", e}, std::pair{"model_output", o});
+  return value;
 }
 
 namespace detail {

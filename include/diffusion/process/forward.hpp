@@ -13,6 +13,7 @@
 /// rows). Output buffers are caller-provided and may alias an input exactly (in place).
 #pragma once
 
+#include <array>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -155,6 +156,92 @@ void q_sample(const noise_schedule& s, const R& timesteps, const X0& x0, const p
     finite = kernels::affine_noise(static_cast<T>(st.sqrt_alpha_bar), a.subspan(off, len),
                                    static_cast<T>(st.sqrt_one_minus_alpha_bar),
                                    kernels::philox_stream{&noise, first_sample + off / len, step}, o.subspan(off, len)) &&
+             finite;
+  });
+  detail::require_finite_output(where, finite, "xt");
+}
+
+namespace detail {
+/// Checks the ε output of the q_sample overloads that hand the drawn noise back: its size, no
+/// partial overlap with x0, and no memory shared with xt (two outputs of one pass).
+template <class T>
+void check_noise_output(std::string_view where, std::span<const T> x0, std::span<T> xt, std::span<T> eps) {
+  check_same_size(where, "x0", x0.size(), "noise_out", eps.size());
+  check_no_partial_overlap(where, "x0", x0, "noise_out", eps);
+  check_no_partial_overlap(where, "xt", xt, "noise_out", eps);
+  if (!eps.empty() && eps.data() == xt.data())
+    throw_invalid(where, "xt and noise_out are the same array; they are two outputs of one pass and must not share memory");
+}
+/// x_t = a·x₀ + b·ε and ε itself from one pass of kernels::map (the same operations, hence the same
+/// bits, as kernels::affine_noise); true when both outputs are finite.
+template <class T>
+bool affine_noise_kept(T a, std::span<const T> x0, T b, const kernels::philox_stream& z, std::span<T> xt,
+                       std::span<T> eps) noexcept {
+  return kernels::map(sequential_policy{}, z, kernels::outputs(xt, eps), kernels::inputs<T>(x0), [a, b](auto xv, auto zv) {
+    using V = decltype(xv);
+    return std::array<V, 2>{kernels::madd(V(a), xv, V(b) * zv), zv};
+  });
+}
+}  // namespace detail
+
+/// @brief q_sample() with in-kernel noise that also hands back the ε it drew (the L_simple target,
+/// DDPM Algorithm 1 lines 4–5): one pass writes \f$x_t = \sqrt{\bar\alpha_t}\,x_0 + \sqrt{1-\bar\alpha_t}\,\varepsilon\f$ and ε.
+/// Both are bit-identical to the in-kernel q_sample() and to `noise.fill(sample, step, 0, ...)`.
+/// @param[in] s schedule; @param[in] t 0-based step; @param[in] x0 data; @param[in] noise the generator;
+/// @param[in] sample, step stream coordinates; @param[out] xt result (may alias x0);
+/// @param[out] noise_out ε, same size (may alias x0, must not share memory with xt).
+/// @throws std::out_of_range if t ≥ T; std::invalid_argument if sizes differ or are 0 or arrays overlap;
+///         std::domain_error for a non-finite x_t.
+template <tensor X0, mutable_tensor Out, mutable_tensor Eps>
+void q_sample(const noise_schedule& s, std::size_t t, const X0& x0, const philox_normal& noise, std::uint64_t sample,
+              std::uint64_t step, Out&& xt, Eps&& noise_out) {
+  static_assert(detail::same_value_v<X0, Out> && detail::same_value_v<X0, Eps>,
+                "q_sample: x0, xt and noise_out must have the same element type");
+  constexpr std::string_view where = "diffusion::q_sample";
+  using T = tensor_value_t<X0>;
+  auto a = as_span(x0);
+  auto o = as_mutable_span(xt);
+  auto e = as_mutable_span(noise_out);
+  detail::check_same_size(where, "x0", a.size(), "xt", o.size());
+  if (a.empty()) detail::throw_invalid(where, "x0 is empty");
+  detail::check_no_partial_overlap(where, "x0", a, "xt", o);
+  detail::check_noise_output(where, a, o, e);
+  const schedule_step& st = s.at(t);
+  detail::require_finite_output(
+      where,
+      detail::affine_noise_kept(detail::coefficient<T>(where, "sqrt(alpha_bar)", st.sqrt_alpha_bar), a,
+                                detail::coefficient<T>(where, "sqrt(1 - alpha_bar)", st.sqrt_one_minus_alpha_bar),
+                                kernels::philox_stream{&noise, sample, step}, o, e),
+      "xt");
+}
+
+/// @brief Batched q_sample() with in-kernel noise that also writes the ε it drew: row b uses timestep
+/// `timesteps[b]` and the normals 0 … n−1 of stream (first_sample + b, step), bit-identical to the
+/// batched in-kernel q_sample(); `noise_out` receives them (the training target, Algorithm 1).
+/// @param[in] s schedule; @param[in] timesteps one 0-based step per row; @param[in] x0 data, rows × n;
+/// @param[in] noise the generator; @param[in] first_sample stream sample of row 0; @param[in] step
+/// stream step; @param[out] xt result (may alias x0); @param[out] noise_out ε (may alias x0, not xt).
+/// @throws as the batched in-kernel q_sample(), and std::invalid_argument for a bad noise_out.
+template <timestep_range R, tensor X0, mutable_tensor Out, mutable_tensor Eps>
+void q_sample(const noise_schedule& s, const R& timesteps, const X0& x0, const philox_normal& noise,
+              std::uint64_t first_sample, std::uint64_t step, Out&& xt, Eps&& noise_out) {
+  static_assert(detail::same_value_v<X0, Out> && detail::same_value_v<X0, Eps>,
+                "q_sample: x0, xt and noise_out must have the same element type");
+  constexpr std::string_view where = "diffusion::q_sample";
+  using T = tensor_value_t<X0>;
+  auto a = as_span(x0);
+  auto o = as_mutable_span(xt);
+  auto e = as_mutable_span(noise_out);
+  detail::check_same_size(where, "x0", a.size(), "xt", o.size());
+  detail::check_no_partial_overlap(where, "x0", a, "xt", o);
+  detail::check_noise_output(where, a, o, e);
+  bool finite = true;
+  detail::for_each_row(where, s, timesteps, a.size(), [&](std::size_t t, std::size_t off, std::size_t len) {
+    const schedule_step& st = s[t];
+    finite = detail::affine_noise_kept(static_cast<T>(st.sqrt_alpha_bar), a.subspan(off, len),
+                                       static_cast<T>(st.sqrt_one_minus_alpha_bar),
+                                       kernels::philox_stream{&noise, first_sample + off / len, step},
+                                       o.subspan(off, len), e.subspan(off, len)) &&
              finite;
   });
   detail::require_finite_output(where, finite, "xt");
