@@ -318,3 +318,227 @@ TEST_CASE("RES multistep validates its step, options and noise", "[samplers][res
   CHECK_THROWS_WITH(diffusion::res_multistep_step<float>({diffusion::noise_level::exploding(1.0), diffusion::noise_level::general(1e10, 1.0)}, df, xf, sf),
                     Contains("diffusion::res_multistep_step") && Contains("non-finite"));
 }
+
+// ---------------------------------------------------------------------------------------
+// ER-SDE
+// ---------------------------------------------------------------------------------------
+
+namespace {
+
+double default_phi(double s) { return s * (std::exp(std::pow(s, 0.3)) + 10.0); }
+
+// The stage integrals c2 = int_{st}^{ss} (phi(st)/phi(u) - 1) du and c3 = int (u - ss)(phi(st)/phi(u) - 1) du
+// by composite Simpson in v = log u (4000 intervals), written here independently of the library.
+template <class Phi>
+std::pair<double, double> simpson_integrals(Phi phi, double ss, double st) {
+  const std::size_t m = 4000;
+  const double a = std::log(st), b = std::log(ss), hv = (b - a) / static_cast<double>(m), pt = phi(st);
+  double c2 = 0, c3 = 0;
+  for (std::size_t j = 0; j <= m; ++j) {
+    const double u = std::exp(a + hv * static_cast<double>(j));
+    const double w = (j == 0 || j == m) ? 1.0 : (j % 2 == 1 ? 4.0 : 2.0);
+    const double f = (pt / phi(u) - 1.0) * u;
+    c2 += w * f;
+    c3 += w * f * (u - ss);
+  }
+  return {c2 * hv / 3.0, c3 * hv / 3.0};
+}
+
+// The exact law of y = x - mu after ER-SDE on 1-D data N(mu, sd^2) in sigma-space (varsigma = sigma): with
+// D - mu = k y the step is linear in (y, p1, p2) (p_j = D_{-j} - mu): y' = r y + (1 - r) k y + c2 D1 +
+// c3' D2 + sqrt(st^2 - ss^2 r^2) z, D1 = (k y - p1)/(ss - s1), D2 = (D1 - (p1 - p2)/(s1 - s2))/(ss - s2),
+// c3' = 2 c3 + (ss - s1) c2 (reference: 2 c3); x' = D at sigma = 0.
+template <class Phi>
+chain_law exact_er_chain(const std::vector<double>& sig, double mu, double sd, Phi phi, std::size_t max_stage,
+                         bool reference) {
+  std::array<double, 3> m{-mu, 0.0, 0.0};
+  std::array<std::array<double, 3>, 3> c{};
+  c[0][0] = sig[0] * sig[0];
+  for (std::size_t i = 0; i + 1 < sig.size(); ++i) {
+    const double ss = sig[i], st = sig[i + 1], k = sd * sd / (sd * sd + ss * ss);
+    std::array<std::array<double, 3>, 3> A{};
+    double nv = 0;
+    A[1][0] = k;  // p1' = D - mu
+    A[2][1] = 1;  // p2' = p1
+    if (st == 0.0) {
+      A[0][0] = k;
+    } else {
+      const std::size_t stage = std::min(i + 1, max_stage);
+      const double r = phi(st) / phi(ss);
+      A[0][0] = r + (1 - r) * k;
+      nv = st * st - ss * ss * r * r;
+      if (stage >= 2) {
+        const auto [c2, c3] = simpson_integrals(phi, ss, st);
+        const double s1 = sig[i - 1];
+        // D1 = (k y - p1)/(ss - s1)
+        const std::array<double, 3> D1{k / (ss - s1), -1 / (ss - s1), 0.0};
+        for (std::size_t j = 0; j < 3; ++j) A[0][j] += c2 * D1[j];
+        if (stage == 3) {
+          const double s2 = sig[i - 2], cc = reference ? 2 * c3 : 2 * c3 + (ss - s1) * c2;
+          const std::array<double, 3> Dold{0.0, 1 / (s1 - s2), -1 / (s1 - s2)};
+          for (std::size_t j = 0; j < 3; ++j) A[0][j] += cc * (D1[j] - Dold[j]) / (ss - s2);
+        }
+      }
+    }
+    std::array<double, 3> m2{};
+    std::array<std::array<double, 3>, 3> c2m{};
+    for (std::size_t a = 0; a < 3; ++a)
+      for (std::size_t u = 0; u < 3; ++u) m2[a] += A[a][u] * m[u];
+    for (std::size_t a = 0; a < 3; ++a)
+      for (std::size_t b = 0; b < 3; ++b)
+        for (std::size_t u = 0; u < 3; ++u)
+          for (std::size_t t = 0; t < 3; ++t) c2m[a][b] += A[a][u] * c[u][t] * A[b][t];
+    c2m[0][0] += nv;
+    m = m2;
+    c = c2m;
+  }
+  return {mu + m[0], c[0][0]};
+}
+
+}  // namespace
+
+TEST_CASE("the ER-SDE stage integrals match their closed forms for phi(s) = s and a Simpson rule for the default phi",
+          "[samplers][er_sde]") {
+  const diffusion::er_sde_ode_noise_scale ode;
+  for (const auto& [ss, st] : std::vector<std::pair<double, double>>{{80.0, 40.0}, {1.0, 0.9}, {0.03, 0.002}, {5.0, 1e-3}}) {
+    const auto [c2, c3] = diffusion::detail::er_sde_integrals("test", ode, ss, st, st);
+    const double L = std::log(ss / st);
+    const double e2 = st * L - (ss - st);  // int (st/u - 1) du
+    const double e3 = st * (ss - st) - st * ss * L - (ss * ss - st * st) / 2 + ss * (ss - st);
+    INFO("s = " << ss << " -> " << st);
+    CHECK(std::abs(c2 - e2) <= 1e-13 * std::abs(e2) + 1e-15 * ss);
+    CHECK(std::abs(c3 - e3) <= 1e-13 * std::abs(e3) + 1e-15 * ss * ss);
+    const diffusion::er_sde_default_noise_scale def;
+    const auto [d2, d3] = diffusion::detail::er_sde_integrals("test", def, ss, st, def(st));
+    const auto [r2, r3] = simpson_integrals(default_phi, ss, st);
+    // Simpson with 4000 intervals: relative error far below 1e-9 on these smooth integrands.
+    CHECK(std::abs(d2 - r2) <= 1e-9 * std::abs(r2));
+    CHECK(std::abs(d3 - r3) <= 1e-9 * std::abs(r3));
+  }
+}
+
+TEST_CASE("ER-SDE with phi(s) = s is an ODE solver of order 1, 2, 3 by stage; the references' stage 3 is order 2",
+          "[samplers][er_sde]") {
+  test::test_noise noise{0};
+  struct variant {
+    std::size_t stage;
+    bool reference;
+    double order;
+  };
+  for (const variant v : {variant{1, false, 1.0}, variant{2, false, 2.0}, variant{3, false, 3.0}, variant{3, true, 2.0}}) {
+    auto run = [&](gauss_model& D, std::vector<double>& x, const std::vector<double>& sig) {
+      diffusion::er_sde_sample(D, x, 1, noise, sig,
+                               diffusion::er_sde_options<diffusion::er_sde_ode_noise_scale>{
+                                   .max_stage = v.stage, .reference_stage3 = v.reference, .draw_initial_noise = false});
+    };
+    // The first steps run at stages 1 and 2, whose local errors (O(h^2), O(h^3) in varsigma) limit the
+    // global order of stage 3 to 2 as N grows; before that term dominates (N <= 128 here) stage 3 falls
+    // faster than h^3. So: stage 1, 2 and the references' stage 3 at N = 128 -> 256, stage 3 over 32 -> 128.
+    const std::vector<std::size_t> Ns = {32, 64, 128, 256};
+    std::vector<double> e;
+    for (std::size_t N : Ns) e.push_back(flow_map_error(run, N));
+    for (std::size_t i = 1; i < Ns.size(); ++i)
+      WARN("ER-SDE ODE limit stage " << v.stage << (v.reference ? " (reference)" : "") << ", N = " << Ns[i]
+                                     << ": max error " << e[i] << ", order " << std::log2(e[i - 1] / e[i]));
+    const bool pre = v.stage == 3 && !v.reference;
+    const double o = pre ? std::log2(e[0] / e[2]) / 2 : std::log2(e[2] / e[3]);
+    INFO("stage " << v.stage << (v.reference ? " (reference)" : "") << ": order " << o);
+    CHECK(o > v.order - 0.2);
+    if (!pre) CHECK(o < v.order + 0.3);
+  }
+  // Stage 1 is the DDIM/Euler step.
+  std::vector<double> a = {3.0, -1.0}, b = a, d = {0.5, 0.2};
+  diffusion::er_sde_state<double> st{};
+  diffusion::er_sde_step<double>(diffusion::as_level_step({2.0, 1.3}), d, a, st, diffusion::kernels::no_noise{},
+                                 diffusion::er_sde_options<diffusion::er_sde_ode_noise_scale>{.max_stage = 1});
+  diffusion::euler_step<double>(diffusion::as_level_step({2.0, 1.3}), d, b);
+  for (std::size_t k = 0; k < 2; ++k) CHECK(std::abs(a[k] - b[k]) <= 1e-12 * (1 + std::abs(b[k])));
+}
+
+TEST_CASE("ER-SDE draws the exact law of its Gaussian chain, which tends to the data law",
+          "[samplers][er_sde][montecarlo]") {
+  const double mu = 0.25, sd = 0.6;
+  diffusion::gaussian_data g({mu}, {sd});
+  gauss_model D(g);
+  const diffusion::philox_normal noise(77);
+  const auto sig = diffusion::karras_sigmas(30, 0.01, 20.0);
+  constexpr std::size_t N = 100000;
+  // 100000 rows, 5 standard errors: false-failure probability < 6e-7 per check (6 checks).
+  for (const std::size_t stage : {std::size_t{1}, std::size_t{2}, std::size_t{3}}) {
+    std::vector<double> x(N);
+    diffusion::er_sde_sample(D, x, N, noise, sig, {.max_stage = stage});
+    const chain_law law = exact_er_chain(sig, mu, sd, default_phi, stage, false);
+    double em = 0, ev = 0;
+    for (double xi : x) em += xi;
+    em /= N;
+    for (double xi : x) ev += (xi - em) * (xi - em);
+    ev /= N - 1;
+    INFO("stage " << stage << ": mean " << em << " vs " << law.mean << ", variance " << ev << " vs " << law.var);
+    CHECK(std::abs(em - law.mean) <= 5 * std::sqrt(law.var / N));
+    CHECK(std::abs(ev - law.var) <= 5 * law.var * std::sqrt(2.0 / (N - 1)));
+    WARN("ER-SDE stage " << stage << " (30 steps): law N(" << law.mean << ", " << law.var << "), sampled N(" << em << ", "
+                         << ev << "), data N(" << mu << ", " << sd * sd << ")");
+  }
+  // As the steps refine the exact law converges (to the law of the reverse SDE from the prior
+  // N(0, sigma_max^2) down to sigma_min, then D), and that limit is the data law up to the prior's
+  // mismatch: its mean is mu - 4.56e-4 here (bounded by the ODE's |mu| sd/sigma_max = 1.9e-3), its variance
+  // sd^2 - 5e-6 (the last denoise at sigma_min alone removes sd^2 sigma_min^2/(sd^2 + sigma_min^2) = 4e-6).
+  for (const bool reference : {false, true}) {
+    const chain_law lim = exact_er_chain(diffusion::karras_sigmas(1600, 0.002, 80.0), mu, sd, default_phi, 3, reference);
+    CHECK(std::abs(lim.mean - mu) < std::abs(mu) * sd / 80.0);
+    CHECK(std::abs(lim.var - sd * sd) < 1e-5);
+    double last_err = std::numeric_limits<double>::infinity();
+    for (const std::size_t steps : {std::size_t{25}, std::size_t{50}, std::size_t{100}, std::size_t{200}, std::size_t{400}}) {
+      const chain_law law = exact_er_chain(diffusion::karras_sigmas(steps, 0.002, 80.0), mu, sd, default_phi, 3, reference);
+      const double err = std::abs(law.var - lim.var) + std::abs(law.mean - lim.mean);
+      INFO(steps << " steps: law N(" << law.mean << ", " << law.var << "), limit N(" << lim.mean << ", " << lim.var << ")");
+      CHECK(err < last_err);
+      WARN("ER-SDE stage 3" << (reference ? " (reference)" : "") << ", " << steps
+                            << " steps: distance to the 1600-step law " << err << "; to the data law "
+                            << std::abs(law.var - sd * sd) + std::abs(law.mean - mu));
+      last_err = err;
+    }
+  }
+}
+
+TEST_CASE("ER-SDE validates its step, options, noise-scale function and noise", "[samplers][er_sde][errors]") {
+  std::vector<double> x(4, 1.0), d(4, 0.5), p0(4), p1(4), z(4, 0.1), small(3);
+  diffusion::er_sde_state<double> st{};
+  st.previous_denoised = {p0, p1};
+  const auto l = diffusion::as_level_step({2.0, 1.0});
+  CHECK_THROWS_WITH(diffusion::er_sde_step<double>(l, d, x, st, diffusion::kernels::no_noise{}, diffusion::er_sde_options<>{}),
+                    Contains("diffusion::er_sde_step") && Contains("no noise was passed"));
+  CHECK_THROWS_WITH(diffusion::er_sde_step<double>(l, d, x, st, std::span<const double>(z), diffusion::er_sde_options<>{.max_stage = 4}),
+                    Contains("max_stage = 4") && Contains("[1, 3]"));
+  CHECK_THROWS_WITH(diffusion::er_sde_step<double>(l, d, x, st, std::span<const double>(z), diffusion::er_sde_options<>{.s_noise = -1.0}),
+                    Contains("s_noise = -1"));
+  CHECK_THROWS_WITH(diffusion::er_sde_step<double>(diffusion::as_level_step({1.0, 2.0}), d, x, st, std::span<const double>(z),
+                                                   diffusion::er_sde_options<>{}),
+                    Contains("must decrease"));
+  CHECK_THROWS_WITH(diffusion::er_sde_step<double>({diffusion::noise_level::flow(1.0), diffusion::noise_level::flow(0.5)}, d, x, st,
+                                                   std::span<const double>(z), diffusion::er_sde_options<>{}),
+                    Contains("alpha = 0"));
+  struct shrinking {  // phi(s)/s decreasing: negative variance
+    double operator()(double s) const { return std::sqrt(s); }
+  };
+  CHECK_THROWS_WITH(diffusion::er_sde_step<double>(l, d, x, st, std::span<const double>(z), diffusion::er_sde_options<shrinking>{}),
+                    Contains("must not decrease"));
+  struct negative {
+    double operator()(double s) const { return -s; }
+  };
+  CHECK_THROWS_WITH(diffusion::er_sde_step<double>(l, d, x, st, std::span<const double>(z), diffusion::er_sde_options<negative>{}),
+                    Contains("noise-scale function") && Contains("> 0"));
+  diffusion::er_sde_state<double> bad{};
+  bad.previous_denoised = {small, p1};
+  CHECK_THROWS_WITH(diffusion::er_sde_step<double>(l, d, x, bad, std::span<const double>(z), diffusion::er_sde_options<>{}),
+                    Contains("state.previous_denoised[0]"));
+  CHECK_THROWS_WITH(diffusion::er_sde_step<double>(l, d, x, st, std::span<const double>(small), diffusion::er_sde_options<>{}),
+                    Contains("noise"));
+  CHECK(st.count == 0);
+  diffusion::gaussian_data g1({0.0}, {1.0});
+  gauss_model D(g1);
+  test::test_noise tn{1};
+  std::vector<double> one(1);
+  CHECK_THROWS_WITH(diffusion::er_sde_sample(D, one, 1, tn, std::vector<double>{2.0, 1.0, 0.0}, {.max_stage = 0}),
+                    Contains("diffusion::er_sde_sample") && Contains("max_stage = 0"));
+}
