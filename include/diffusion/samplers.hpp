@@ -11,6 +11,7 @@
 #include "samplers/cfg_pp.hpp"
 #include "samplers/consistency.hpp"
 #include "samplers/singlestep.hpp"
+#include "samplers/res.hpp"
 #include "samplers/ancestral.hpp"
 #include "samplers/karras.hpp"
 #include "samplers/langevin.hpp"
