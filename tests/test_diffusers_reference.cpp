@@ -69,6 +69,8 @@ struct comparison {
 bool supported(const std::string& config) {
   const auto j = nlohmann::json::parse(config);
   const std::string cls = j["_class_name"];
+  if (cls == "DPMSolverSinglestepScheduler")
+    return j.value("algorithm_type", std::string("dpmsolver++")) == "dpmsolver++" && j.value("solver_order", 2) <= 3;
   if (cls == "DPMSolverMultistepScheduler")
     return j.value("algorithm_type", std::string("dpmsolver++")) == "dpmsolver++" ? j.value("solver_order", 2) <= 3
            : j.value("algorithm_type", std::string()) == "sde-dpmsolver++"        ? j.value("solver_order", 2) <= 2
@@ -171,8 +173,8 @@ TEST_CASE("the scheduler object reproduces diffusers' scheduler classes step by 
     WARN(name << ": largest relative difference, lists " << table.worst << ", states " << state.worst);
   }
   // DDPM ×2, DDIM ×5, Euler ×4, Euler-a, Heun, DPM-Solver++(2M) ×4, its SDE form, (3M), FlowMatchEuler ×4, LMS,
-  // EDM Euler, EDM DPM-Solver++(2M), LCM, TCD, UniPC, KDPM2, KDPM2-ancestral, DEIS, PNDM.
-  CHECK(replayed == 33);
+  // EDM Euler, EDM DPM-Solver++(2M), LCM, TCD, UniPC, KDPM2, KDPM2-ancestral, DEIS, PNDM, DPM-Solver++(2S) singlestep.
+  CHECK(replayed == 34);
 }
 
 TEST_CASE("flow classes: mu, custom sigmas and the parity switch", "[scheduler][flow]") {

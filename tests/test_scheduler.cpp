@@ -439,7 +439,7 @@ TEST_CASE("scheduler misuse gets clear errors", "[scheduler][errors]") {
   CHECK_THROWS_WITH(diffusion::scheduler(bad), Contains("solver_order = 4") && Contains("supported: 1, 2, 3"));
   bad.solver_order = 3;
   bad.algorithm_type = diffusion::dpm_algorithm::sde_dpmsolver_pp;
-  CHECK_THROWS_WITH(diffusion::scheduler(bad), Contains("solver_order = 3 is supported with algorithm_type dpmsolver++ only"));
+  CHECK_THROWS_WITH(diffusion::scheduler(bad), Contains("solver_order = 3 is supported with algorithm_type dpmsolver++ or dpmsolver only"));
   bad.algorithm_type = diffusion::dpm_algorithm::dpmsolver_pp;
   bad = diffusion::scheduler_config::defaults_for(scheduler_kind::ddim);
   bad.prediction_type = prediction::score;

@@ -99,8 +99,8 @@ TEST_CASE("real models' scheduler_config.json files configure the scheduler", "[
 
 TEST_CASE("scheduler_config.json errors name the key and the supported values", "[scheduler][json][errors]") {
   using Catch::Matchers::Contains;
-  CHECK_THROWS_WITH(diffusion::parse_scheduler_config(R"({"_class_name": "DPMSolverSinglestepScheduler"})"),
-                    Contains("\"_class_name\"") && Contains("DPMSolverSinglestepScheduler") && Contains("DDIMScheduler"));
+  CHECK_THROWS_WITH(diffusion::parse_scheduler_config(R"({"_class_name": "DPMSolverSDEScheduler"})"),
+                    Contains("\"_class_name\"") && Contains("DPMSolverSDEScheduler") && Contains("DDIMScheduler"));
   CHECK_THROWS_WITH(diffusion::parse_scheduler_config(R"({"beta_start": 0.1})"), Contains("_class_name\" is missing"));
   CHECK_THROWS_WITH(diffusion::parse_scheduler_config("{\"_class_name\": "), Contains("not valid JSON"));
   CHECK_THROWS_WITH(diffusion::parse_scheduler_config(R"({"_class_name": "DDIMScheduler", "beta_schedule": "exp"})"),
@@ -108,12 +108,29 @@ TEST_CASE("scheduler_config.json errors name the key and the supported values", 
   CHECK_THROWS_WITH(diffusion::parse_scheduler_config(R"({"_class_name": "DDIMScheduler", "steps_offset": "1"})"),
                     Contains("\"steps_offset\"") && Contains("non-negative integer"));
   CHECK_THROWS_WITH(
-      diffusion::parse_scheduler_config(R"({"_class_name": "DPMSolverMultistepScheduler", "algorithm_type": "dpmsolver"})"),
-      Contains("\"algorithm_type\"") && Contains("\"dpmsolver\" is not supported") && Contains("dpmsolver++") &&
-          Contains("sde-dpmsolver++"));
+      diffusion::parse_scheduler_config(R"({"_class_name": "DPMSolverMultistepScheduler", "algorithm_type": "sde-dpmsolver"})"),
+      Contains("\"algorithm_type\"") && Contains("\"sde-dpmsolver\" is not supported") && Contains("dpmsolver++") &&
+          Contains("sde-dpmsolver++") && Contains("dpmsolver"));
   CHECK_THROWS_WITH(
       diffusion::parse_scheduler_config(R"({"_class_name": "DPMSolverMultistepScheduler", "solver_type": "bh2"})"),
       Contains("\"solver_type\"") && Contains("midpoint") && Contains("heun"));
+  {
+    const auto ns = diffusion::parse_scheduler_config(
+        R"({"_class_name": "DPMSolverMultistepScheduler", "algorithm_type": "dpmsolver", "final_sigmas_type": "sigma_min"})");
+    CHECK(ns.config.algorithm_type == diffusion::dpm_algorithm::dpmsolver);
+    const auto ss = diffusion::parse_scheduler_config(
+        R"({"_class_name": "DPMSolverSinglestepScheduler", "solver_order": 3, "solver_type": "heun", "timestep_spacing": "leading"})");
+    CHECK(ss.config.kind == diffusion::scheduler_kind::dpm_solver_singlestep);
+    CHECK(ss.config.solver_order == 3);
+    CHECK_FALSE(ss.config.lower_order_final);  // the singlestep class's default
+    CHECK(ss.config.spacing == diffusion::timestep_spacing::linspace);
+    REQUIRE(ss.ignored_keys.size() == 1);
+    CHECK_THAT(ss.ignored_keys[0], Contains("timestep_spacing") && Contains("always linspace"));
+    CHECK_THROWS_WITH(diffusion::scheduler(diffusion::parse_scheduler_config(
+                          R"({"_class_name": "DPMSolverSinglestepScheduler", "algorithm_type": "dpmsolver"})")
+                                               .config),
+                      Contains("algorithm_type = dpmsolver"));
+  }
   {
     const auto sde = diffusion::parse_scheduler_config(
         R"({"_class_name": "DPMSolverMultistepScheduler", "algorithm_type": "sde-dpmsolver++", "solver_type": "heun"})");

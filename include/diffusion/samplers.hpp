@@ -7,6 +7,7 @@
 #include "samplers/ode.hpp"
 #include "samplers/unipc.hpp"
 #include "samplers/multistep.hpp"
+#include "samplers/dpm_solver.hpp"
 #include "samplers/sde.hpp"
 #include "samplers/cfg_pp.hpp"
 #include "samplers/consistency.hpp"

@@ -34,6 +34,8 @@
 /// | UniPCMultistepScheduler (`predict_x0`, bh1/bh2, orders 1–3, `disable_corrector`) | @ref diffusion::unipc_step "unipc_step" over VP levels | variance preserving |
 /// | KDPM2DiscreteScheduler | @ref diffusion::dpm2_predict "dpm2_predict" / @ref diffusion::dpm2_correct "dpm2_correct" (two calls per step, the second at √(σσ')) | σ-space |
 /// | DEISMultistepScheduler (`deis`, `logrho`, orders 1–3) | @ref diffusion::deis_step "deis_step" over VP levels | variance preserving |
+/// | DPMSolverMultistepScheduler, `algorithm_type="dpmsolver"` (orders 1–3, midpoint or heun) | @ref diffusion::dpm_solver_step "dpm_solver_step" (the noise-prediction form) over VP levels | variance preserving |
+/// | DPMSolverSinglestepScheduler (dpmsolver++, orders 1–3, midpoint or heun, diffusers' blocks of @ref diffusion::singlestep_orders "singlestep_orders") | @ref diffusion::dpmpp_singlestep_update "dpmpp_singlestep_update" from the block's start over VP levels | variance preserving |
 /// | PNDMScheduler (`skip_prk_steps`) | @ref diffusion::plms_step "plms_step" over the training levels (diffusers' list with its repeated second timestep) | variance preserving |
 /// | KDPM2AncestralDiscreteScheduler | the same between σ and σ↓ with σ↑ noise at the second call (@ref diffusion::ancestral_midpoint_levels "ancestral_midpoint_levels") | σ-space |
 ///
@@ -83,6 +85,7 @@
 #include "ancestral.hpp"
 #include "common.hpp"
 #include "consistency.hpp"
+#include "dpm_solver.hpp"
 #include "ode.hpp"
 #include "sde.hpp"
 #include "multistep.hpp"
@@ -116,6 +119,7 @@ enum class scheduler_kind {
   kdpm2_ancestral,       ///< KDPM2AncestralDiscreteScheduler (DPM2-ancestral, η = 1).
   deis_multistep,        ///< DEISMultistepScheduler (DEIS, log-ρ, orders 1–3).
   pndm,                  ///< PNDMScheduler with `skip_prk_steps` (PLMS, Liu et al. 2022).
+  dpm_solver_singlestep,  ///< DPMSolverSinglestepScheduler (DPM-Solver++ singlestep, orders 1–3, midpoint or heun).
 };
 
 /// @brief The diffusers `_class_name` of a kind ("DDIMScheduler", …).
@@ -139,6 +143,7 @@ inline std::string_view class_name(scheduler_kind k) noexcept {
     case scheduler_kind::kdpm2_ancestral: return "KDPM2AncestralDiscreteScheduler";
     case scheduler_kind::deis_multistep: return "DEISMultistepScheduler";
     case scheduler_kind::pndm: return "PNDMScheduler";
+    case scheduler_kind::dpm_solver_singlestep: return "DPMSolverSinglestepScheduler";
   }
   return "?";
 }
@@ -155,6 +160,7 @@ enum class beta_family {
 enum class dpm_algorithm {
   dpmsolver_pp,      ///< "dpmsolver++": the ODE solver (@ref diffusion::dpmpp_2m_step "dpmpp_2m_step").
   sde_dpmsolver_pp,  ///< "sde-dpmsolver++": the SDE solver, η = 1 (@ref diffusion::dpmpp_2m_sde_step "dpmpp_2m_sde_step"); `step` needs noise.
+  dpmsolver,         ///< "dpmsolver": the noise-prediction form (@ref diffusion::dpm_solver_step "dpm_solver_step"; DPMSolverMultistepScheduler only).
 };
 
 /// @brief The EDM classes' `sigma_schedule`: how N levels are placed between σ_max and σ_min.
@@ -240,6 +246,7 @@ struct scheduler_config {
     if (k == scheduler_kind::flow_match_euler || k == scheduler_kind::flow_match_heun)
       c.prediction_type = prediction::flow_velocity;
     if (k == scheduler_kind::tcd) c.eta = 0.3;
+    if (k == scheduler_kind::dpm_solver_singlestep) c.lower_order_final = false;  // DPMSolverSinglestepScheduler's default
     return c;
   }
 };
@@ -369,6 +376,18 @@ class scheduler {
       case scheduler_kind::unipc_multistep:
       case scheduler_kind::deis_multistep:
       case scheduler_kind::dpm_solver_multistep: set_dpm_timesteps(N); break;
+      case scheduler_kind::dpm_solver_singlestep:
+        set_dpm_timesteps(N);
+        // diffusers' singlestep class rounds the timesteps of Karras σ only (the multistep class all).
+        if (cfg_.use_exponential_sigmas || cfg_.use_beta_sigmas)
+          for (std::size_t k = 0; k < N; ++k) timesteps_[k] = timestep_of(sigmas_[k]);
+        // diffusers switches lower_order_final on (with a warning) for N not a multiple of the order or a
+        // final σ of 0; the order list follows the switched value.
+        singlestep_orders_ = singlestep_orders(N, cfg_.solver_order,
+                                               cfg_.lower_order_final || N % cfg_.solver_order != 0 ||
+                                                   cfg_.final_sigmas_type == final_sigma::zero,
+                                               cfg_.final_sigmas_type == final_sigma::zero);
+        break;
       case scheduler_kind::pndm: {
         // diffusers' PNDMScheduler with skip_prk_steps: the inference timesteps with the second one
         // repeated (the second call is the correction of the improved-Euler start).
@@ -420,6 +439,7 @@ class scheduler {
     dpm_previous_h_ = 0.0;
     lms_count_ = 0;
     dpm3_count_ = 0;
+    dpm_eps_ = {};
     unipc_ = {};
     deis_ = {};
     plms_ = {};
@@ -566,7 +586,8 @@ class scheduler {
     return k == scheduler_kind::edm_euler || k == scheduler_kind::edm_dpm_solver_multistep;
   }
   [[nodiscard]] bool dpm() const noexcept {
-    return cfg_.kind == scheduler_kind::dpm_solver_multistep || cfg_.kind == scheduler_kind::edm_dpm_solver_multistep;
+    return cfg_.kind == scheduler_kind::dpm_solver_multistep || cfg_.kind == scheduler_kind::edm_dpm_solver_multistep ||
+           cfg_.kind == scheduler_kind::dpm_solver_singlestep;
   }
   // EDM's preconditioning at σ with the configured σ_d and F's convention (v_prediction: the v variant).
   [[nodiscard]] edm_coefficients edm_coefficients_at(double sigma) const {
@@ -613,10 +634,16 @@ class scheduler {
         !(cfg_.solver_order >= 1 && cfg_.solver_order <= 3))
       detail::throw_invalid(where, "solver_order = " + detail::to_text(cfg_.solver_order) + " is not supported by " +
                                        std::string(class_name(cfg_.kind)) + " here (supported: 1, 2, 3)");
-    if (dpm() && cfg_.solver_order == 3 &&
-        cfg_.algorithm_type != dpm_algorithm::dpmsolver_pp)
-      detail::throw_invalid(where, "solver_order = 3 is supported with algorithm_type dpmsolver++ only here "
+    if (dpm() && cfg_.solver_order == 3 && cfg_.algorithm_type == dpm_algorithm::sde_dpmsolver_pp)
+      detail::throw_invalid(where, "solver_order = 3 is supported with algorithm_type dpmsolver++ or dpmsolver only here "
                                    "(the 3M SDE is dpmpp_3m_sde_step / dpmpp_3m_sde_sample)");
+    if (cfg_.algorithm_type == dpm_algorithm::dpmsolver && cfg_.kind != scheduler_kind::dpm_solver_multistep)
+      detail::throw_invalid(where, "algorithm_type = dpmsolver is supported by DPMSolverMultistepScheduler only here, not by " +
+                                       std::string(class_name(cfg_.kind)) + " (supported: dpmsolver++" +
+                                       (cfg_.kind == scheduler_kind::dpm_solver_singlestep ? ")" : ", sde-dpmsolver++)"));
+    if (cfg_.kind == scheduler_kind::dpm_solver_singlestep && cfg_.algorithm_type == dpm_algorithm::sde_dpmsolver_pp)
+      detail::throw_invalid(where, "algorithm_type = sde-dpmsolver++ is not supported by DPMSolverSinglestepScheduler here "
+                                   "(supported: dpmsolver++)");
     if (!(cfg_.eta >= 0.0 && std::isfinite(cfg_.eta)))
       detail::throw_invalid(where, "eta = " + detail::to_text(cfg_.eta) + " is outside the allowed range [0, inf)");
     if (cfg_.thresholding && (sigma_space() || is_flow() || edm(cfg_.kind) || cfg_.kind == scheduler_kind::tcd ||
@@ -1084,8 +1111,43 @@ class scheduler {
         unipc_ = {st.lambda, st.count, st.last_sigma, st.last_to, st.last_order};
         break;
       }
+      case scheduler_kind::dpm_solver_singlestep: {
+        // Call i of order o lands on level i + 1 from the state at level i − o + 1 (the block's start, kept in
+        // aux), with the outputs of calls i − o + 1 … i (hist[0 … o − 1]: a block's j-th call writes slot j).
+        const std::size_t o = singlestep_orders_[i];
+        b.aux.resize(x.size());
+        for (std::size_t q = 0; q < 3; ++q) b.hist[q].resize(x.size());
+        if (o == 1) std::copy(x.begin(), x.end(), b.aux.begin());
+        std::copy(d.begin(), d.end(), b.hist[o - 1].begin());
+        singlestep_levels L{noise_level::preserving(sigmas_[i + 1 - o]), {}, noise_level::preserving(s.sigma_next), o};
+        for (std::size_t q = 1; q < o; ++q) L.stages[q - 1] = noise_level::preserving(sigmas_[i + 1 - o + q]);
+        dpmpp_singlestep_update<T>(L, {std::span<const T>(b.hist[0]), std::span<const T>(b.hist[1]), std::span<const T>(b.hist[2])},
+                                   std::span<const T>(b.aux), x, cfg_.solver_type);
+        break;
+      }
       case scheduler_kind::dpm_solver_multistep:
       case scheduler_kind::edm_dpm_solver_multistep: {
+        if (cfg_.algorithm_type == dpm_algorithm::dpmsolver) {
+          // The noise-prediction form (validated: DPMSolverMultistepScheduler only, a VP state); diffusers'
+          // order schedule: 1 at the first call and (lower_order_final, euler_at_final) at the last, at most 2
+          // at the second to last of a short run.
+          const std::size_t k = cfg_.solver_order, N = timesteps_.size();
+          const bool short_run = cfg_.lower_order_final && N < 15;
+          const bool last = i + 1 == N, second_last = i + 2 == N;
+          const std::size_t max_order = last && (cfg_.euler_at_final || short_run) ? 1 : (second_last && short_run ? std::min<std::size_t>(k, 2) : k);
+          dpm_solver_state<T> st;
+          for (std::size_t q = 0; q < k; ++q) {
+            b.hist[q].resize(x.size());
+            st.eps[q] = b.hist[q];
+          }
+          st.lambda = dpm_eps_.lambda;
+          st.count = dpm_eps_.count;
+          dpm_solver_step<T>(level_step{noise_level::preserving(s.sigma), noise_level::preserving(s.sigma_next)}, d, x, st,
+                             {k, cfg_.solver_type, cfg_.diffusers_dpm_3m}, max_order);
+          follow_rotation(b.hist, st.eps, k);
+          dpm_eps_ = {st.lambda, st.count};
+          break;
+        }
         // DPMSolverMultistepScheduler keeps a VP state; the EDM class a σ-space one.
         const auto level = [this](double sg) {
           return cfg_.kind == scheduler_kind::edm_dpm_solver_multistep ? noise_level::exploding(sg) : noise_level::preserving(sg);
@@ -1157,7 +1219,8 @@ class scheduler {
   struct deis_history {
     std::array<double, 4> lambda{};
     std::size_t count = 0;
-  } deis_;
+  } deis_, dpm_eps_;  // dpm_eps_: the ε history of algorithm_type dpmsolver
+  std::vector<std::size_t> singlestep_orders_;  // DPMSolverSinglestepScheduler's order of each call
   struct plms_history {
     std::size_t count = 0;
     noise_level start_level{}, landed{};

@@ -4,7 +4,7 @@
 /// and is not part of `ddpm.hpp`.
 ///
 /// Rules: an unknown `_class_name`, a key whose value the class does not support here (e.g.
-/// `algorithm_type: "dpmsolver"`, `use_lu_lambdas: true`), or a value of the wrong JSON type
+/// `algorithm_type: "sde-dpmsolver"`, `use_lu_lambdas: true`), or a value of the wrong JSON type
 /// is an error naming the key, the value and the supported values. Keys this library does not
 /// read are never dropped silently: each is reported in `ignored_keys` with the reason (unknown,
 /// or known to have no effect on this class's math, such as `skip_prk_steps` or
@@ -115,7 +115,8 @@ inline parsed_scheduler_config parse_scheduler_config(std::string_view json_text
        {"KDPM2DiscreteScheduler", scheduler_kind::kdpm2},
        {"KDPM2AncestralDiscreteScheduler", scheduler_kind::kdpm2_ancestral},
        {"DEISMultistepScheduler", scheduler_kind::deis_multistep},
-       {"PNDMScheduler", scheduler_kind::pndm}});
+       {"PNDMScheduler", scheduler_kind::pndm},
+       {"DPMSolverSinglestepScheduler", scheduler_kind::dpm_solver_singlestep}});
   parsed_scheduler_config out{scheduler_config::defaults_for(kind), {}};
   scheduler_config& c = out.config;
   const bool discrete = kind == scheduler_kind::ddpm || kind == scheduler_kind::ddim;
@@ -124,7 +125,8 @@ inline parsed_scheduler_config parse_scheduler_config(std::string_view json_text
                            kind == scheduler_kind::kdpm2 || kind == scheduler_kind::kdpm2_ancestral;
   const bool unipc = kind == scheduler_kind::unipc_multistep;
   const bool deis = kind == scheduler_kind::deis_multistep;
-  const bool dpm = kind == scheduler_kind::dpm_solver_multistep || kind == scheduler_kind::edm_dpm_solver_multistep;
+  const bool singlestep = kind == scheduler_kind::dpm_solver_singlestep;
+  const bool dpm = kind == scheduler_kind::dpm_solver_multistep || kind == scheduler_kind::edm_dpm_solver_multistep || singlestep;
   const bool edm = kind == scheduler_kind::edm_euler || kind == scheduler_kind::edm_dpm_solver_multistep;
   const bool consistency = kind == scheduler_kind::lcm || kind == scheduler_kind::tcd;
   const bool flow = kind == scheduler_kind::flow_match_euler || kind == scheduler_kind::flow_match_heun;
@@ -162,9 +164,10 @@ inline parsed_scheduler_config parse_scheduler_config(std::string_view json_text
     } else if (key == "prediction_type") {
       c.prediction_type = detail::config_choice<prediction>(
           key, v, {{"epsilon", prediction::epsilon}, {"sample", prediction::sample}, {"v_prediction", prediction::v}});
-    } else if ((key == "timestep_spacing" || key == "steps_offset") && (edm || consistency)) {
-      ignore(key, consistency ? "not used by " + std::string(class_name(kind)) + " (consistency_timesteps places the steps)"
-                              : "not used by " + std::string(class_name(kind)));
+    } else if ((key == "timestep_spacing" || key == "steps_offset") && (edm || consistency || singlestep)) {
+      ignore(key, consistency  ? "not used by " + std::string(class_name(kind)) + " (consistency_timesteps places the steps)"
+                  : singlestep ? "not used by " + std::string(class_name(kind)) + " (its timesteps are always linspace)"
+                               : "not used by " + std::string(class_name(kind)));
     } else if (key == "timestep_spacing") {
       c.spacing = detail::config_choice<timestep_spacing>(
           key, v,
@@ -247,7 +250,8 @@ inline parsed_scheduler_config parse_scheduler_config(std::string_view json_text
       else if (key == "euler_at_final") c.euler_at_final = detail::config_bool(key, v);
       else if (key == "algorithm_type")
         c.algorithm_type = detail::config_choice<dpm_algorithm>(
-            key, v, {{"dpmsolver++", dpm_algorithm::dpmsolver_pp}, {"sde-dpmsolver++", dpm_algorithm::sde_dpmsolver_pp}});
+            key, v,
+            {{"dpmsolver++", dpm_algorithm::dpmsolver_pp}, {"sde-dpmsolver++", dpm_algorithm::sde_dpmsolver_pp}, {"dpmsolver", dpm_algorithm::dpmsolver}});
       else if (key == "solver_type")
         c.solver_type = detail::config_choice<dpm_solver_type>(key, v, {{"midpoint", dpm_solver_type::midpoint}, {"heun", dpm_solver_type::heun}});
       else if (key == "use_lu_lambdas") require_value(key, v, false, "false");
