@@ -8,6 +8,12 @@
 //                    euler, euler_a (Euler ancestral), langevin, flow_euler (rectified-flow
 //                    Euler from the velocity, FlowMatchEuler's x + (σ' − σ)u), flow_sde (its
 //                    stochastic_sampling step, (1 − σ')(x − σu) + σ'z, noise drawn)
+//                    and the sampler steps of issue 12, 16 K … 4 M, each the library's public
+//                    step function in its steady state (see "The sampler steps with a history"):
+//                    dpmpp_2m, dpmpp_2m_sde, dpmpp_3m_sde, lms (order 4), unipc (order 2 with the
+//                    corrector), deis (order 3), plms (order 4), dpm2 and dpmpp_2s_ancestral and
+//                    dpmpp_sde (both stages: the cost per pair of model calls), lcm, tcd, cfgpp_euler;
+//                    implementations ours, ours_2t (no bit_identical: the steps run in place) and plain
 //   implementations  ours       the library's fused single-pass kernel (kernels.hpp), noise
 //                               generated inside it (kernels::philox_stream)
 //                    ours_2t    the same with parallel_policy{.threads = 2}
@@ -24,6 +30,9 @@
 // written once, no intermediate buffer): 12 B per element for the steps with two inputs and one
 // output, 16 B for DDPM and DDIM (they also write x̂₀, in every implementation), 8 B for
 // q_sample_rng, 4 B for normals alone; so it is comparable across implementations and with the triad's 12 B.
+// The sampler steps count every array the library's step reads or writes once (history included):
+// dpmpp_2m and dpmpp_2m_sde 20 B, dpmpp_3m_sde and deis 24 B, lms, unipc, plms and dpm2 28 B,
+// dpmpp_2s_ancestral 32 B, dpmpp_sde 40 B, lcm and tcd 12 B, cfgpp_euler 16 B.
 // normals_per_second counts the normals drawn; allocs_per_iter the calls of global operator
 // new per iteration (this file replaces it); bit_identical (ours_2t, ours_par) is 1 when the
 // threaded output equals the 1-thread output bit for bit; pool_workers, pool_cpus and
@@ -780,8 +789,9 @@ void lms_plain(buffers& b, std::uint64_t) {
   const auto c = diffusion::lms_coefficients(nodes, euler_sigma_to);
   const auto c0 = static_cast<float>(c[0]), c1 = static_cast<float>(c[1]), c2 = static_cast<float>(c[2]),
              c3 = static_cast<float>(c[3]), inv = static_cast<float>(1.0 / euler_sigma);
-  const float *d = b.e.data(), *s1 = s.h[0].data(), *s2 = s.h[1].data(), *s3 = s.h[2].data();
-  float *x = s.x.data(), *s0 = s.h[3].data();
+  // The slots ours reads and writes (the steady state's views: slot 3 becomes the newest).
+  const float *d = b.e.data(), *s1 = s.lms.slopes[0].data(), *s2 = s.lms.slopes[1].data(), *s3 = s.lms.slopes[2].data();
+  float *x = s.x.data(), *s0 = s.lms.slopes[3].data();
   for (std::size_t i = 0; i < b.n; ++i) {
     const float d0 = (x[i] - d[i]) * inv;
     x[i] = x[i] + c0 * d0 + c1 * s1[i] + c2 * s2[i] + c3 * s3[i];
@@ -823,7 +833,8 @@ void unipc_plain(buffers& b, std::uint64_t) {
   auto& s = samp(b);
   const auto k = unipc_plain_coef();
   const float* d = b.e.data();
-  float *x = s.x.data(), *last = s.last.data(), *m0 = s.h[0].data(), *m1 = s.h[1].data();
+  float *x = s.x.data(), *last = s.unipc.last_sample.data(), *m0 = s.unipc.denoised[0].data(),
+        *m1 = s.unipc.denoised[1].data();
   for (std::size_t i = 0; i < b.n; ++i) {
     // UniC: correct the last prediction with the new output d; UniP: predict from the corrected x.
     const float xc = k.rc * last[i] - k.kc0 * m0[i] - (k.kc_d1 * (m1[i] - m0[i]) + k.kc_new * (d[i] - m0[i]));
@@ -858,8 +869,8 @@ void deis_plain(buffers& b, std::uint64_t) {
   const auto at = static_cast<float>(vp(480).alpha), inv_as = static_cast<float>(1.0 / vp(500).alpha),
              as = static_cast<float>(vp(500).alpha), inv_ss = static_cast<float>(1.0 / vp(500).sigma);
   const auto c1 = static_cast<float>(c[0]), c2 = static_cast<float>(c[1]), c3 = static_cast<float>(c[2]);
-  const float *d = b.e.data(), *e1 = s.h[0].data(), *e2 = s.h[1].data();
-  float *x = s.x.data(), *e0 = s.h[2].data();
+  const float *d = b.e.data(), *e1 = s.deis.eps[0].data(), *e2 = s.deis.eps[1].data();
+  float *x = s.x.data(), *e0 = s.deis.eps[2].data();
   for (std::size_t i = 0; i < b.n; ++i) {
     const float eps = (x[i] - as * d[i]) * inv_ss;  // diffusers' convert_model_output for "deis"
     x[i] = at * (x[i] * inv_as + c1 * eps + c2 * e1[i] + c3 * e2[i]);
@@ -880,8 +891,8 @@ void plms_plain(buffers& b, std::uint64_t) {
   const double denom = at * std::sqrt(1.0 - ap) + std::sqrt(at * (1.0 - at) * ap);
   const auto sc = static_cast<float>(std::sqrt(ap / at)), mc = static_cast<float>((ap - at) / denom),
              as = static_cast<float>(vp(500).alpha), inv_ss = static_cast<float>(1.0 / vp(500).sigma);
-  const float *d = b.e.data(), *e1 = s.h[0].data(), *e2 = s.h[1].data(), *e3 = s.h[2].data();
-  float *x = s.x.data(), *e0 = s.h[3].data();
+  const float *d = b.e.data(), *e1 = s.plms.eps[0].data(), *e2 = s.plms.eps[1].data(), *e3 = s.plms.eps[2].data();
+  float *x = s.x.data(), *e0 = s.plms.eps[3].data();
   for (std::size_t i = 0; i < b.n; ++i) {
     const float eps = (x[i] - as * d[i]) * inv_ss;
     const float eh = (55.0f * eps - 59.0f * e1[i] + 37.0f * e2[i] - 9.0f * e3[i]) * (1.0f / 24.0f);
