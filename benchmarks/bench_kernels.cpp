@@ -698,10 +698,17 @@ struct sampler_buffers {
 };
 
 /// The sampler buffers of b's size, made on first use (the warm-up call, outside the timed loop).
+/// The last size is cached, so that the timed loop does not search the map (the benchmarks run
+/// one at a time, on the main thread).
 sampler_buffers& samp(const buffers& b) {
   static std::map<std::size_t, std::unique_ptr<sampler_buffers>> all;
+  static std::size_t last_n = 0;
+  static sampler_buffers* last = nullptr;
+  if (b.n == last_n) return *last;
   auto& p = all[b.n];
   if (!p) p = std::make_unique<sampler_buffers>(b);
+  last_n = b.n;
+  last = p.get();
   return *p;
 }
 
