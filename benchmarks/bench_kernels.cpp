@@ -8,6 +8,12 @@
 //                    euler, euler_a (Euler ancestral), langevin, flow_euler (rectified-flow
 //                    Euler from the velocity, FlowMatchEuler's x + (σ' − σ)u), flow_sde (its
 //                    stochastic_sampling step, (1 − σ')(x − σu) + σ'z, noise drawn)
+//                    and the sampler steps of issue 12, 16 K … 4 M, each the library's public
+//                    step function in its steady state (see "The sampler steps with a history"):
+//                    dpmpp_2m, dpmpp_2m_sde, dpmpp_3m_sde, lms (order 4), unipc (order 2 with the
+//                    corrector), deis (order 3), plms (order 4), dpm2 and dpmpp_2s_ancestral and
+//                    dpmpp_sde (both stages: the cost per pair of model calls), lcm, tcd, cfgpp_euler;
+//                    implementations ours, ours_2t (no bit_identical: the steps run in place) and plain
 //   implementations  ours       the library's fused single-pass kernel (kernels.hpp), noise
 //                               generated inside it (kernels::philox_stream)
 //                    ours_2t    the same with parallel_policy{.threads = 2}
@@ -24,6 +30,9 @@
 // written once, no intermediate buffer): 12 B per element for the steps with two inputs and one
 // output, 16 B for DDPM and DDIM (they also write x̂₀, in every implementation), 8 B for
 // q_sample_rng, 4 B for normals alone; so it is comparable across implementations and with the triad's 12 B.
+// The sampler steps count every array the library's step reads or writes once (history included):
+// dpmpp_2m and dpmpp_2m_sde 20 B, dpmpp_3m_sde and deis 24 B, lms, unipc, plms and dpm2 28 B,
+// dpmpp_2s_ancestral 32 B, dpmpp_sde 40 B, lcm and tcd 12 B, cfgpp_euler 16 B.
 // normals_per_second counts the normals drawn; allocs_per_iter the calls of global operator
 // new per iteration (this file replaces it); bit_identical (ours_2t, ours_par) is 1 when the
 // threaded output equals the 1-thread output bit for bit; pool_workers, pool_cpus and
@@ -52,10 +61,12 @@
 #include <diffusion/ddpm.hpp>
 #include <diffusion/execution.hpp>
 #include <diffusion/noise.hpp>
+#include <diffusion/samplers.hpp>
 
 #include <Eigen/Core>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cmath>
 #include <cstddef>
@@ -70,6 +81,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #if defined(__SSE2__)
@@ -618,6 +630,408 @@ void langevin_eigen(buffers& b, std_normal& g) {
 }
 
 // ---------------------------------------------------------------------------------------
+// The sampler steps with a history or two stages (issue 12). `ours` calls the library's public
+// step function (samplers/*.hpp) in its steady state: the history is full, every buffer was
+// allocated before the timed loop, and a step whose history must describe a descending list
+// (lms, unipc, deis, plms) starts each call from a copy of its steady-state struct (a few spans
+// and doubles, no allocation), so that every call is the same full-order call. `plain` is the
+// same formula as one scalar loop per pass (noise from std::normal_distribution), reading and
+// writing the same buffers. The σ-space steps go from σ = 2 to 1.6 (euler_sigma, euler_sigma_to)
+// with earlier levels 2.5, 3.2, 3.9, 4.7; the variance-preserving ones (unipc, deis, plms, lcm,
+// tcd) from timestep 500 to 480 of Stable Diffusion's schedule with earlier timesteps 520, 540, 560.
+// The state x of the in-place steps is a buffer of its own (not b.x, which other rows read); the
+// two-stage steps read b.x and write b.out. Sizes: up to 4 M (they use eleven more buffers).
+
+constexpr double hist_sigmas[] = {2.5, 3.2, 3.9, 4.7};  // earlier σ-space levels, newest first
+constexpr std::size_t sampler_max = std::size_t{1} << 22;
+constexpr diffusion::sigma_step ks{euler_sigma, euler_sigma_to};
+constexpr std::size_t tcd_mid_t = 336;  // TCD's intermediate timestep floor((1 − γ)·480), γ = 0.3
+constexpr double tcd_gamma = 0.3;
+
+diffusion::noise_level vp(std::size_t t) { return diffusion::noise_level::from_step(sched()[t]); }
+diffusion::level_step vp_step(std::size_t from, std::size_t to) { return {vp(from), vp(to)}; }
+
+struct sampler_buffers {
+  // x = the state of the in-place steps; d2 = the second model output (stage two, or CFG++'s
+  // unconditional D); mid = the stage point; keep = D kept across the stages; z1 = DPM++ SDE's
+  // first normals; last = UniPC's last_sample; h = history slots.
+  buffer x, d2, mid, keep, z1, last;
+  std::array<buffer, 4> h;
+  diffusion::dpmpp_2m_state<float> dpm2m;  // not reset: a repeated step is a valid steady state
+  diffusion::dpmpp_3m_state<float> dpm3m;  // not reset (no ordering check)
+  diffusion::lms_state<float> lms;         // steady states copied before each call
+  diffusion::unipc_state<float> unipc;
+  diffusion::deis_state<float> deis;
+  diffusion::plms_state<float> plms;
+  diffusion::level_step vp_now;  // 500 → 480
+
+  sampler_buffers(const buffers& b)
+      : x(b.n), d2(b.n), mid(b.n), keep(b.n), z1(b.n), last(b.n), h{buffer(b.n), buffer(b.n), buffer(b.n), buffer(b.n)},
+        vp_now(vp_step(500, 480)) {
+    const diffusion::philox_normal init(0xB3C5ull);
+    init.fill(2, 0, 0, x.span());
+    init.fill(3, 0, 0, d2.span());
+    init.fill(4, 0, 0, last.span());
+    for (std::size_t j = 0; j < 4; ++j) init.fill(5 + j, 0, 0, h[j].span());
+    for (auto* p : {&mid, &keep, &z1}) std::fill_n(p->data(), b.n, 0.0f);
+    const span_c d = b.e.cspan();
+    dpm2m = {h[0].span(), std::log(hist_sigmas[0] / euler_sigma), true};
+    dpm3m.previous_denoised = {h[0].span(), h[1].span()};
+    dpm3m.previous_h = {std::log(hist_sigmas[0] / euler_sigma), std::log(hist_sigmas[1] / hist_sigmas[0])};
+    dpm3m.count = 2;
+    lms.slopes = {h[0].span(), h[1].span(), h[2].span(), h[3].span()};
+    lms.sigmas = {hist_sigmas[0], hist_sigmas[1], hist_sigmas[2], hist_sigmas[3]};
+    lms.count = 4;
+    // The multistep states of the VP steps are filled by real calls over 560 → 540 → 520 → 500.
+    unipc.denoised = {h[0].span(), h[1].span(), {}};
+    unipc.last_sample = last.span();
+    for (const auto& [f, t] : {std::pair<std::size_t, std::size_t>{560, 540}, std::pair<std::size_t, std::size_t>{540, 520}, std::pair<std::size_t, std::size_t>{520, 500}})
+      diffusion::unipc_step<float>(vp_step(f, t), d, x.span(), unipc, {}, 2);
+    deis.eps = {h[0].span(), h[1].span(), h[2].span(), {}};
+    for (const auto& [f, t] : {std::pair<std::size_t, std::size_t>{540, 520}, std::pair<std::size_t, std::size_t>{520, 500}})
+      diffusion::deis_step<float>(vp_step(f, t), d, x.span(), deis, 3, 3);
+    plms.eps = {h[0].span(), h[1].span(), h[2].span(), h[3].span()};
+    for (const auto& [f, t] : {std::pair<std::size_t, std::size_t>{560, 540}, std::pair<std::size_t, std::size_t>{540, 520}, std::pair<std::size_t, std::size_t>{520, 500}})
+      diffusion::plms_step<float>(vp_step(f, t), d, x.span(), plms, 4);
+    init.fill(2, 0, 0, x.span());  // back to normals
+  }
+};
+
+/// The sampler buffers of b's size, made on first use (the warm-up call, outside the timed loop).
+/// The last size is cached, so that the timed loop does not search the map (the benchmarks run
+/// one at a time, on the main thread).
+sampler_buffers& samp(const buffers& b) {
+  static std::map<std::size_t, std::unique_ptr<sampler_buffers>> all;
+  static std::size_t last_n = 0;
+  static sampler_buffers* last = nullptr;
+  if (b.n == last_n) return *last;
+  auto& p = all[b.n];
+  if (!p) p = std::make_unique<sampler_buffers>(b);
+  last_n = b.n;
+  last = p.get();
+  return *p;
+}
+
+// DPM-Solver++(2M), k-diffusion sample_dpmpp_2m (x = state, e = D, h[0] = D_prev) -------------
+template <class P>
+void dpmpp_2m_ours(const P& pol, buffers& b, std::uint64_t) {
+  auto& s = samp(b);
+  diffusion::dpmpp_2m_step<float>(ks, b.e.cspan(), s.x.span(), s.dpm2m, pol);
+}
+void dpmpp_2m_plain(buffers& b, std::uint64_t) {
+  auto& s = samp(b);
+  const double h = std::log(euler_sigma / euler_sigma_to), r = std::log(hist_sigmas[0] / euler_sigma) / h;
+  const auto cx = static_cast<float>(euler_sigma_to / euler_sigma), cd = static_cast<float>(-std::expm1(-h)),
+             w = static_cast<float>(1.0 / (2.0 * r));
+  const float* d = b.e.data();
+  float *x = s.x.data(), *p = s.h[0].data();
+  for (std::size_t i = 0; i < b.n; ++i) {
+    const float dh = (1.0f + w) * d[i] - w * p[i];
+    x[i] = cx * x[i] + cd * dh;
+    p[i] = d[i];
+  }
+}
+
+// DPM-Solver++(2M) SDE, η = 1, midpoint (k-diffusion sample_dpmpp_2m_sde), Philox noise in-kernel --
+template <class P>
+void dpmpp_2m_sde_ours(const P& pol, buffers& b, std::uint64_t step) {
+  auto& s = samp(b);
+  diffusion::dpmpp_2m_sde_step<float>(ks, b.e.cspan(), s.x.span(), s.dpm2m, stream(step), diffusion::dpmpp_sde_options{},
+                                      pol);
+}
+void dpmpp_2m_sde_plain(buffers& b, std_normal& g) {
+  auto& s = samp(b);
+  const double h = std::log(euler_sigma / euler_sigma_to), r = std::log(hist_sigmas[0] / euler_sigma) / h;
+  const auto cx = static_cast<float>(euler_sigma_to / euler_sigma * std::exp(-h)),
+             cd = static_cast<float>(-std::expm1(-2.0 * h)), w = static_cast<float>(1.0 / (2.0 * r)),
+             cz = static_cast<float>(euler_sigma_to * std::sqrt(-std::expm1(-2.0 * h)));
+  const float* d = b.e.data();
+  float *x = s.x.data(), *p = s.h[0].data();
+  for (std::size_t i = 0; i < b.n; ++i) {
+    const float dh = (1.0f + w) * d[i] - w * p[i];
+    x[i] = cx * x[i] + cd * dh + cz * g();
+    p[i] = d[i];
+  }
+}
+
+// DPM-Solver++(3M) SDE, η = 1 (k-diffusion sample_dpmpp_3m_sde: its φ₃ term, heun at order 2) ---
+constexpr diffusion::dpmpp_sde_options sde3m{.eta = 1.0, .s_noise = 1.0, .solver_type = diffusion::dpm_solver_type::heun,
+                                            .reference_3m = true};
+template <class P>
+void dpmpp_3m_sde_ours(const P& pol, buffers& b, std::uint64_t step) {
+  auto& s = samp(b);
+  diffusion::dpmpp_3m_sde_step<float>(diffusion::as_level_step(ks), b.e.cspan(), s.x.span(), s.dpm3m, stream(step), sde3m,
+                                      3, pol);
+}
+void dpmpp_3m_sde_plain(buffers& b, std_normal& g) {
+  auto& s = samp(b);
+  const double h = std::log(euler_sigma / euler_sigma_to), h_eta = 2.0 * h;
+  const double r0 = std::log(hist_sigmas[0] / euler_sigma) / h, r1 = std::log(hist_sigmas[1] / hist_sigmas[0]) / h;
+  const double phi2 = std::expm1(-h_eta) / h_eta + 1.0, phi3 = phi2 / h_eta - 0.5;
+  const auto cx = static_cast<float>(std::exp(-h_eta)), ce = static_cast<float>(-std::expm1(-h_eta)),
+             q0 = static_cast<float>(1.0 / r0), q1 = static_cast<float>(1.0 / r1),
+             m = static_cast<float>(r0 / (r0 + r1)), inv_sum = static_cast<float>(1.0 / (r0 + r1)),
+             p2 = static_cast<float>(phi2), p3 = static_cast<float>(phi3),
+             cz = static_cast<float>(euler_sigma_to * std::sqrt(-std::expm1(-2.0 * h)));
+  const float* d = b.e.data();
+  float *x = s.x.data(), *d1 = s.h[0].data(), *d2 = s.h[1].data();
+  for (std::size_t i = 0; i < b.n; ++i) {
+    const float d10 = (d[i] - d1[i]) * q0, d11 = (d1[i] - d2[i]) * q1;
+    const float dd1 = d10 + (d10 - d11) * m, dd2 = (d10 - d11) * inv_sum;
+    x[i] = cx * x[i] + ce * d[i] + p2 * dd1 - p3 * dd2 + cz * g();
+    d2[i] = d[i];
+  }
+}
+
+// Linear multistep, order 4 (k-diffusion sample_lms) ---------------------------------------
+template <class P>
+void lms_ours(const P& pol, buffers& b, std::uint64_t) {
+  auto& s = samp(b);
+  diffusion::lms_state<float> st = s.lms;
+  diffusion::lms_step<float>(ks, b.e.cspan(), s.x.span(), st, 4, pol);
+}
+void lms_plain(buffers& b, std::uint64_t) {
+  auto& s = samp(b);
+  const double nodes[] = {euler_sigma, hist_sigmas[0], hist_sigmas[1], hist_sigmas[2]};
+  const auto c = diffusion::lms_coefficients(nodes, euler_sigma_to);
+  const auto c0 = static_cast<float>(c[0]), c1 = static_cast<float>(c[1]), c2 = static_cast<float>(c[2]),
+             c3 = static_cast<float>(c[3]), inv = static_cast<float>(1.0 / euler_sigma);
+  // The slots ours reads and writes (the steady state's views: slot 3 becomes the newest).
+  const float *d = b.e.data(), *s1 = s.lms.slopes[0].data(), *s2 = s.lms.slopes[1].data(), *s3 = s.lms.slopes[2].data();
+  float *x = s.x.data(), *s0 = s.lms.slopes[3].data();
+  for (std::size_t i = 0; i < b.n; ++i) {
+    const float d0 = (x[i] - d[i]) * inv;
+    x[i] = x[i] + c0 * d0 + c1 * s1[i] + c2 * s2[i] + c3 * s3[i];
+    s0[i] = d0;
+  }
+}
+
+// UniPC, order 2, bh2, with the corrector (diffusers UniPCMultistepScheduler.step) ----------------
+template <class P>
+void unipc_ours(const P& pol, buffers& b, std::uint64_t) {
+  auto& s = samp(b);
+  diffusion::unipc_state<float> st = s.unipc;
+  diffusion::unipc_step<float>(s.vp_now, b.e.cspan(), s.x.span(), st, {}, 2, pol);
+}
+/// UniPC's scalars as diffusers forms them (bh2, predict_x0): the corrector UniC-2 from 520 to 500
+/// (m0 at 520, m1 at 540, the new output at 500) and the predictor UniP-2 from 500 to 480.
+struct unipc_plain_coefficients {
+  float rc, kc0, kc_d1, kc_new, rp, kp0, kp_d1;
+};
+unipc_plain_coefficients unipc_plain_coef() {
+  const auto lam = [](std::size_t t) { return std::log(vp(t).alpha) - std::log(vp(t).sigma); };
+  // Corrector: s0 = 520, t = 500, r1 = (λ540 − λ520)/h; R = [[1, 1], [r1, 1]], b as diffusers builds it.
+  const double hc = lam(500) - lam(520), hhc = -hc, phi1c = std::expm1(hhc), Bc = std::expm1(hhc);
+  const double r1 = (lam(540) - lam(520)) / hc;
+  double phik = phi1c / hhc - 1.0;
+  const double b0 = phik / Bc;
+  phik = phik / hhc - 0.5;
+  const double b1 = phik * 2.0 / Bc;
+  const double rho1 = (b1 - r1 * b0) / (1.0 - r1), rho0 = b0 - rho1;  // solve [[1, 1], [r1, 1]] ρ = b
+  // Predictor: s0 = 500, t = 480, r = (λ520 − λ500)/h, ρ_p = 0.5.
+  const double hp = lam(480) - lam(500), hhp = -hp, phi1p = std::expm1(hhp), Bp = std::expm1(hhp);
+  const double rp = (lam(520) - lam(500)) / hp;
+  return {static_cast<float>(vp(500).sigma / vp(520).sigma), static_cast<float>(vp(500).alpha * phi1c),
+          static_cast<float>(vp(500).alpha * Bc * rho0 / r1), static_cast<float>(vp(500).alpha * Bc * rho1),
+          static_cast<float>(vp(480).sigma / vp(500).sigma), static_cast<float>(vp(480).alpha * phi1p),
+          static_cast<float>(vp(480).alpha * Bp * 0.5 / rp)};
+}
+void unipc_plain(buffers& b, std::uint64_t) {
+  auto& s = samp(b);
+  const auto k = unipc_plain_coef();
+  const float* d = b.e.data();
+  float *x = s.x.data(), *last = s.unipc.last_sample.data(), *m0 = s.unipc.denoised[0].data(),
+        *m1 = s.unipc.denoised[1].data();
+  for (std::size_t i = 0; i < b.n; ++i) {
+    // UniC: correct the last prediction with the new output d; UniP: predict from the corrected x.
+    const float xc = k.rc * last[i] - k.kc0 * m0[i] - (k.kc_d1 * (m1[i] - m0[i]) + k.kc_new * (d[i] - m0[i]));
+    last[i] = xc;
+    x[i] = k.rp * xc - k.kp0 * d[i] - k.kp_d1 * (m0[i] - d[i]);
+    m1[i] = d[i];
+  }
+}
+
+// DEIS, order 3, log-ρ (diffusers DEISMultistepScheduler multistep_deis_third_order_update) -------
+template <class P>
+void deis_ours(const P& pol, buffers& b, std::uint64_t) {
+  auto& s = samp(b);
+  diffusion::deis_state<float> st = s.deis;
+  diffusion::deis_step<float>(s.vp_now, b.e.cspan(), s.x.span(), st, 3, 3, pol);
+}
+/// diffusers' ind_fn (the integral of the Lagrange basis in log ρ) and the three DEIS coefficients.
+std::array<double, 3> deis_coefficients() {
+  const auto rho = [](std::size_t t) { return vp(t).sigma / vp(t).alpha; };
+  const auto ind = [](double t, double b, double c, double d) {
+    const double lt = std::log(t), lb = std::log(b), lc = std::log(c), ld = std::log(d);
+    const double num = t * (lc * (ld - lt + 1.0) - ld * lt + ld + lt * lt - 2.0 * lt + 2.0);
+    return num / ((lb - lc) * (lb - ld));
+  };
+  const double rt = rho(480), r0 = rho(500), r1 = rho(520), r2 = rho(540);
+  return {ind(rt, r0, r1, r2) - ind(r0, r0, r1, r2), ind(rt, r1, r2, r0) - ind(r0, r1, r2, r0),
+          ind(rt, r2, r0, r1) - ind(r0, r2, r0, r1)};
+}
+void deis_plain(buffers& b, std::uint64_t) {
+  auto& s = samp(b);
+  const auto c = deis_coefficients();
+  const auto at = static_cast<float>(vp(480).alpha), inv_as = static_cast<float>(1.0 / vp(500).alpha),
+             as = static_cast<float>(vp(500).alpha), inv_ss = static_cast<float>(1.0 / vp(500).sigma);
+  const auto c1 = static_cast<float>(c[0]), c2 = static_cast<float>(c[1]), c3 = static_cast<float>(c[2]);
+  const float *d = b.e.data(), *e1 = s.deis.eps[0].data(), *e2 = s.deis.eps[1].data();
+  float *x = s.x.data(), *e0 = s.deis.eps[2].data();
+  for (std::size_t i = 0; i < b.n; ++i) {
+    const float eps = (x[i] - as * d[i]) * inv_ss;  // diffusers' convert_model_output for "deis"
+    x[i] = at * (x[i] * inv_as + c1 * eps + c2 * e1[i] + c3 * e2[i]);
+    e0[i] = eps;
+  }
+}
+
+// PLMS, order 4 (diffusers PNDMScheduler.step_plms with skip_prk_steps) -------------------------
+template <class P>
+void plms_ours(const P& pol, buffers& b, std::uint64_t) {
+  auto& s = samp(b);
+  diffusion::plms_state<float> st = s.plms;
+  diffusion::plms_step<float>(s.vp_now, b.e.cspan(), s.x.span(), st, 4, pol);
+}
+void plms_plain(buffers& b, std::uint64_t) {
+  auto& s = samp(b);
+  const double at = sched()[500].alpha_bar, ap = sched()[480].alpha_bar;
+  const double denom = at * std::sqrt(1.0 - ap) + std::sqrt(at * (1.0 - at) * ap);
+  const auto sc = static_cast<float>(std::sqrt(ap / at)), mc = static_cast<float>((ap - at) / denom),
+             as = static_cast<float>(vp(500).alpha), inv_ss = static_cast<float>(1.0 / vp(500).sigma);
+  const float *d = b.e.data(), *e1 = s.plms.eps[0].data(), *e2 = s.plms.eps[1].data(), *e3 = s.plms.eps[2].data();
+  float *x = s.x.data(), *e0 = s.plms.eps[3].data();
+  for (std::size_t i = 0; i < b.n; ++i) {
+    const float eps = (x[i] - as * d[i]) * inv_ss;
+    const float eh = (55.0f * eps - 59.0f * e1[i] + 37.0f * e2[i] - 9.0f * e3[i]) * (1.0f / 24.0f);
+    x[i] = sc * x[i] - mc * eh;
+    e0[i] = eps;
+  }
+}
+
+// DPM2: both stages (k-diffusion sample_dpm_2), x = b.x, D = e, D₂ = d2, out = b.out -----------
+template <class P>
+void dpm2_ours(const P& pol, buffers& b, std::uint64_t) {
+  auto& s = samp(b);
+  const auto L = diffusion::midpoint_levels(ks);
+  const diffusion::two_stage_state<float> ts{s.mid.span(), {}, {}};
+  diffusion::dpm2_predict<float>(L, b.e.cspan(), b.x.cspan(), ts, pol);
+  diffusion::dpm2_correct<float>(L, s.d2.cspan(), b.x.cspan(), ts, b.out.span(), diffusion::kernels::no_noise{}, 0.0, pol);
+}
+void dpm2_plain(buffers& b, std::uint64_t) {
+  auto& s = samp(b);
+  const double sm = std::sqrt(euler_sigma * euler_sigma_to);
+  const auto inv = static_cast<float>(1.0 / euler_sigma), inv_m = static_cast<float>(1.0 / sm),
+             dt1 = static_cast<float>(sm - euler_sigma), dt2 = static_cast<float>(euler_sigma_to - euler_sigma);
+  const float *x = b.x.data(), *d = b.e.data(), *d2 = s.d2.data();
+  float *xm = s.mid.data(), *o = b.out.data();
+  for (std::size_t i = 0; i < b.n; ++i) xm[i] = x[i] + dt1 * (x[i] - d[i]) * inv;
+  // (the model call at σ_mid goes here)
+  for (std::size_t i = 0; i < b.n; ++i) o[i] = x[i] + dt2 * (xm[i] - d2[i]) * inv_m;
+}
+
+// DPM++(2S) ancestral, η = 1 (k-diffusion sample_dpmpp_2s_ancestral) ----------------------------
+template <class P>
+void dpmpp_2s_a_ours(const P& pol, buffers& b, std::uint64_t step) {
+  auto& s = samp(b);
+  const auto A = diffusion::ancestral_midpoint_levels(ks, 1.0);
+  const diffusion::two_stage_state<float> ts{s.mid.span(), s.keep.span(), {}};
+  diffusion::dpmpp_2s_predict<float>(A.levels, b.e.cspan(), b.x.cspan(), ts, pol);
+  diffusion::dpmpp_2s_correct<float>(A.levels, s.d2.cspan(), b.x.cspan(), ts, b.out.span(), stream(step), A.sigma_up, pol);
+}
+void dpmpp_2s_a_plain(buffers& b, std_normal& g) {
+  auto& s = samp(b);
+  const auto a = diffusion::ancestral_step(euler_sigma, euler_sigma_to, 1.0);
+  const double h = std::log(euler_sigma / a.sigma_down), sm = std::exp(-(-std::log(euler_sigma) + 0.5 * h));
+  const auto c1x = static_cast<float>(sm / euler_sigma), c1d = static_cast<float>(-std::expm1(-0.5 * h)),
+             c2x = static_cast<float>(a.sigma_down / euler_sigma), c2d = static_cast<float>(-std::expm1(-h)),
+             up = static_cast<float>(a.sigma_up);
+  const float *x = b.x.data(), *d = b.e.data(), *d2 = s.d2.data();
+  float *xm = s.mid.data(), *o = b.out.data();
+  for (std::size_t i = 0; i < b.n; ++i) xm[i] = c1x * x[i] + c1d * d[i];
+  for (std::size_t i = 0; i < b.n; ++i) o[i] = c2x * x[i] + c2d * d2[i] + up * g();
+}
+
+// DPM++ SDE, η = 1, r = 1/2 (k-diffusion sample_dpmpp_sde; the two increments correlated as its
+// Brownian tree's, from two independent normals per element) -----------------------------------
+template <class P>
+void dpmpp_sde_ours(const P& pol, buffers& b, std::uint64_t step) {
+  auto& s = samp(b);
+  const auto L = diffusion::midpoint_levels(ks);
+  const diffusion::two_stage_state<float> ts{s.mid.span(), s.keep.span(), s.z1.span()};
+  const diffusion::ancestral_options opt{1.0, 1.0};
+  diffusion::dpmpp_sde_predict<float>(L, b.e.cspan(), b.x.cspan(), ts, stream(2 * step), opt, pol);
+  diffusion::dpmpp_sde_correct<float>(L, s.d2.cspan(), b.x.cspan(), ts, stream(2 * step + 1), opt, b.out.span(), pol);
+}
+void dpmpp_sde_plain(buffers& b, std_normal& g) {
+  auto& s = samp(b);
+  const double sm = std::sqrt(euler_sigma * euler_sigma_to);
+  const auto a1 = diffusion::ancestral_step(euler_sigma, sm, 1.0), a2 = diffusion::ancestral_step(euler_sigma, euler_sigma_to, 1.0);
+  const double rho = std::sqrt((euler_sigma - sm) / (euler_sigma - euler_sigma_to));
+  // x₂ = (σd₁/σ) x − expm1(log(σd₁/σ)) D + σu₁ z₁;  x' = (σd₂/σ) x − expm1(log(σd₂/σ)) D₂ + σu₂ (ρ z₁ + √(1 − ρ²) z₂)
+  const auto c1x = static_cast<float>(a1.sigma_down / euler_sigma), c1d = static_cast<float>(1.0 - a1.sigma_down / euler_sigma),
+             u1 = static_cast<float>(a1.sigma_up), c2x = static_cast<float>(a2.sigma_down / euler_sigma),
+             c2d = static_cast<float>(1.0 - a2.sigma_down / euler_sigma), u2a = static_cast<float>(a2.sigma_up * rho),
+             u2b = static_cast<float>(a2.sigma_up * std::sqrt(1.0 - rho * rho));
+  const float *x = b.x.data(), *d = b.e.data(), *d2 = s.d2.data();
+  float *xm = s.mid.data(), *z1 = s.z1.data(), *o = b.out.data();
+  for (std::size_t i = 0; i < b.n; ++i) {
+    z1[i] = g();
+    xm[i] = c1x * x[i] + c1d * d[i] + u1 * z1[i];
+  }
+  for (std::size_t i = 0; i < b.n; ++i) o[i] = c2x * x[i] + c2d * d2[i] + u2a * z1[i] + u2b * g();
+}
+
+// LCM (diffusers LCMScheduler.step from x̂₀; x = state, e = x̂₀) ---------------------------------
+template <class P>
+void lcm_ours(const P& pol, buffers& b, std::uint64_t step) {
+  auto& s = samp(b);
+  diffusion::lcm_step<float>(diffusion::lcm_boundary(500.0), vp(480), b.e.cspan(), s.x.span(), stream(step), {}, pol);
+}
+void lcm_plain(buffers& b, std_normal& g) {
+  auto& s = samp(b);
+  const auto c = diffusion::lcm_boundary(500.0);
+  const auto cs = static_cast<float>(c.c_skip), co = static_cast<float>(c.c_out),
+             a = static_cast<float>(vp(480).alpha), sg = static_cast<float>(vp(480).sigma);
+  const float* d = b.e.data();
+  float* x = s.x.data();
+  for (std::size_t i = 0; i < b.n; ++i) x[i] = a * (co * d[i] + cs * x[i]) + sg * g();
+}
+
+// TCD, γ = 0.3 (diffusers TCDScheduler.step from x̂₀; intermediate timestep 336) -------------------
+template <class P>
+void tcd_ours(const P& pol, buffers& b, std::uint64_t step) {
+  auto& s = samp(b);
+  diffusion::tcd_step<float>(s.vp_now, vp(tcd_mid_t), b.e.cspan(), s.x.span(), stream(step), {}, pol);
+}
+void tcd_plain(buffers& b, std_normal& g) {
+  auto& s = samp(b);
+  const double ap = sched()[480].alpha_bar, as_ = sched()[tcd_mid_t].alpha_bar;
+  const auto a = static_cast<float>(vp(500).alpha), inv_s = static_cast<float>(1.0 / vp(500).sigma),
+             am = static_cast<float>(vp(tcd_mid_t).alpha), sm = static_cast<float>(vp(tcd_mid_t).sigma),
+             k = static_cast<float>(std::sqrt(ap / as_)), kz = static_cast<float>(std::sqrt(1.0 - ap / as_));
+  const float* d = b.e.data();
+  float* x = s.x.data();
+  for (std::size_t i = 0; i < b.n; ++i) {
+    const float eps = (x[i] - a * d[i]) * inv_s;
+    x[i] = k * (am * d[i] + sm * eps) + kz * g();
+  }
+}
+
+// CFG++ Euler (ComfyUI sample_euler_cfg_pp; x = state, e = guided D_λ, d2 = unconditional D_u) ------
+template <class P>
+void cfgpp_euler_ours(const P& pol, buffers& b, std::uint64_t) {
+  auto& s = samp(b);
+  diffusion::cfgpp_euler_step<float>(ks, b.e.cspan(), s.d2.cspan(), s.x.span(), pol);
+}
+void cfgpp_euler_plain(buffers& b, std::uint64_t) {
+  auto& s = samp(b);
+  const auto c = static_cast<float>(euler_sigma_to), inv = static_cast<float>(1.0 / euler_sigma);
+  const float *gd = b.e.data(), *u = s.d2.data();
+  float* x = s.x.data();
+  for (std::size_t i = 0; i < b.n; ++i) x[i] = gd[i] + c * (x[i] - u[i]) * inv;
+}
+
+// ---------------------------------------------------------------------------------------
 // Bandwidth baselines.
 
 /// out = a·x + b·y, written for bandwidth: restrict pointers, one vectorizable pass.
@@ -688,6 +1102,15 @@ void add_ours(const std::string& step, step_info info, bool all_par = false) {
   if (all_par)
     add(step + "/ours_par", info, [](buffers& b, std::uint64_t k) { Par(all_threads, b, k); }, ~std::size_t{0},
         [](buffers& b, std::uint64_t k) { Seq(diffusion::seq, b, k); });
+}
+
+/// Registers ours and ours_2t for a sampler step of the issue-12 set, up to sampler_max elements.
+/// No bit-identity check: the in-place steps change their state and history between the two calls.
+template <void (*Seq)(const sequential_policy&, buffers&, std::uint64_t),
+          void (*Par)(const parallel_policy&, buffers&, std::uint64_t)>
+void add_sampler(const std::string& step, step_info info) {
+  add(step + "/ours", info, [](buffers& b, std::uint64_t k) { Seq(diffusion::seq, b, k); }, sampler_max);
+  add(step + "/ours_2t", info, [](buffers& b, std::uint64_t k) { Par(two_threads, b, k); }, sampler_max);
 }
 
 /// Registers a baseline that draws from a std::normal_distribution kept across iterations.
@@ -761,6 +1184,38 @@ void register_all() {
   add("langevin/unfused", noisy, langevin_unfused);
   add_std_normal("langevin/plain", noisy, langevin_plain);
   add_std_normal("langevin/eigen", noisy, langevin_eigen);
+
+  // The sampler steps of issue 12 (16 K … 4 M). Bytes per element: the arrays the library's step
+  // reads and writes once each (history included).
+  const auto add_plain = [](const std::string& name, step_info info, void (*f)(buffers&, std::uint64_t)) {
+    add(name, info, f, sampler_max);
+  };
+  add_sampler<dpmpp_2m_ours<sequential_policy>, dpmpp_2m_ours<parallel_policy>>("dpmpp_2m", {20, false});
+  add_plain("dpmpp_2m/plain", {20, false}, dpmpp_2m_plain);
+  add_sampler<dpmpp_2m_sde_ours<sequential_policy>, dpmpp_2m_sde_ours<parallel_policy>>("dpmpp_2m_sde", {20, true});
+  add_std_normal("dpmpp_2m_sde/plain", {20, true}, dpmpp_2m_sde_plain);
+  add_sampler<dpmpp_3m_sde_ours<sequential_policy>, dpmpp_3m_sde_ours<parallel_policy>>("dpmpp_3m_sde", {24, true});
+  add_std_normal("dpmpp_3m_sde/plain", {24, true}, dpmpp_3m_sde_plain);
+  add_sampler<lms_ours<sequential_policy>, lms_ours<parallel_policy>>("lms", {28, false});
+  add_plain("lms/plain", {28, false}, lms_plain);
+  add_sampler<unipc_ours<sequential_policy>, unipc_ours<parallel_policy>>("unipc", {28, false});
+  add_plain("unipc/plain", {28, false}, unipc_plain);
+  add_sampler<deis_ours<sequential_policy>, deis_ours<parallel_policy>>("deis", {24, false});
+  add_plain("deis/plain", {24, false}, deis_plain);
+  add_sampler<plms_ours<sequential_policy>, plms_ours<parallel_policy>>("plms", {28, false});
+  add_plain("plms/plain", {28, false}, plms_plain);
+  add_sampler<dpm2_ours<sequential_policy>, dpm2_ours<parallel_policy>>("dpm2", {28, false});
+  add_plain("dpm2/plain", {28, false}, dpm2_plain);
+  add_sampler<dpmpp_2s_a_ours<sequential_policy>, dpmpp_2s_a_ours<parallel_policy>>("dpmpp_2s_ancestral", {32, true});
+  add_std_normal("dpmpp_2s_ancestral/plain", {32, true}, dpmpp_2s_a_plain);
+  add_sampler<dpmpp_sde_ours<sequential_policy>, dpmpp_sde_ours<parallel_policy>>("dpmpp_sde", {40, true});
+  add_std_normal("dpmpp_sde/plain", {40, true}, dpmpp_sde_plain);
+  add_sampler<lcm_ours<sequential_policy>, lcm_ours<parallel_policy>>("lcm", {12, true});
+  add_std_normal("lcm/plain", {12, true}, lcm_plain);
+  add_sampler<tcd_ours<sequential_policy>, tcd_ours<parallel_policy>>("tcd", {12, true});
+  add_std_normal("tcd/plain", {12, true}, tcd_plain);
+  add_sampler<cfgpp_euler_ours<sequential_policy>, cfgpp_euler_ours<parallel_policy>>("cfgpp_euler", {16, false});
+  add_plain("cfgpp_euler/plain", {16, false}, cfgpp_euler_plain);
 }
 
 /// --pin_caller (removed from argv): pins this thread to the first CPU of its affinity mask,

@@ -11,8 +11,9 @@
 # (a fresh 256 MB tensor per operation), which alone would take longer than the rest.
 # Every ratio comes from medians of this one invocation (--benchmark_repetitions, real time).
 # Build dirs: build/bench-table and build/bench-table-native; JSON results are left there.
-# The runs take about 4 minutes on 2 cores once built; timings on a loaded machine are noise, so
-# check `uptime` first.
+# The runs took about 4 minutes on 2 cores once built before the sampler-step rows of issue 12
+# (dpmpp_2m … cfgpp_euler, up to 4 M elements, in both binaries) were added; they lengthen it.
+# Timings on a loaded machine are noise, so check `uptime` first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
