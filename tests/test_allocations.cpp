@@ -8,7 +8,7 @@
 #include <diffusion/sampler_ddpm.hpp>
 #include <diffusion/sampler_karras.hpp>
 #include <diffusion/sampler_langevin.hpp>
-#include <diffusion/samplers/singlestep.hpp>
+#include <diffusion/samplers.hpp>
 
 #include <algorithm>
 #include <atomic>
@@ -251,4 +251,38 @@ TEST_CASE("A parallel kernel call allocates nothing once the pool is running", "
   }
   CHECK(allocations.load() == before);
   CHECK(out == expected);
+}
+
+TEST_CASE("the multistep and SDE loops of issue 12 allocate nothing per step", "[samplers][allocation]") {
+  // Each loop's step callback records the allocation count: it must not grow from the first step to
+  // the last (the per-step checks name history slots without building strings, core/errors.hpp
+  // indexed_name; 2M/3M/DEIS/UniPC/PLMS/ER-SDE histories live in the workspace).
+  diffusion::gaussian_data g({0.1, 0.2, 0.3, 0.4}, {1.0, 0.5, 0.25, 0.1});
+  diffusion::sigma_space_model<diffusion::gaussian_data> D(g);
+  test::test_noise noise{5};
+  std::vector<float> x(4 * 16);
+  std::vector<std::size_t> counts;
+  counts.reserve(400);
+  diffusion::sampler_workspace<float> ws;
+  diffusion::sampler_hooks<float> hooks{.on_step = [&](const diffusion::step_info<float>&) {
+                                          counts.push_back(allocations.load());
+                                          return true;
+                                        },
+                                        .workspace = &ws};
+  const auto sig = diffusion::karras_sigmas(20, 0.01, 10.0);
+  const auto run = [&](const char* name, auto&& loop) {
+    counts.clear();
+    loop();
+    INFO(name);
+    REQUIRE(counts.size() >= 19);
+    CHECK(counts[1] == counts.back());  // the first step may size the workspace
+  };
+  run("dpmpp_3m_sde", [&] { diffusion::dpmpp_3m_sde_sample(D, x, 16, noise, sig, {}, hooks); });
+  run("dpmpp_2m_sde", [&] { diffusion::dpmpp_2m_sde_sample(D, x, 16, noise, sig, {}, hooks); });
+  run("unipc", [&] { diffusion::unipc_sample(D, x, 16, noise, sig, {.solver = {.order = 3}}, hooks); });
+  run("deis", [&] { diffusion::deis_sample(D, x, 16, noise, sig, {}, hooks); });
+  run("plms", [&] { diffusion::plms_sample(D, x, 16, noise, sig, {}, hooks); });
+  run("ipndm", [&] { diffusion::ipndm_sample(D, x, 16, noise, sig, {}, hooks); });
+  run("res_multistep", [&] { diffusion::res_multistep_sample(D, x, 16, noise, sig, {}, hooks); });
+  run("er_sde", [&] { diffusion::er_sde_sample(D, x, 16, noise, sig, diffusion::er_sde_options<>{}, hooks); });
 }

@@ -81,6 +81,31 @@ inline void check_index(std::string_view where, std::string_view name, std::size
                                   to_text(n) + ")");
 }
 
+/// @brief An argument name with an index, `prefix` j `suffix` ("state.eps[2]", "the weight of eps_1"),
+/// formed in a fixed buffer: the per-step checks of a history's slots name them without allocating
+/// (a std::string of more than 15 characters would allocate at every step). Longer names are cut.
+class indexed_name {
+ public:
+  indexed_name(std::string_view prefix, std::size_t j, std::string_view suffix = {}) noexcept {
+    append(prefix);
+    char digits[24] = {};
+    const auto r = std::to_chars(digits, digits + sizeof digits, j);
+    append(std::string_view(digits, static_cast<std::size_t>(r.ptr - digits)));
+    append(suffix);
+  }
+  /// The name.
+  operator std::string_view() const noexcept { return {buf_, len_}; }
+
+ private:
+  void append(std::string_view s) noexcept {
+    const std::size_t n = s.size() < sizeof buf_ - len_ ? s.size() : sizeof buf_ - len_;
+    for (std::size_t i = 0; i < n; ++i) buf_[len_ + i] = s[i];
+    len_ += n;
+  }
+  char buf_[96] = {};
+  std::size_t len_ = 0;
+};
+
 /// A coefficient computed in double, as T; throws std::domain_error (naming it) when it is not
 /// finite in T (a σ of 1e39 is +∞ in float).
 template <real_scalar T>

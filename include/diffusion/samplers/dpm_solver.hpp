@@ -202,14 +202,14 @@ void dpmpp_singlestep_update(const singlestep_levels& L, const std::array<std::s
   detail::check_same_size(where, "out", out.size(), "x", x.size());
   detail::check_no_partial_overlap(where, "x", x, "out", std::span<const T>(out));
   for (std::size_t j = 0; j < L.order; ++j) {
-    const std::string nj = "denoised[" + detail::to_text(j) + "]";
+    const detail::indexed_name nj("denoised[", j, "]");
     detail::check_same_size(where, nj, denoised[j].size(), "x", x.size());
     detail::check_no_partial_overlap(where, nj, denoised[j], "out", std::span<const T>(out));
   }
   const T cx = detail::coefficient<T>(where, "sigma_t / sigma_s", c.cx);
   std::array<T, 3> w{};
   for (std::size_t j = 0; j < c.k; ++j)
-    w[j] = detail::coefficient<T>(where, "the weight of denoised[" + detail::to_text(j) + "]", c.w[j]);
+    w[j] = detail::coefficient<T>(where, detail::indexed_name("the weight of denoised[", j, "]"), c.w[j]);
   bool ok = false;
   switch (c.k) {
     case 1: ok = detail::singlestep_pass<1, T>(policy, x, denoised, out, cx, w); break;
@@ -305,7 +305,7 @@ void dpm_solver_step(const level_step& s, std::span<const T> denoised, std::span
     detail::throw_invalid(where, "solver_type = " + detail::to_text(static_cast<int>(opt.solver_type)) + " is not midpoint or heun");
   detail::check_same_size(where, "denoised", denoised.size(), "x", x.size());
   detail::check_no_partial_overlap(where, "denoised", denoised, "x", x);
-  detail::check_history(where, "state.eps", st.eps, order, denoised, x);
+  detail::check_history(where, "state.eps[", st.eps, order, denoised, x);
   if (st.count > order)
     detail::throw_invalid(where, "the state holds " + detail::to_text(st.count) + " outputs, more than order = " +
                                      detail::to_text(order) + " allows: keep the order fixed during a run (or reset the state)");
@@ -339,7 +339,7 @@ void dpm_solver_step(const level_step& s, std::span<const T> denoised, std::span
   }
   std::array<T, 4> wt{};
   for (std::size_t j = 0; j < k; ++j)
-    wt[j] = detail::coefficient<T>(where, "the weight of eps_" + detail::to_text(j), w[j]);
+    wt[j] = detail::coefficient<T>(where, detail::indexed_name("the weight of eps_", j), w[j]);
   const T a = detail::coefficient<T>(where, "alpha_t / alpha_s", s.to.alpha / s.from.alpha);
   const T as = detail::coefficient<T>(where, "alpha_s", s.from.alpha);
   const T inv = detail::coefficient<T>(where, "1 / sigma_s", 1.0 / s.from.sigma);

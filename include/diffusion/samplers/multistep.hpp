@@ -117,12 +117,13 @@ bool eps_multistep_pass(const P& policy, std::size_t k, std::span<T> x, std::spa
   }
 }
 
-/// Requires `count` history buffers of x's size, none sharing memory with x or denoised.
+/// Requires `count` history buffers of x's size, none sharing memory with x or denoised (`name`: the
+/// slots' name up to the index, "state.eps[").
 template <real_scalar T>
 void check_history(std::string_view where, std::string_view name, const std::array<std::span<T>, 4>& slots,
                    std::size_t count, std::span<const T> denoised, std::span<T> x) {
   for (std::size_t j = 0; j < count; ++j) {
-    const std::string nj = std::string(name) + "[" + to_text(j) + "]";
+    const indexed_name nj(name, j, "]");
     check_same_size(where, nj, slots[j].size(), "x", x.size());
     check_disjoint(where, nj, slots[j], "x", x);
     check_disjoint(where, nj, slots[j], "denoised", denoised);
@@ -181,7 +182,7 @@ void deis_step(const level_step& s, std::span<const T> denoised, std::span<T> x,
     detail::throw_invalid(where, "max_order = " + detail::to_text(max_order) + " is outside the allowed range [1, 3]");
   detail::check_same_size(where, "denoised", denoised.size(), "x", x.size());
   detail::check_no_partial_overlap(where, "denoised", denoised, "x", x);
-  detail::check_history(where, "state.eps", st.eps, order, denoised, x);
+  detail::check_history(where, "state.eps[", st.eps, order, denoised, x);
   if (st.count > order)
     detail::throw_invalid(where, "the state holds " + detail::to_text(st.count) + " outputs, more than order = " +
                                      detail::to_text(order) + " allows: keep the order fixed during a run (or reset the state)");
@@ -208,7 +209,7 @@ void deis_step(const level_step& s, std::span<const T> denoised, std::span<T> x,
   }
   std::array<T, 4> wt{};
   for (std::size_t j = 0; j < k; ++j)
-    wt[j] = detail::coefficient<T>(where, "the weight of eps_" + detail::to_text(j), w[j]);
+    wt[j] = detail::coefficient<T>(where, detail::indexed_name("the weight of eps_", j), w[j]);
   const T a = detail::coefficient<T>(where, "alpha_t / alpha_s", s.to.alpha / s.from.alpha);
   const T as = detail::coefficient<T>(where, "alpha_s", s.from.alpha);
   const T inv = detail::coefficient<T>(where, "1 / sigma_s", 1.0 / s.from.sigma);
@@ -316,13 +317,13 @@ void plms_step(const level_step& s, std::span<const T> denoised, std::span<T> x,
     detail::throw_invalid(where, "order = " + detail::to_text(order) + " is outside the allowed range [1, 4]");
   detail::check_same_size(where, "denoised", denoised.size(), "x", x.size());
   detail::check_no_partial_overlap(where, "denoised", denoised, "x", x);
-  detail::check_history(where, "state.eps", st.eps, order, denoised, x);
+  detail::check_history(where, "state.eps[", st.eps, order, denoised, x);
   if (!st.start.empty()) {
     detail::check_same_size(where, "state.start", st.start.size(), "x", x.size());
     detail::check_disjoint(where, "state.start", st.start, "x", x);
     detail::check_disjoint(where, "state.start", st.start, "denoised", denoised);
     for (std::size_t j = 0; j < order; ++j)
-      detail::check_disjoint(where, "state.start", st.start, "state.eps[" + detail::to_text(j) + "]", st.eps[j]);
+      detail::check_disjoint(where, "state.start", st.start, detail::indexed_name("state.eps[", j, "]"), st.eps[j]);
   }
   if (st.count > order)
     detail::throw_invalid(where, "the state holds " + detail::to_text(st.count) + " outputs, more than order = " +
@@ -369,7 +370,7 @@ void plms_step(const level_step& s, std::span<const T> denoised, std::span<T> x,
   const auto tr = detail::eps_transfer_coefficients(s);
   const auto b = detail::adams_bashforth_weights(k);
   std::array<T, 4> w{};
-  for (std::size_t j = 0; j < k; ++j) w[j] = detail::coefficient<T>(where, "the weight of eps_" + detail::to_text(j), tr.c * b[j]);
+  for (std::size_t j = 0; j < k; ++j) w[j] = detail::coefficient<T>(where, detail::indexed_name("the weight of eps_", j), tr.c * b[j]);
   const T a = detail::coefficient<T>(where, "alpha_t / alpha_s", tr.a);
   std::rotate(st.eps.begin(), st.eps.begin() + static_cast<std::ptrdiff_t>(order - 1),
               st.eps.begin() + static_cast<std::ptrdiff_t>(order));

@@ -408,7 +408,7 @@ void slope_multistep_update(std::string_view where, sigma_step s, std::span<cons
   check_same_size(where, "denoised", denoised.size(), "x", x.size());
   check_no_partial_overlap(where, "denoised", denoised, "x", x);
   for (std::size_t j = 0; j < order; ++j)
-    check_same_size(where, "state.slopes[" + to_text(j) + "]", state.slopes[j].size(), "x", x.size());
+    check_same_size(where, indexed_name("state.slopes[", j, "]"), state.slopes[j].size(), "x", x.size());
   // The oldest slot becomes the newest; the others move one back.
   std::rotate(state.slopes.begin(), state.slopes.begin() + static_cast<std::ptrdiff_t>(order - 1),
               state.slopes.begin() + static_cast<std::ptrdiff_t>(order));

@@ -377,7 +377,7 @@ void er_sde_step(const level_step& s, std::span<const T> denoised, std::span<T> 
   const std::size_t stage = lands ? 1 : std::min(state.count + 1, opt.max_stage);
   // History: max_stage − 1 buffers (none at max_stage 1), all of x's size.
   for (std::size_t j = 0; j + 1 < opt.max_stage; ++j)
-    detail::check_same_size(where, "state.previous_denoised[" + detail::to_text(j) + "]",
+    detail::check_same_size(where, detail::indexed_name("state.previous_denoised[", j, "]"),
                             state.previous_denoised[j].size(), "x", x.size());
   // x' = cx x + α'(a0 D + a1 D₋₁ + a2 D₋₂) + cz z.
   double cx_d = 0.0, a0 = 1.0, a1 = 0.0, a2 = 0.0, noise = 0.0;

@@ -270,7 +270,7 @@ void unipc_update(std::string_view where, const level_step& s, std::span<const T
   check_same_size(where, "denoised", denoised.size(), "x", n);
   check_no_partial_overlap(where, "denoised", denoised, "x", x);
   for (std::size_t j = 0; j < o.order; ++j) {
-    const std::string name = "state.denoised[" + to_text(j) + "]";
+    const indexed_name name("state.denoised[", j, "]");
     check_same_size(where, name, st.denoised[j].size(), "x", n);
     check_disjoint(where, name, st.denoised[j], "x", x);
     if (st.denoised[j].data() != denoised.data()) check_disjoint(where, name, st.denoised[j], "denoised", denoised);
@@ -283,7 +283,7 @@ void unipc_update(std::string_view where, const level_step& s, std::span<const T
     check_disjoint(where, "state.last_sample", st.last_sample, "x", x);
     check_disjoint(where, "state.last_sample", st.last_sample, "denoised", denoised);
     for (std::size_t j = 0; j < o.order; ++j)
-      check_disjoint(where, "state.last_sample", st.last_sample, "state.denoised[" + to_text(j) + "]", st.denoised[j]);
+      check_disjoint(where, "state.last_sample", st.last_sample, indexed_name("state.denoised[", j, "]"), st.denoised[j]);
   }
   if (st.count > o.order || st.last_order > o.order)
     throw_invalid(where, "the state holds " + to_text(st.count) + " outputs and a prediction of order " +
