@@ -5,8 +5,8 @@
 /// \sqrt{1-\bar\alpha_t}\,\varepsilon\f$ and the target of the model's kind.
 ///
 /// The caller then runs its network on (x_t, t), and scores it with the batched losses
-/// (@ref simple_loss, @ref vlb_term, @ref hybrid_loss with a range of timesteps) passing the weights in
-/// @ref batch_loss_io. Every draw is addressed by (seed, training step, row), so a resumed or sharded
+/// (@ref diffusion::simple_loss "simple_loss", @ref diffusion::vlb_term "vlb_term", @ref diffusion::hybrid_loss "hybrid_loss" with a range of timesteps) passing the weights in
+/// @ref diffusion::batch_loss_io "batch_loss_io". Every draw is addressed by (seed, training step, row), so a resumed or sharded
 /// run draws the same batch. Rows are contiguous: row b is elements [b·n, (b + 1)·n).
 #pragma once
 
@@ -33,7 +33,7 @@
 namespace diffusion {
 
 /// @brief A training timestep sampler: `sample(step, timesteps, weights)` fills t and its importance
-/// weight (@ref uniform_timestep_sampler, @ref loss_second_moment_sampler).
+/// weight (@ref diffusion::uniform_timestep_sampler "uniform_timestep_sampler", @ref diffusion::loss_second_moment_sampler "loss_second_moment_sampler").
 template <class S>
 concept timestep_sampler = requires(const S& s, std::uint64_t step, std::span<std::size_t> t, std::span<double> w) {
   s.sample(step, t, w);
@@ -45,7 +45,7 @@ template <real_scalar T>
 struct training_batch {
   std::span<std::size_t> timesteps;  ///< Out: \f$t_b\f$ (0-based), B entries; B is its size.
   /// Out: the importance weight of \f$t_b\f$ (1 for the uniform sampler), B entries; may be empty for a
-  /// sampler that draws without weights (@ref uniform_timestep_sampler, every weight being 1).
+  /// sampler that draws without weights (@ref diffusion::uniform_timestep_sampler "uniform_timestep_sampler", every weight being 1).
   std::span<double> weights;
   std::span<T> noise;        ///< Out: ε, B × n.
   std::span<T> xt;           ///< Out: \f$x_t\f$, B × n.

@@ -3,7 +3,7 @@
 /// 2023: a free function on model outputs and a @ref diffusion::denoiser wrapper that combines a
 /// conditional and an unconditional model; beside it the other combinations of model outputs:
 /// adaptive projected guidance (@ref diffusion::apply_apg), CFG-Zero* (@ref diffusion::apply_cfg_zero_star)
-/// and guidance with a third, perturbed pass (@ref diffusion::apply_perturbed_guidance: PAG, skip-layer
+/// and guidance with a third, perturbed pass (@ref diffusion::apply_perturbed_guidance "apply_perturbed_guidance": PAG, skip-layer
 /// guidance). Guidance that changes the sampler's step (CFG++) is samplers/cfg_pp.hpp.
 ///
 /// Convention: the guidance scale w is diffusers' `guidance_scale`,
@@ -211,7 +211,7 @@ struct apg_options {
   double momentum = 0.0;
 };
 
-/// @brief The caller-owned momentum of @ref apply_apg: the running average \f$\bar\Delta\f$ of the
+/// @brief The caller-owned momentum of @ref diffusion::apply_apg "apply_apg": the running average \f$\bar\Delta\f$ of the
 /// guidance differences (rows × n, of the outputs' size). Reset `has_average` at the start of each run.
 template <real_scalar T>
 struct apg_state {
@@ -337,7 +337,7 @@ void apply_apg(std::span<const T> conditional, std::span<const T> unconditional,
 
 /// @brief Parameters of CFG-Zero* (Fan et al. 2025, arXiv 2503.18886).
 struct cfg_zero_star_options {
-  double guidance_scale = 4.0;      ///< w, finite (as @ref guidance_options: w = 1 is the conditional model).
+  double guidance_scale = 4.0;      ///< w, finite (as @ref diffusion::guidance_options "guidance_options": w = 1 is the conditional model).
   std::size_t zero_init_steps = 1;  ///< K: steps 0 … K − 1 output zero (§3.2 "zero-init"; diffusers' `zero_init_steps`).
 };
 

@@ -265,7 +265,7 @@ struct dpm_solver_options {
   bool reference_3m = false;
 };
 
-/// @brief The history of @ref dpm_solver_step: the ε of the latest calls, newest first, with their λ, in
+/// @brief The history of @ref diffusion::dpm_solver_step "dpm_solver_step": the ε of the latest calls, newest first, with their λ, in
 /// caller-owned buffers (the same record as DEIS's; value-initialize it at the start of a run).
 template <real_scalar T>
 using dpm_solver_state = deis_state<T>;

@@ -75,7 +75,7 @@ inline level_split split_level_step(const level_step& s, double eta, double s_no
 /// \f$\frac{h(1 - e^{-h})}{2h_\text{prev}}\f$ in place of \f$\frac{h^2\varphi_2(-h)}{h_\text{prev}}\f$
 /// (\f$h\varphi_2(-h) = \tfrac h2 - \tfrac{h^2}6 + O(h^3)\f$ against \f$\tfrac{1 - e^{-h}}2 = \tfrac h2 - \tfrac{h^2}4 + O(h^3)\f$):
 /// both second order, their states O(h²) apart. First order (b₂ = 0, the DDIM step to σ_d) at the
-/// first step and where σ_d = 0 (to σ = 0; then x' = α'D). φ_k from @ref detail::phi_functions.
+/// first step and where σ_d = 0 (to σ = 0; then x' = α'D). φ_k from `detail::phi_functions` (samplers/unipc.hpp).
 /// One pass with the noise drawn in registers; writes D into the history and h into
 /// `state.previous_h` (+∞ where σ_d = 0, so that the next step is first order, as ComfyUI's).
 /// @param[in] s the level step (s.from.σ > 0); @param[in] denoised D at s.from; @param[in,out] x the state;

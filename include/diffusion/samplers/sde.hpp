@@ -315,7 +315,7 @@ struct dpmpp_3m_state {
 /// \f$\int_0^{h} e^{-(h-u)}\tfrac{u^2}{2}du\,D'' = -h^2\varphi_3 D''\f$ (η = 0), hence the factor 2;
 /// the references write \f$-\varphi_3 D_2\f$, which is second order (`opt.reference_3m` reproduces it).
 /// The order is min(stored + 1, 3, `max_order`) — 1 at σ' = 0 —, and at order 2 the correction is
-/// `opt.solver_type`'s (@ref dpm_solver_type: diffusers' default midpoint; k-diffusion's 3M SDE uses
+/// `opt.solver_type`'s (@ref diffusion::dpm_solver_type "dpm_solver_type": diffusers' default midpoint; k-diffusion's 3M SDE uses
 /// heun). One pass; the history is updated in place.
 /// @param[in] s the level step; @param[in] denoised D at s.from; @param[in,out] x the state;
 /// @param[in,out] state the history; @param[in] z the step's noise (kernels::no_noise where the step adds

@@ -338,7 +338,7 @@ void dpmpp_second(std::string_view where, const two_stage_levels& L, double eta,
 /// D(x; σ), the Euler point at the stage level,
 /// \f$x_m = \frac{\sigma_m}{\sigma}x + (\alpha_m - \alpha\frac{\sigma_m}{\sigma})D\f$ (σ-space:
 /// \f$x + (\sigma_m - \sigma)\,d\f$, d = (x − D)/σ); x is not changed.
-/// @param[in] L the levels (@ref midpoint_levels: σ_m = √(σσ_next)); @param[in] denoised D(x; σ);
+/// @param[in] L the levels (@ref diffusion::midpoint_levels "midpoint_levels": σ_m = √(σσ_next)); @param[in] denoised D(x; σ);
 /// @param[in] x the state at L.from; @param[out] state state.x_mid (state.denoised is not used);
 /// @param[in] policy threads (bit-identical for any count).
 /// @return true when @ref diffusion::dpm2_correct "dpm2_correct" must follow; false where L.to.sigma = 0, where nothing is written
