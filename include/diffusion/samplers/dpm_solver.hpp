@@ -294,64 +294,26 @@ template <real_scalar T, execution_policy P = sequential_policy>
 void dpm_solver_step(const level_step& s, std::span<const T> denoised, std::span<T> x, dpm_solver_state<T>& st,
                      const dpm_solver_options& opt = {}, std::size_t max_order = 3, const P& policy = P{}) {
   constexpr std::string_view where = "diffusion::dpm_solver_step";
-  detail::check_level_step(where, s);
-  detail::check_eps_form_start(where, s);
-  const std::size_t order = opt.order;
-  if (order < 1 || order > 3)
-    detail::throw_invalid(where, "order = " + detail::to_text(order) + " is outside the allowed range [1, 3]");
-  if (max_order < 1 || max_order > 3)
-    detail::throw_invalid(where, "max_order = " + detail::to_text(max_order) + " is outside the allowed range [1, 3]");
   if (!(opt.solver_type == dpm_solver_type::midpoint || opt.solver_type == dpm_solver_type::heun))
     detail::throw_invalid(where, "solver_type = " + detail::to_text(static_cast<int>(opt.solver_type)) + " is not midpoint or heun");
-  detail::check_same_size(where, "denoised", denoised.size(), "x", x.size());
-  detail::check_no_partial_overlap(where, "denoised", denoised, "x", x);
-  detail::check_history(where, "state.eps[", st.eps, order, denoised, x);
-  if (st.count > order)
-    detail::throw_invalid(where, "the state holds " + detail::to_text(st.count) + " outputs, more than order = " +
-                                     detail::to_text(order) + " allows: keep the order fixed during a run (or reset the state)");
-  const double lambda_s = detail::log_snr_half(s.from), lambda_t = detail::log_snr_half(s.to);
-  if (!(lambda_t > lambda_s))
-    detail::throw_invalid(where, "the step must go to a less noisy level: log(alpha/sigma) goes from " +
-                                     detail::to_text(lambda_s) + " to " + detail::to_text(lambda_t));
-  if (st.count > 0 && !(lambda_s > st.lambda[0]))
-    detail::throw_invalid(where, "the step starts at log(alpha/sigma) = " + detail::to_text(lambda_s) +
-                                     ", not above the previous output's " + detail::to_text(st.lambda[0]) +
-                                     " (the history is for levels that get less noisy)");
-  const bool lands_on_data = s.to.sigma == 0.0;
-  const std::size_t k = lands_on_data ? 1 : std::min({st.count + 1, order, max_order});
+  const detail::eps_step_plan plan = detail::eps_step_prologue<T>(where, s, denoised, x, st, opt.order, max_order);
   std::array<double, 4> w{};  // weights of ε_0 … ε_{k−1}, −σ_t folded in
-  if (lands_on_data) {
+  if (plan.lands_on_data) {
     w[0] = -s.to.alpha * (s.from.sigma / s.from.alpha);
   } else {
-    const double h = lambda_t - lambda_s;
-    std::array<double, 3> nodes{};
-    for (std::size_t j = 1; j < k; ++j) nodes[j] = (st.lambda[j - 1] - lambda_s) / h;
-    if (k == 1) {
+    const double h = plan.lambda_t - plan.lambda_s;
+    if (plan.k == 1) {
       w[0] = -s.to.sigma * std::expm1(h);
-    } else if (k == 2 && opt.solver_type == dpm_solver_type::midpoint) {
-      const double c = -s.to.sigma * std::expm1(h), half_over_r = 0.5 / -nodes[1];
+    } else if (plan.k == 2 && opt.solver_type == dpm_solver_type::midpoint) {
+      const double c = -s.to.sigma * std::expm1(h), half_over_r = 0.5 / -plan.nodes[1];
       w[0] = c * (1.0 + half_over_r);
       w[1] = -c * half_over_r;
     } else {
-      const auto g = detail::exp_integrator_weights(std::span<const double>(nodes.data(), k), h, opt.reference_3m ? 0.5 : 1.0);
-      for (std::size_t j = 0; j < k; ++j) w[j] = -s.to.sigma * h * g[j];
+      const auto g = detail::exp_integrator_weights(std::span<const double>(plan.nodes.data(), plan.k), h, opt.reference_3m ? 0.5 : 1.0);
+      for (std::size_t j = 0; j < plan.k; ++j) w[j] = -s.to.sigma * h * g[j];
     }
   }
-  std::array<T, 4> wt{};
-  for (std::size_t j = 0; j < k; ++j)
-    wt[j] = detail::coefficient<T>(where, detail::indexed_name("the weight of eps_", j), w[j]);
-  const T a = detail::coefficient<T>(where, "alpha_t / alpha_s", s.to.alpha / s.from.alpha);
-  const T as = detail::coefficient<T>(where, "alpha_s", s.from.alpha);
-  const T inv = detail::coefficient<T>(where, "1 / sigma_s", 1.0 / s.from.sigma);
-  // The oldest slot becomes slot 0 (written); the others move one back (read).
-  std::rotate(st.eps.begin(), st.eps.begin() + static_cast<std::ptrdiff_t>(order - 1),
-              st.eps.begin() + static_cast<std::ptrdiff_t>(order));
-  std::rotate(st.lambda.begin(), st.lambda.begin() + static_cast<std::ptrdiff_t>(order - 1),
-              st.lambda.begin() + static_cast<std::ptrdiff_t>(order));
-  st.lambda[0] = lambda_s;
-  st.count = std::min(st.count + 1, order);
-  detail::require_finite_step(where, detail::eps_multistep_pass<T>(policy, k, x, denoised, st.eps, as, inv, a, wt),
-                              "the DPM-Solver step");
+  detail::eps_step_commit<T>(where, s, plan, w, denoised, x, st, opt.order, policy, "the DPM-Solver step");
 }
 
 }  // namespace diffusion

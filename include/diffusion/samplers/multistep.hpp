@@ -148,6 +148,72 @@ struct deis_state {
   std::size_t count = 0;           ///< Outputs stored (0 at the start, at most `order`).
 };
 
+namespace detail {
+/// What the ε-history steps (@ref diffusion::deis_step "deis_step", @ref diffusion::dpm_solver_step "dpm_solver_step")
+/// decide before their weights: λ at both ends, the order k of this call and the nodes
+/// r_j = (λ_{j−1} − λ_s)/h of the earlier outputs (r_0 = 0).
+struct eps_step_plan {
+  double lambda_s, lambda_t;
+  bool lands_on_data;
+  std::size_t k;
+  std::array<double, 3> nodes;
+};
+
+/// Validates an ε-history step (levels, order and max_order in [1, 3], sizes, aliasing, the history,
+/// λ increasing and above the newest stored output's) and plans it: k = 1 on a step to σ = 0, else
+/// min(stored + 1, order, max_order).
+template <real_scalar T>
+eps_step_plan eps_step_prologue(std::string_view where, const level_step& s, std::span<const T> denoised, std::span<T> x,
+                                const deis_state<T>& st, std::size_t order, std::size_t max_order) {
+  check_level_step(where, s);
+  check_eps_form_start(where, s);
+  if (order < 1 || order > 3) throw_invalid(where, "order = " + to_text(order) + " is outside the allowed range [1, 3]");
+  if (max_order < 1 || max_order > 3)
+    throw_invalid(where, "max_order = " + to_text(max_order) + " is outside the allowed range [1, 3]");
+  check_same_size(where, "denoised", denoised.size(), "x", x.size());
+  check_no_partial_overlap(where, "denoised", denoised, "x", x);
+  check_history(where, "state.eps[", st.eps, order, denoised, x);
+  if (st.count > order)
+    throw_invalid(where, "the state holds " + to_text(st.count) + " outputs, more than order = " + to_text(order) +
+                             " allows: keep the order fixed during a run (or reset the state)");
+  eps_step_plan p{log_snr_half(s.from), log_snr_half(s.to), s.to.sigma == 0.0, 1, {}};
+  if (!(p.lambda_t > p.lambda_s))
+    throw_invalid(where, "the step must go to a less noisy level: log(alpha/sigma) goes from " + to_text(p.lambda_s) +
+                             " to " + to_text(p.lambda_t));
+  if (st.count > 0 && !(p.lambda_s > st.lambda[0]))
+    throw_invalid(where, "the step starts at log(alpha/sigma) = " + to_text(p.lambda_s) + ", not above the previous output's " +
+                             to_text(st.lambda[0]) + " (the history is for levels that get less noisy)");
+  if (!p.lands_on_data) {
+    p.k = std::min({st.count + 1, order, max_order});
+    const double h = p.lambda_t - p.lambda_s;
+    // earlier outputs are st.lambda[0 … k−2] before the rotation
+    for (std::size_t j = 1; j < p.k; ++j) p.nodes[j] = (st.lambda[j - 1] - p.lambda_s) / h;
+  }
+  return p;
+}
+
+/// Finishes an ε-history step from the weights w of ε_0 … ε_{k−1} (σ_t or α_t folded in): the weights
+/// as T, the history rotated (the oldest slot becomes slot 0, written by the pass), and the one pass
+/// x' = (α_t/α_s) x + Σ_j w_j ε_j with ε_0 = (x − α_s D)/σ_s.
+template <real_scalar T, execution_policy P>
+void eps_step_commit(std::string_view where, const level_step& s, const eps_step_plan& plan, const std::array<double, 4>& w,
+                     std::span<const T> denoised, std::span<T> x, deis_state<T>& st, std::size_t order, const P& policy,
+                     std::string_view what) {
+  std::array<T, 4> wt{};
+  for (std::size_t j = 0; j < plan.k; ++j) wt[j] = coefficient<T>(where, indexed_name("the weight of eps_", j), w[j]);
+  const T a = coefficient<T>(where, "alpha_t / alpha_s", s.to.alpha / s.from.alpha);
+  const T as = coefficient<T>(where, "alpha_s", s.from.alpha);
+  const T inv = coefficient<T>(where, "1 / sigma_s", 1.0 / s.from.sigma);
+  std::rotate(st.eps.begin(), st.eps.begin() + static_cast<std::ptrdiff_t>(order - 1),
+              st.eps.begin() + static_cast<std::ptrdiff_t>(order));
+  std::rotate(st.lambda.begin(), st.lambda.begin() + static_cast<std::ptrdiff_t>(order - 1),
+              st.lambda.begin() + static_cast<std::ptrdiff_t>(order));
+  st.lambda[0] = plan.lambda_s;
+  st.count = std::min(st.count + 1, order);
+  require_finite_step(where, eps_multistep_pass<T>(policy, plan.k, x, denoised, st.eps, as, inv, a, wt), what);
+}
+}  // namespace detail
+
 /// @brief One DEIS step between two levels of the state's process (Zhang & Chen 2023, "Fast Sampling of
 /// Diffusion Models with Exponential Integrator", arXiv 2204.13902: the multistep exponential integrator
 /// of ε, ρAB-DEIS, with the polynomial extrapolation of ε in log ρ instead of ρ — diffusers' DEISMultistepScheduler, `algorithm_type="deis"`,
@@ -174,54 +240,17 @@ template <real_scalar T, execution_policy P = sequential_policy>
 void deis_step(const level_step& s, std::span<const T> denoised, std::span<T> x, deis_state<T>& st,
                std::size_t order = 3, std::size_t max_order = 3, const P& policy = P{}) {
   constexpr std::string_view where = "diffusion::deis_step";
-  detail::check_level_step(where, s);
-  detail::check_eps_form_start(where, s);
-  if (order < 1 || order > 3)
-    detail::throw_invalid(where, "order = " + detail::to_text(order) + " is outside the allowed range [1, 3]");
-  if (max_order < 1 || max_order > 3)
-    detail::throw_invalid(where, "max_order = " + detail::to_text(max_order) + " is outside the allowed range [1, 3]");
-  detail::check_same_size(where, "denoised", denoised.size(), "x", x.size());
-  detail::check_no_partial_overlap(where, "denoised", denoised, "x", x);
-  detail::check_history(where, "state.eps[", st.eps, order, denoised, x);
-  if (st.count > order)
-    detail::throw_invalid(where, "the state holds " + detail::to_text(st.count) + " outputs, more than order = " +
-                                     detail::to_text(order) + " allows: keep the order fixed during a run (or reset the state)");
-  const double lambda_s = detail::log_snr_half(s.from), lambda_t = detail::log_snr_half(s.to);
-  if (!(lambda_t > lambda_s))
-    detail::throw_invalid(where, "the step must go to a less noisy level: log(alpha/sigma) goes from " +
-                                     detail::to_text(lambda_s) + " to " + detail::to_text(lambda_t));
-  if (st.count > 0 && !(lambda_s > st.lambda[0]))
-    detail::throw_invalid(where, "the step starts at log(alpha/sigma) = " + detail::to_text(lambda_s) +
-                                     ", not above the previous output's " + detail::to_text(st.lambda[0]) +
-                                     " (the history is for levels that get less noisy)");
-  const bool lands_on_data = s.to.sigma == 0.0;
-  const std::size_t k = lands_on_data ? 1 : std::min({st.count + 1, order, max_order});
+  const detail::eps_step_plan plan = detail::eps_step_prologue<T>(where, s, denoised, x, st, order, max_order);
   std::array<double, 4> w{};  // weights of ε_0 … ε_{k−1}, α_t folded in
-  if (lands_on_data) {
+  if (plan.lands_on_data) {
     w[0] = -s.to.alpha * (s.from.sigma / s.from.alpha);
   } else {
-    const double h = lambda_t - lambda_s;
-    std::array<double, 3> nodes{};  // r_0 = 0; earlier outputs are st.lambda[0 … k−2] before the rotation
-    for (std::size_t j = 1; j < k; ++j) nodes[j] = (st.lambda[j - 1] - lambda_s) / h;
+    const double h = plan.lambda_t - plan.lambda_s;
     const auto phi = detail::phi_functions(h);
-    const auto g = detail::unipc_weights(std::span<const double>(nodes.data(), k), {phi[0], phi[1], 2.0 * phi[2]});
-    for (std::size_t j = 0; j < k; ++j) w[j] = -s.to.sigma * h * g[j];
+    const auto g = detail::unipc_weights(std::span<const double>(plan.nodes.data(), plan.k), {phi[0], phi[1], 2.0 * phi[2]});
+    for (std::size_t j = 0; j < plan.k; ++j) w[j] = -s.to.sigma * h * g[j];
   }
-  std::array<T, 4> wt{};
-  for (std::size_t j = 0; j < k; ++j)
-    wt[j] = detail::coefficient<T>(where, detail::indexed_name("the weight of eps_", j), w[j]);
-  const T a = detail::coefficient<T>(where, "alpha_t / alpha_s", s.to.alpha / s.from.alpha);
-  const T as = detail::coefficient<T>(where, "alpha_s", s.from.alpha);
-  const T inv = detail::coefficient<T>(where, "1 / sigma_s", 1.0 / s.from.sigma);
-  // The oldest slot becomes slot 0 (written); the others move one back (read).
-  std::rotate(st.eps.begin(), st.eps.begin() + static_cast<std::ptrdiff_t>(order - 1),
-              st.eps.begin() + static_cast<std::ptrdiff_t>(order));
-  std::rotate(st.lambda.begin(), st.lambda.begin() + static_cast<std::ptrdiff_t>(order - 1),
-              st.lambda.begin() + static_cast<std::ptrdiff_t>(order));
-  st.lambda[0] = lambda_s;
-  st.count = std::min(st.count + 1, order);
-  detail::require_finite_step(where, detail::eps_multistep_pass<T>(policy, k, x, denoised, st.eps, as, inv, a, wt),
-                              "the DEIS step");
+  detail::eps_step_commit<T>(where, s, plan, w, denoised, x, st, order, policy, "the DEIS step");
 }
 
 /// @brief Options of @ref deis_sample.
