@@ -417,7 +417,7 @@ TEST_CASE("DPM++ 2M and 3M SDE driven by a Brownian tree draw the exact law of t
   // The tree's standardized increments over the disjoint steps are independent N(0, 1) (up to the
   // leaf deficit, below 1e-9 here), so the chain's law is the one with independent noise.
   const double mu = 0.25, sd = 0.6;
-  constexpr std::size_t dims = 20, rows = 5000, N = dims * rows;  // every (row, dimension) independent
+  constexpr std::size_t dims = 20, rows = 5000 / test::montecarlo_divisor, N = dims * rows;  // every (row, dimension) independent
   diffusion::gaussian_data g(std::vector<double>(dims, mu), std::vector<double>(dims, sd));
   diffusion::sigma_space_model<diffusion::gaussian_data> D(g);
   const diffusion::philox_normal noise(2025);
@@ -450,7 +450,7 @@ TEST_CASE("DPM++ 2M and 3M SDE with a Brownian tree: 50 and 100 steps follow one
   // draws (RMS difference ~ sqrt(2) sd = 0.85); with one Brownian path both approximate the same
   // solution of the reverse SDE and differ by the discretization error only.
   const double mu = 0.25, sd = 0.6;
-  constexpr std::size_t dims = 8, rows = 500, N = dims * rows;
+  constexpr std::size_t dims = 8, rows = 500 / test::montecarlo_divisor, N = dims * rows;
   diffusion::gaussian_data g(std::vector<double>(dims, mu), std::vector<double>(dims, sd));
   diffusion::sigma_space_model<diffusion::gaussian_data> D(g);
   const diffusion::philox_normal noise(12);

@@ -295,8 +295,8 @@ TEST_CASE("the stochastic two-stage samplers draw the exact law of their Gaussia
   diffusion::gaussian_data g({mu}, {sd});
   gauss_model D(g);
   const auto sig = diffusion::karras_sigmas(30, 0.01, 20.0);
-  constexpr std::size_t N = 100000;
-  // 100000 rows, 5 standard errors: false-failure probability < 6e-7 per check (12 checks: < 1e-5).
+  constexpr std::size_t N = 100000 / test::montecarlo_divisor;
+  // 100000 rows (a tenth under ASan), 5 standard errors: false-failure probability < 6e-7 per check (12 checks: < 1e-5).
   std::uint64_t seed = 3030;
   for (const method m : {method::dpm2_a, method::dpmpp_2s_a, method::dpmpp_sde})
     for (const double eta : {1.0, 0.5}) {
@@ -586,7 +586,7 @@ TEST_CASE("DPM++ SDE driven by a Brownian tree draws the exact law of its chain 
   // The two reads of a step (over [sigma_m, sigma] and [sigma_next, sigma_m]) are independent
   // standardized increments, so the stages' noise has the joint law exact_chain assumes.
   const double mu = 0.25, sd = 0.6;
-  constexpr std::size_t dims = 20, rows = 5000, N = dims * rows;  // every (row, dimension) independent
+  constexpr std::size_t dims = 20, rows = 5000 / test::montecarlo_divisor, N = dims * rows;  // every (row, dimension) independent
   diffusion::gaussian_data g(std::vector<double>(dims, mu), std::vector<double>(dims, sd));
   gauss_model D(g);
   const diffusion::philox_normal noise(4040);
@@ -611,7 +611,7 @@ TEST_CASE("DPM++ SDE driven by a Brownian tree draws the exact law of its chain 
   }
   // 50 and 100 steps: one Brownian path (RMS difference of the discretizations) against two nearly
   // independent draws (~ sqrt(2) sd = 0.85) with the Philox step streams.
-  constexpr std::size_t small_rows = 500, small_n = 8 * small_rows;
+  constexpr std::size_t small_rows = 500 / test::montecarlo_divisor, small_n = 8 * small_rows;
   diffusion::gaussian_data g8(std::vector<double>(8, mu), std::vector<double>(8, sd));
   gauss_model D8(g8);
   const diffusion::brownian_tree wide(4042, 0.002, 80.0);
