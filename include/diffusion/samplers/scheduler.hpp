@@ -899,7 +899,8 @@ class scheduler {
     auto& b = buffers<T>();
     b.denoised.resize(x.size());
     if (!x0.empty()) detail::check_same_size(where, "x0", x0.size(), "x", x.size());
-    const std::span<T> d(b.denoised);
+    // TCD reports x̂₀ itself: write it straight into x0 when asked (LCM reports f, written by its step).
+    const std::span<T> d = cfg_.kind == scheduler_kind::tcd && !x0.empty() ? x0 : std::span<T>(b.denoised);
     denoise<T>(i, model_output, std::span<const T>(x), d);
     const noise_level from = noise_level::preserving(sigmas_[i]), to = noise_level::preserving(sigmas_[i + 1]);
     const bool last = i + 1 == timesteps_.size();
@@ -922,7 +923,6 @@ class scheduler {
     const std::size_t st = tcd_intermediate_timestep(next_t, cfg_.eta);
     const noise_level mid = noise_level::preserving(train_[st].sigma);
     const level_step ls{from, last ? mid : to};
-    if (!x0.empty()) std::copy(d.begin(), d.end(), x0.begin());
     if (!last && st != next_t) {
       if constexpr (std::is_same_v<Z, kernels::no_noise>)
         detail::throw_invalid(where, "TCDScheduler with eta (gamma) = " + detail::to_text(cfg_.eta) +
@@ -1028,18 +1028,14 @@ class scheduler {
         // Call 2j is step j's first stage (x moves to the stage point, where the model is called
         // next), call 2j + 1 its second (from the step's start, kept in aux); the last step is Euler.
         b.aux.resize(x.size());
-        b.aux2.resize(x.size());
         const std::size_t j = i / 2;
         const sigma_step ms{kdpm2_sigmas_[j], kdpm2_sigmas_[j + 1]};
         const ancestral_two_stage a = cfg_.kind == scheduler_kind::kdpm2_ancestral ? ancestral_midpoint_levels(ms, 1.0)
                                                                                     : ancestral_two_stage{midpoint_levels(ms), 0.0};
-        const two_stage_state<T> st{std::span<T>(b.aux2), {}};
+        const two_stage_state<T> st{x, {}};  // the stage point is the state between the two calls
         if (i % 2 == 0) {
           std::copy(x.begin(), x.end(), b.aux.begin());
-          if (dpm2_predict<T>(a.levels, d, std::span<const T>(b.aux), st))
-            std::copy(b.aux2.begin(), b.aux2.end(), x.begin());
-          else
-            euler_step<T>(ms, d, x);
+          if (!dpm2_predict<T>(a.levels, d, std::span<const T>(b.aux), st)) euler_step<T>(ms, d, x);
         } else if (a.sigma_up > 0.0) {
           if constexpr (std::is_same_v<Z, kernels::no_noise>)
             detail::throw_invalid("diffusion::scheduler::step",
