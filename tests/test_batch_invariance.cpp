@@ -3,7 +3,9 @@
 // with 1 and 2 threads (sampler_hooks::execution). Rows are 41 elements long: not a multiple of any
 // SIMD width, so both the bulk and the scalar tail of the fused kernels run, and with a small
 // min_elements_per_thread the two threads split the batch inside a row. The stochastic step functions
-// with in-kernel Philox noise (kernels::philox_stream) are checked the same way, row by row.
+// with in-kernel Philox noise (kernels::philox_stream) are checked the same way, row by row. A
+// contiguous block of rows run as its own batch with first_sample = its first row (one process's
+// shard in examples/sample_sharded.cpp) is checked against the same rows of the batch.
 //
 // The comparison is of bit patterns (std::bit_cast), so it needs no tolerance: the library documents
 // that a row depends only on its own stream (first_sample + b) and that any thread count gives
@@ -80,7 +82,8 @@ diffusion::sampler_hooks<T> threads_hooks(unsigned threads) {
 }
 
 // The batch of 7 (first_sample 0, one thread) against: rows 0, 3, 6 alone (first_sample = b), the
-// batch with 2 threads, and a single row with 2 threads.
+// contiguous block of rows 2 … 4 as a batch of 3 (first_sample = 2: one rank's shard of a data set,
+// examples/sample_sharded.cpp), the batch with 2 threads, and a single row with 2 threads.
 template <class T>
 void check_loop(const std::string& name, const loop_run<T>& run) {
   INFO("sampler: " << name);
@@ -100,6 +103,13 @@ void check_loop(const std::string& name, const loop_run<T>& run) {
     INFO("row " << b << " alone, 2 threads vs 1: first difference at element " << k2);
     CHECK(k2 == n_elems);
   }
+  constexpr std::size_t block_begin = 2, block_rows = 3;
+  std::vector<T> block(block_rows * n_elems);
+  run(block, block_rows, block_begin, threads_hooks<T>(1));
+  const std::size_t kb =
+      first_difference<T>(block, std::span<const T>(all).subspan(block_begin * n_elems, block_rows * n_elems));
+  INFO("rows 2..4 as a batch of 3 (first_sample 2) vs in the batch: first difference at element " << kb);
+  CHECK(kb == block_rows * n_elems);
   std::vector<T> all2(batch * n_elems);
   run(all2, batch, 0, threads_hooks<T>(2));
   const std::size_t k = first_difference<T>(all2, all);
@@ -161,6 +171,17 @@ TEMPLATE_TEST_CASE("Every sampling loop is batch-invariant and thread-count inva
   }
   check_loop<T>("dpmpp_3m_sde", [&](std::span<T> x, std::size_t rows, std::uint64_t fs, const H& h) {
     diffusion::dpmpp_3m_sde_sample(D, x, rows, noise, karras, {.first_sample = fs}, h);
+  });
+  // The SDE loops with Brownian-tree noise (row b: tree sample first_sample + b).
+  const diffusion::brownian_tree tree(seed, karras[karras.size() - 2], karras[0]);
+  check_loop<T>("dpmpp_2m_sde, Brownian tree", [&](std::span<T> x, std::size_t rows, std::uint64_t fs, const H& h) {
+    diffusion::dpmpp_2m_sde_sample(D, x, rows, noise, tree, karras, {.first_sample = fs}, h);
+  });
+  check_loop<T>("dpmpp_3m_sde, Brownian tree", [&](std::span<T> x, std::size_t rows, std::uint64_t fs, const H& h) {
+    diffusion::dpmpp_3m_sde_sample(D, x, rows, noise, tree, karras, {.first_sample = fs}, h);
+  });
+  check_loop<T>("dpmpp_sde, Brownian tree", [&](std::span<T> x, std::size_t rows, std::uint64_t fs, const H& h) {
+    diffusion::dpmpp_sde_sample(D, x, rows, noise, tree, karras, {.first_sample = fs}, h);
   });
   check_loop<T>("dpm2_ancestral", [&](std::span<T> x, std::size_t rows, std::uint64_t fs, const H& h) {
     diffusion::dpm2_ancestral_sample(D, x, rows, noise, karras, {.first_sample = fs}, h);
