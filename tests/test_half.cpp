@@ -244,3 +244,180 @@ TEST_CASE("half: convert checks its sizes", "[half]") {
   REQUIRE_THROWS_WITH(diffusion::convert(std::span<const float>(f), std::span<float16>(h)),
                       Catch::Contains("diffusion::convert") && Catch::Contains("in.size() = 3"));
 }
+
+// ---------------------------------------------------------------------------------------
+// Steps on 16-bit buffers
+// ---------------------------------------------------------------------------------------
+//
+// The claim under test: a step on 16-bit arrays returns S(r), where r is the float step's output on
+// the widened inputs. Why it holds: widening is exact, so the 16-bit kernel's lanes hold exactly the
+// float kernel's inputs; the coefficients are the same doubles rounded to float; the body evaluates
+// the same IEEE float operations in the same order (kernels::map's one body; its SIMD bulk and scalar
+// tail agree bit for bit); so both compute the same float r, and the 16-bit kernel rounds it once on
+// store (nearest even, the constructor S(r), itself tested above). In-kernel Philox noise is generated
+// in float in both. Exact equality is therefore the right tolerance, on the SIMD bulk and the tail
+// (sizes 1, 7, 33, 1000), sequentially and split over threads.
+
+#include <diffusion/samplers/ancestral.hpp>
+#include <diffusion/samplers/ode.hpp>
+#include <diffusion/samplers/sde.hpp>
+
+namespace {
+
+// Values of S in about [−3, 3] (a fixed SplitMix-style sequence), and their float widening.
+template <class S>
+struct half_array {
+  std::vector<S> h;
+  std::vector<float> f;
+  half_array(std::size_t n, std::uint64_t seed) : h(n), f(n) {
+    for (std::size_t i = 0; i < n; ++i) {
+      seed += 0x9E3779B97F4A7C15ull;
+      std::uint64_t z = seed;
+      z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+      z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+      z ^= z >> 31;
+      const float u = static_cast<float>(static_cast<double>(z >> 11) * 0x1p-53 * 6.0 - 3.0);
+      h[i] = S(u);
+      f[i] = static_cast<float>(h[i]);
+    }
+  }
+  std::span<S> hs() { return h; }
+  std::span<float> fs() { return f; }
+  std::span<const S> chs() const { return h; }
+  std::span<const float> cfs() const { return f; }
+  // Sets the float copy to the widened 16-bit values (the next step's inputs).
+  void widen() {
+    for (std::size_t i = 0; i < h.size(); ++i) f[i] = static_cast<float>(h[i]);
+  }
+};
+
+// Every 16-bit element equals the float result rounded once.
+template <class S>
+void require_rounded_once(std::span<const S> h, std::span<const float> f) {
+  REQUIRE(h.size() == f.size());
+  std::size_t mismatches = 0;
+  for (std::size_t i = 0; i < h.size(); ++i)
+    if (h[i].bits() != S(f[i]).bits()) {
+      if (mismatches++ == 0) INFO("element " << i << " of " << h.size() << ": float " << f[i]);
+      CHECK(h[i].bits() == S(f[i]).bits());
+    }
+  REQUIRE(mismatches == 0);
+}
+
+const diffusion::parallel_policy threads{.threads = 3, .min_elements_per_thread = 1};
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("half: Euler and Euler-ancestral steps on 16-bit arrays are the float step rounded once", "[half]",
+                   float16, bfloat16) {
+  using S = TestType;
+  const diffusion::philox_normal noise(777);
+  for (std::size_t n : {1u, 7u, 33u, 1000u}) {
+    for (bool parallel : {false, true}) {
+      INFO("n = " << n << (parallel ? ", 3 threads" : ", sequential"));
+      half_array<S> x(n, 1 + n), d(n, 2 + n);
+      const diffusion::sigma_step s{2.5, 1.75};
+      if (parallel) {
+        diffusion::euler_step<S>(s, d.chs(), x.hs(), threads);
+        diffusion::euler_step<float>(s, d.cfs(), x.fs(), threads);
+      } else {
+        diffusion::euler_step<S>(s, d.chs(), x.hs());
+        diffusion::euler_step<float>(s, d.cfs(), x.fs());
+      }
+      require_rounded_once<S>(x.chs(), x.cfs());
+      // Euler-ancestral with in-kernel Philox noise (float normals) from the state just written.
+      x.widen();
+      const auto z = diffusion::step_stream(noise, 3);
+      if (parallel) {
+        diffusion::euler_ancestral_step<S>(s, d.chs(), x.hs(), z, {}, threads);
+        diffusion::euler_ancestral_step<float>(s, d.cfs(), x.fs(), z, {}, threads);
+      } else {
+        diffusion::euler_ancestral_step<S>(s, d.chs(), x.hs(), z);
+        diffusion::euler_ancestral_step<float>(s, d.cfs(), x.fs(), z);
+      }
+      require_rounded_once<S>(x.chs(), x.cfs());
+      // And with a caller's buffer of float normals.
+      x.widen();
+      const half_array<S> normals(n, 3 + n);
+      const std::span<const float> zb = normals.cfs();
+      diffusion::euler_ancestral_step<S>(s, d.chs(), x.hs(), zb);
+      diffusion::euler_ancestral_step<float>(s, d.cfs(), x.fs(), zb);
+      require_rounded_once<S>(x.chs(), x.cfs());
+    }
+  }
+}
+
+TEMPLATE_TEST_CASE("half: DPM-Solver++(2M) on 16-bit arrays and history is the float step rounded once", "[half]",
+                   float16, bfloat16) {
+  using S = TestType;
+  for (std::size_t n : {1u, 7u, 33u, 1000u}) {
+    for (bool parallel : {false, true}) {
+      INFO("n = " << n << (parallel ? ", 3 threads" : ", sequential"));
+      half_array<S> x(n, 10 + n), hist(n, 11 + n);
+      diffusion::dpmpp_2m_state<S> state_h{hist.hs()};
+      diffusion::dpmpp_2m_state<float> state_f{hist.fs()};
+      const double sigmas[] = {3.0, 2.0, 1.2, 0.5};
+      for (std::size_t i = 0; i + 1 < 4; ++i) {  // first order, then second order from the stored history
+        const half_array<S> d(n, 20 + i + n);
+        const diffusion::level_step s = diffusion::as_level_step(diffusion::sigma_step{sigmas[i], sigmas[i + 1]});
+        if (parallel) {
+          diffusion::dpmpp_2m_step<S>(s, d.chs(), x.hs(), state_h, false, threads);
+          diffusion::dpmpp_2m_step<float>(s, d.cfs(), x.fs(), state_f, false, threads);
+        } else {
+          diffusion::dpmpp_2m_step<S>(s, d.chs(), x.hs(), state_h);
+          diffusion::dpmpp_2m_step<float>(s, d.cfs(), x.fs(), state_f);
+        }
+        require_rounded_once<S>(x.chs(), x.cfs());
+        require_rounded_once<S>(hist.chs(), hist.cfs());
+        REQUIRE(state_h.previous_h == state_f.previous_h);
+        x.widen();  // the next step's float inputs: the 16-bit state widened
+        hist.widen();
+      }
+    }
+  }
+}
+
+TEMPLATE_TEST_CASE("half: DDIM steps on 16-bit arrays are the float step rounded once", "[half]", float16, bfloat16) {
+  using S = TestType;
+  const diffusion::noise_schedule sched(diffusion::linear_betas(1000));
+  const diffusion::philox_normal noise(4242);
+  for (std::size_t n : {1u, 7u, 33u, 1000u}) {
+    for (bool parallel : {false, true}) {
+      INFO("n = " << n << (parallel ? ", 3 threads" : ", sequential"));
+      half_array<S> x(n, 30 + n), eps(n, 31 + n), x0(n, 32 + n);
+      diffusion::ddim_step_options opt{.eta = 0.0, .x0 = {.clip = true}, .execution = parallel ? threads : diffusion::parallel_policy{1}};
+      // η = 0 with x̂₀ (clipped) written too.
+      diffusion::ddim_step<S>(sched, {700, 500}, eps.chs(), x.hs(), diffusion::kernels::no_noise{}, opt, {x0.hs()});
+      diffusion::ddim_step<float>(sched, {700, 500}, eps.cfs(), x.fs(), diffusion::kernels::no_noise{}, opt, {x0.fs()});
+      require_rounded_once<S>(x.chs(), x.cfs());
+      require_rounded_once<S>(x0.chs(), x0.cfs());
+      // η = 1 with in-kernel Philox noise (float normals).
+      x.widen();
+      opt.eta = 1.0;
+      diffusion::ddim_step<S>(sched, {500, 300}, eps.chs(), x.hs(), diffusion::step_stream(noise, 1), opt);
+      diffusion::ddim_step<float>(sched, {500, 300}, eps.cfs(), x.fs(), diffusion::step_stream(noise, 1), opt);
+      require_rounded_once<S>(x.chs(), x.cfs());
+    }
+  }
+  // Dynamic thresholding is refused on 16-bit storage, naming the function.
+  half_array<S> x(8, 1), eps(8, 2), x0(8, 3), scratch(8, 4);
+  const diffusion::ddim_step_options opt{.x0 = {.threshold = true}};
+  REQUIRE_THROWS_WITH(diffusion::ddim_step<S>(sched, {700, 500}, eps.chs(), x.hs(), diffusion::kernels::no_noise{}, opt,
+                                              {x0.hs(), scratch.hs()}),
+                      Catch::Contains("diffusion::ddim_step") && Catch::Contains("16-bit"));
+}
+
+TEMPLATE_TEST_CASE("half: a step whose float result overflows the 16-bit type is refused", "[half]", float16, bfloat16) {
+  using S = TestType;
+  // x = 60000 (float16) or 3e38 (bfloat16), D = 0: the Euler step from σ = 1 to σ' = 1.5 scales x by 1.5,
+  // finite in float for float16 (90000) and past both types' largest value.
+  const float big = std::is_same_v<S, float16> ? 60000.0f : 3e38f;
+  std::vector<S> x(9, S(big)), d(9, S(0.0f));
+  const diffusion::level_step s{diffusion::noise_level::exploding(1.0), diffusion::noise_level::exploding(1.5)};
+  REQUIRE_THROWS_AS(diffusion::euler_step<S>(s, std::span<const S>(d), std::span<S>(x)), std::domain_error);
+  std::vector<float> xf(9, big), df(9, 0.0f);  // the same step in float is finite for float16's case
+  if constexpr (std::is_same_v<S, float16>) {
+    diffusion::euler_step<float>(s, std::span<const float>(df), std::span<float>(xf));
+    REQUIRE(xf[0] == 90000.0f);
+  }
+}
