@@ -93,7 +93,7 @@ constexpr float bfloat16_bits_to_float(std::uint16_t b) noexcept {
 /// see core/half.hpp) and widen it to float (exact). The kernels accept spans of it, computing in
 /// float and rounding once on store.
 struct float16 {
-  std::uint16_t storage;  ///< The bit pattern (public so that the type stays an aggregate-free POD).
+  std::uint16_t storage;  ///< The bit pattern (public: a standard-layout, trivially copyable 16-bit value).
 
   /// Uninitialized, like float.
   float16() = default;

@@ -451,6 +451,7 @@ std::array<std::span<const T>, 1 + sizeof...(S)> inputs(std::span<const T> first
 /// @brief kernels::map() for bodies that have no bit-identical SIMD form (such as `std::exp` per
 /// element): `f` is called element by element with scalars T (inputs, then the noise value unless
 /// Z is no_noise) and returns one T. The noise is still generated chunk-wise inside the pass.
+/// Float and double arrays only (16-bit storage goes through kernels::map()).
 /// @param[in] policy sequential or parallel; @param[in] z the noise operand;
 /// @param[out] out the output (may alias an input); @param[in] in NI inputs; @param[in] f the body.
 /// @return true when every output is finite.
