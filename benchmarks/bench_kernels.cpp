@@ -5,7 +5,8 @@
 //   steps            normals (noise alone), ddpm (ancestral step with noise, ε-prediction,
 //                    fixed_small), ddim (η = 0), q_sample (given noise), q_sample_rng (noise
 //                    drawn inside, as in training), cfg (guidance combination, no rescale),
-//                    euler, euler_a (Euler ancestral), langevin, flow_euler (rectified-flow
+//                    euler, euler_f16 and euler_bf16 (Euler on float16 / bfloat16 arrays, 6 B per
+//                    element, up to 4 M), euler_a (Euler ancestral), langevin, flow_euler (rectified-flow
 //                    Euler from the velocity, FlowMatchEuler's x + (σ' − σ)u), flow_sde (its
 //                    stochastic_sampling step, (1 − σ')(x − σu) + σ'z, noise drawn)
 //                    and the sampler steps of issue 12, 16 K … 4 M, each the library's public
@@ -520,6 +521,35 @@ void euler_plain(buffers& b, std::uint64_t) {
 void euler_eigen(buffers& b, std::uint64_t) {
   const float r = euler_r();
   emap_m(b.out) = r * emap(b.x) + (1.0f - r) * emap(b.e);
+}
+
+// Euler on 16-bit arrays (x, D and the output in float16 or bfloat16, 2 B each; arithmetic in float,
+// one rounding on store), beside "euler/ours" on float arrays. The 16-bit copies of x and e are made once
+// per size (the warm-up call), from the float buffers. --------------------------------------------
+template <class S>
+struct half_buffers {
+  std::vector<S> x, e, out;
+};
+template <class S>
+half_buffers<S>& half_pool(const buffers& b) {
+  static std::map<std::size_t, std::unique_ptr<half_buffers<S>>> all;
+  auto& p = all[b.n];
+  if (!p) {
+    p = std::make_unique<half_buffers<S>>();
+    p->x.resize(b.n);
+    p->e.resize(b.n);
+    p->out.resize(b.n);
+    diffusion::convert(b.x.cspan(), std::span<S>(p->x));
+    diffusion::convert(b.e.cspan(), std::span<S>(p->e));
+  }
+  return *p;
+}
+template <class S>
+void euler_half_ours(buffers& b, std::uint64_t) {
+  half_buffers<S>& h = half_pool<S>(b);
+  const double r = euler_sigma_to / euler_sigma;  // as euler_step forms them
+  diffusion::kernels::affine2<S>(static_cast<float>(r), std::span<const S>(h.x), static_cast<float>(1.0 - r),
+                                 std::span<const S>(h.e), std::span<S>(h.out));
 }
 
 // Euler ancestral (x = state, e = denoised; Euler to σ_down, then σ_up·z) ---------------------
@@ -1165,6 +1195,8 @@ void register_all() {
   add("euler/unfused", quiet, euler_unfused);
   add("euler/plain", quiet, euler_plain);
   add("euler/eigen", quiet, euler_eigen);
+  add("euler_f16/ours", {6, false}, euler_half_ours<diffusion::float16>, std::size_t{1} << 22);
+  add("euler_bf16/ours", {6, false}, euler_half_ours<diffusion::bfloat16>, std::size_t{1} << 22);
 
   add_ours<euler_a_ours<sequential_policy>, euler_a_ours<parallel_policy>>("euler_a", noisy);
   add("euler_a/unfused", noisy, euler_a_unfused);

@@ -35,7 +35,7 @@ endforeach()
 list(LENGTH headers n)
 message(STATUS "layers: ${n} headers checked for upward includes")
 
-foreach(light IN ITEMS core/config.hpp process/prediction.hpp models/denoiser.hpp process/parameterization.hpp)
+foreach(light IN ITEMS core/config.hpp core/half.hpp process/prediction.hpp models/denoiser.hpp process/parameterization.hpp)
   execute_process(
     COMMAND "${CXX}" -std=c++20 -E -I "${SOURCE_DIR}/include" -x c++ "${SOURCE_DIR}/include/diffusion/${light}"
     OUTPUT_VARIABLE pre ERROR_VARIABLE err RESULT_VARIABLE rc)

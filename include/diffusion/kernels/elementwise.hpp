@@ -51,13 +51,15 @@
 
 #include "../core/config.hpp"
 #include "../core/execution.hpp"
+#include "../core/half.hpp"
+#include "../core/half_simd.hpp"
 #include "../core/simd.hpp"
 #include "../core/tensor.hpp"
 #include "../noise/philox.hpp"
 
 /// @defgroup kernels Element-wise kernels
 /// @brief out = a·x + b·y and friends, and the fused sampler steps, over spans of float or
-/// double: SIMD (xsimd) with a bit-identical scalar tail, optional threads.
+/// double (kernels::map, affine2, affine2_noise and ddim also over float16 / bfloat16 storage, computed in float): SIMD (xsimd) with a bit-identical scalar tail, optional threads.
 /// @{
 
 namespace diffusion::kernels {
@@ -117,12 +119,19 @@ struct bulk_lane<T, true> {
 template <class V>
 inline constexpr bool is_scalar_lane = std::is_floating_point_v<V>;
 
-template <class V, class T>
-DIFFUSION_INLINE V load(const T* p) noexcept {
-  if constexpr (is_scalar_lane<V>)
+/// A lane of V loaded from p; a 16-bit storage type is widened to float (exact).
+template <class V, class S>
+DIFFUSION_INLINE V load(const S* p) noexcept {
+  if constexpr (half_scalar<S>) {
+    if constexpr (is_scalar_lane<V>)
+      return static_cast<float>(*p);
+    else
+      return simd::load_widened<V>(p);
+  } else if constexpr (is_scalar_lane<V>) {
     return *p;
-  else
+  } else {
     return V::load_unaligned(p);
+  }
 }
 
 template <class V, class T>
@@ -131,6 +140,17 @@ DIFFUSION_INLINE void store(T* p, const V& v) noexcept {
     *p = v;
   else
     v.store_unaligned(p);
+}
+
+/// Rounds a float lane once to the 16-bit storage type at p; returns the stored values widened back.
+template <half_scalar S, class V>
+DIFFUSION_INLINE V store_narrowed(S* p, const V& v) noexcept {
+  if constexpr (is_scalar_lane<V>) {
+    *p = S(v);
+    return static_cast<float>(*p);
+  } else {
+    return simd::store_narrowed(p, v);
+  }
 }
 
 /// std::clamp(v, lo, hi) exactly (NaN and signed zeros pass through): v < lo ? lo : hi < v ? hi : v.
@@ -277,20 +297,23 @@ constexpr bool size_ok(const Z& z, std::size_t n) noexcept {
 
 namespace detail {
 
-template <class V, class T, std::size_t... I>
-DIFFUSION_INLINE std::array<V, sizeof...(I)> load_all(const std::array<const T*, sizeof...(I)>& p, std::size_t k,
+template <class V, class S, std::size_t... I>
+DIFFUSION_INLINE std::array<V, sizeof...(I)> load_all(const std::array<const S*, sizeof...(I)>& p, std::size_t k,
                                                        std::index_sequence<I...>) noexcept {
   return {kernels::detail::load<V>(p[I] + k)...};
 }
 
 /// The body of kernels::map: loads the inputs, calls f, stores the outputs, and keeps a running
 /// sum of r − r over every output lane (0 while all are finite, NaN once one is ±∞ or NaN): the
-/// one flag per pass that tells a caller that its arithmetic overflowed.
-template <class T, class Z, std::size_t NO, std::size_t NI, class F>
+/// one flag per pass that tells a caller that its arithmetic overflowed. S is the storage type
+/// of the arrays, T = compute_t<S> the lanes' type: a 16-bit S is widened on load and rounded once
+/// on store, and the flag sees the stored values (a finite float may round to ±∞).
+template <class S, class Z, std::size_t NO, std::size_t NI, class F>
 struct map_body {
+  using T = compute_t<S>;
   using bulk = typename bulk_lane<T>::type;
-  std::array<T*, NO> op;
-  std::array<const T*, NI> ip;
+  std::array<S*, NO> op;
+  std::array<const S*, NI> ip;
   F f;
   bulk acc_bulk = bulk(T(0));
   T acc_tail = T(0);
@@ -302,10 +325,19 @@ struct map_body {
     else
       acc_bulk = acc_bulk + (r - r);
   }
+  template <class V>
+  DIFFUSION_INLINE void put(S* p, const V& r) noexcept {
+    if constexpr (half_scalar<S>) {
+      track(kernels::detail::store_narrowed(p, r));
+    } else {
+      track(r);
+      kernels::detail::store(p, r);
+    }
+  }
   template <class L>
   DIFFUSION_INLINE void operator()(L, std::size_t k, const T* zp) noexcept {
     using V = typename L::type;
-    const std::array<V, NI> v = load_all<V, T>(ip, k, std::make_index_sequence<NI>{});
+    const std::array<V, NI> v = load_all<V, S>(ip, k, std::make_index_sequence<NI>{});
     const auto r = [&] {
       if constexpr (std::is_same_v<Z, no_noise>)
         return std::apply(f, v);
@@ -314,14 +346,10 @@ struct map_body {
     }();
     if constexpr (NO == 1) {
       const V out = r;
-      track(out);
-      kernels::detail::store(op[0] + k, out);
+      put(op[0] + k, out);
     } else {
       static_assert(std::tuple_size_v<std::remove_cvref_t<decltype(r)>> == NO, "kernels::map: f must return NO lanes");
-      for (std::size_t j = 0; j < NO; ++j) {
-        track(r[j]);
-        kernels::detail::store(op[j] + k, r[j]);
-      }
+      for (std::size_t j = 0; j < NO; ++j) put(op[j] + k, r[j]);
     }
   }
   [[nodiscard]] bool finite() const noexcept {
@@ -364,7 +392,10 @@ struct map_scalar_body {
 /// For each element k, `f` is called with the lanes of the inputs at k (and, unless Z is
 /// kernels::no_noise, the lane of the noise at k as the last argument) and returns the NO output
 /// lanes: one value of the lane type for NO = 1, else a `std::array` of NO values. The lane type
-/// V is `xsimd::batch<T, simd::arch>` in the bulk and T in the tail; the body must use the same
+/// V is `xsimd::batch<T, simd::arch>` in the bulk and T in the tail, T = @ref diffusion::compute_t "compute_t<S>" of
+/// the storage type S of the arrays (S itself for float and double; float for @ref diffusion::float16 and
+/// @ref diffusion::bfloat16, widened exactly on load and rounded once, to nearest even, on store, so that
+/// a step on 16-bit arrays is the float step on the widened inputs rounded once); the body must use the same
 /// IEEE operations on both (`+ − × ÷`, kernels::madd (simd::madd) for every product that feeds a sum,
 /// kernels::clamp()), so that SIMD and scalar give the same bits. Broadcast a coefficient c
 /// as `V(c)`.
@@ -383,13 +414,14 @@ struct map_scalar_body {
 /// @return true when every output is finite: the one flag per pass by which callers tell an
 ///         overflow of their own arithmetic from bad input (its cost: an add per output lane).
 /// @pre all arrays (and a noise buffer) have the same size (asserted).
-template <real_scalar T, class Z, execution_policy P, std::size_t NO, std::size_t NI, class F>
-  requires noise_operand<Z, T>
-bool map(const P& policy, const Z& z, const std::array<std::span<T>, NO>& out,
-         const std::array<std::span<const T>, NI>& in, F f) noexcept {
+template <storage_scalar S, class Z, execution_policy P, std::size_t NO, std::size_t NI, class F>
+  requires noise_operand<Z, compute_t<S>>
+bool map(const P& policy, const Z& z, const std::array<std::span<S>, NO>& out,
+         const std::array<std::span<const S>, NI>& in, F f) noexcept {
+  using T = compute_t<S>;
   static_assert(NO >= 1, "kernels::map: at least one output");
   const std::size_t n = out[0].size();
-  detail::map_body<T, Z, NO, NI, F> body{{}, {}, f};
+  detail::map_body<S, Z, NO, NI, F> body{{}, {}, f};
   for (std::size_t j = 0; j < NO; ++j) {
     DIFFUSION_ASSERT(out[j].size() == n);
     body.op[j] = out[j].data();
@@ -404,14 +436,14 @@ bool map(const P& policy, const Z& z, const std::array<std::span<T>, NO>& out,
 
 /// @brief The output list of kernels::map(): `kernels::outputs(x, d)`.
 /// @param[in] first the first output; @param[in] rest the others (spans of the same T).
-template <real_scalar T, class... S>
+template <storage_scalar T, class... S>
 std::array<std::span<T>, 1 + sizeof...(S)> outputs(std::span<T> first, S... rest) noexcept {
   return {first, std::span<T>(rest)...};
 }
 
 /// @brief The input list of kernels::map(): `kernels::inputs<T>(x, denoised)`.
 /// @param[in] first the first input; @param[in] rest the others (anything a span of const T is made from).
-template <real_scalar T, class... S>
+template <storage_scalar T, class... S>
 std::array<std::span<const T>, 1 + sizeof...(S)> inputs(std::span<const T> first, const S&... rest) noexcept {
   return {first, std::span<const T>(rest)...};
 }
@@ -419,6 +451,7 @@ std::array<std::span<const T>, 1 + sizeof...(S)> inputs(std::span<const T> first
 /// @brief kernels::map() for bodies that have no bit-identical SIMD form (such as `std::exp` per
 /// element): `f` is called element by element with scalars T (inputs, then the noise value unless
 /// Z is no_noise) and returns one T. The noise is still generated chunk-wise inside the pass.
+/// Float and double arrays only (16-bit storage goes through kernels::map()).
 /// @param[in] policy sequential or parallel; @param[in] z the noise operand;
 /// @param[out] out the output (may alias an input); @param[in] in NI inputs; @param[in] f the body.
 /// @return true when every output is finite.
@@ -456,8 +489,9 @@ DIFFUSION_INLINE V clamp(const V& v, const V& lo, const V& hi) noexcept {
 /// @param[in] policy sequential (default) or parallel.
 /// @return true when every output is finite.
 /// @pre all three spans have the same size (asserted).
-template <real_scalar T, execution_policy P = sequential_policy>
-bool affine2(T a, std::span<const T> x, T b, std::span<const T> y, std::span<T> out, const P& policy = P{}) noexcept {
+template <storage_scalar T, execution_policy P = sequential_policy>
+bool affine2(compute_t<T> a, std::span<const T> x, compute_t<T> b, std::span<const T> y, std::span<T> out,
+             const P& policy = P{}) noexcept {
   return map(policy, no_noise{}, outputs(out), inputs<T>(x, y), [a, b](auto xv, auto yv) {
     using V = decltype(xv);
     return madd(V(a), xv, V(b) * yv);
@@ -510,10 +544,10 @@ bool guidance_combine(T w, std::span<const T> conditional, std::span<const T> un
 /// @param[out] out result (may alias x or y); @param[in] policy sequential (default) or parallel.
 /// @return true when every output is finite.
 /// @pre equal sizes (asserted).
-template <real_scalar T, class Z, execution_policy P = sequential_policy>
-  requires noise_operand<Z, T>
-bool affine2_noise(T a, std::span<const T> x, T b, std::span<const T> y, T c, const Z& z, std::span<T> out,
-                   const P& policy = P{}) noexcept {
+template <storage_scalar T, class Z, execution_policy P = sequential_policy>
+  requires noise_operand<Z, compute_t<T>>
+bool affine2_noise(compute_t<T> a, std::span<const T> x, compute_t<T> b, std::span<const T> y, compute_t<T> c,
+                   const Z& z, std::span<T> out, const P& policy = P{}) noexcept {
   if constexpr (std::is_same_v<Z, no_noise>) {
     return affine2(a, x, b, y, out, policy);
   } else {
@@ -698,10 +732,10 @@ struct ddim_coefficients {
 /// @param[out] x_next \f$x_p\f$ (may alias x or model_out); @param[in] policy sequential (default) or parallel.
 /// @return true when every output is finite.
 /// @pre equal sizes (asserted).
-template <real_scalar T, class Z, execution_policy P = sequential_policy>
-  requires noise_operand<Z, T>
-bool ddim(const ddim_coefficients<T>& c, std::span<const T> x, std::span<const T> model_out, const Z& z, bool x0_given,
-          std::span<T> x0, std::span<T> x_next, const P& policy = P{}) noexcept {
+template <storage_scalar T, class Z, execution_policy P = sequential_policy>
+  requires noise_operand<Z, compute_t<T>>
+bool ddim(const ddim_coefficients<compute_t<T>>& c, std::span<const T> x, std::span<const T> model_out, const Z& z,
+          bool x0_given, std::span<T> x0, std::span<T> x_next, const P& policy = P{}) noexcept {
   const auto finish = [c](auto xv, auto ov, auto h, auto... zv) {
     using V = decltype(xv);
     const V eps = madd(V(c.eps_from_x), xv, V(c.eps_from_other) * (c.eps_from_x0 ? h : ov));

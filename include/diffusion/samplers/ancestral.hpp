@@ -72,7 +72,7 @@ inline kernels::no_noise row_noise(kernels::no_noise, std::size_t, std::size_t) 
 
 /// The checks of a step's arrays: sizes (x rows × n, output rows × width, noise, x̂₀), the
 /// scratch a threshold needs, and no partial overlap.
-template <real_scalar T, class Z>
+template <storage_scalar T, class Z>
 std::size_t check_step_arrays(std::string_view where, std::size_t rows, std::size_t width_factor,
                               std::span<const T> model_output, std::span<T> x, const Z& noise,
                               const step_buffers<T>& buffers, const x0_processing& proc) {
@@ -83,6 +83,9 @@ std::size_t check_step_arrays(std::string_view where, std::size_t rows, std::siz
   check_noise_operand<T>(where, noise, x.size());
   if (!buffers.x0.empty()) check_same_size(where, "buffers.x0", buffers.x0.size(), "x", x.size());
   if (proc.threshold) {
+    if constexpr (half_scalar<T>)
+      throw_invalid(where, "dynamic thresholding is not offered on 16-bit storage (float16, bfloat16): "
+                           "step float or double arrays, or clip x0 instead");
     if (buffers.x0.empty()) throw_invalid(where, "dynamic thresholding needs buffers.x0 (rows x n) for x0");
     if (buffers.scratch.size() < n)
       throw_invalid(where, "dynamic thresholding needs buffers.scratch of at least the row size " + to_text(n) +
@@ -425,34 +428,38 @@ inline ddim_step_coefficients ddim_coefficients_at(const noise_schedule& s, time
 
 namespace detail {
 
-/// ddim_step for any noise operand on validated arrays.
-template <real_scalar T, class Z>
+/// ddim_step for any noise operand on validated arrays (T: a storage type; thresholding only for
+/// float and double, refused by check_step_arrays otherwise).
+template <storage_scalar T, class Z>
 void ddim_step_impl(std::string_view where, const noise_schedule& s, timestep_transition tr,
                     const ddim_step_coefficients& k, const ddim_step_options& opt, std::span<const T> x,
                     std::span<const T> model_out, const Z& z, std::span<T> x0, std::span<T> x_next,
                     std::span<T> scratch) {
-  const std::size_t rows = opt.rows, n = x.size() / rows;
+  [[maybe_unused]] const std::size_t rows = opt.rows, n = x.size() / rows;
   const x0_processing& proc = opt.x0;
   const affine_coefficients to_x0 = conversion_coefficients(s, tr.t, opt.kind, prediction::sample);
   const bool recompute = opt.use_clipped_model_output && (proc.clip || proc.threshold);
   // ε̂ from the model output, or (recomputed) from the processed x̂₀: both conversions of the one table.
   const affine_coefficients to_eps = recompute ? conversion_coefficients(s, tr.t, prediction::sample, prediction::epsilon)
                                                : conversion_coefficients(s, tr.t, opt.kind, prediction::epsilon);
-  const kernels::ddim_coefficients<T> c{
-      .x0_from_x = coefficient<T>(where, "the x0 coefficient of x", to_x0.a),
-      .x0_from_out = coefficient<T>(where, "the x0 coefficient of the model output", to_x0.b),
+  using C = compute_t<T>;  // the arithmetic type (float for 16-bit storage)
+  const kernels::ddim_coefficients<C> c{
+      .x0_from_x = coefficient<C>(where, "the x0 coefficient of x", to_x0.a),
+      .x0_from_out = coefficient<C>(where, "the x0 coefficient of the model output", to_x0.b),
       .clip = proc.clip && !proc.threshold,
-      .clip_value = static_cast<T>(proc.clip_value),
+      .clip_value = static_cast<C>(proc.clip_value),
       .eps_from_x0 = recompute,
-      .eps_from_x = coefficient<T>(where, "the eps coefficient of x", to_eps.a),
-      .eps_from_other = coefficient<T>(where, "the eps coefficient of the prediction", to_eps.b),
-      .coef_x0 = static_cast<T>(std::sqrt(k.alpha_bar_prev)),
-      .coef_eps = static_cast<T>(k.direction),
-      .sigma = static_cast<T>(k.sigma)};
+      .eps_from_x = coefficient<C>(where, "the eps coefficient of x", to_eps.a),
+      .eps_from_other = coefficient<C>(where, "the eps coefficient of the prediction", to_eps.b),
+      .coef_x0 = static_cast<C>(std::sqrt(k.alpha_bar_prev)),
+      .coef_eps = static_cast<C>(k.direction),
+      .sigma = static_cast<C>(k.sigma)};
   bool ok = true;
-  if (proc.threshold) {
-    ok = kernels::affine2(c.x0_from_x, x, c.x0_from_out, model_out, x0, opt.execution);
-    for (std::size_t b = 0; b < rows; ++b) process_x0_row(proc, x0.subspan(b * n, n), scratch);
+  if constexpr (real_scalar<T>) {
+    if (proc.threshold) {
+      ok = kernels::affine2(c.x0_from_x, x, c.x0_from_out, model_out, x0, opt.execution);
+      for (std::size_t b = 0; b < rows; ++b) process_x0_row(proc, x0.subspan(b * n, n), scratch);
+    }
   }
   if (k.sigma > 0.0 && !std::is_same_v<Z, kernels::no_noise>)
     ok = ok && kernels::ddim(c, x, model_out, z, proc.threshold, x0, x_next, opt.execution);
@@ -475,9 +482,14 @@ void ddim_step_impl(std::string_view where, const noise_schedule& s, timestep_tr
 /// a Philox stream (@ref step_stream); @param[in] opt kind, η, x̂₀ processing, rows, threads;
 /// @param[in] buffers x̂₀ out (optional; required with thresholding, with a scratch of n).
 /// @throws std::out_of_range for t ≥ T; std::invalid_argument for a bad target, η, sizes, missing
-///         noise (η > 0) or overlap; std::domain_error when the step overflows T.
-template <real_scalar T, class Z>
-  requires kernels::noise_operand<Z, T>
+///         noise (η > 0) or overlap, or dynamic thresholding on 16-bit storage; std::domain_error when
+///         the step overflows T.
+///
+/// T may be a 16-bit storage type (@ref diffusion::float16, @ref diffusion::bfloat16) for x, the model
+/// output and x̂₀: the noise is then float, the step computed in float and rounded once to T on store
+/// (clipping is offered, dynamic thresholding is not).
+template <storage_scalar T, class Z>
+  requires kernels::noise_operand<Z, compute_t<T>>
 void ddim_step(const noise_schedule& s, timestep_transition tr, std::span<const T> model_output, std::span<T> x,
                const Z& noise, const ddim_step_options& opt = {}, const step_buffers<T>& buffers = {}) {
   constexpr std::string_view where = "diffusion::ddim_step";

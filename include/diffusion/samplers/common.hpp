@@ -142,7 +142,7 @@ struct sampler_workspace {
 
 /// @brief Optional buffers of a step function: where x̂₀ goes (rows × n; not written when empty)
 /// and the scratch of dynamic thresholding (n elements; needed only with it).
-template <real_scalar T>
+template <storage_scalar T>
 struct step_buffers {
   std::span<T> x0 = {};       ///< x̂₀ out, rows × n, after clipping/thresholding (empty: not written).
   std::span<T> scratch = {};  ///< At least n elements, for the per-row quantile of dynamic thresholding.
@@ -196,9 +196,9 @@ inline parallel_policy as_parallel(const parallel_policy& p) noexcept { return p
 
 /// Requires a noise operand to cover n elements: a buffer of exactly n normals, or a Philox stream
 /// with its generator.
-template <real_scalar T, class Z>
+template <storage_scalar T, class Z>
 void check_noise_operand(std::string_view where, const Z& z, std::size_t n) {
-  if constexpr (std::is_same_v<Z, std::span<const T>>) {
+  if constexpr (std::is_same_v<Z, std::span<const compute_t<T>>>) {
     check_same_size(where, "noise", z.size(), "x", n);
   } else if constexpr (std::is_same_v<Z, kernels::philox_stream>) {
     if (z.source == nullptr) throw_invalid(where, "the noise stream has no generator (source is null)");

@@ -54,7 +54,10 @@ namespace diffusion {
 /// @param[in] policy threads (bit-identical for any count).
 /// @throws std::invalid_argument for a bad step or sizes, or partially overlapping arrays;
 ///         std::domain_error when the result overflows T.
-template <real_scalar T, execution_policy P = sequential_policy>
+///
+/// T may be a 16-bit storage type (@ref diffusion::float16, @ref diffusion::bfloat16): the step is
+/// then computed in float and rounded once to T on store (docs/conventions.md).
+template <storage_scalar T, execution_policy P = sequential_policy>
 void euler_step(const level_step& s, std::span<const T> denoised, std::span<T> x, const P& policy = P{}) {
   constexpr std::string_view where = "diffusion::euler_step";
   detail::check_level_step(where, s);
@@ -62,8 +65,9 @@ void euler_step(const level_step& s, std::span<const T> denoised, std::span<T> x
   detail::check_no_partial_overlap(where, "denoised", denoised, "x", x);
   const double r = s.to.sigma / s.from.sigma;
   const double c = s.to.alpha - s.from.alpha * r;
+  using C = compute_t<T>;
   detail::require_finite_step(
-      where, kernels::affine2(static_cast<T>(r), std::span<const T>(x), static_cast<T>(c), denoised, x, policy),
+      where, kernels::affine2(static_cast<C>(r), std::span<const T>(x), static_cast<C>(c), denoised, x, policy),
       "the Euler step");
 }
 
@@ -75,8 +79,8 @@ void euler_step(const level_step& s, std::span<const T> denoised, std::span<T> x
 /// @param[in] s the step (σ > 0, σ_next ≥ 0); @param[in] denoised D(x; σ); @param[in,out] x the state;
 /// @param[in] policy threads (bit-identical for any count).
 /// @throws std::invalid_argument for a bad step or sizes, or partially overlapping arrays;
-///         std::domain_error when the result overflows T.
-template <real_scalar T, execution_policy P = sequential_policy>
+///         std::domain_error when the result overflows T (T: float, double, or a 16-bit storage type).
+template <storage_scalar T, execution_policy P = sequential_policy>
 void euler_step(sigma_step s, std::span<const T> denoised, std::span<T> x, const P& policy = P{}) {
   detail::check_sigma_step("diffusion::euler_step", s);
   euler_step<T>(as_level_step(s), denoised, x, policy);
@@ -215,8 +219,9 @@ void heun_correct(sigma_step s, std::span<const T> denoised, std::span<const T> 
 // ---------------------------------------------------------------------------------------
 
 /// @brief The history of DPM-Solver++(2M): the previous step's denoised output and its log-σ step
-/// h. Caller-owned buffer (no allocation); `has_previous` false at the start (first order).
-template <real_scalar T>
+/// h. Caller-owned buffer (no allocation); `has_previous` false at the start (first order). T may be a
+/// 16-bit storage type (the history is then stored in it, rounded once per step).
+template <storage_scalar T>
 struct dpmpp_2m_state {
   std::span<T> previous_denoised;  ///< D of the previous step (written by @ref dpmpp_2m_step).
   double previous_h = 0.0;         ///< h of the previous step.
@@ -231,7 +236,7 @@ struct dpmpp_2m_state {
 /// @param[in] s the step; @param[in] denoised D(x; σ); @param[in,out] x the state;
 /// @param[in,out] state the history; @param[in] policy threads.
 /// @throws std::invalid_argument for a bad step or sizes; std::domain_error on overflow.
-template <real_scalar T, execution_policy P = sequential_policy>
+template <storage_scalar T, execution_policy P = sequential_policy>
 void dpmpp_2m_step(sigma_step s, std::span<const T> denoised, std::span<T> x, dpmpp_2m_state<T>& state,
                    const P& policy = P{}) {
   detail::check_sigma_step("diffusion::dpmpp_2m_step", s);
@@ -243,7 +248,7 @@ namespace detail {
 /// with λ = log(α/σ), h = λ' − λ, \f$h_\eta = (1 + \eta)h\f$, \f$E = -\operatorname{expm1}(-h_\eta)\f$,
 /// x' = (σ'/σ)e^{−ηh} x + α' E D̂ + σ' √(−expm1(−2ηh)) s_noise z, D̂ as @ref dpm_solver_type
 /// (D itself at first order). One pass; writes D into the history. Validates everything.
-template <real_scalar T, class Z, execution_policy P>
+template <storage_scalar T, class Z, execution_policy P>
 void dpmpp_2m_update(std::string_view where, const level_step& s, std::span<const T> denoised, std::span<T> x,
                      dpmpp_2m_state<T>& state, const Z& z, double eta, double s_noise, dpm_solver_type solver,
                      bool first_order, const P& policy) {
@@ -262,7 +267,8 @@ void dpmpp_2m_update(std::string_view where, const level_step& s, std::span<cons
   // e^{−ηh} is 1 at η = 0 (also where h = ∞, the start of a flow at σ = 1).
   const double cx_d = eta == 0.0 || lands_on_data ? ratio : ratio * std::exp(-eta * h);
   const double noise_scale = eta == 0.0 || lands_on_data ? 0.0 : s.to.sigma * std::sqrt(-std::expm1(-2.0 * eta * h)) * s_noise;
-  const T cx = static_cast<T>(cx_d), cd = static_cast<T>(-(s.to.alpha * em));
+  using C = compute_t<T>;  // the arithmetic type (float for 16-bit storage)
+  const C cx = static_cast<C>(cx_d), cd = static_cast<C>(-(s.to.alpha * em));
   const bool second = state.has_previous && !lands_on_data && !first_order;
   // D̂ = a D + b D_prev, a = 1 + w, b = −w.
   double w = 0.0;
@@ -270,7 +276,7 @@ void dpmpp_2m_update(std::string_view where, const level_step& s, std::span<cons
     const double r = state.previous_h / h;
     w = solver == dpm_solver_type::midpoint ? 1.0 / (2.0 * r) : (1.0 / (-em) - 1.0 / h_eta) / r;
   }
-  const T a = static_cast<T>(1.0 + w), b = static_cast<T>(-w);
+  const C a = static_cast<C>(1.0 + w), b = static_cast<C>(-w);
   bool ok = true;
   if constexpr (std::is_same_v<Z, kernels::no_noise>) {
     if (noise_scale > 0.0)
@@ -294,7 +300,7 @@ void dpmpp_2m_update(std::string_view where, const level_step& s, std::span<cons
     }
   } else {
     check_noise_operand<T>(where, z, x.size());  // a noise operand passed must fit, used or not
-    const T cz = coefficient<T>(where, "sigma_next * sqrt(1 - exp(-2 eta h)) * s_noise", noise_scale);
+    const C cz = coefficient<C>(where, "sigma_next * sqrt(1 - exp(-2 eta h)) * s_noise", noise_scale);
     // x <- cx x + cd (a D + b D_prev) + cz z, and D_prev <- D, in one pass (noise in registers).
     ok = kernels::map(policy, z, kernels::outputs(x, state.previous_denoised),
                       kernels::inputs<T>(std::span<const T>(x), denoised, std::span<const T>(state.previous_denoised)),
@@ -322,7 +328,8 @@ void dpmpp_2m_update(std::string_view where, const level_step& s, std::span<cons
 /// @param[in,out] state the history; @param[in] first_order take a first-order step;
 /// @param[in] policy threads.
 /// @throws std::invalid_argument for a bad step or sizes; std::domain_error on overflow.
-template <real_scalar T, execution_policy P = sequential_policy>
+/// T may be a 16-bit storage type (x, D and the history in it; computed in float, rounded once on store).
+template <storage_scalar T, execution_policy P = sequential_policy>
 void dpmpp_2m_step(const level_step& s, std::span<const T> denoised, std::span<T> x, dpmpp_2m_state<T>& state,
                    bool first_order = false, const P& policy = P{}) {
   detail::dpmpp_2m_update<T>("diffusion::dpmpp_2m_step", s, denoised, x, state, kernels::no_noise{}, 0.0, 1.0,

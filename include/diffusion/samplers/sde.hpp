@@ -56,8 +56,11 @@ struct ancestral_options {
 /// @param[in] z the normals (a buffer of x.size(), a kernels::philox_stream; unused when σ_up = 0);
 /// @param[in] opt η and S_noise; @param[in] policy threads.
 /// @throws std::invalid_argument for a bad step, options or sizes; std::domain_error on overflow.
-template <real_scalar T, class Z, execution_policy P = sequential_policy>
-  requires kernels::noise_operand<Z, T>
+///
+/// T may be a 16-bit storage type (x and D in it): the noise is then float (a buffer of float or a
+/// Philox stream generating float), the step computed in float and rounded once to T on store.
+template <storage_scalar T, class Z, execution_policy P = sequential_policy>
+  requires kernels::noise_operand<Z, compute_t<T>>
 void euler_ancestral_step(sigma_step s, std::span<const T> denoised, std::span<T> x, const Z& z,
                           const ancestral_options& opt = {}, const P& policy = P{}) {
   constexpr std::string_view where = "diffusion::euler_ancestral_step";
@@ -74,13 +77,14 @@ void euler_ancestral_step(sigma_step s, std::span<const T> denoised, std::span<T
     detail::check_noise_operand<T>(where, z, x.size());
   }
   const double r = a.sigma_down / s.sigma;
+  using C = compute_t<T>;
   bool ok;
   if (a.sigma_up > 0.0 && !std::is_same_v<Z, kernels::no_noise>) {
-    ok = kernels::affine2_noise(static_cast<T>(r), std::span<const T>(x), static_cast<T>(1.0 - r), denoised,
-                                detail::coefficient<T>(where, "sigma_up * s_noise", a.sigma_up * opt.s_noise), z, x,
+    ok = kernels::affine2_noise(static_cast<C>(r), std::span<const T>(x), static_cast<C>(1.0 - r), denoised,
+                                detail::coefficient<C>(where, "sigma_up * s_noise", a.sigma_up * opt.s_noise), z, x,
                                 policy);
   } else {
-    ok = kernels::affine2(static_cast<T>(r), std::span<const T>(x), static_cast<T>(1.0 - r), denoised, x, policy);
+    ok = kernels::affine2(static_cast<C>(r), std::span<const T>(x), static_cast<C>(1.0 - r), denoised, x, policy);
   }
   detail::require_finite_step(where, ok, "the Euler-ancestral step");
 }
