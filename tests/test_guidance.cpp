@@ -311,3 +311,99 @@ TEST_CASE("guidance errors", "[guidance][errors]") {
   diffusion::classifier_free_guidance g1(ge, ge, {.guidance_scale = 2.0});
   CHECK_THROWS_WITH(g1(input_for(x, ts, sig), std::span<double>(wrong)), Contains("out has 3 elements per row"));
 }
+
+namespace {
+// A row-wise model conditioned on one integer label per row: row b's output is x_b·(1 + label_b) + t_b/8
+// (a variance block, when asked for, holds the label). It counts its calls and the rows it was given.
+struct label_model {
+  bool learned_variance = false;
+  int calls = 0;
+  std::size_t rows_seen = 0;
+  [[nodiscard]] prediction predicts() const { return prediction::epsilon; }
+  template <class T>
+  void operator()(const diffusion::denoiser_input<T, std::vector<int>>& in, std::span<T> out) {
+    ++calls;
+    rows_seen = in.rows();
+    REQUIRE(in.context != nullptr);
+    REQUIRE(in.context->size() == in.rows());
+    const std::size_t n = in.row_size(), width = learned_variance ? 2 * n : n;
+    REQUIRE(out.size() == in.rows() * width);
+    for (std::size_t b = 0; b < in.rows(); ++b) {
+      const T f = static_cast<T>(1 + (*in.context)[b]), tb = static_cast<T>(in.timesteps[b] / 8.0);
+      for (std::size_t k = 0; k < n; ++k) out[b * width + k] = in.x[b * n + k] * f + tb;
+      for (std::size_t k = n; k < width; ++k) out[b * width + k] = static_cast<T>((*in.context)[b]);
+    }
+  }
+};
+}  // namespace
+
+static_assert(diffusion::denoiser<diffusion::batched_classifier_free_guidance<label_model, std::vector<int>>, float>);
+static_assert(diffusion::denoiser<diffusion::batched_classifier_free_guidance<label_model, std::vector<int>>, double>);
+
+TEST_CASE("batched guidance: one model call on 2B rows, unconditional half first, exact values", "[guidance][batched]") {
+  // B = 2 rows of n = 3; labels: unconditional 0, conditional 1 and 3. With w = 2 every value is an
+  // exact small binary fraction: u = x + t/8, c = x(1 + l) + t/8, u + 2(c − u) = x(1 + 2l) + t/8.
+  constexpr std::size_t rows = 2, n = 3;
+  const std::vector<double> x{1, 2, 3, -1, 0.5, 4}, ts{8, 16}, sig{1, 1};
+  const std::vector<int> batched{0, 0, 1, 3};  // rows [0, B): unconditional; [B, 2B): conditional
+  label_model m;
+  diffusion::batched_classifier_free_guidance cfg(m, {.guidance_scale = 2.0}, &batched);
+  std::vector<double> out(rows * n);
+  cfg(input_for(x, ts, sig), std::span<double>(out));
+  CHECK(m.calls == 1);
+  CHECK(m.rows_seen == 2 * rows);
+  CHECK(out == std::vector<double>{1 * 3 + 1, 2 * 3 + 1, 3 * 3 + 1, -1 * 7 + 2, 0.5 * 7 + 2, 4 * 7 + 2});
+  // A learned variance: the prediction block is guided, the variance block is the conditional half's label.
+  m.learned_variance = true;
+  std::vector<double> out2(rows * 2 * n);
+  cfg(input_for(x, ts, sig), std::span<double>(out2));
+  CHECK(m.calls == 2);
+  CHECK(out2 == std::vector<double>{4, 7, 10, 1, 1, 1, -5, 5.5, 30, 3, 3, 3});
+  // w = 1: the conditional half itself (both halves still computed by the one call).
+  cfg.set_options({.guidance_scale = 1.0});
+  cfg(input_for(x, ts, sig), std::span<double>(out2));
+  CHECK(m.calls == 3);
+  CHECK(out2 == std::vector<double>{3, 5, 7, 1, 1, 1, -2, 4, 18, 3, 3, 3});
+}
+
+TEMPLATE_TEST_CASE("batched guidance equals two separate passes bit for bit, in a sampler, with half the calls",
+                   "[guidance][batched]", float, double) {
+  using T = TestType;
+  constexpr std::size_t rows = 3, n = 4, steps = 10;
+  const diffusion::noise_schedule s(diffusion::linear_betas(1000));
+  const auto seq = diffusion::inference_timesteps(1000, steps, diffusion::timestep_spacing::trailing);
+  const std::vector<int> cond{1, 2, 0}, uncond{0, 0, 0};
+  std::vector<int> batched(uncond);
+  batched.insert(batched.end(), cond.begin(), cond.end());
+  for (const double phi : {0.0, 0.7}) {
+    const diffusion::guidance_options opt{.guidance_scale = 3.5, .guidance_rescale = phi};
+    label_model one, two;
+    diffusion::batched_classifier_free_guidance fused(one, opt, &batched);
+    diffusion::classifier_free_guidance separate(two, two, opt, &cond, &uncond);
+    test::test_noise noise{7};
+    std::vector<T> a(rows * n), b(rows * n);
+    const auto ra = diffusion::ddim_sample(s, fused, a, rows, noise, seq, {.eta = 1.0});
+    const auto rb = diffusion::ddim_sample(s, separate, b, rows, noise, seq, {.eta = 1.0});
+    CHECK(a == b);
+    CHECK(one.calls == static_cast<int>(steps));      // one network call per step
+    CHECK(two.calls == static_cast<int>(2 * steps));  // two without batching
+    CHECK(ra.model_calls == rb.model_calls);
+    for (T v : a) CHECK(std::isfinite(v));
+  }
+}
+
+TEST_CASE("batched guidance errors", "[guidance][batched][errors]") {
+  using Catch::Matchers::Contains;
+  label_model m;
+  const std::vector<int> batched{0, 0, 1, 1};
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  CHECK_THROWS_WITH(diffusion::batched_classifier_free_guidance(m, {.guidance_scale = nan}, &batched),
+                    Contains("diffusion::batched_classifier_free_guidance: guidance_scale = nan"));
+  CHECK_THROWS_WITH(diffusion::batched_classifier_free_guidance(m, {.guidance_rescale = 2.0}, &batched),
+                    Contains("guidance_rescale = 2 is outside the allowed range [0, 1]"));
+  diffusion::batched_classifier_free_guidance cfg(m, {.guidance_scale = 2.0}, &batched);
+  const std::vector<double> x(4, 0.0), ts(2, 1.0), sig(2, 1.0);
+  std::vector<double> wrong(6);
+  CHECK_THROWS_WITH(cfg(input_for(x, ts, sig), std::span<double>(wrong)), Contains("out has 3 elements per row; expected 2 or 4"));
+  CHECK(m.calls == 0);  // refused before the model is called
+}

@@ -4,7 +4,9 @@
 /// conditional and an unconditional model; beside it the other combinations of model outputs:
 /// adaptive projected guidance (@ref diffusion::apply_apg), CFG-Zero* (@ref diffusion::apply_cfg_zero_star)
 /// and guidance with a third, perturbed pass (@ref diffusion::apply_perturbed_guidance "apply_perturbed_guidance": PAG, skip-layer
-/// guidance). Guidance that changes the sampler's step (CFG++) is samplers/cfg_pp.hpp.
+/// guidance), and @ref diffusion::batched_classifier_free_guidance "batched_classifier_free_guidance" (the conditional and
+/// unconditional passes as one model call on 2B rows). Guidance that changes the sampler's step (CFG++) is
+/// samplers/cfg_pp.hpp.
 ///
 /// Convention: the guidance scale w is diffusers' `guidance_scale`,
 /// \f$\tilde\varepsilon = \varepsilon_u + w(\varepsilon_c - \varepsilon_u)\f$, so w = 1 is the conditional model alone and
@@ -517,6 +519,114 @@ class classifier_free_guidance {
   guidance_options opt_{};
   std::vector<float> buf_float_;
   std::vector<double> buf_double_;
+};
+
+/// @brief Classifier-free guidance with ONE call of the underlying model on 2B rows (the batched
+/// pass of diffusers' pipelines): a @ref diffusion::denoiser that, for a batch of B rows, calls `model`
+/// once on the rows $[x;\,x]$ with the timesteps and σ repeated, and combines the two halves as
+/// @ref diffusion::classifier_free_guidance "classifier_free_guidance" does (Ho & Salimans 2022, Eq. 6, with
+/// the rescale of Lin et al. 2023): $	ildearepsilon = arepsilon_u + w(arepsilon_c - arepsilon_u)$.
+///
+/// Row order (diffusers' `torch.cat([negative_prompt_embeds, prompt_embeds])` and `noise_pred.chunk(2)`):
+/// rows [0, B) of the model call are the unconditional pass, rows [B, 2B) the conditional one. The
+/// model is called with `batched_context`, which describes all 2B rows in that order (e.g. 2B class labels,
+/// or a text embedding tensor of 2B rows); the library never looks inside it, and the context of the
+/// incoming @ref diffusion::denoiser_input "denoiser_input" is ignored.
+///
+/// Copies: x (B × n), the timesteps and σ are copied twice into an internal buffer of 2B rows, and the
+/// model writes its 2B rows into a second buffer (a forward on 2B rows needs the doubled input, as
+/// diffusers' `torch.cat([latents] * 2)`). The buffers grow on the first call and are reused: no
+/// allocation per call at a fixed size. Both halves are always evaluated (also at w = 1 or w = 0: the
+/// batched context describes 2B rows), so the model is called exactly once per evaluation.
+///
+/// The result equals, bit for bit, @ref diffusion::classifier_free_guidance "classifier_free_guidance" with a conditional
+/// and an unconditional model that compute the same rows (the same @ref diffusion::apply_guidance "apply_guidance" row combination; tested),
+/// whenever the model's rows do not depend on the batch they are computed in. Models that learn their
+/// variance write 2n per row: the prediction block is guided, the variance block is the conditional half's.
+/// @tparam Model the denoiser type (called on 2B rows with `BatchedContext`).
+/// @tparam BatchedContext the conditioning of the 2B rows.
+template <class Model, class BatchedContext = no_context>
+class batched_classifier_free_guidance {
+ public:
+  /// @param[in] model the model (referenced, not copied).
+  /// @param[in] opt w and φ.
+  /// @param[in] batched_context the conditioning of the 2B rows, unconditional half first (referenced).
+  /// @throws std::invalid_argument for a non-finite w or φ ∉ [0, 1].
+  batched_classifier_free_guidance(Model& model, const guidance_options& opt = {},
+                                   const BatchedContext* batched_context = nullptr)
+      : model_(&model), ctx_(batched_context) {
+    set_options(opt);
+  }
+
+  /// The guided model reads σ when the model does (@ref diffusion::sigma_conditioned "sigma_conditioned").
+  static constexpr bool conditions_on_sigma = sigma_conditioned<Model>;
+
+  /// What the model predicts.
+  [[nodiscard]] prediction predicts() const { return model_->predicts(); }
+
+  /// The current w and φ.
+  [[nodiscard]] const guidance_options& options() const noexcept { return opt_; }
+
+  /// @brief Changes w and φ (e.g. a guidance schedule from a step callback).
+  /// @param[in] opt the new options.
+  /// @throws std::invalid_argument for a non-finite w or φ ∉ [0, 1].
+  void set_options(const guidance_options& opt) {
+    detail::check_guidance_options("diffusion::batched_classifier_free_guidance", opt);
+    opt_ = opt;
+  }
+
+  /// @brief Replaces the conditioning of the 2B rows (referenced; unconditional half first).
+  /// @param[in] batched_context the new context.
+  void set_context(const BatchedContext* batched_context) noexcept { ctx_ = batched_context; }
+
+  /// @brief Writes the guided prediction for every row of `in` after one model call on 2B rows.
+  /// @param[in] in the batch of B rows (its context is ignored).
+  /// @param[out] out B × n, or B × 2n for models that learn their variance.
+  /// @throws std::invalid_argument if `out` is neither n nor 2n per row; std::domain_error as @ref diffusion::apply_guidance "apply_guidance".
+  template <real_scalar T, class Context>
+  void operator()(const denoiser_input<T, Context>& in, std::span<T> out) {
+    static_assert(denoiser<Model, T, BatchedContext>,
+                  "batched_classifier_free_guidance: the model is not a denoiser for this element type and the batched context");
+    constexpr std::string_view where = "diffusion::batched_classifier_free_guidance";
+    const std::size_t rows = in.rows(), width = detail::rows_split(where, out.size(), rows, "out");
+    const std::size_t n = in.row_size();
+    if (width != n && width != 2 * n)
+      detail::throw_invalid(where, "out has " + detail::to_text(width) + " elements per row; expected " +
+                                       detail::to_text(n) + " or " + detail::to_text(2 * n) + " (learned variance)");
+    detail::check_same_size(where, "in.x", in.x.size(), "rows * row_size", rows * n);
+    auto& buf = buffers_.template get<T>();
+    if (buf.input.size() < 2 * rows * n) buf.input.resize(2 * rows * n);
+    if (buf.output.size() < 2 * rows * width) buf.output.resize(2 * rows * width);
+    if (times_.size() < 4 * rows) times_.resize(4 * rows);
+    const auto x2 = std::span<T>(buf.input).first(2 * rows * n);
+    const auto o2 = std::span<T>(buf.output).first(2 * rows * width);
+    const auto t2 = std::span<double>(times_).first(2 * rows), s2 = std::span<double>(times_).subspan(2 * rows, 2 * rows);
+    for (std::size_t half = 0; half < 2; ++half) {
+      std::copy(in.x.begin(), in.x.end(), x2.begin() + static_cast<std::ptrdiff_t>(half * rows * n));
+      std::copy(in.timesteps.begin(), in.timesteps.end(), t2.begin() + static_cast<std::ptrdiff_t>(half * rows));
+      std::copy(in.sigma.begin(), in.sigma.end(), s2.begin() + static_cast<std::ptrdiff_t>(half * rows));
+    }
+    const denoiser_input<T, BatchedContext> batched{x2, t2, s2, ctx_};
+    (*model_)(batched, o2);
+    const std::span<const T> u = o2.first(rows * width), c = o2.subspan(rows * width);
+    for (std::size_t b = 0; b < rows; ++b) {
+      const auto cb = c.subspan(b * width, width), ub = u.subspan(b * width, width);
+      const auto ob = out.subspan(b * width, width);
+      if (opt_.guidance_scale == 1.0) {  // the conditional half itself (the rescale factor is then exactly 1)
+        std::copy(cb.begin(), cb.end(), ob.begin());
+        continue;
+      }
+      detail::guidance_row<T>(where, cb.first(n), ub.first(n), ob.first(n), b, opt_);
+      if (width == 2 * n) std::copy(cb.begin() + static_cast<std::ptrdiff_t>(n), cb.end(), ob.begin() + static_cast<std::ptrdiff_t>(n));
+    }
+  }
+
+ private:
+  Model* model_;
+  const BatchedContext* ctx_;
+  guidance_options opt_{};
+  detail::per_element_type<detail::io_buffers> buffers_;
+  std::vector<double> times_;
 };
 
 }  // namespace diffusion
