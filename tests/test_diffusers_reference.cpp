@@ -79,7 +79,7 @@ bool supported(const std::string& config) {
                         "HeunDiscreteScheduler", "FlowMatchEulerDiscreteScheduler", "LMSDiscreteScheduler",
                         "EDMEulerScheduler", "EDMDPMSolverMultistepScheduler", "LCMScheduler", "TCDScheduler",
                         "UniPCMultistepScheduler", "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler",
-                        "DEISMultistepScheduler", "PNDMScheduler"})
+                        "DEISMultistepScheduler", "PNDMScheduler", "IPNDMScheduler"})
     if (cls == c) return true;
   return false;
 }
@@ -98,6 +98,7 @@ TEST_CASE("the scheduler object reproduces diffusers' scheduler classes step by 
     parsed.config.eta = run["step_kwargs"].value("eta", 0.0);
     parsed.config.diffusers_double_shift = true;  // diffusers' numbers (docs/conventions.md)
     parsed.config.diffusers_dpm_3m = true;        // diffusers' third-order term (docs/conventions.md)
+    parsed.config.diffusers_ipndm_start = true;   // diffusers' x0 = 0 at IPNDM's first call (docs/conventions.md)
     diffusion::scheduler sched(parsed.config);
     const std::size_t N = run["num_inference_steps"];
     const auto& kw = run["set_timesteps_kwargs"];
@@ -173,8 +174,9 @@ TEST_CASE("the scheduler object reproduces diffusers' scheduler classes step by 
     WARN(name << ": largest relative difference, lists " << table.worst << ", states " << state.worst);
   }
   // DDPM ×2, DDIM ×5, Euler ×4, Euler-a, Heun, DPM-Solver++(2M) ×4, its SDE form, (3M), FlowMatchEuler ×4, LMS,
-  // EDM Euler, EDM DPM-Solver++(2M), LCM, TCD, UniPC, KDPM2, KDPM2-ancestral, DEIS, PNDM, DPM-Solver++(2S) singlestep.
-  CHECK(replayed == 34);
+  // EDM Euler, EDM DPM-Solver++(2M), LCM, TCD, UniPC, KDPM2, KDPM2-ancestral, DEIS, PNDM, DPM-Solver++(2S) singlestep,
+  // IPNDM.
+  CHECK(replayed == 35);
 }
 
 TEST_CASE("flow classes: mu, custom sigmas and the parity switch", "[scheduler][flow]") {

@@ -149,6 +149,7 @@ SCHEDULER_MODULES = [
     "scheduling_edm_dpmsolver_multistep",
     "scheduling_k_dpm_2_discrete",
     "scheduling_k_dpm_2_ancestral_discrete",
+    "scheduling_ipndm",
 ]
 
 X_BASE = [0.5, -1.2, 0.3, 2.0]
@@ -470,6 +471,8 @@ def cases():
     add("kdpm2_a_10", "KDPM2AncestralDiscreteScheduler", kdpm, 10)
     add("dpmpp3m_20", "DPMSolverMultistepScheduler", {**dpm, "solver_order": 3}, 20)
     add("sde_dpmpp2m_20", "DPMSolverMultistepScheduler", {**dpm, "algorithm_type": "sde-dpmsolver++"}, 20)
+    # IPNDMScheduler has its own levels (sin^2 of a uniform grid) and reads the model's output as v.
+    add("ipndm_20", "IPNDMScheduler", {"num_train_timesteps": 1000}, 20)
 
     names = [c[0] for c in out]
     assert len(names) == len(set(names)), "case names must be unique"

@@ -38,6 +38,7 @@
 /// | DPMSolverSinglestepScheduler (dpmsolver++, orders 1–3, midpoint or heun, diffusers' blocks of @ref diffusion::singlestep_orders "singlestep_orders") | @ref diffusion::dpmpp_singlestep_update "dpmpp_singlestep_update" from the block's start over VP levels | variance preserving |
 /// | PNDMScheduler (`skip_prk_steps`) | @ref diffusion::plms_step "plms_step" over the training levels (diffusers' list with its repeated second timestep) | variance preserving |
 /// | KDPM2AncestralDiscreteScheduler | the same between σ and σ↓ with σ↑ noise at the second call (@ref diffusion::ancestral_midpoint_levels "ancestral_midpoint_levels") | σ-space |
+/// | IPNDMScheduler (a v-prediction model; its own list σ = sin²(πs/2), s = 1 − k/N, the model's timestep the angle atan2(σ, α)·2/π) | @ref diffusion::plms_step "plms_step" without the improved-Euler start (Adams–Bashforth on ε, order rising to 4), the first call from pure noise (α = 0) | variance preserving |
 ///
 /// The EDM classes take Karras' (or the exponential) σ list between `sigma_min` and `sigma_max`, the
 /// model's timestep \f$c_\text{noise} = \tfrac14\ln\sigma\f$, its input \f$c_\text{in}x\f$, and D = c_skip x + c_out F.
@@ -61,6 +62,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <optional>
 #include <span>
 #include <string>
@@ -120,6 +122,7 @@ enum class scheduler_kind {
   deis_multistep,        ///< DEISMultistepScheduler (DEIS, log-ρ, orders 1–3).
   pndm,                  ///< PNDMScheduler with `skip_prk_steps` (PLMS, Liu et al. 2022).
   dpm_solver_singlestep,  ///< DPMSolverSinglestepScheduler (DPM-Solver++ singlestep, orders 1–3, midpoint or heun).
+  ipndm,                 ///< IPNDMScheduler (iPNDM, Zhang & Chen 2023: fourth-order Adams–Bashforth on ε, a v-prediction model).
 };
 
 /// @brief The diffusers `_class_name` of a kind ("DDIMScheduler", …).
@@ -144,6 +147,7 @@ inline std::string_view class_name(scheduler_kind k) noexcept {
     case scheduler_kind::deis_multistep: return "DEISMultistepScheduler";
     case scheduler_kind::pndm: return "PNDMScheduler";
     case scheduler_kind::dpm_solver_singlestep: return "DPMSolverSinglestepScheduler";
+    case scheduler_kind::ipndm: return "IPNDMScheduler";
   }
   return "?";
 }
@@ -230,6 +234,10 @@ struct scheduler_config {
   /// third-order term, which is half the Taylor term (second order; @ref dpmpp_sde_options::reference_3m).
   /// Off: the third-order form.
   bool diffusers_dpm_3m = false;
+  /// Not a diffusers key: IPNDMScheduler's first call, from pure noise (α = 0), takes x̂₀ = 0 as diffusers does
+  /// (its x̂₀ = (x − σε)/max(α, 1e-8) has a numerator of exactly 0 there) instead of the model's x̂₀ = −v.
+  /// Off: the model's (docs/conventions.md).
+  bool diffusers_ipndm_start = false;
 
   /// @brief diffusers' defaults for a class: DDPM/DDIM leading spacing with `clip_sample` on;
   /// the σ-space classes and DPM-Solver linspace spacing with `clip_sample` off; the flow classes
@@ -247,6 +255,7 @@ struct scheduler_config {
       c.prediction_type = prediction::flow_velocity;
     if (k == scheduler_kind::tcd) c.eta = 0.3;
     if (k == scheduler_kind::dpm_solver_singlestep) c.lower_order_final = false;  // DPMSolverSinglestepScheduler's default
+    if (k == scheduler_kind::ipndm) c.prediction_type = prediction::v;  // IPNDMScheduler reads its model's output as v
     return c;
   }
 };
@@ -286,18 +295,20 @@ class scheduler {
   explicit scheduler(scheduler_config config)
       // The flow and EDM classes have no β table: a one-step placeholder, never read.
       : cfg_(std::move(config)),
-        train_(flow(cfg_.kind) || edm(cfg_.kind) ? noise_schedule(std::vector<double>{0.5}) : noise_schedule(config_betas(cfg_))) {
+        train_(own_list(cfg_.kind) ? noise_schedule(std::vector<double>{0.5}) : noise_schedule(config_betas(cfg_))) {
     validate();
   }
 
   /// The configuration.
   [[nodiscard]] const scheduler_config& config() const noexcept { return cfg_; }
   /// @brief The training schedule (double tables).
-  /// @throws std::logic_error for the flow and EDM classes, which have no β schedule.
+  /// @throws std::logic_error for the flow, EDM and IPNDM classes, which have no β schedule.
   [[nodiscard]] const noise_schedule& training_schedule() const {
-    if (is_flow() || edm(cfg_.kind))
+    if (own_list(cfg_.kind))
       throw std::logic_error("diffusion::scheduler::training_schedule: " + std::string(class_name(cfg_.kind)) +
-                             (is_flow() ? " has no beta schedule (a rectified-flow model)" : " has no beta schedule (an EDM sigma-space model)"));
+                             (is_flow()                 ? " has no beta schedule (a rectified-flow model)"
+                              : cfg_.kind == scheduler_kind::ipndm ? " has no beta schedule (its levels are sin^2 of a uniform grid)"
+                                                         : " has no beta schedule (an EDM sigma-space model)"));
     return train_;
   }
   /// Whether the class is a rectified-flow one (FlowMatchEuler, FlowMatchHeun).
@@ -405,6 +416,7 @@ class scheduler {
       }
       case scheduler_kind::edm_euler:
       case scheduler_kind::edm_dpm_solver_multistep: set_edm_timesteps(N); break;
+      case scheduler_kind::ipndm: set_ipndm_timesteps(N); break;
       case scheduler_kind::lcm:
       case scheduler_kind::tcd: {
         seq_ = consistency_timesteps(T, N, cfg_.original_inference_steps);
@@ -585,6 +597,8 @@ class scheduler {
   static bool edm(scheduler_kind k) noexcept {
     return k == scheduler_kind::edm_euler || k == scheduler_kind::edm_dpm_solver_multistep;
   }
+  // The classes whose levels do not come from a β table.
+  static bool own_list(scheduler_kind k) noexcept { return flow(k) || edm(k) || k == scheduler_kind::ipndm; }
   [[nodiscard]] bool dpm() const noexcept {
     return cfg_.kind == scheduler_kind::dpm_solver_multistep || cfg_.kind == scheduler_kind::edm_dpm_solver_multistep ||
            cfg_.kind == scheduler_kind::dpm_solver_singlestep;
@@ -619,6 +633,13 @@ class scheduler {
       detail::throw_invalid(where, "prediction_type = " + std::string(to_string(p)) + " is not supported by " +
                                        std::string(class_name(cfg_.kind)) + " (supported: epsilon, sample, v_prediction)");
     }
+    if (cfg_.kind == scheduler_kind::ipndm) {
+      if (p != prediction::v)
+        detail::throw_invalid(where, "prediction_type = " + std::string(to_string(p)) +
+                                         " is not supported by IPNDMScheduler (supported: v_prediction; diffusers reads its model's output as v)");
+      if (!cfg_.trained_betas.empty())
+        detail::throw_invalid(where, "trained_betas is not supported by IPNDMScheduler (supported: empty; its levels are sin^2 of a uniform grid)");
+    }
     if (cfg_.kind == scheduler_kind::lcm || cfg_.kind == scheduler_kind::tcd) {
       if (cfg_.original_inference_steps == 0 || cfg_.original_inference_steps > cfg_.num_train_timesteps)
         detail::throw_invalid(where, "original_inference_steps = " + detail::to_text(cfg_.original_inference_steps) +
@@ -647,7 +668,7 @@ class scheduler {
     if (!(cfg_.eta >= 0.0 && std::isfinite(cfg_.eta)))
       detail::throw_invalid(where, "eta = " + detail::to_text(cfg_.eta) + " is outside the allowed range [0, inf)");
     if (cfg_.thresholding && (sigma_space() || is_flow() || edm(cfg_.kind) || cfg_.kind == scheduler_kind::tcd ||
-                              cfg_.kind == scheduler_kind::pndm))
+                              cfg_.kind == scheduler_kind::pndm || cfg_.kind == scheduler_kind::ipndm))
       detail::throw_invalid(where, "thresholding is not supported by " + std::string(class_name(cfg_.kind)));
     // Clipping x̂₀ is DDPM's, DDIM's and LCM's option; no other class would apply it.
     if (cfg_.clip_sample && !(cfg_.kind == scheduler_kind::ddpm || cfg_.kind == scheduler_kind::ddim || cfg_.kind == scheduler_kind::lcm))
@@ -659,7 +680,8 @@ class scheduler {
     if (cfg_.kind == scheduler_kind::unipc_multistep && cfg_.unipc_solver_type != unipc_variant::bh1 &&
         cfg_.unipc_solver_type != unipc_variant::bh2)
       detail::throw_invalid(where, "solver_type = " + detail::to_text(static_cast<int>(cfg_.unipc_solver_type)) + " is not bh1 or bh2");
-    if ((edm(cfg_.kind) || cfg_.kind == scheduler_kind::lcm || cfg_.kind == scheduler_kind::tcd) && converted_sigmas_on())
+    if ((edm(cfg_.kind) || cfg_.kind == scheduler_kind::lcm || cfg_.kind == scheduler_kind::tcd ||
+         cfg_.kind == scheduler_kind::ipndm) && converted_sigmas_on())
       detail::throw_invalid(where, std::string(converted_sigmas_key()) + " = true is not supported by " +
                                        std::string(class_name(cfg_.kind)) + (edm(cfg_.kind) ? " (it takes sigma_schedule)" : ""));
     {
@@ -811,6 +833,20 @@ class scheduler {
     for (double v : s) timesteps_.push_back(edm_coefficients_at(v).c_noise);
     sigmas_ = s;
     sigmas_.push_back(cfg_.final_sigmas_type == final_sigma::zero ? 0.0 : s.back());
+  }
+
+  // IPNDMScheduler's list: s_k = 1 − k/N, σ_k = sin²(πs_k/2), α_k = √(1 − σ_k²) (a VP process), the model's
+  // timestep the angle atan2(σ_k, α_k)·2/π, and a final level σ = 0. With θ = πs/2, cos θ = sin(πk/(2N)) and
+  // α = cos θ·√(1 + sin²θ) (1 − sin⁴θ factored), so that α_0 = 0 exactly (the first call is from pure noise).
+  void set_ipndm_timesteps(std::size_t N) {
+    constexpr double half_pi = 1.5707963267948966;
+    for (std::size_t k = 0; k < N; ++k) {
+      const double u = half_pi * static_cast<double>(k) / static_cast<double>(N);
+      const double c = std::cos(u), sg = c * c, al = std::sin(u) * std::sqrt(1.0 + sg);
+      timesteps_.push_back(std::atan2(sg, al) / half_pi);
+      sigmas_.push_back(al > 0.0 ? sg / al : std::numeric_limits<double>::infinity());
+    }
+    sigmas_.push_back(0.0);
   }
 
   // KDPM2: per call [σ0, m0, σ1, m1, …, σ_{N−1}] then the final 0, with m_j = √(σ_j σ_{j+1}) (the
@@ -1062,6 +1098,22 @@ class scheduler {
         deis_step<T>(level_step{noise_level::preserving(s.sigma), noise_level::preserving(s.sigma_next)}, d, x, st, k, max_order);
         follow_rotation(b.hist, st.eps, k);
         deis_ = {st.lambda, st.count};
+        break;
+      }
+      case scheduler_kind::ipndm: {
+        // diffusers' IPNDMScheduler: PLMS without the improved-Euler start (order rising from 1 to 4), the first
+        // call from α = 0 (ρ = ∞), the last landing on σ = 0 by the same transfer.
+        plms_state<T> st;
+        for (std::size_t q = 0; q < 4; ++q) {
+          b.hist[q].resize(x.size());
+          st.eps[q] = b.hist[q];
+        }
+        st.count = plms_.count;
+        st.last_lambda = plms_.last_lambda;
+        if (i == 0 && cfg_.diffusers_ipndm_start && std::isinf(s.sigma)) std::fill(d.begin(), d.end(), T(0));
+        plms_step<T>(level_step{noise_level::preserving(s.sigma), noise_level::preserving(s.sigma_next)}, d, x, st, 4);
+        follow_rotation(b.hist, st.eps, 4);
+        plms_ = {st.count, {}, {}, false, st.last_lambda};
         break;
       }
       case scheduler_kind::pndm: {

@@ -116,7 +116,8 @@ inline parsed_scheduler_config parse_scheduler_config(std::string_view json_text
        {"KDPM2AncestralDiscreteScheduler", scheduler_kind::kdpm2_ancestral},
        {"DEISMultistepScheduler", scheduler_kind::deis_multistep},
        {"PNDMScheduler", scheduler_kind::pndm},
-       {"DPMSolverSinglestepScheduler", scheduler_kind::dpm_solver_singlestep}});
+       {"DPMSolverSinglestepScheduler", scheduler_kind::dpm_solver_singlestep},
+       {"IPNDMScheduler", scheduler_kind::ipndm}});
   parsed_scheduler_config out{scheduler_config::defaults_for(kind), {}};
   scheduler_config& c = out.config;
   const bool discrete = kind == scheduler_kind::ddpm || kind == scheduler_kind::ddim;
@@ -130,6 +131,7 @@ inline parsed_scheduler_config parse_scheduler_config(std::string_view json_text
   const bool edm = kind == scheduler_kind::edm_euler || kind == scheduler_kind::edm_dpm_solver_multistep;
   const bool consistency = kind == scheduler_kind::lcm || kind == scheduler_kind::tcd;
   const bool flow = kind == scheduler_kind::flow_match_euler || kind == scheduler_kind::flow_match_heun;
+  const bool ipndm = kind == scheduler_kind::ipndm;
   auto ignore = [&](const std::string& key, std::string_view why) { out.ignored_keys.push_back(key + ": " + std::string(why)); };
   auto require_value = [](std::string_view key, const nlohmann::json& v, auto expected, std::string_view what) {
     if (v.is_null()) return;
@@ -144,6 +146,13 @@ inline parsed_scheduler_config parse_scheduler_config(std::string_view json_text
     if (key == "_class_name") continue;
     if (key == "_diffusers_version") {
       ignore(key, "the diffusers version that wrote the file");
+    } else if (ipndm && key == "trained_betas") {
+      // diffusers' IPNDMScheduler would replace its sin^2 levels by these (and take their count as N + 1).
+      if (!v.is_null()) detail::throw_config(key, detail::json_text(v) + " is not supported by IPNDMScheduler (supported: null)");
+    } else if (ipndm && key != "num_train_timesteps") {
+      // IPNDMScheduler's keys are num_train_timesteps and trained_betas; diffusers drops any other (the model's
+      // output is read as v whatever prediction_type says).
+      ignore(key, "not a key of IPNDMScheduler (diffusers ignores it too)");
     } else if (key == "num_train_timesteps") {
       c.num_train_timesteps = detail::config_count(key, v);
     } else if (key == "beta_start") {
