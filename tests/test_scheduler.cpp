@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <limits>
+#include <numbers>
 #include <stdexcept>
 #include <vector>
 
@@ -418,6 +419,54 @@ TEST_CASE("UniPC, KDPM2 and KDPM2-ancestral classes run the library's steps", "[
     clip.clip_sample = true;
     CHECK_THROWS_WITH(diffusion::scheduler(clip), Catch::Matchers::Contains("clip_sample = true is not supported by EulerDiscreteScheduler"));
   }
+}
+
+TEST_CASE("IPNDMScheduler: its sin^2 levels, the first call from pure noise, its keys", "[scheduler][ipndm]") {
+  using Catch::Matchers::Contains;
+  auto cfg = diffusion::scheduler_config::defaults_for(scheduler_kind::ipndm);
+  CHECK(cfg.prediction_type == prediction::v);
+  diffusion::scheduler s(cfg);
+  s.set_timesteps(4);
+  // s_k = 1 - k/4, sigma_k = sin^2(pi s_k / 2), alpha_k = sqrt(1 - sigma_k^2). At k = 2: sigma = 1/2,
+  // alpha = sqrt(3)/2, so the angle timestep atan2(sigma, alpha)·2/pi is exactly 1/3 and rho = 1/sqrt(3).
+  REQUIRE(s.timesteps().size() == 4);
+  REQUIRE(s.sigmas().size() == 5);
+  CHECK(s.timesteps()[0] == 1.0);
+  CHECK(std::isinf(s.sigmas()[0]));
+  CHECK(s.timesteps()[2] == Approx(1.0 / 3.0).epsilon(1e-15));
+  CHECK(s.sigmas()[2] == Approx(1.0 / std::sqrt(3.0)).epsilon(1e-15));
+  CHECK(s.sigmas()[4] == 0.0);
+  CHECK(s.init_noise_sigma() == 1.0);
+  CHECK_THROWS_AS(s.training_schedule(), std::logic_error);
+  // The first call, from alpha = 0: x' = alpha_1 x0 + sigma_1 x with x0 = -v (the model's), or 0 (diffusers').
+  const double sg1 = std::pow(std::sin(0.375 * std::numbers::pi), 2.0), al1 = std::sqrt(1.0 - sg1 * sg1);
+  const std::vector<double> x_T{0.5, -1.2}, v{0.3, 0.1};
+  std::vector<double> x = x_T, x0(2);
+  s.step<double>(0, v, x, diffusion::kernels::no_noise{}, 1, x0);
+  for (std::size_t k = 0; k < 2; ++k) {
+    CHECK(x0[k] == -v[k]);
+    CHECK(x[k] == Approx(-al1 * v[k] + sg1 * x_T[k]).epsilon(1e-14));
+  }
+  cfg.diffusers_ipndm_start = true;
+  diffusion::scheduler d(cfg);
+  d.set_timesteps(4);
+  x = x_T;
+  d.step<double>(0, v, x);
+  for (std::size_t k = 0; k < 2; ++k) CHECK(x[k] == Approx(sg1 * x_T[k]).epsilon(1e-14));
+  // The run lands on sigma = 0 with finite values.
+  for (std::size_t i = 1; i < 4; ++i) d.step<double>(i, v, x);
+  for (double e : x) CHECK(std::isfinite(e));
+  // Keys it does not support.
+  auto bad = diffusion::scheduler_config::defaults_for(scheduler_kind::ipndm);
+  bad.prediction_type = prediction::epsilon;
+  CHECK_THROWS_WITH(diffusion::scheduler(bad), Contains("prediction_type = epsilon") && Contains("IPNDMScheduler") &&
+                                                   Contains("supported: v_prediction"));
+  bad = diffusion::scheduler_config::defaults_for(scheduler_kind::ipndm);
+  bad.trained_betas.assign(1000, 0.01);
+  CHECK_THROWS_WITH(diffusion::scheduler(bad), Contains("trained_betas") && Contains("supported: empty"));
+  bad = diffusion::scheduler_config::defaults_for(scheduler_kind::ipndm);
+  bad.use_karras_sigmas = true;
+  CHECK_THROWS_WITH(diffusion::scheduler(bad), Contains("use_karras_sigmas = true is not supported by IPNDMScheduler"));
 }
 
 TEST_CASE("scheduler misuse gets clear errors", "[scheduler][errors]") {

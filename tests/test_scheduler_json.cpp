@@ -154,6 +154,24 @@ TEST_CASE("scheduler_config.json errors name the key and the supported values", 
   CHECK_THAT(p.ignored_keys[0], Contains("my_custom_key") && Contains("unknown"));
 }
 
+TEST_CASE("scheduler_config.json of IPNDMScheduler", "[scheduler][json][ipndm]") {
+  using Catch::Matchers::Contains;
+  // Its keys are num_train_timesteps and trained_betas; diffusers drops the others (the output is read as v).
+  const auto p = diffusion::parse_scheduler_config(
+      R"({"_class_name": "IPNDMScheduler", "num_train_timesteps": 1000, "trained_betas": null, "prediction_type": "epsilon", "beta_schedule": "linear"})");
+  CHECK(p.config.kind == scheduler_kind::ipndm);
+  CHECK(p.config.prediction_type == prediction::v);
+  REQUIRE(p.ignored_keys.size() == 2);
+  CHECK(has_key(p.ignored_keys, "prediction_type"));
+  CHECK(has_key(p.ignored_keys, "beta_schedule"));
+  for (const auto& k : p.ignored_keys) CHECK_THAT(k, Contains("not a key of IPNDMScheduler"));
+  CHECK_THROWS_WITH(diffusion::parse_scheduler_config(R"({"_class_name": "IPNDMScheduler", "trained_betas": [0.1, 0.2]})"),
+                    Contains("\"trained_betas\"") && Contains("supported: null"));
+  auto s = diffusion::scheduler(p.config);
+  s.set_timesteps(10);
+  CHECK(s.timesteps()[0] == 1.0);
+}
+
 TEST_CASE("scheduler_config.json of the EDM, LCM and TCD classes", "[consistency][scheduler][json]") {
   using Catch::Matchers::Contains;
   const auto edm = diffusion::parse_scheduler_config(
