@@ -469,6 +469,31 @@ TEST_CASE("IPNDMScheduler: its sin^2 levels, the first call from pure noise, its
   CHECK_THROWS_WITH(diffusion::scheduler(bad), Contains("use_karras_sigmas = true is not supported by IPNDMScheduler"));
 }
 
+TEST_CASE("DPMSolverMultistepScheduler with use_lu_lambdas: steps uniform in lambda", "[scheduler][sigmas]") {
+  using Catch::Matchers::Contains;
+  auto cfg = diffusion::scheduler_config::defaults_for(scheduler_kind::dpm_solver_multistep);
+  cfg.use_lu_lambdas = true;
+  diffusion::scheduler s(cfg);
+  s.set_timesteps(10);
+  const auto& train = s.training_schedule();
+  // The ends are the table's: sigma of timestep T - 1 and of timestep 0, so their timesteps are 999 and 0.
+  CHECK(s.sigmas()[0] == Approx(train[999].sigma).epsilon(1e-14));
+  CHECK(s.sigmas()[9] == Approx(train[0].sigma).epsilon(1e-14));
+  CHECK(s.timesteps()[0] == 999.0);
+  CHECK(s.timesteps()[9] == 0.0);
+  CHECK(s.sigmas()[10] == 0.0);
+  // lambda = -log sigma equally spaced in between (the sigmas are not rounded to the timesteps).
+  const double h = std::log(s.sigmas()[0] / s.sigmas()[9]) / 9.0;
+  for (std::size_t i = 1; i < 10; ++i) CHECK(std::log(s.sigmas()[i - 1] / s.sigmas()[i]) == Approx(h).epsilon(1e-12));
+  // Other classes, and two list options at once, are refused.
+  cfg.use_karras_sigmas = true;
+  CHECK_THROWS_WITH(diffusion::scheduler(cfg), Contains("use_karras_sigmas and use_lu_lambdas are both true"));
+  auto euler = diffusion::scheduler_config::defaults_for(scheduler_kind::euler);
+  euler.use_lu_lambdas = true;
+  CHECK_THROWS_WITH(diffusion::scheduler(euler), Contains("use_lu_lambdas = true is not supported by EulerDiscreteScheduler") &&
+                                                     Contains("DPMSolverMultistepScheduler"));
+}
+
 TEST_CASE("scheduler misuse gets clear errors", "[scheduler][errors]") {
   using Catch::Matchers::Contains;
   auto cfg = diffusion::scheduler_config::defaults_for(scheduler_kind::euler_ancestral);

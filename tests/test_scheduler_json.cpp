@@ -149,6 +149,13 @@ TEST_CASE("scheduler_config.json errors name the key and the supported values", 
   CHECK_THROWS_WITH(diffusion::scheduler_from_json(
                         R"({"_class_name": "EulerDiscreteScheduler", "use_exponential_sigmas": true, "use_karras_sigmas": true})"),
                     Contains("use_karras_sigmas and use_exponential_sigmas"));
+  CHECK(diffusion::parse_scheduler_config(R"({"_class_name": "DPMSolverMultistepScheduler", "use_lu_lambdas": true})")
+            .config.use_lu_lambdas);
+  CHECK_THROWS_WITH(diffusion::parse_scheduler_config(R"({"_class_name": "DPMSolverSinglestepScheduler", "use_lu_lambdas": true})"),
+                    Contains("\"use_lu_lambdas\"") && Contains("supported: false"));
+  CHECK_THROWS_WITH(diffusion::scheduler_from_json(
+                        R"({"_class_name": "DPMSolverMultistepScheduler", "use_lu_lambdas": true, "use_exponential_sigmas": true})"),
+                    Contains("use_lu_lambdas and use_exponential_sigmas are both true"));
   const auto p = diffusion::parse_scheduler_config(R"({"_class_name": "DDIMScheduler", "my_custom_key": 3})");
   REQUIRE(p.ignored_keys.size() == 1);
   CHECK_THAT(p.ignored_keys[0], Contains("my_custom_key") && Contains("unknown"));

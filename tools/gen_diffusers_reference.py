@@ -421,6 +421,7 @@ def cases():
         add(f"dpmpp2m_{n}", "DPMSolverMultistepScheduler", dpm, n)
     add("dpmpp2m_karras_20", "DPMSolverMultistepScheduler", {**dpm, "use_karras_sigmas": True}, 20)
     add("dpmpp2m_sigmamin_20", "DPMSolverMultistepScheduler", {**dpm, "final_sigmas_type": "sigma_min"}, 20)
+    add("dpmpp2m_lu_20", "DPMSolverMultistepScheduler", {**dpm, "use_lu_lambdas": True}, 20)
 
     # 9. Flow matching (deterministic: stochastic_sampling false).
     sd3 = {"num_train_timesteps": 1000, "shift": 3.0, "use_dynamic_shifting": False, "stochastic_sampling": False}

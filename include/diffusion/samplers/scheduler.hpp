@@ -201,6 +201,9 @@ struct scheduler_config {
   bool rescale_betas_zero_snr = false;                        ///< `rescale_betas_zero_snr`.
   bool use_karras_sigmas = false;                             ///< `use_karras_sigmas` (σ-space classes, DPM-Solver).
   bool use_exponential_sigmas = false;  ///< `use_exponential_sigmas` (σ-space classes, DPM-Solver): @ref exponential_sigmas between the same ends as Karras'.
+  /// `use_lu_lambdas` (DPMSolverMultistepScheduler): @ref diffusion::logsnr_uniform_sigmas "logsnr_uniform_sigmas",
+  /// steps uniform in λ = log(α/σ) between the training table's ends.
+  bool use_lu_lambdas = false;
   bool use_beta_sigmas = false;  ///< `use_beta_sigmas` (σ-space classes, DPM-Solver): @ref beta_sigmas with α = β = 0.6 (diffusers' `_convert_to_beta` defaults) between the same ends as Karras'.
   final_sigma final_sigmas_type = final_sigma::zero;          ///< `final_sigmas_type`.
   variance_type variance = variance_type::fixed_small;        ///< `variance_type` (DDPM).
@@ -689,9 +692,14 @@ class scheduler {
       int count = 0;
       for (const auto& [key, flag] : converted_sigma_flags())
         if (flag) on += (count++ == 0 ? "" : " and ") + std::string(key);
+      // diffusers refuses two of karras/exponential/beta, and lets use_karras_sigmas win over use_lu_lambdas and
+      // use_lu_lambdas over the other two silently; here any two are refused (docs/conventions.md).
       if (count > 1)
-        detail::throw_invalid(where, on + (count == 2 ? " are both true" : " are all true") + "; set at most one (as diffusers)");
+        detail::throw_invalid(where, on + (count == 2 ? " are both true" : " are all true") + "; set at most one");
     }
+    if (cfg_.use_lu_lambdas && cfg_.kind != scheduler_kind::dpm_solver_multistep)
+      detail::throw_invalid(where, "use_lu_lambdas = true is not supported by " + std::string(class_name(cfg_.kind)) +
+                                       " (supported by DPMSolverMultistepScheduler, as in diffusers)");
     if (is_flow()) {
       if (p != prediction::flow_velocity)
         detail::throw_invalid(where, "prediction_type = " + std::string(to_string(p)) + " is not supported by " +
@@ -773,19 +781,24 @@ class scheduler {
 
   // diffusers' `_convert_to_karras` / `_convert_to_exponential` / `_convert_to_beta`: N levels from σ_max
   // to σ_min (no final 0).
-  [[nodiscard]] std::array<std::pair<const char*, bool>, 3> converted_sigma_flags() const {
-    return {std::pair{"use_karras_sigmas", cfg_.use_karras_sigmas},
+  // (`use_lu_lambdas`: DPM-Solver's uniform λ, @ref logsnr_uniform_sigmas, λ = −log σ of the ends.)
+  [[nodiscard]] std::array<std::pair<const char*, bool>, 4> converted_sigma_flags() const {
+    return {std::pair{"use_karras_sigmas", cfg_.use_karras_sigmas}, std::pair{"use_lu_lambdas", cfg_.use_lu_lambdas},
             std::pair{"use_exponential_sigmas", cfg_.use_exponential_sigmas},
             std::pair{"use_beta_sigmas", cfg_.use_beta_sigmas}};
   }
   [[nodiscard]] bool converted_sigmas_on() const {
-    return cfg_.use_karras_sigmas || cfg_.use_exponential_sigmas || cfg_.use_beta_sigmas;
+    return cfg_.use_karras_sigmas || cfg_.use_lu_lambdas || cfg_.use_exponential_sigmas || cfg_.use_beta_sigmas;
   }
   [[nodiscard]] const char* converted_sigmas_key() const {
-    return cfg_.use_karras_sigmas ? "use_karras_sigmas" : cfg_.use_exponential_sigmas ? "use_exponential_sigmas" : "use_beta_sigmas";
+    return cfg_.use_karras_sigmas ? "use_karras_sigmas"
+           : cfg_.use_lu_lambdas ? "use_lu_lambdas"
+           : cfg_.use_exponential_sigmas ? "use_exponential_sigmas"
+                                         : "use_beta_sigmas";
   }
   [[nodiscard]] std::vector<double> converted_sigmas(std::size_t N, double sigma_min, double sigma_max) const {
     std::vector<double> s = cfg_.use_karras_sigmas        ? karras_sigmas(N, sigma_min, sigma_max)
+                            : cfg_.use_lu_lambdas         ? logsnr_uniform_sigmas(N, -std::log(sigma_max), -std::log(sigma_min))
                             : cfg_.use_exponential_sigmas ? exponential_sigmas(N, sigma_min, sigma_max)
                                                           : beta_sigmas(N, sigma_min, sigma_max);
     s.pop_back();

@@ -4,7 +4,7 @@
 /// and is not part of `ddpm.hpp`.
 ///
 /// Rules: an unknown `_class_name`, a key whose value the class does not support here (e.g.
-/// `algorithm_type: "sde-dpmsolver"`, `use_lu_lambdas: true`), or a value of the wrong JSON type
+/// `algorithm_type: "sde-dpmsolver"`, `use_flow_sigmas: true`), or a value of the wrong JSON type
 /// is an error naming the key, the value and the supported values. Keys this library does not
 /// read are never dropped silently: each is reported in `ignored_keys` with the reason (unknown,
 /// or known to have no effect on this class's math, such as `skip_prk_steps` or
@@ -263,7 +263,11 @@ inline parsed_scheduler_config parse_scheduler_config(std::string_view json_text
             {{"dpmsolver++", dpm_algorithm::dpmsolver_pp}, {"sde-dpmsolver++", dpm_algorithm::sde_dpmsolver_pp}, {"dpmsolver", dpm_algorithm::dpmsolver}});
       else if (key == "solver_type")
         c.solver_type = detail::config_choice<dpm_solver_type>(key, v, {{"midpoint", dpm_solver_type::midpoint}, {"heun", dpm_solver_type::heun}});
-      else if (key == "use_lu_lambdas") require_value(key, v, false, "false");
+      else if (key == "use_lu_lambdas") {
+        // A key of DPMSolverMultistepScheduler only (diffusers' other DPM-Solver classes have none).
+        if (kind == scheduler_kind::dpm_solver_multistep) c.use_lu_lambdas = detail::config_bool(key, v);
+        else require_value(key, v, false, "false (use_lu_lambdas is DPMSolverMultistepScheduler's)");
+      }
       else if (!v.is_null())  // lambda_min_clipped: diffusers' default -inf is written as null or left out
         detail::throw_config(key, detail::json_text(v) + " is not supported (supported: null, i.e. -inf)");
     } else if (key == "interpolation_type") {
