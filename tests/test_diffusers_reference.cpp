@@ -81,7 +81,7 @@ bool supported(const std::string& config) {
                         "HeunDiscreteScheduler", "FlowMatchEulerDiscreteScheduler", "LMSDiscreteScheduler",
                         "EDMEulerScheduler", "EDMDPMSolverMultistepScheduler", "LCMScheduler", "TCDScheduler",
                         "UniPCMultistepScheduler", "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler",
-                        "DEISMultistepScheduler", "PNDMScheduler", "IPNDMScheduler"})
+                        "DEISMultistepScheduler", "PNDMScheduler", "IPNDMScheduler", "DPMSolverSDEScheduler"})
     if (cls == c) return true;
   return false;
 }
@@ -116,8 +116,9 @@ TEST_CASE("the scheduler object reproduces diffusers' scheduler classes step by 
     comparison table{1e-5}, state{1e-5};
     // The lists (KDPM2's stage calls take the log-sigma map of the stage sigma, as diffusers; for the
     // ancestral class at eta = 1 the stage sigma sqrt(sigma sigma_down) is sigma_next itself).
+    const bool sde = parsed.config.kind == diffusion::scheduler_kind::dpm_solver_sde;
     const bool kdpm2 = parsed.config.kind == diffusion::scheduler_kind::kdpm2 ||
-                       parsed.config.kind == diffusion::scheduler_kind::kdpm2_ancestral;
+                       parsed.config.kind == diffusion::scheduler_kind::kdpm2_ancestral || sde;
     const auto& ts = v.at("timesteps");
     REQUIRE(sched.timesteps().size() == ts.size());
     for (const auto& [i, t] : ts) {
@@ -161,7 +162,17 @@ TEST_CASE("the scheduler object reproduces diffusers' scheduler classes step by 
       for (std::size_t e = 0; e < 4; ++e) CHECK(state.check(in[e], v.at("model_input_" + ks).at(e)));
       for (std::size_t e = 0; e < 4; ++e) out[e] = model(in[e], sched.timesteps()[k]);
       const bool noisy = v.count("noise_" + ks) > 0;
-      if (noisy) {
+      if (noisy && sde && k % 2 == 1) {
+        // DPMSolverSDEScheduler's second call: diffusers' noise n (its Brownian tree's normalized increment over
+        // [sigma', sigma], recorded) is rho z1 + sqrt(1 - rho^2) z2 here, with z1 the first call's normals and
+        // rho^2 = (sigma - sigma_m)/(sigma - sigma') (the covariance of the two increments); feed z2 so that the
+        // combination is n, and compare the deterministic arithmetic.
+        const double sg = sched.sigmas()[k - 1], sm = sched.sigmas()[k], sn = sched.sigmas()[k + 1];
+        const double rho = std::sqrt((sg - sm) / (sg - sn));
+        for (std::size_t e = 0; e < 4; ++e)
+          z[e] = (v.at("noise_" + ks).at(e) - rho * v.at("noise_" + std::to_string(k - 1)).at(e)) / std::sqrt(1.0 - rho * rho);
+        sched.step<double>(k, out, x, std::span<const double>(z), 1, x0);
+      } else if (noisy) {
         for (std::size_t e = 0; e < 4; ++e) z[e] = v.at("noise_" + ks).at(e);
         sched.step<double>(k, out, x, std::span<const double>(z), 1, x0);
       } else {
@@ -177,8 +188,8 @@ TEST_CASE("the scheduler object reproduces diffusers' scheduler classes step by 
   }
   // DDPM ×2, DDIM ×5, Euler ×4, Euler-a, Heun, DPM-Solver++(2M) ×5 (one with use_lu_lambdas), its SDE form, (3M), FlowMatchEuler ×4, LMS,
   // EDM Euler, EDM DPM-Solver++(2M), LCM, TCD, UniPC, KDPM2, KDPM2-ancestral, DEIS, PNDM, DPM-Solver++(2S) singlestep,
-  // IPNDM.
-  CHECK(replayed == 36);
+  // IPNDM, DPM++ SDE (Karras).
+  CHECK(replayed == 37);
 }
 
 TEST_CASE("flow classes: mu, custom sigmas and the parity switch", "[scheduler][flow]") {

@@ -38,6 +38,7 @@
 /// | DPMSolverSinglestepScheduler (dpmsolver++, orders 1–3, midpoint or heun, diffusers' blocks of @ref diffusion::singlestep_orders "singlestep_orders") | @ref diffusion::dpmpp_singlestep_update "dpmpp_singlestep_update" from the block's start over VP levels | variance preserving |
 /// | PNDMScheduler (`skip_prk_steps`) | @ref diffusion::plms_step "plms_step" over the training levels (diffusers' list with its repeated second timestep) | variance preserving |
 /// | KDPM2AncestralDiscreteScheduler | the same between σ and σ↓ with σ↑ noise at the second call (@ref diffusion::ancestral_midpoint_levels "ancestral_midpoint_levels") | σ-space |
+/// | DPMSolverSDEScheduler (k-diffusion's DPM++ SDE, r = 1/2, η = 1; `s_noise`) | @ref diffusion::dpmpp_sde_predict "dpmpp_sde_predict" / @ref diffusion::dpmpp_sde_correct "dpmpp_sde_correct" (two calls per step, the second at √(σσ'); each call takes fresh normals, the second stage's noise is ρz₁ + √(1 − ρ²)z₂, the Brownian-tree law) | σ-space |
 /// | IPNDMScheduler (a v-prediction model; its own list σ = sin²(πs/2), s = 1 − k/N, the model's timestep the angle atan2(σ, α)·2/π) | @ref diffusion::plms_step "plms_step" without the improved-Euler start (Adams–Bashforth on ε, order rising to 4), the first call from pure noise (α = 0) | variance preserving |
 ///
 /// The EDM classes take Karras' (or the exponential) σ list between `sigma_min` and `sigma_max`, the
@@ -123,6 +124,7 @@ enum class scheduler_kind {
   pndm,                  ///< PNDMScheduler with `skip_prk_steps` (PLMS, Liu et al. 2022).
   dpm_solver_singlestep,  ///< DPMSolverSinglestepScheduler (DPM-Solver++ singlestep, orders 1–3, midpoint or heun).
   ipndm,                 ///< IPNDMScheduler (iPNDM, Zhang & Chen 2023: fourth-order Adams–Bashforth on ε, a v-prediction model).
+  dpm_solver_sde,        ///< DPMSolverSDEScheduler (DPM++ SDE, two calls per step, noise at both).
 };
 
 /// @brief The diffusers `_class_name` of a kind ("DDIMScheduler", …).
@@ -148,6 +150,7 @@ inline std::string_view class_name(scheduler_kind k) noexcept {
     case scheduler_kind::pndm: return "PNDMScheduler";
     case scheduler_kind::dpm_solver_singlestep: return "DPMSolverSinglestepScheduler";
     case scheduler_kind::ipndm: return "IPNDMScheduler";
+    case scheduler_kind::dpm_solver_sde: return "DPMSolverSDEScheduler";
   }
   return "?";
 }
@@ -208,6 +211,7 @@ struct scheduler_config {
   final_sigma final_sigmas_type = final_sigma::zero;          ///< `final_sigmas_type`.
   variance_type variance = variance_type::fixed_small;        ///< `variance_type` (DDPM).
   double eta = 0.0;                                           ///< DDIM's η, TCD's γ ∈ [0, 1] (a `step()` argument in diffusers; TCD's default 0.3).
+  double s_noise = 1.0;  ///< DPMSolverSDEScheduler's noise scale S_noise ≥ 0 (diffusers' `step(…, s_noise=1.0)` argument, not a config key).
   std::size_t solver_order = 2;                               ///< `solver_order` (DPM-Solver; 1, 2, or 3 with dpmsolver++).
   dpm_algorithm algorithm_type = dpm_algorithm::dpmsolver_pp;  ///< `algorithm_type` (DPM-Solver).
   dpm_solver_type solver_type = dpm_solver_type::midpoint;    ///< `solver_type` (DPM-Solver, order 2).
@@ -259,6 +263,10 @@ struct scheduler_config {
     if (k == scheduler_kind::tcd) c.eta = 0.3;
     if (k == scheduler_kind::dpm_solver_singlestep) c.lower_order_final = false;  // DPMSolverSinglestepScheduler's default
     if (k == scheduler_kind::ipndm) c.prediction_type = prediction::v;  // IPNDMScheduler reads its model's output as v
+    if (k == scheduler_kind::dpm_solver_sde) {  // DPMSolverSDEScheduler's own defaults (linear betas from 0.00085 to 0.012)
+      c.beta_start = 0.00085;
+      c.beta_end = 0.012;
+    }
     return c;
   }
 };
@@ -384,6 +392,7 @@ class scheduler {
       case scheduler_kind::lms_discrete: set_sigma_space_timesteps(N); break;
       case scheduler_kind::kdpm2:
       case scheduler_kind::kdpm2_ancestral:
+      case scheduler_kind::dpm_solver_sde:
         set_sigma_space_timesteps(N);
         expand_for_kdpm2();
         break;
@@ -591,8 +600,10 @@ class scheduler {
     return cfg_.kind == scheduler_kind::euler || cfg_.kind == scheduler_kind::euler_ancestral ||
            cfg_.kind == scheduler_kind::heun || cfg_.kind == scheduler_kind::lms_discrete || kdpm2();
   }
+  // The two-calls-per-step σ-space classes (KDPM2, its ancestral form, DPM++ SDE): one per-call list.
   [[nodiscard]] bool kdpm2() const noexcept {
-    return cfg_.kind == scheduler_kind::kdpm2 || cfg_.kind == scheduler_kind::kdpm2_ancestral;
+    return cfg_.kind == scheduler_kind::kdpm2 || cfg_.kind == scheduler_kind::kdpm2_ancestral ||
+           cfg_.kind == scheduler_kind::dpm_solver_sde;
   }
   static bool flow(scheduler_kind k) noexcept {
     return k == scheduler_kind::flow_match_euler || k == scheduler_kind::flow_match_heun;
@@ -677,6 +688,13 @@ class scheduler {
     if (cfg_.clip_sample && !(cfg_.kind == scheduler_kind::ddpm || cfg_.kind == scheduler_kind::ddim || cfg_.kind == scheduler_kind::lcm))
       detail::throw_invalid(where, "clip_sample = true is not supported by " + std::string(class_name(cfg_.kind)) +
                                        " (supported by DDPMScheduler, DDIMScheduler, LCMScheduler)");
+    if (cfg_.kind == scheduler_kind::dpm_solver_sde) {
+      if (p == prediction::sample)
+        detail::throw_invalid(where, "prediction_type = sample is not supported by DPMSolverSDEScheduler (supported: epsilon, v_prediction; "
+                                     "diffusers raises NotImplementedError)");
+      if (!(cfg_.s_noise >= 0.0 && std::isfinite(cfg_.s_noise)))
+        detail::throw_invalid(where, "s_noise = " + detail::to_text(cfg_.s_noise) + " is outside the allowed range [0, inf)");
+    }
     if (kdpm2() && cfg_.final_sigmas_type != final_sigma::zero)
       detail::throw_invalid(where, "final_sigmas_type = sigma_min is not supported by " + std::string(class_name(cfg_.kind)) +
                                        " (its last step lands on 0)");
@@ -1093,6 +1111,40 @@ class scheduler {
             dpm2_correct<T>(a.levels, d, std::span<const T>(b.aux), st, x, noise, a.sigma_up);
         } else {
           dpm2_correct<T>(a.levels, d, std::span<const T>(b.aux), st, x);
+        }
+        break;
+      }
+      case scheduler_kind::dpm_solver_sde: {
+        // Call 2j: the first stage from the step's start (kept in aux) to the stage point, written into x, with
+        // normals z₁ (kept in scratch, D in aux2); call 2j + 1: the second stage from the start with fresh
+        // normals z₂ (the stage's noise ρz₁ + √(1 − ρ²)z₂, the law of the Brownian tree's increments); the
+        // last step is Euler to σ = 0. k-diffusion's sample_dpmpp_sde with r = 1/2 and η = 1, as diffusers.
+        constexpr std::string_view where = "diffusion::scheduler::step";
+        b.aux.resize(x.size());
+        b.aux2.resize(x.size());
+        b.scratch.resize(x.size());
+        const std::size_t j = i / 2;
+        const sigma_step ms{kdpm2_sigmas_[j], kdpm2_sigmas_[j + 1]};
+        const two_stage_levels L = midpoint_levels(ms);
+        const two_stage_state<T> st{x, std::span<T>(b.aux2), std::span<T>(b.scratch)};
+        const ancestral_options o{1.0, cfg_.s_noise};
+        const bool noisy = cfg_.s_noise > 0.0 && ms.sigma_next > 0.0;
+        const auto call = [&](const auto& z) {
+          if (i % 2 == 1) {
+            dpmpp_sde_correct<T>(L, d, std::span<const T>(b.aux), st, z, o, x);
+            return;
+          }
+          std::copy(x.begin(), x.end(), b.aux.begin());
+          if (!dpmpp_sde_predict<T>(L, d, std::span<const T>(b.aux), st, z, o)) euler_step<T>(ms, d, x);
+        };
+        if constexpr (std::is_same_v<Z, kernels::no_noise>) {
+          if (noisy)
+            detail::throw_invalid(where, "DPMSolverSDEScheduler adds noise at both calls of every step but the last, and no noise was passed");
+          call(kernels::no_noise{});
+        } else if (noisy) {
+          call(noise);
+        } else {
+          call(kernels::no_noise{});
         }
         break;
       }

@@ -117,13 +117,15 @@ inline parsed_scheduler_config parse_scheduler_config(std::string_view json_text
        {"DEISMultistepScheduler", scheduler_kind::deis_multistep},
        {"PNDMScheduler", scheduler_kind::pndm},
        {"DPMSolverSinglestepScheduler", scheduler_kind::dpm_solver_singlestep},
-       {"IPNDMScheduler", scheduler_kind::ipndm}});
+       {"IPNDMScheduler", scheduler_kind::ipndm},
+       {"DPMSolverSDEScheduler", scheduler_kind::dpm_solver_sde}});
   parsed_scheduler_config out{scheduler_config::defaults_for(kind), {}};
   scheduler_config& c = out.config;
   const bool discrete = kind == scheduler_kind::ddpm || kind == scheduler_kind::ddim;
   const bool sigma_space = kind == scheduler_kind::euler || kind == scheduler_kind::euler_ancestral ||
                            kind == scheduler_kind::heun || kind == scheduler_kind::lms_discrete ||
-                           kind == scheduler_kind::kdpm2 || kind == scheduler_kind::kdpm2_ancestral;
+                           kind == scheduler_kind::kdpm2 || kind == scheduler_kind::kdpm2_ancestral ||
+                           kind == scheduler_kind::dpm_solver_sde;
   const bool unipc = kind == scheduler_kind::unipc_multistep;
   const bool deis = kind == scheduler_kind::deis_multistep;
   const bool singlestep = kind == scheduler_kind::dpm_solver_singlestep;
@@ -149,6 +151,11 @@ inline parsed_scheduler_config parse_scheduler_config(std::string_view json_text
     } else if (ipndm && key == "trained_betas") {
       // diffusers' IPNDMScheduler would replace its sin^2 levels by these (and take their count as N + 1).
       if (!v.is_null()) detail::throw_config(key, detail::json_text(v) + " is not supported by IPNDMScheduler (supported: null)");
+    } else if (key == "noise_sampler_seed") {
+      // DPMSolverSDEScheduler seeds torchsde's Brownian tree with it; here the noise comes through step's argument.
+      ignore(key, kind == scheduler_kind::dpm_solver_sde
+                      ? "the seed of diffusers' torchsde Brownian tree; pass the noise to step() (e.g. a Philox step_stream)"
+                      : "not used by " + std::string(class_name(kind)));
     } else if (ipndm && key != "num_train_timesteps") {
       // IPNDMScheduler's keys are num_train_timesteps and trained_betas; diffusers drops any other (the model's
       // output is read as v whatever prediction_type says).
