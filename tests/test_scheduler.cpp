@@ -494,6 +494,98 @@ TEST_CASE("DPMSolverMultistepScheduler with use_lu_lambdas: steps uniform in lam
                                                      Contains("DPMSolverMultistepScheduler"));
 }
 
+TEST_CASE("DPMSolverSDEScheduler: one step's law on Gaussian data, the deterministic part, its keys", "[scheduler][sde]") {
+  using Catch::Matchers::Contains;
+  // One-dimensional Gaussian data N(mu, s^2): the sigma-space denoiser is D(x; sigma) = mu + g (x - mu) with
+  // g = s^2/(s^2 + sigma^2), so the model's eps = (x - D)/sigma. One step (calls 0 and 1) from a fixed x is then
+  // affine in the two calls' normals, x' = A + B z1 + C z2, with (k-diffusion's sample_dpmpp_sde, r = 1/2,
+  // eta = 1, written out here) sigma_up = min(to, sqrt(to^2 (from^2 - to^2) / from^2)), sigma_down =
+  // sqrt(to^2 - sigma_up^2) for each stage, u = (d1/sigma) x + (1 - d1/sigma) D(x; sigma) + u1 z1 and
+  // x' = (d2/sigma) x + (1 - d2/sigma) D(u; sigma_m) + u2 (rho z1 + sqrt(1 - rho^2) z2), where the second
+  // stage's noise is the Brownian tree's increment over [sigma', sigma], correlated with the first's over
+  // [sigma_m, sigma] by rho = sqrt((sigma - sigma_m)/(sigma - sigma')).
+  const double mu = 0.3, sd = 2.0, x_start = 1.7;
+  auto eps = [&](double x, double sg) { return (x - (mu + sd * sd / (sd * sd + sg * sg) * (x - mu))) / sg; };
+  auto cfg = diffusion::scheduler_config::defaults_for(scheduler_kind::dpm_solver_sde);
+  CHECK(cfg.beta_start == 0.00085);  // DPMSolverSDEScheduler's defaults
+  CHECK(cfg.beta_end == 0.012);
+  diffusion::scheduler s(cfg);
+  s.set_timesteps(5);
+  REQUIRE(s.timesteps().size() == 9);
+  const double sg = s.sigmas()[0], sm = s.sigmas()[1], sn = s.sigmas()[2];
+  CHECK(sm == Approx(std::sqrt(sg * sn)).epsilon(1e-15));
+  const auto split = [](double from, double to) {
+    const double up = std::min(to, std::sqrt(to * to * (from * from - to * to) / (from * from)));
+    return std::pair{up, std::sqrt(to * to - up * up)};
+  };
+  const auto [u1, d1] = split(sg, sm);
+  const auto [u2, d2] = split(sg, sn);
+  const double gm = sd * sd / (sd * sd + sm * sm), D0 = mu + sd * sd / (sd * sd + sg * sg) * (x_start - mu);
+  const double u0 = d1 / sg * x_start + (1.0 - d1 / sg) * D0;
+  const double rho = std::sqrt((sg - sm) / (sg - sn));
+  const double A = d2 / sg * x_start + (1.0 - d2 / sg) * (mu + gm * (u0 - mu));
+  const double B = (1.0 - d2 / sg) * gm * u1 + u2 * rho, C = u2 * std::sqrt(1.0 - rho * rho);
+  const double var = B * B + C * C;
+  // The step a runtime takes: scale, model (eps of the unscaled state at the call's sigma), step.
+  const auto run_step = [&](diffusion::scheduler& sc, std::vector<double>& x, std::size_t rows, const auto& noise_of) {
+    std::vector<double> in(x.size()), out(x.size());
+    for (std::size_t i = 0; i < 2; ++i) {
+      sc.scale_model_input<double>(x, i, in);
+      for (std::size_t r = 0; r < rows; ++r) out[r] = eps(x[r], sc.sigmas()[i]);
+      noise_of(sc, i, out, x, rows);
+    }
+  };
+  SECTION("s_noise = 0: the deterministic part A, without noise") {
+    auto c0 = cfg;
+    c0.s_noise = 0.0;
+    diffusion::scheduler d(c0);
+    d.set_timesteps(5);
+    std::vector<double> x{x_start};
+    run_step(d, x, 1, [](diffusion::scheduler& sc, std::size_t i, std::span<const double> out, std::span<double> xs, std::size_t) {
+      sc.step<double>(i, out, xs);
+    });
+    // A few roundings of O(1) values.
+    CHECK(x[0] == Approx(A).epsilon(1e-13));
+  }
+  SECTION("mean and variance of x' over 200000 rows within 5 standard errors") {
+    // Seed 2024 (fixed). The sample mean's standard error is sqrt(var / R), the sample variance's
+    // var sqrt(2 / (R - 1)) (Gaussian). Each two-sided 5-SE check fails by chance with probability 5.7e-7:
+    // 1.2e-6 for the two.
+    const std::size_t R = 200000;
+    const diffusion::philox_normal noise(2024);
+    std::vector<double> x(R, x_start);
+    run_step(s, x, R, [&](diffusion::scheduler& sc, std::size_t i, std::span<const double> out, std::span<double> xs, std::size_t rows) {
+      sc.step<double>(i, out, xs, diffusion::step_stream(noise, i), rows);
+    });
+    double m = 0.0;
+    for (double v : x) m += v;
+    m /= static_cast<double>(R);
+    double q = 0.0;
+    for (double v : x) q += (v - m) * (v - m);
+    q /= static_cast<double>(R - 1);
+    const double se_mean = std::sqrt(var / static_cast<double>(R)), se_var = var * std::sqrt(2.0 / static_cast<double>(R - 1));
+    INFO("mean " << m << " vs " << A << ", variance " << q << " vs " << var);
+    CHECK(std::abs(m - A) <= 5.0 * se_mean);
+    CHECK(std::abs(q - var) <= 5.0 * se_var);
+    // Power: with independent stage noises (rho = 0) the variance would be 18.6 standard errors away.
+    const double var_independent = std::pow((1.0 - d2 / sg) * gm * u1, 2.0) + u2 * u2;
+    CHECK(std::abs(var_independent - var) > 10.0 * se_var);
+  }
+  SECTION("errors") {
+    std::vector<double> x{x_start}, out{0.1};
+    CHECK_THROWS_WITH(s.step<double>(0, out, x), Contains("DPMSolverSDEScheduler adds noise") && Contains("no noise was passed"));
+    auto bad = cfg;
+    bad.prediction_type = prediction::sample;
+    CHECK_THROWS_WITH(diffusion::scheduler(bad), Contains("prediction_type = sample") && Contains("supported: epsilon, v_prediction"));
+    bad = cfg;
+    bad.s_noise = -1.0;
+    CHECK_THROWS_WITH(diffusion::scheduler(bad), Contains("s_noise = -1") && Contains("[0, inf)"));
+    bad = cfg;
+    bad.final_sigmas_type = diffusion::final_sigma::sigma_min;
+    CHECK_THROWS_WITH(diffusion::scheduler(bad), Contains("final_sigmas_type = sigma_min is not supported by DPMSolverSDEScheduler"));
+  }
+}
+
 TEST_CASE("scheduler misuse gets clear errors", "[scheduler][errors]") {
   using Catch::Matchers::Contains;
   auto cfg = diffusion::scheduler_config::defaults_for(scheduler_kind::euler_ancestral);

@@ -99,8 +99,8 @@ TEST_CASE("real models' scheduler_config.json files configure the scheduler", "[
 
 TEST_CASE("scheduler_config.json errors name the key and the supported values", "[scheduler][json][errors]") {
   using Catch::Matchers::Contains;
-  CHECK_THROWS_WITH(diffusion::parse_scheduler_config(R"({"_class_name": "DPMSolverSDEScheduler"})"),
-                    Contains("\"_class_name\"") && Contains("DPMSolverSDEScheduler") && Contains("DDIMScheduler"));
+  CHECK_THROWS_WITH(diffusion::parse_scheduler_config(R"({"_class_name": "CMStochasticIterativeScheduler"})"),
+                    Contains("\"_class_name\"") && Contains("CMStochasticIterativeScheduler") && Contains("DDIMScheduler"));
   CHECK_THROWS_WITH(diffusion::parse_scheduler_config(R"({"beta_start": 0.1})"), Contains("_class_name\" is missing"));
   CHECK_THROWS_WITH(diffusion::parse_scheduler_config("{\"_class_name\": "), Contains("not valid JSON"));
   CHECK_THROWS_WITH(diffusion::parse_scheduler_config(R"({"_class_name": "DDIMScheduler", "beta_schedule": "exp"})"),
@@ -177,6 +177,26 @@ TEST_CASE("scheduler_config.json of IPNDMScheduler", "[scheduler][json][ipndm]")
   auto s = diffusion::scheduler(p.config);
   s.set_timesteps(10);
   CHECK(s.timesteps()[0] == 1.0);
+}
+
+TEST_CASE("scheduler_config.json of DPMSolverSDEScheduler", "[scheduler][json][sde]") {
+  using Catch::Matchers::Contains;
+  std::vector<std::string> ignored;
+  auto s = diffusion::scheduler_from_json(
+      R"({"_class_name": "DPMSolverSDEScheduler", "_diffusers_version": "0.21.0", "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012, "num_train_timesteps": 1000, "noise_sampler_seed": 7, "prediction_type": "v_prediction", "use_karras_sigmas": true, "timestep_spacing": "leading", "steps_offset": 1})",
+      &ignored);
+  CHECK(s.config().kind == scheduler_kind::dpm_solver_sde);
+  CHECK(s.config().prediction_type == prediction::v);
+  CHECK(s.config().use_karras_sigmas);
+  REQUIRE(ignored.size() == 2);
+  CHECK(has_key(ignored, "_diffusers_version"));
+  CHECK(has_key(ignored, "noise_sampler_seed"));
+  for (const auto& k : ignored)
+    if (k.rfind("noise_sampler_seed", 0) == 0) CHECK_THAT(k, Contains("Brownian tree") && Contains("step()"));
+  s.set_timesteps(4);
+  CHECK(s.timesteps().size() == 7);  // two calls per step, one on the last
+  CHECK_THROWS_WITH(diffusion::scheduler_from_json(R"({"_class_name": "DPMSolverSDEScheduler", "prediction_type": "sample"})"),
+                    Contains("prediction_type = sample") && Contains("DPMSolverSDEScheduler"));
 }
 
 TEST_CASE("scheduler_config.json of the EDM, LCM and TCD classes", "[consistency][scheduler][json]") {
