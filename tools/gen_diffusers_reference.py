@@ -45,6 +45,14 @@ replaced by small stand-ins that this script builds in memory (see install_stubs
                                  SchedulerMixin (no hub code), KarrasDiffusionSchedulers (an
                                  Enum of names), SchedulerOutput
 
+  torchsde                       a module whose BrownianInterval refuses to be built (not in
+                                 Debian; scheduling_dpmsolver_sde imports it)
+
+and scheduling_dpmsolver_sde's BrownianTreeNoiseSampler is replaced by RecordedNoiseSampler,
+whose calls return the deterministic randn_tensor stream below (recorded as noise_<k>) in place of
+torchsde's Brownian-tree increments; the C++ replay feeds the same values (for the second call of
+a DPM++ SDE step, the fresh normals that its correlated combination turns into them).
+
 None of them does any arithmetic on the values the schedulers compute.
 
 Run conditions (these follow the request that the data was made for):
