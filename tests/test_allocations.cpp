@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <cstddef>
 #include <cstdlib>
 #include <new>
@@ -285,4 +286,32 @@ TEST_CASE("the multistep and SDE loops of issue 12 allocate nothing per step", "
   run("ipndm", [&] { diffusion::ipndm_sample(D, x, 16, noise, sig, {}, hooks); });
   run("res_multistep", [&] { diffusion::res_multistep_sample(D, x, 16, noise, sig, {}, hooks); });
   run("er_sde", [&] { diffusion::er_sde_sample(D, x, 16, noise, sig, diffusion::er_sde_options<>{}, hooks); });
+}
+
+TEST_CASE("The scheduler object's steps allocate nothing after the first call", "[scheduler][allocation]") {
+  // Every class with its defaults: the first call sizes the state's buffers; later calls reuse them.
+  const diffusion::philox_normal noise(11);
+  constexpr std::size_t rows = 4, n = 8;
+  for (int k = 0; k <= static_cast<int>(diffusion::scheduler_kind::dpm_solver_sde); ++k) {  // the last kind
+    const auto kind = static_cast<diffusion::scheduler_kind>(k);
+    INFO(diffusion::class_name(kind));
+    auto cfg = diffusion::scheduler_config::defaults_for(kind);
+    // PNDM with leading spacing and steps_offset 0 ends on timestep 0's level from timestep 0 (a step of
+    // zero length, which plms_step refuses); Stable Diffusion's steps_offset 1 avoids it.
+    if (kind == diffusion::scheduler_kind::pndm) cfg.steps_offset = 1;
+    diffusion::scheduler s(cfg);
+    s.set_timesteps(8);
+    std::vector<float> x(rows * n, 0.5f), out(rows * n), x0(rows * n);
+    const std::size_t calls = s.timesteps().size();
+    std::size_t before = 0;
+    for (std::size_t i = 0; i < calls; ++i) {
+      if (i == 1) before = allocations.load();
+      s.scale_model_input<float>(x, i, out);
+      for (std::size_t e = 0; e < x.size(); ++e) out[e] = 0.3f * out[e] - 0.1f;  // a stand-in model output
+      s.step<float>(i, out, x, diffusion::step_stream(noise, i), rows, x0);
+    }
+    CHECK(calls > 1);
+    CHECK(allocations.load() == before);
+    for (float v : x) CHECK(std::isfinite(v));
+  }
 }

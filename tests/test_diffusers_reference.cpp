@@ -6,9 +6,11 @@
 //
 // Tolerances: diffusers keeps ᾱ and σ in float32 (relative error up to 6e-8 in each value) and
 // computes its Karras σ list from float32 ends; this library computes in double. Measured, the
-// largest relative difference (to max(1, |value|)) is 4.8e-6 in a list (the Karras σ of
-// euler_sdxl_karras_30), 2.4e-6 in a state (dpmpp2m_karras_20) and ≤ 1.5e-6 elsewhere (≤ 2e-7
-// for the flow classes). The tolerance, 1e-5, is twice the largest; a wrong coefficient, an
+// largest relative difference (to max(1, |value|)) is 5.5e-6 in a list (the uniform-λ σ of
+// dpmpp2m_lu_20: diffusers' σ_min = √((1 − ᾱ₀)/ᾱ₀) from a float32 ᾱ₀ = 0.99915 is 1.3e-5 off, and
+// a list uniform in log σ carries the fraction i/(n − 1) of that to level i; the Karras σ of
+// euler_sdxl_karras_30: 4.8e-6), 3.8e-6 in a state (dpmpp2m_lu_20) and ≤ 1.5e-6 elsewhere (≤ 2e-7
+// for the flow classes). The tolerance, 1e-5, is 1.8 times the largest; a wrong coefficient, an
 // off-by-one step or a wrong σ moves a state by 1e-3 or more.
 #include <catch2/catch.hpp>
 
@@ -79,7 +81,7 @@ bool supported(const std::string& config) {
                         "HeunDiscreteScheduler", "FlowMatchEulerDiscreteScheduler", "LMSDiscreteScheduler",
                         "EDMEulerScheduler", "EDMDPMSolverMultistepScheduler", "LCMScheduler", "TCDScheduler",
                         "UniPCMultistepScheduler", "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler",
-                        "DEISMultistepScheduler", "PNDMScheduler"})
+                        "DEISMultistepScheduler", "PNDMScheduler", "IPNDMScheduler", "DPMSolverSDEScheduler"})
     if (cls == c) return true;
   return false;
 }
@@ -98,6 +100,7 @@ TEST_CASE("the scheduler object reproduces diffusers' scheduler classes step by 
     parsed.config.eta = run["step_kwargs"].value("eta", 0.0);
     parsed.config.diffusers_double_shift = true;  // diffusers' numbers (docs/conventions.md)
     parsed.config.diffusers_dpm_3m = true;        // diffusers' third-order term (docs/conventions.md)
+    parsed.config.diffusers_ipndm_start = true;   // diffusers' x0 = 0 at IPNDM's first call (docs/conventions.md)
     diffusion::scheduler sched(parsed.config);
     const std::size_t N = run["num_inference_steps"];
     const auto& kw = run["set_timesteps_kwargs"];
@@ -113,8 +116,9 @@ TEST_CASE("the scheduler object reproduces diffusers' scheduler classes step by 
     comparison table{1e-5}, state{1e-5};
     // The lists (KDPM2's stage calls take the log-sigma map of the stage sigma, as diffusers; for the
     // ancestral class at eta = 1 the stage sigma sqrt(sigma sigma_down) is sigma_next itself).
+    const bool sde = parsed.config.kind == diffusion::scheduler_kind::dpm_solver_sde;
     const bool kdpm2 = parsed.config.kind == diffusion::scheduler_kind::kdpm2 ||
-                       parsed.config.kind == diffusion::scheduler_kind::kdpm2_ancestral;
+                       parsed.config.kind == diffusion::scheduler_kind::kdpm2_ancestral || sde;
     const auto& ts = v.at("timesteps");
     REQUIRE(sched.timesteps().size() == ts.size());
     for (const auto& [i, t] : ts) {
@@ -158,7 +162,17 @@ TEST_CASE("the scheduler object reproduces diffusers' scheduler classes step by 
       for (std::size_t e = 0; e < 4; ++e) CHECK(state.check(in[e], v.at("model_input_" + ks).at(e)));
       for (std::size_t e = 0; e < 4; ++e) out[e] = model(in[e], sched.timesteps()[k]);
       const bool noisy = v.count("noise_" + ks) > 0;
-      if (noisy) {
+      if (noisy && sde && k % 2 == 1) {
+        // DPMSolverSDEScheduler's second call: diffusers' noise n (its Brownian tree's normalized increment over
+        // [sigma', sigma], recorded) is rho z1 + sqrt(1 - rho^2) z2 here, with z1 the first call's normals and
+        // rho^2 = (sigma - sigma_m)/(sigma - sigma') (the covariance of the two increments); feed z2 so that the
+        // combination is n, and compare the deterministic arithmetic.
+        const double sg = sched.sigmas()[k - 1], sm = sched.sigmas()[k], sn = sched.sigmas()[k + 1];
+        const double rho = std::sqrt((sg - sm) / (sg - sn));
+        for (std::size_t e = 0; e < 4; ++e)
+          z[e] = (v.at("noise_" + ks).at(e) - rho * v.at("noise_" + std::to_string(k - 1)).at(e)) / std::sqrt(1.0 - rho * rho);
+        sched.step<double>(k, out, x, std::span<const double>(z), 1, x0);
+      } else if (noisy) {
         for (std::size_t e = 0; e < 4; ++e) z[e] = v.at("noise_" + ks).at(e);
         sched.step<double>(k, out, x, std::span<const double>(z), 1, x0);
       } else {
@@ -172,9 +186,10 @@ TEST_CASE("the scheduler object reproduces diffusers' scheduler classes step by 
     }
     WARN(name << ": largest relative difference, lists " << table.worst << ", states " << state.worst);
   }
-  // DDPM ×2, DDIM ×5, Euler ×4, Euler-a, Heun, DPM-Solver++(2M) ×4, its SDE form, (3M), FlowMatchEuler ×4, LMS,
-  // EDM Euler, EDM DPM-Solver++(2M), LCM, TCD, UniPC, KDPM2, KDPM2-ancestral, DEIS, PNDM, DPM-Solver++(2S) singlestep.
-  CHECK(replayed == 34);
+  // DDPM ×2, DDIM ×5, Euler ×4, Euler-a, Heun, DPM-Solver++(2M) ×5 (one with use_lu_lambdas), its SDE form, (3M), FlowMatchEuler ×4, LMS,
+  // EDM Euler, EDM DPM-Solver++(2M), LCM, TCD, UniPC, KDPM2, KDPM2-ancestral, DEIS, PNDM, DPM-Solver++(2S) singlestep,
+  // IPNDM, DPM++ SDE (Karras).
+  CHECK(replayed == 37);
 }
 
 TEST_CASE("flow classes: mu, custom sigmas and the parity switch", "[scheduler][flow]") {

@@ -13,6 +13,7 @@
 
 #include <array>
 #include <cmath>
+#include <limits>
 #include <cstddef>
 #include <fstream>
 #include <map>
@@ -294,6 +295,42 @@ TEST_CASE("first-order DEIS, PLMS and iPNDM are the Euler (DDIM) step", "[sample
     diffusion::ipndm_step<double>({2.0, 0.0}, den, x, st);
     for (std::size_t k = 0; k < 4; ++k) CHECK(x[k] == den[k]);
   }
+}
+
+TEST_CASE("plms_step's first call may start from pure noise (alpha = 0)", "[samplers][multistep]") {
+  using diffusion::noise_level;
+  const std::vector<double> x0 = {0.7, -1.9, 3.2}, den = {0.3, -0.8, 1.1}, den2 = {0.25, -0.7, 1.0};
+  history4 h(3);
+  diffusion::plms_state<double> st;
+  st.eps = h.spans();
+  // From alpha = 0, sigma = 1 (noise_level::preserving(inf)) to rho = 2: x' = alpha' D + sigma' x (eps_0 = x / 1),
+  // the limit of DDIM's transfer; a handful of roundings on O(1) values: 1e-15 relative.
+  const noise_level pure = noise_level::preserving(std::numeric_limits<double>::infinity()), mid = noise_level::preserving(2.0),
+                    low = noise_level::preserving(0.5);
+  std::vector<double> x = x0;
+  diffusion::plms_step<double>({pure, mid}, den, x, st, 4);
+  for (std::size_t k = 0; k < 3; ++k) {
+    CHECK(x[k] == Approx(mid.alpha * den[k] + mid.sigma * x0[k]).epsilon(1e-15));
+    CHECK(st.eps[0][k] == x0[k]);  // eps_0 stored (in the rotated newest slot)
+  }
+  CHECK(st.count == 1);
+  // The second call is Adams–Bashforth 2 with eps_0 = x_T: x'' = (alpha''/alpha') x' + c (3 eps_1 - eps_0)/2,
+  // c = sigma'' - alpha'' rho'.
+  const std::vector<double> x1 = x;
+  diffusion::plms_step<double>({mid, low}, den2, x, st, 4);
+  for (std::size_t k = 0; k < 3; ++k) {
+    const double e1 = (x1[k] - mid.alpha * den2[k]) / mid.sigma;
+    const double want = low.alpha / mid.alpha * x1[k] + (low.sigma - low.alpha * 2.0) * (1.5 * e1 - 0.5 * x0[k]);
+    CHECK(x[k] == Approx(want).epsilon(1e-14));
+  }
+  // Not with the improved-Euler start, and not after the first call.
+  diffusion::plms_state<double> with_start;
+  with_start.eps = h.spans();
+  with_start.start = h.start;
+  x = x0;
+  CHECK_THROWS_WITH(diffusion::plms_step<double>({pure, mid}, den, x, with_start, 4),
+                    Catch::Contains("plms_step") && Catch::Contains("needs alpha > 0"));
+  CHECK_THROWS_WITH(diffusion::plms_step<double>({pure, mid}, den, x, st, 4), Catch::Contains("needs alpha > 0"));
 }
 
 TEST_CASE("DEIS converges with orders 1, 2 and 3 on the exact flow map", "[samplers][multistep]") {

@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <limits>
+#include <numbers>
 #include <stdexcept>
 #include <vector>
 
@@ -417,6 +418,171 @@ TEST_CASE("UniPC, KDPM2 and KDPM2-ancestral classes run the library's steps", "[
     auto clip = sd(scheduler_kind::euler);
     clip.clip_sample = true;
     CHECK_THROWS_WITH(diffusion::scheduler(clip), Catch::Matchers::Contains("clip_sample = true is not supported by EulerDiscreteScheduler"));
+  }
+}
+
+TEST_CASE("IPNDMScheduler: its sin^2 levels, the first call from pure noise, its keys", "[scheduler][ipndm]") {
+  using Catch::Matchers::Contains;
+  auto cfg = diffusion::scheduler_config::defaults_for(scheduler_kind::ipndm);
+  CHECK(cfg.prediction_type == prediction::v);
+  diffusion::scheduler s(cfg);
+  s.set_timesteps(4);
+  // s_k = 1 - k/4, sigma_k = sin^2(pi s_k / 2), alpha_k = sqrt(1 - sigma_k^2). At k = 2: sigma = 1/2,
+  // alpha = sqrt(3)/2, so the angle timestep atan2(sigma, alpha)·2/pi is exactly 1/3 and rho = 1/sqrt(3).
+  REQUIRE(s.timesteps().size() == 4);
+  REQUIRE(s.sigmas().size() == 5);
+  CHECK(s.timesteps()[0] == 1.0);
+  CHECK(std::isinf(s.sigmas()[0]));
+  CHECK(s.timesteps()[2] == Approx(1.0 / 3.0).epsilon(1e-15));
+  CHECK(s.sigmas()[2] == Approx(1.0 / std::sqrt(3.0)).epsilon(1e-15));
+  CHECK(s.sigmas()[4] == 0.0);
+  CHECK(s.init_noise_sigma() == 1.0);
+  CHECK_THROWS_AS(s.training_schedule(), std::logic_error);
+  // The first call, from alpha = 0: x' = alpha_1 x0 + sigma_1 x with x0 = -v (the model's), or 0 (diffusers').
+  const double sg1 = std::pow(std::sin(0.375 * std::numbers::pi), 2.0), al1 = std::sqrt(1.0 - sg1 * sg1);
+  const std::vector<double> x_T{0.5, -1.2}, v{0.3, 0.1};
+  std::vector<double> x = x_T, x0(2);
+  s.step<double>(0, v, x, diffusion::kernels::no_noise{}, 1, x0);
+  for (std::size_t k = 0; k < 2; ++k) {
+    CHECK(x0[k] == -v[k]);
+    CHECK(x[k] == Approx(-al1 * v[k] + sg1 * x_T[k]).epsilon(1e-14));
+  }
+  cfg.diffusers_ipndm_start = true;
+  diffusion::scheduler d(cfg);
+  d.set_timesteps(4);
+  x = x_T;
+  d.step<double>(0, v, x);
+  for (std::size_t k = 0; k < 2; ++k) CHECK(x[k] == Approx(sg1 * x_T[k]).epsilon(1e-14));
+  // The run lands on sigma = 0 with finite values.
+  for (std::size_t i = 1; i < 4; ++i) d.step<double>(i, v, x);
+  for (double e : x) CHECK(std::isfinite(e));
+  // Keys it does not support.
+  auto bad = diffusion::scheduler_config::defaults_for(scheduler_kind::ipndm);
+  bad.prediction_type = prediction::epsilon;
+  CHECK_THROWS_WITH(diffusion::scheduler(bad), Contains("prediction_type = epsilon") && Contains("IPNDMScheduler") &&
+                                                   Contains("supported: v_prediction"));
+  bad = diffusion::scheduler_config::defaults_for(scheduler_kind::ipndm);
+  bad.trained_betas.assign(1000, 0.01);
+  CHECK_THROWS_WITH(diffusion::scheduler(bad), Contains("trained_betas") && Contains("supported: empty"));
+  bad = diffusion::scheduler_config::defaults_for(scheduler_kind::ipndm);
+  bad.use_karras_sigmas = true;
+  CHECK_THROWS_WITH(diffusion::scheduler(bad), Contains("use_karras_sigmas = true is not supported by IPNDMScheduler"));
+}
+
+TEST_CASE("DPMSolverMultistepScheduler with use_lu_lambdas: steps uniform in lambda", "[scheduler][sigmas]") {
+  using Catch::Matchers::Contains;
+  auto cfg = diffusion::scheduler_config::defaults_for(scheduler_kind::dpm_solver_multistep);
+  cfg.use_lu_lambdas = true;
+  diffusion::scheduler s(cfg);
+  s.set_timesteps(10);
+  const auto& train = s.training_schedule();
+  // The ends are the table's: sigma of timestep T - 1 and of timestep 0, so their timesteps are 999 and 0.
+  CHECK(s.sigmas()[0] == Approx(train[999].sigma).epsilon(1e-14));
+  CHECK(s.sigmas()[9] == Approx(train[0].sigma).epsilon(1e-14));
+  CHECK(s.timesteps()[0] == 999.0);
+  CHECK(s.timesteps()[9] == 0.0);
+  CHECK(s.sigmas()[10] == 0.0);
+  // lambda = -log sigma equally spaced in between (the sigmas are not rounded to the timesteps).
+  const double h = std::log(s.sigmas()[0] / s.sigmas()[9]) / 9.0;
+  for (std::size_t i = 1; i < 10; ++i) CHECK(std::log(s.sigmas()[i - 1] / s.sigmas()[i]) == Approx(h).epsilon(1e-12));
+  // Other classes, and two list options at once, are refused.
+  cfg.use_karras_sigmas = true;
+  CHECK_THROWS_WITH(diffusion::scheduler(cfg), Contains("use_karras_sigmas and use_lu_lambdas are both true"));
+  auto euler = diffusion::scheduler_config::defaults_for(scheduler_kind::euler);
+  euler.use_lu_lambdas = true;
+  CHECK_THROWS_WITH(diffusion::scheduler(euler), Contains("use_lu_lambdas = true is not supported by EulerDiscreteScheduler") &&
+                                                     Contains("DPMSolverMultistepScheduler"));
+}
+
+TEST_CASE("DPMSolverSDEScheduler: one step's law on Gaussian data, the deterministic part, its keys", "[scheduler][sde]") {
+  using Catch::Matchers::Contains;
+  // One-dimensional Gaussian data N(mu, s^2): the sigma-space denoiser is D(x; sigma) = mu + g (x - mu) with
+  // g = s^2/(s^2 + sigma^2), so the model's eps = (x - D)/sigma. One step (calls 0 and 1) from a fixed x is then
+  // affine in the two calls' normals, x' = A + B z1 + C z2, with (k-diffusion's sample_dpmpp_sde, r = 1/2,
+  // eta = 1, written out here) sigma_up = min(to, sqrt(to^2 (from^2 - to^2) / from^2)), sigma_down =
+  // sqrt(to^2 - sigma_up^2) for each stage, u = (d1/sigma) x + (1 - d1/sigma) D(x; sigma) + u1 z1 and
+  // x' = (d2/sigma) x + (1 - d2/sigma) D(u; sigma_m) + u2 (rho z1 + sqrt(1 - rho^2) z2), where the second
+  // stage's noise is the Brownian tree's increment over [sigma', sigma], correlated with the first's over
+  // [sigma_m, sigma] by rho = sqrt((sigma - sigma_m)/(sigma - sigma')).
+  const double mu = 0.3, sd = 2.0, x_start = 1.7;
+  auto eps = [&](double x, double sg) { return (x - (mu + sd * sd / (sd * sd + sg * sg) * (x - mu))) / sg; };
+  auto cfg = diffusion::scheduler_config::defaults_for(scheduler_kind::dpm_solver_sde);
+  CHECK(cfg.beta_start == 0.00085);  // DPMSolverSDEScheduler's defaults
+  CHECK(cfg.beta_end == 0.012);
+  diffusion::scheduler s(cfg);
+  s.set_timesteps(5);
+  REQUIRE(s.timesteps().size() == 9);
+  const double sg = s.sigmas()[0], sm = s.sigmas()[1], sn = s.sigmas()[2];
+  CHECK(sm == Approx(std::sqrt(sg * sn)).epsilon(1e-15));
+  const auto split = [](double from, double to) {
+    const double up = std::min(to, std::sqrt(to * to * (from * from - to * to) / (from * from)));
+    return std::pair{up, std::sqrt(to * to - up * up)};
+  };
+  const auto [u1, d1] = split(sg, sm);
+  const auto [u2, d2] = split(sg, sn);
+  const double gm = sd * sd / (sd * sd + sm * sm), D0 = mu + sd * sd / (sd * sd + sg * sg) * (x_start - mu);
+  const double u0 = d1 / sg * x_start + (1.0 - d1 / sg) * D0;
+  const double rho = std::sqrt((sg - sm) / (sg - sn));
+  const double A = d2 / sg * x_start + (1.0 - d2 / sg) * (mu + gm * (u0 - mu));
+  const double B = (1.0 - d2 / sg) * gm * u1 + u2 * rho, C = u2 * std::sqrt(1.0 - rho * rho);
+  const double var = B * B + C * C;
+  // The step a runtime takes: scale, model (eps of the unscaled state at the call's sigma), step.
+  const auto run_step = [&](diffusion::scheduler& sc, std::vector<double>& x, std::size_t rows, const auto& noise_of) {
+    std::vector<double> in(x.size()), out(x.size());
+    for (std::size_t i = 0; i < 2; ++i) {
+      sc.scale_model_input<double>(x, i, in);
+      for (std::size_t r = 0; r < rows; ++r) out[r] = eps(x[r], sc.sigmas()[i]);
+      noise_of(sc, i, out, x, rows);
+    }
+  };
+  SECTION("s_noise = 0: the deterministic part A, without noise") {
+    auto c0 = cfg;
+    c0.s_noise = 0.0;
+    diffusion::scheduler d(c0);
+    d.set_timesteps(5);
+    std::vector<double> x{x_start};
+    run_step(d, x, 1, [](diffusion::scheduler& sc, std::size_t i, std::span<const double> out, std::span<double> xs, std::size_t) {
+      sc.step<double>(i, out, xs);
+    });
+    // A few roundings of O(1) values.
+    CHECK(x[0] == Approx(A).epsilon(1e-13));
+  }
+  SECTION("mean and variance of x' over 200000 rows within 5 standard errors") {
+    // Seed 2024 (fixed). The sample mean's standard error is sqrt(var / R), the sample variance's
+    // var sqrt(2 / (R - 1)) (Gaussian). Each two-sided 5-SE check fails by chance with probability 5.7e-7:
+    // 1.2e-6 for the two.
+    const std::size_t R = 200000;
+    const diffusion::philox_normal noise(2024);
+    std::vector<double> x(R, x_start);
+    run_step(s, x, R, [&](diffusion::scheduler& sc, std::size_t i, std::span<const double> out, std::span<double> xs, std::size_t rows) {
+      sc.step<double>(i, out, xs, diffusion::step_stream(noise, i), rows);
+    });
+    double m = 0.0;
+    for (double v : x) m += v;
+    m /= static_cast<double>(R);
+    double q = 0.0;
+    for (double v : x) q += (v - m) * (v - m);
+    q /= static_cast<double>(R - 1);
+    const double se_mean = std::sqrt(var / static_cast<double>(R)), se_var = var * std::sqrt(2.0 / static_cast<double>(R - 1));
+    INFO("mean " << m << " vs " << A << ", variance " << q << " vs " << var);
+    CHECK(std::abs(m - A) <= 5.0 * se_mean);
+    CHECK(std::abs(q - var) <= 5.0 * se_var);
+    // Power: with independent stage noises (rho = 0) the variance would be 18.6 standard errors away.
+    const double var_independent = std::pow((1.0 - d2 / sg) * gm * u1, 2.0) + u2 * u2;
+    CHECK(std::abs(var_independent - var) > 10.0 * se_var);
+  }
+  SECTION("errors") {
+    std::vector<double> x{x_start}, out{0.1};
+    CHECK_THROWS_WITH(s.step<double>(0, out, x), Contains("DPMSolverSDEScheduler adds noise") && Contains("no noise was passed"));
+    auto bad = cfg;
+    bad.prediction_type = prediction::sample;
+    CHECK_THROWS_WITH(diffusion::scheduler(bad), Contains("prediction_type = sample") && Contains("supported: epsilon, v_prediction"));
+    bad = cfg;
+    bad.s_noise = -1.0;
+    CHECK_THROWS_WITH(diffusion::scheduler(bad), Contains("s_noise = -1") && Contains("[0, inf)"));
+    bad = cfg;
+    bad.final_sigmas_type = diffusion::final_sigma::sigma_min;
+    CHECK_THROWS_WITH(diffusion::scheduler(bad), Contains("final_sigmas_type = sigma_min is not supported by DPMSolverSDEScheduler"));
   }
 }
 

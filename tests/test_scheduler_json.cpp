@@ -99,8 +99,8 @@ TEST_CASE("real models' scheduler_config.json files configure the scheduler", "[
 
 TEST_CASE("scheduler_config.json errors name the key and the supported values", "[scheduler][json][errors]") {
   using Catch::Matchers::Contains;
-  CHECK_THROWS_WITH(diffusion::parse_scheduler_config(R"({"_class_name": "DPMSolverSDEScheduler"})"),
-                    Contains("\"_class_name\"") && Contains("DPMSolverSDEScheduler") && Contains("DDIMScheduler"));
+  CHECK_THROWS_WITH(diffusion::parse_scheduler_config(R"({"_class_name": "CMStochasticIterativeScheduler"})"),
+                    Contains("\"_class_name\"") && Contains("CMStochasticIterativeScheduler") && Contains("DDIMScheduler"));
   CHECK_THROWS_WITH(diffusion::parse_scheduler_config(R"({"beta_start": 0.1})"), Contains("_class_name\" is missing"));
   CHECK_THROWS_WITH(diffusion::parse_scheduler_config("{\"_class_name\": "), Contains("not valid JSON"));
   CHECK_THROWS_WITH(diffusion::parse_scheduler_config(R"({"_class_name": "DDIMScheduler", "beta_schedule": "exp"})"),
@@ -149,9 +149,54 @@ TEST_CASE("scheduler_config.json errors name the key and the supported values", 
   CHECK_THROWS_WITH(diffusion::scheduler_from_json(
                         R"({"_class_name": "EulerDiscreteScheduler", "use_exponential_sigmas": true, "use_karras_sigmas": true})"),
                     Contains("use_karras_sigmas and use_exponential_sigmas"));
+  CHECK(diffusion::parse_scheduler_config(R"({"_class_name": "DPMSolverMultistepScheduler", "use_lu_lambdas": true})")
+            .config.use_lu_lambdas);
+  CHECK_THROWS_WITH(diffusion::parse_scheduler_config(R"({"_class_name": "DPMSolverSinglestepScheduler", "use_lu_lambdas": true})"),
+                    Contains("\"use_lu_lambdas\"") && Contains("supported: false"));
+  CHECK_THROWS_WITH(diffusion::scheduler_from_json(
+                        R"({"_class_name": "DPMSolverMultistepScheduler", "use_lu_lambdas": true, "use_exponential_sigmas": true})"),
+                    Contains("use_lu_lambdas and use_exponential_sigmas are both true"));
   const auto p = diffusion::parse_scheduler_config(R"({"_class_name": "DDIMScheduler", "my_custom_key": 3})");
   REQUIRE(p.ignored_keys.size() == 1);
   CHECK_THAT(p.ignored_keys[0], Contains("my_custom_key") && Contains("unknown"));
+}
+
+TEST_CASE("scheduler_config.json of IPNDMScheduler", "[scheduler][json][ipndm]") {
+  using Catch::Matchers::Contains;
+  // Its keys are num_train_timesteps and trained_betas; diffusers drops the others (the output is read as v).
+  const auto p = diffusion::parse_scheduler_config(
+      R"({"_class_name": "IPNDMScheduler", "num_train_timesteps": 1000, "trained_betas": null, "prediction_type": "epsilon", "beta_schedule": "linear"})");
+  CHECK(p.config.kind == scheduler_kind::ipndm);
+  CHECK(p.config.prediction_type == prediction::v);
+  REQUIRE(p.ignored_keys.size() == 2);
+  CHECK(has_key(p.ignored_keys, "prediction_type"));
+  CHECK(has_key(p.ignored_keys, "beta_schedule"));
+  for (const auto& k : p.ignored_keys) CHECK_THAT(k, Contains("not a key of IPNDMScheduler"));
+  CHECK_THROWS_WITH(diffusion::parse_scheduler_config(R"({"_class_name": "IPNDMScheduler", "trained_betas": [0.1, 0.2]})"),
+                    Contains("\"trained_betas\"") && Contains("supported: null"));
+  auto s = diffusion::scheduler(p.config);
+  s.set_timesteps(10);
+  CHECK(s.timesteps()[0] == 1.0);
+}
+
+TEST_CASE("scheduler_config.json of DPMSolverSDEScheduler", "[scheduler][json][sde]") {
+  using Catch::Matchers::Contains;
+  std::vector<std::string> ignored;
+  auto s = diffusion::scheduler_from_json(
+      R"({"_class_name": "DPMSolverSDEScheduler", "_diffusers_version": "0.21.0", "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012, "num_train_timesteps": 1000, "noise_sampler_seed": 7, "prediction_type": "v_prediction", "use_karras_sigmas": true, "timestep_spacing": "leading", "steps_offset": 1})",
+      &ignored);
+  CHECK(s.config().kind == scheduler_kind::dpm_solver_sde);
+  CHECK(s.config().prediction_type == prediction::v);
+  CHECK(s.config().use_karras_sigmas);
+  REQUIRE(ignored.size() == 2);
+  CHECK(has_key(ignored, "_diffusers_version"));
+  CHECK(has_key(ignored, "noise_sampler_seed"));
+  for (const auto& k : ignored)
+    if (k.rfind("noise_sampler_seed", 0) == 0) CHECK_THAT(k, Contains("Brownian tree") && Contains("step()"));
+  s.set_timesteps(4);
+  CHECK(s.timesteps().size() == 7);  // two calls per step, one on the last
+  CHECK_THROWS_WITH(diffusion::scheduler_from_json(R"({"_class_name": "DPMSolverSDEScheduler", "prediction_type": "sample"})"),
+                    Contains("prediction_type = sample") && Contains("DPMSolverSDEScheduler"));
 }
 
 TEST_CASE("scheduler_config.json of the EDM, LCM and TCD classes", "[consistency][scheduler][json]") {

@@ -7,6 +7,7 @@
 #include <diffusion/sigmas.hpp>
 
 #include <cmath>
+#include <limits>
 #include <fstream>
 #include <map>
 #include <optional>
@@ -186,6 +187,26 @@ TEST_CASE("sigma lists: exact end points, strictly decreasing, and the relations
   const auto k = diffusion::kl_optimal_sigmas(3, 0.5, 2.0);
   CHECK(k[1] == Approx(std::tan(0.5 * (std::atan(0.5) + std::atan(2.0)))).epsilon(1e-15));
   CHECK(k[1] == Approx(std::tan(std::atan(1.0) + 0.5 * (std::atan(0.5) + std::atan(2.0) - 2 * std::atan(1.0)))).epsilon(1e-15));
+}
+
+TEST_CASE("logsnr_uniform_sigmas: steps uniform in lambda = log(alpha/sigma) = -log sigma", "[sigmas]") {
+  // lambda from -3 log 2 to log 2 in 4 equal steps of log 2: sigma = 8, 4, 2, 1, 1/2, then 0. Each level is
+  // exp of a ramp value that is exact to a few ulps of log 8: 4 ulps of the level (1 + L, L = log 16).
+  const double l2 = std::log(2.0);
+  const auto s = diffusion::logsnr_uniform_sigmas(5, -3.0 * l2, l2);
+  const std::vector<double> want{8.0, 4.0, 2.0, 1.0, 0.5, 0.0};
+  REQUIRE(s.size() == want.size());
+  for (std::size_t i = 0; i < want.size(); ++i) CHECK(test::ulps(s[i], want[i]) <= 4.0 * (1.0 + std::log(16.0)));
+  // The half log-SNR of the levels, -log sigma, is equally spaced (DPM-Solver's h constant), for any ends.
+  const double lmin = -2.68, lmax = 3.53;
+  const auto u = diffusion::logsnr_uniform_sigmas(20, lmin, lmax);
+  const double h = (lmax - lmin) / 19.0;
+  for (std::size_t i = 0; i < 20; ++i) CHECK(-std::log(u[i]) == Approx(lmin + static_cast<double>(i) * h).margin(1e-14));
+  CHECK(u.back() == 0.0);
+  CHECK_THROWS_WITH(diffusion::logsnr_uniform_sigmas(1, 0.0, 1.0), Contains("logsnr_uniform_sigmas") && Contains("n = 1 must be >= 2"));
+  CHECK_THROWS_WITH(diffusion::logsnr_uniform_sigmas(5, 1.0, 1.0), Contains("logsnr_uniform_sigmas") && Contains("lambda_min = 1 must be < lambda_max = 1"));
+  CHECK_THROWS_WITH(diffusion::logsnr_uniform_sigmas(5, -std::numeric_limits<double>::infinity(), 1.0), Contains("lambda_min"));
+  CHECK_THROWS_WITH(diffusion::logsnr_uniform_sigmas(5, -800.0, 1.0), Contains("outside (0, inf)"));
 }
 
 TEST_CASE("sigma lists refuse bad arguments, naming the function and the argument", "[sigmas][errors]") {

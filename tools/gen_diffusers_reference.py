@@ -45,6 +45,14 @@ replaced by small stand-ins that this script builds in memory (see install_stubs
                                  SchedulerMixin (no hub code), KarrasDiffusionSchedulers (an
                                  Enum of names), SchedulerOutput
 
+  torchsde                       a module whose BrownianInterval refuses to be built (not in
+                                 Debian; scheduling_dpmsolver_sde imports it)
+
+and scheduling_dpmsolver_sde's BrownianTreeNoiseSampler is replaced by RecordedNoiseSampler,
+whose calls return the deterministic randn_tensor stream below (recorded as noise_<k>) in place of
+torchsde's Brownian-tree increments; the C++ replay feeds the same values (for the second call of
+a DPM++ SDE step, the fresh normals that its correlated combination turns into them).
+
 None of them does any arithmetic on the values the schedulers compute.
 
 Run conditions (these follow the request that the data was made for):
@@ -149,6 +157,8 @@ SCHEDULER_MODULES = [
     "scheduling_edm_dpmsolver_multistep",
     "scheduling_k_dpm_2_discrete",
     "scheduling_k_dpm_2_ancestral_discrete",
+    "scheduling_ipndm",
+    "scheduling_dpmsolver_sde",
 ]
 
 X_BASE = [0.5, -1.2, 0.3, 2.0]
@@ -343,12 +353,41 @@ def install_stubs(schedulers_dir):
     su.SCHEDULER_CONFIG_NAME = "scheduler_config.json"
     sched_pkg.scheduling_utils = su
 
+    # --- torchsde (not in Debian; scheduling_dpmsolver_sde imports it) ---
+    # Only its BrownianInterval would be used, by BrownianTreeNoiseSampler, which load_schedulers
+    # replaces by RecordedNoiseSampler; the stand-in refuses to be used.
+    tsde = new_module("torchsde")
+
+    class BrownianInterval:
+        def __init__(self, *args, **kwargs):
+            raise RuntimeError("torchsde is a stand-in here: BrownianTreeNoiseSampler must be replaced")
+
+    tsde.BrownianInterval = BrownianInterval
+
+
+class RecordedNoiseSampler:
+    """Stands in for DPMSolverSDEScheduler's BrownianTreeNoiseSampler (torchsde's Brownian tree).
+
+    Each call noise_sampler(sigma, sigma_next) returns the next deterministic randn_tensor draw of the
+    case (the stream described in the file header), shaped and typed like the sample, so that it is
+    recorded as noise_<k> like every other draw. The tree's normalized increment is a standard normal
+    per element; only its values change, not the arithmetic the scheduler does with them."""
+
+    def __init__(self, x, sigma_min, sigma_max, seed=None, transform=lambda x: x):
+        self.shape = tuple(x.shape)
+        self.dtype = x.dtype
+
+    def __call__(self, sigma, sigma_next):
+        return sys.modules["diffusers.utils.torch_utils"].randn_tensor(self.shape, dtype=self.dtype)
+
 
 def load_schedulers(schedulers_dir):
     install_stubs(schedulers_dir)
     classes = {}
     for name in SCHEDULER_MODULES:
         mod = importlib.import_module("diffusers.schedulers." + name)
+        if hasattr(mod, "BrownianTreeNoiseSampler"):
+            mod.BrownianTreeNoiseSampler = RecordedNoiseSampler
         for attr, obj in vars(mod).items():
             if isinstance(obj, type) and attr.endswith("Scheduler") and obj.__module__ == mod.__name__:
                 classes[attr] = obj
@@ -420,6 +459,7 @@ def cases():
         add(f"dpmpp2m_{n}", "DPMSolverMultistepScheduler", dpm, n)
     add("dpmpp2m_karras_20", "DPMSolverMultistepScheduler", {**dpm, "use_karras_sigmas": True}, 20)
     add("dpmpp2m_sigmamin_20", "DPMSolverMultistepScheduler", {**dpm, "final_sigmas_type": "sigma_min"}, 20)
+    add("dpmpp2m_lu_20", "DPMSolverMultistepScheduler", {**dpm, "use_lu_lambdas": True}, 20)
 
     # 9. Flow matching (deterministic: stochastic_sampling false).
     sd3 = {"num_train_timesteps": 1000, "shift": 3.0, "use_dynamic_shifting": False, "stochastic_sampling": False}
@@ -470,6 +510,12 @@ def cases():
     add("kdpm2_a_10", "KDPM2AncestralDiscreteScheduler", kdpm, 10)
     add("dpmpp3m_20", "DPMSolverMultistepScheduler", {**dpm, "solver_order": 3}, 20)
     add("sde_dpmpp2m_20", "DPMSolverMultistepScheduler", {**dpm, "algorithm_type": "sde-dpmsolver++"}, 20)
+    # IPNDMScheduler has its own levels (sin^2 of a uniform grid) and reads the model's output as v.
+    add("ipndm_20", "IPNDMScheduler", {"num_train_timesteps": 1000}, 20)
+    # DPMSolverSDEScheduler: its Brownian tree replaced by the recorded deterministic stream
+    # (RecordedNoiseSampler), one draw per step() call but the last. The σ list as KDPM2's case (linspace).
+    add("dpmsde_10", "DPMSolverSDEScheduler",
+        {**SD, "timestep_spacing": "linspace", "prediction_type": "epsilon", "noise_sampler_seed": 0}, 10)
 
     names = [c[0] for c in out]
     assert len(names) == len(set(names)), "case names must be unique"

@@ -7,7 +7,8 @@
 /// **The ε form.** DEIS and PLMS integrate the probability-flow ODE written for y = x/α in ρ = σ/α (the
 /// EDM ratio; DDIM's ODE, Song et al. 2021 Eq. 14): \f$dy/d\rho = \varepsilon(x)\f$ with
 /// \f$\varepsilon = (x - \alpha D)/\sigma\f$. Both therefore run on the levels (α, σ) of any process through a
-/// @ref diffusion::level_step "level_step", as long as the step starts at α > 0 (ρ finite). Over one step
+/// @ref diffusion::level_step "level_step", as long as the step starts at α > 0 (ρ finite; PLMS's first call
+/// may start from α = 0, see @ref diffusion::plms_step "plms_step"). Over one step
 /// from level s to level t (λ = log(α/σ) = −log ρ, h = λ_t − λ_s > 0):
 /// \f[ x_t = \frac{\alpha_t}{\alpha_s}x_s + \alpha_t\int_{\rho_s}^{\rho_t}\hat\varepsilon(\rho)\,d\rho, \f]
 /// with \f$\hat\varepsilon\f$ the method's approximation of ε. A constant \f$\hat\varepsilon\f$ gives DDIM's transfer
@@ -330,7 +331,10 @@ struct plms_state {
 /// calls again with the level step {t₁, t₁} (diffusers' repeated timestep), which replaces x by the transfer
 /// of `st.start` from t₀ to t₁ with \f$\hat\varepsilon = (\varepsilon_0 + \varepsilon_1)/2\f$. That ε₁ is not stored: the next
 /// call is second order with ε₀ as its earlier output, as in diffusers.
-/// @param[in] s the level step (α > 0 at the start; λ increasing; {t₁, t₁} for the correction);
+/// **A start from pure noise** (α = 0 at the first call, without the improved-Euler start: zero terminal SNR,
+/// diffusers' IPNDMScheduler): ρ = ∞, and the first call takes the limit of the transfer,
+/// \f$x_t = \alpha_t D + \sigma_t\varepsilon_0\f$ with \f$\varepsilon_0 = x/\sigma_s\f$ (first order), storing ε₀ as usual.
+/// @param[in] s the level step (α > 0 at the start, except that first call; λ increasing; {t₁, t₁} for the correction);
 /// @param[in] denoised x̂₀ = D(x) at s.from; @param[in,out] x the state; @param[in,out] st the history;
 /// @param[in] order 1 … 4, the history length (PNDM: 4; keep it fixed over a run); @param[in] policy threads.
 /// @throws std::invalid_argument for a bad step, order, sizes, aliasing or history (in particular a call other
@@ -341,7 +345,9 @@ void plms_step(const level_step& s, std::span<const T> denoised, std::span<T> x,
                std::size_t order = 4, const P& policy = P{}) {
   constexpr std::string_view where = "diffusion::plms_step";
   detail::check_level_step(where, s);
-  detail::check_eps_form_start(where, s);
+  // A start from pure noise (α_s = 0): only the first call of a run without the improved-Euler start.
+  const bool from_noise = s.from.alpha == 0.0 && st.count == 0 && st.start.empty() && !st.correction_pending;
+  if (!from_noise) detail::check_eps_form_start(where, s);
   if (order < 1 || order > 4)
     detail::throw_invalid(where, "order = " + detail::to_text(order) + " is outside the allowed range [1, 4]");
   detail::check_same_size(where, "denoised", denoised.size(), "x", x.size());
@@ -395,6 +401,22 @@ void plms_step(const level_step& s, std::span<const T> denoised, std::span<T> x,
     detail::throw_invalid(where, "the step starts at log(alpha/sigma) = " + detail::to_text(lambda_s) +
                                      ", not above the previous output's " + detail::to_text(st.last_lambda) +
                                      " (the history is for levels that get less noisy)");
+  if (from_noise) {
+    // ρ_s = ∞: the limit of the transfer, x_t = α_t D + σ_t ε₀ with ε₀ = x/σ_s (DDIM from pure noise, first order).
+    const T at = detail::coefficient<T>(where, "alpha_t", s.to.alpha), sg = detail::coefficient<T>(where, "sigma_t", s.to.sigma);
+    std::rotate(st.eps.begin(), st.eps.begin() + static_cast<std::ptrdiff_t>(order - 1),
+                st.eps.begin() + static_cast<std::ptrdiff_t>(order));
+    st.count = 1;
+    st.last_lambda = lambda_s;  // −∞: every later level is above it
+    const bool ok = kernels::map(policy, kernels::no_noise{}, kernels::outputs(x, st.eps[0]),
+                                 kernels::inputs<T>(std::span<const T>(x), denoised), [=](auto xv, auto dv) {
+                                   using V = decltype(xv);
+                                   const V e0 = xv * V(inv);
+                                   return std::array<V, 2>{madd(V(at), dv, V(sg) * e0), e0};
+                                 });
+    detail::require_finite_step(where, ok, "the step from pure noise");
+    return;
+  }
   const std::size_t k = std::min(st.count + 1, order);
   const auto tr = detail::eps_transfer_coefficients(s);
   const auto b = detail::adams_bashforth_weights(k);

@@ -38,6 +38,8 @@
 /// | DPMSolverSinglestepScheduler (dpmsolver++, orders 1–3, midpoint or heun, diffusers' blocks of @ref diffusion::singlestep_orders "singlestep_orders") | @ref diffusion::dpmpp_singlestep_update "dpmpp_singlestep_update" from the block's start over VP levels | variance preserving |
 /// | PNDMScheduler (`skip_prk_steps`) | @ref diffusion::plms_step "plms_step" over the training levels (diffusers' list with its repeated second timestep) | variance preserving |
 /// | KDPM2AncestralDiscreteScheduler | the same between σ and σ↓ with σ↑ noise at the second call (@ref diffusion::ancestral_midpoint_levels "ancestral_midpoint_levels") | σ-space |
+/// | DPMSolverSDEScheduler (k-diffusion's DPM++ SDE, r = 1/2, η = 1; `s_noise`) | @ref diffusion::dpmpp_sde_predict "dpmpp_sde_predict" / @ref diffusion::dpmpp_sde_correct "dpmpp_sde_correct" (two calls per step, the second at √(σσ'); each call takes fresh normals, the second stage's noise is ρz₁ + √(1 − ρ²)z₂, the Brownian-tree law) | σ-space |
+/// | IPNDMScheduler (a v-prediction model; its own list σ = sin²(πs/2), s = 1 − k/N, the model's timestep the angle atan2(σ, α)·2/π) | @ref diffusion::plms_step "plms_step" without the improved-Euler start (Adams–Bashforth on ε, order rising to 4), the first call from pure noise (α = 0) | variance preserving |
 ///
 /// The EDM classes take Karras' (or the exponential) σ list between `sigma_min` and `sigma_max`, the
 /// model's timestep \f$c_\text{noise} = \tfrac14\ln\sigma\f$, its input \f$c_\text{in}x\f$, and D = c_skip x + c_out F.
@@ -61,6 +63,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <optional>
 #include <span>
 #include <string>
@@ -120,6 +123,8 @@ enum class scheduler_kind {
   deis_multistep,        ///< DEISMultistepScheduler (DEIS, log-ρ, orders 1–3).
   pndm,                  ///< PNDMScheduler with `skip_prk_steps` (PLMS, Liu et al. 2022).
   dpm_solver_singlestep,  ///< DPMSolverSinglestepScheduler (DPM-Solver++ singlestep, orders 1–3, midpoint or heun).
+  ipndm,                 ///< IPNDMScheduler (iPNDM, Zhang & Chen 2023: fourth-order Adams–Bashforth on ε, a v-prediction model).
+  dpm_solver_sde,        ///< DPMSolverSDEScheduler (DPM++ SDE, two calls per step, noise at both).
 };
 
 /// @brief The diffusers `_class_name` of a kind ("DDIMScheduler", …).
@@ -144,6 +149,8 @@ inline std::string_view class_name(scheduler_kind k) noexcept {
     case scheduler_kind::deis_multistep: return "DEISMultistepScheduler";
     case scheduler_kind::pndm: return "PNDMScheduler";
     case scheduler_kind::dpm_solver_singlestep: return "DPMSolverSinglestepScheduler";
+    case scheduler_kind::ipndm: return "IPNDMScheduler";
+    case scheduler_kind::dpm_solver_sde: return "DPMSolverSDEScheduler";
   }
   return "?";
 }
@@ -197,10 +204,14 @@ struct scheduler_config {
   bool rescale_betas_zero_snr = false;                        ///< `rescale_betas_zero_snr`.
   bool use_karras_sigmas = false;                             ///< `use_karras_sigmas` (σ-space classes, DPM-Solver).
   bool use_exponential_sigmas = false;  ///< `use_exponential_sigmas` (σ-space classes, DPM-Solver): @ref exponential_sigmas between the same ends as Karras'.
+  /// `use_lu_lambdas` (DPMSolverMultistepScheduler): @ref diffusion::logsnr_uniform_sigmas "logsnr_uniform_sigmas",
+  /// steps uniform in λ = log(α/σ) between the training table's ends.
+  bool use_lu_lambdas = false;
   bool use_beta_sigmas = false;  ///< `use_beta_sigmas` (σ-space classes, DPM-Solver): @ref beta_sigmas with α = β = 0.6 (diffusers' `_convert_to_beta` defaults) between the same ends as Karras'.
   final_sigma final_sigmas_type = final_sigma::zero;          ///< `final_sigmas_type`.
   variance_type variance = variance_type::fixed_small;        ///< `variance_type` (DDPM).
   double eta = 0.0;                                           ///< DDIM's η, TCD's γ ∈ [0, 1] (a `step()` argument in diffusers; TCD's default 0.3).
+  double s_noise = 1.0;  ///< DPMSolverSDEScheduler's noise scale S_noise ≥ 0 (diffusers' `step(…, s_noise=1.0)` argument, not a config key).
   std::size_t solver_order = 2;                               ///< `solver_order` (DPM-Solver; 1, 2, or 3 with dpmsolver++).
   dpm_algorithm algorithm_type = dpm_algorithm::dpmsolver_pp;  ///< `algorithm_type` (DPM-Solver).
   dpm_solver_type solver_type = dpm_solver_type::midpoint;    ///< `solver_type` (DPM-Solver, order 2).
@@ -230,6 +241,10 @@ struct scheduler_config {
   /// third-order term, which is half the Taylor term (second order; @ref dpmpp_sde_options::reference_3m).
   /// Off: the third-order form.
   bool diffusers_dpm_3m = false;
+  /// Not a diffusers key: IPNDMScheduler's first call, from pure noise (α = 0), takes x̂₀ = 0 as diffusers does
+  /// (its x̂₀ = (x − σε)/max(α, 1e-8) has a numerator of exactly 0 there) instead of the model's x̂₀ = −v.
+  /// Off: the model's (docs/conventions.md).
+  bool diffusers_ipndm_start = false;
 
   /// @brief diffusers' defaults for a class: DDPM/DDIM leading spacing with `clip_sample` on;
   /// the σ-space classes and DPM-Solver linspace spacing with `clip_sample` off; the flow classes
@@ -247,6 +262,11 @@ struct scheduler_config {
       c.prediction_type = prediction::flow_velocity;
     if (k == scheduler_kind::tcd) c.eta = 0.3;
     if (k == scheduler_kind::dpm_solver_singlestep) c.lower_order_final = false;  // DPMSolverSinglestepScheduler's default
+    if (k == scheduler_kind::ipndm) c.prediction_type = prediction::v;  // IPNDMScheduler reads its model's output as v
+    if (k == scheduler_kind::dpm_solver_sde) {  // DPMSolverSDEScheduler's own defaults (linear betas from 0.00085 to 0.012)
+      c.beta_start = 0.00085;
+      c.beta_end = 0.012;
+    }
     return c;
   }
 };
@@ -286,18 +306,20 @@ class scheduler {
   explicit scheduler(scheduler_config config)
       // The flow and EDM classes have no β table: a one-step placeholder, never read.
       : cfg_(std::move(config)),
-        train_(flow(cfg_.kind) || edm(cfg_.kind) ? noise_schedule(std::vector<double>{0.5}) : noise_schedule(config_betas(cfg_))) {
+        train_(own_list(cfg_.kind) ? noise_schedule(std::vector<double>{0.5}) : noise_schedule(config_betas(cfg_))) {
     validate();
   }
 
   /// The configuration.
   [[nodiscard]] const scheduler_config& config() const noexcept { return cfg_; }
   /// @brief The training schedule (double tables).
-  /// @throws std::logic_error for the flow and EDM classes, which have no β schedule.
+  /// @throws std::logic_error for the flow, EDM and IPNDM classes, which have no β schedule.
   [[nodiscard]] const noise_schedule& training_schedule() const {
-    if (is_flow() || edm(cfg_.kind))
+    if (own_list(cfg_.kind))
       throw std::logic_error("diffusion::scheduler::training_schedule: " + std::string(class_name(cfg_.kind)) +
-                             (is_flow() ? " has no beta schedule (a rectified-flow model)" : " has no beta schedule (an EDM sigma-space model)"));
+                             (is_flow()                 ? " has no beta schedule (a rectified-flow model)"
+                              : cfg_.kind == scheduler_kind::ipndm ? " has no beta schedule (its levels are sin^2 of a uniform grid)"
+                                                         : " has no beta schedule (an EDM sigma-space model)"));
     return train_;
   }
   /// Whether the class is a rectified-flow one (FlowMatchEuler, FlowMatchHeun).
@@ -370,6 +392,7 @@ class scheduler {
       case scheduler_kind::lms_discrete: set_sigma_space_timesteps(N); break;
       case scheduler_kind::kdpm2:
       case scheduler_kind::kdpm2_ancestral:
+      case scheduler_kind::dpm_solver_sde:
         set_sigma_space_timesteps(N);
         expand_for_kdpm2();
         break;
@@ -405,6 +428,7 @@ class scheduler {
       }
       case scheduler_kind::edm_euler:
       case scheduler_kind::edm_dpm_solver_multistep: set_edm_timesteps(N); break;
+      case scheduler_kind::ipndm: set_ipndm_timesteps(N); break;
       case scheduler_kind::lcm:
       case scheduler_kind::tcd: {
         seq_ = consistency_timesteps(T, N, cfg_.original_inference_steps);
@@ -576,8 +600,10 @@ class scheduler {
     return cfg_.kind == scheduler_kind::euler || cfg_.kind == scheduler_kind::euler_ancestral ||
            cfg_.kind == scheduler_kind::heun || cfg_.kind == scheduler_kind::lms_discrete || kdpm2();
   }
+  // The two-calls-per-step σ-space classes (KDPM2, its ancestral form, DPM++ SDE): one per-call list.
   [[nodiscard]] bool kdpm2() const noexcept {
-    return cfg_.kind == scheduler_kind::kdpm2 || cfg_.kind == scheduler_kind::kdpm2_ancestral;
+    return cfg_.kind == scheduler_kind::kdpm2 || cfg_.kind == scheduler_kind::kdpm2_ancestral ||
+           cfg_.kind == scheduler_kind::dpm_solver_sde;
   }
   static bool flow(scheduler_kind k) noexcept {
     return k == scheduler_kind::flow_match_euler || k == scheduler_kind::flow_match_heun;
@@ -585,6 +611,8 @@ class scheduler {
   static bool edm(scheduler_kind k) noexcept {
     return k == scheduler_kind::edm_euler || k == scheduler_kind::edm_dpm_solver_multistep;
   }
+  // The classes whose levels do not come from a β table.
+  static bool own_list(scheduler_kind k) noexcept { return flow(k) || edm(k) || k == scheduler_kind::ipndm; }
   [[nodiscard]] bool dpm() const noexcept {
     return cfg_.kind == scheduler_kind::dpm_solver_multistep || cfg_.kind == scheduler_kind::edm_dpm_solver_multistep ||
            cfg_.kind == scheduler_kind::dpm_solver_singlestep;
@@ -619,6 +647,13 @@ class scheduler {
       detail::throw_invalid(where, "prediction_type = " + std::string(to_string(p)) + " is not supported by " +
                                        std::string(class_name(cfg_.kind)) + " (supported: epsilon, sample, v_prediction)");
     }
+    if (cfg_.kind == scheduler_kind::ipndm) {
+      if (p != prediction::v)
+        detail::throw_invalid(where, "prediction_type = " + std::string(to_string(p)) +
+                                         " is not supported by IPNDMScheduler (supported: v_prediction; diffusers reads its model's output as v)");
+      if (!cfg_.trained_betas.empty())
+        detail::throw_invalid(where, "trained_betas is not supported by IPNDMScheduler (supported: empty; its levels are sin^2 of a uniform grid)");
+    }
     if (cfg_.kind == scheduler_kind::lcm || cfg_.kind == scheduler_kind::tcd) {
       if (cfg_.original_inference_steps == 0 || cfg_.original_inference_steps > cfg_.num_train_timesteps)
         detail::throw_invalid(where, "original_inference_steps = " + detail::to_text(cfg_.original_inference_steps) +
@@ -647,19 +682,27 @@ class scheduler {
     if (!(cfg_.eta >= 0.0 && std::isfinite(cfg_.eta)))
       detail::throw_invalid(where, "eta = " + detail::to_text(cfg_.eta) + " is outside the allowed range [0, inf)");
     if (cfg_.thresholding && (sigma_space() || is_flow() || edm(cfg_.kind) || cfg_.kind == scheduler_kind::tcd ||
-                              cfg_.kind == scheduler_kind::pndm))
+                              cfg_.kind == scheduler_kind::pndm || cfg_.kind == scheduler_kind::ipndm))
       detail::throw_invalid(where, "thresholding is not supported by " + std::string(class_name(cfg_.kind)));
     // Clipping x̂₀ is DDPM's, DDIM's and LCM's option; no other class would apply it.
     if (cfg_.clip_sample && !(cfg_.kind == scheduler_kind::ddpm || cfg_.kind == scheduler_kind::ddim || cfg_.kind == scheduler_kind::lcm))
       detail::throw_invalid(where, "clip_sample = true is not supported by " + std::string(class_name(cfg_.kind)) +
                                        " (supported by DDPMScheduler, DDIMScheduler, LCMScheduler)");
+    if (cfg_.kind == scheduler_kind::dpm_solver_sde) {
+      if (p == prediction::sample)
+        detail::throw_invalid(where, "prediction_type = sample is not supported by DPMSolverSDEScheduler (supported: epsilon, v_prediction; "
+                                     "diffusers raises NotImplementedError)");
+      if (!(cfg_.s_noise >= 0.0 && std::isfinite(cfg_.s_noise)))
+        detail::throw_invalid(where, "s_noise = " + detail::to_text(cfg_.s_noise) + " is outside the allowed range [0, inf)");
+    }
     if (kdpm2() && cfg_.final_sigmas_type != final_sigma::zero)
       detail::throw_invalid(where, "final_sigmas_type = sigma_min is not supported by " + std::string(class_name(cfg_.kind)) +
                                        " (its last step lands on 0)");
     if (cfg_.kind == scheduler_kind::unipc_multistep && cfg_.unipc_solver_type != unipc_variant::bh1 &&
         cfg_.unipc_solver_type != unipc_variant::bh2)
       detail::throw_invalid(where, "solver_type = " + detail::to_text(static_cast<int>(cfg_.unipc_solver_type)) + " is not bh1 or bh2");
-    if ((edm(cfg_.kind) || cfg_.kind == scheduler_kind::lcm || cfg_.kind == scheduler_kind::tcd) && converted_sigmas_on())
+    if ((edm(cfg_.kind) || cfg_.kind == scheduler_kind::lcm || cfg_.kind == scheduler_kind::tcd ||
+         cfg_.kind == scheduler_kind::ipndm) && converted_sigmas_on())
       detail::throw_invalid(where, std::string(converted_sigmas_key()) + " = true is not supported by " +
                                        std::string(class_name(cfg_.kind)) + (edm(cfg_.kind) ? " (it takes sigma_schedule)" : ""));
     {
@@ -667,9 +710,14 @@ class scheduler {
       int count = 0;
       for (const auto& [key, flag] : converted_sigma_flags())
         if (flag) on += (count++ == 0 ? "" : " and ") + std::string(key);
+      // diffusers refuses two of karras/exponential/beta, and lets use_karras_sigmas win over use_lu_lambdas and
+      // use_lu_lambdas over the other two silently; here any two are refused (docs/conventions.md).
       if (count > 1)
-        detail::throw_invalid(where, on + (count == 2 ? " are both true" : " are all true") + "; set at most one (as diffusers)");
+        detail::throw_invalid(where, on + (count == 2 ? " are both true" : " are all true") + "; set at most one");
     }
+    if (cfg_.use_lu_lambdas && cfg_.kind != scheduler_kind::dpm_solver_multistep)
+      detail::throw_invalid(where, "use_lu_lambdas = true is not supported by " + std::string(class_name(cfg_.kind)) +
+                                       " (supported by DPMSolverMultistepScheduler, as in diffusers)");
     if (is_flow()) {
       if (p != prediction::flow_velocity)
         detail::throw_invalid(where, "prediction_type = " + std::string(to_string(p)) + " is not supported by " +
@@ -751,19 +799,24 @@ class scheduler {
 
   // diffusers' `_convert_to_karras` / `_convert_to_exponential` / `_convert_to_beta`: N levels from σ_max
   // to σ_min (no final 0).
-  [[nodiscard]] std::array<std::pair<const char*, bool>, 3> converted_sigma_flags() const {
-    return {std::pair{"use_karras_sigmas", cfg_.use_karras_sigmas},
+  // (`use_lu_lambdas`: DPM-Solver's uniform λ, @ref logsnr_uniform_sigmas, λ = −log σ of the ends.)
+  [[nodiscard]] std::array<std::pair<const char*, bool>, 4> converted_sigma_flags() const {
+    return {std::pair{"use_karras_sigmas", cfg_.use_karras_sigmas}, std::pair{"use_lu_lambdas", cfg_.use_lu_lambdas},
             std::pair{"use_exponential_sigmas", cfg_.use_exponential_sigmas},
             std::pair{"use_beta_sigmas", cfg_.use_beta_sigmas}};
   }
   [[nodiscard]] bool converted_sigmas_on() const {
-    return cfg_.use_karras_sigmas || cfg_.use_exponential_sigmas || cfg_.use_beta_sigmas;
+    return cfg_.use_karras_sigmas || cfg_.use_lu_lambdas || cfg_.use_exponential_sigmas || cfg_.use_beta_sigmas;
   }
   [[nodiscard]] const char* converted_sigmas_key() const {
-    return cfg_.use_karras_sigmas ? "use_karras_sigmas" : cfg_.use_exponential_sigmas ? "use_exponential_sigmas" : "use_beta_sigmas";
+    return cfg_.use_karras_sigmas ? "use_karras_sigmas"
+           : cfg_.use_lu_lambdas ? "use_lu_lambdas"
+           : cfg_.use_exponential_sigmas ? "use_exponential_sigmas"
+                                         : "use_beta_sigmas";
   }
   [[nodiscard]] std::vector<double> converted_sigmas(std::size_t N, double sigma_min, double sigma_max) const {
     std::vector<double> s = cfg_.use_karras_sigmas        ? karras_sigmas(N, sigma_min, sigma_max)
+                            : cfg_.use_lu_lambdas         ? logsnr_uniform_sigmas(N, -std::log(sigma_max), -std::log(sigma_min))
                             : cfg_.use_exponential_sigmas ? exponential_sigmas(N, sigma_min, sigma_max)
                                                           : beta_sigmas(N, sigma_min, sigma_max);
     s.pop_back();
@@ -811,6 +864,20 @@ class scheduler {
     for (double v : s) timesteps_.push_back(edm_coefficients_at(v).c_noise);
     sigmas_ = s;
     sigmas_.push_back(cfg_.final_sigmas_type == final_sigma::zero ? 0.0 : s.back());
+  }
+
+  // IPNDMScheduler's list: s_k = 1 − k/N, σ_k = sin²(πs_k/2), α_k = √(1 − σ_k²) (a VP process), the model's
+  // timestep the angle atan2(σ_k, α_k)·2/π, and a final level σ = 0. With θ = πs/2, cos θ = sin(πk/(2N)) and
+  // α = cos θ·√(1 + sin²θ) (1 − sin⁴θ factored), so that α_0 = 0 exactly (the first call is from pure noise).
+  void set_ipndm_timesteps(std::size_t N) {
+    constexpr double half_pi = 1.5707963267948966;
+    for (std::size_t k = 0; k < N; ++k) {
+      const double u = half_pi * static_cast<double>(k) / static_cast<double>(N);
+      const double c = std::cos(u), sg = c * c, al = std::sin(u) * std::sqrt(1.0 + sg);
+      timesteps_.push_back(std::atan2(sg, al) / half_pi);
+      sigmas_.push_back(al > 0.0 ? sg / al : std::numeric_limits<double>::infinity());
+    }
+    sigmas_.push_back(0.0);
   }
 
   // KDPM2: per call [σ0, m0, σ1, m1, …, σ_{N−1}] then the final 0, with m_j = √(σ_j σ_{j+1}) (the
@@ -1047,6 +1114,40 @@ class scheduler {
         }
         break;
       }
+      case scheduler_kind::dpm_solver_sde: {
+        // Call 2j: the first stage from the step's start (kept in aux) to the stage point, written into x, with
+        // normals z₁ (kept in scratch, D in aux2); call 2j + 1: the second stage from the start with fresh
+        // normals z₂ (the stage's noise ρz₁ + √(1 − ρ²)z₂, the law of the Brownian tree's increments); the
+        // last step is Euler to σ = 0. k-diffusion's sample_dpmpp_sde with r = 1/2 and η = 1, as diffusers.
+        constexpr std::string_view where = "diffusion::scheduler::step";
+        b.aux.resize(x.size());
+        b.aux2.resize(x.size());
+        b.scratch.resize(x.size());
+        const std::size_t j = i / 2;
+        const sigma_step ms{kdpm2_sigmas_[j], kdpm2_sigmas_[j + 1]};
+        const two_stage_levels L = midpoint_levels(ms);
+        const two_stage_state<T> st{x, std::span<T>(b.aux2), std::span<T>(b.scratch)};
+        const ancestral_options o{1.0, cfg_.s_noise};
+        const bool noisy = cfg_.s_noise > 0.0 && ms.sigma_next > 0.0;
+        const auto call = [&](const auto& z) {
+          if (i % 2 == 1) {
+            dpmpp_sde_correct<T>(L, d, std::span<const T>(b.aux), st, z, o, x);
+            return;
+          }
+          std::copy(x.begin(), x.end(), b.aux.begin());
+          if (!dpmpp_sde_predict<T>(L, d, std::span<const T>(b.aux), st, z, o)) euler_step<T>(ms, d, x);
+        };
+        if constexpr (std::is_same_v<Z, kernels::no_noise>) {
+          if (noisy)
+            detail::throw_invalid(where, "DPMSolverSDEScheduler adds noise at both calls of every step but the last, and no noise was passed");
+          call(kernels::no_noise{});
+        } else if (noisy) {
+          call(noise);
+        } else {
+          call(kernels::no_noise{});
+        }
+        break;
+      }
       case scheduler_kind::deis_multistep: {
         const std::size_t k = cfg_.solver_order, N = timesteps_.size();
         deis_state<T> st;
@@ -1062,6 +1163,22 @@ class scheduler {
         deis_step<T>(level_step{noise_level::preserving(s.sigma), noise_level::preserving(s.sigma_next)}, d, x, st, k, max_order);
         follow_rotation(b.hist, st.eps, k);
         deis_ = {st.lambda, st.count};
+        break;
+      }
+      case scheduler_kind::ipndm: {
+        // diffusers' IPNDMScheduler: PLMS without the improved-Euler start (order rising from 1 to 4), the first
+        // call from α = 0 (ρ = ∞), the last landing on σ = 0 by the same transfer.
+        plms_state<T> st;
+        for (std::size_t q = 0; q < 4; ++q) {
+          b.hist[q].resize(x.size());
+          st.eps[q] = b.hist[q];
+        }
+        st.count = plms_.count;
+        st.last_lambda = plms_.last_lambda;
+        if (i == 0 && cfg_.diffusers_ipndm_start && std::isinf(s.sigma)) std::fill(d.begin(), d.end(), T(0));
+        plms_step<T>(level_step{noise_level::preserving(s.sigma), noise_level::preserving(s.sigma_next)}, d, x, st, 4);
+        follow_rotation(b.hist, st.eps, 4);
+        plms_ = {st.count, {}, {}, false, st.last_lambda};
         break;
       }
       case scheduler_kind::pndm: {

@@ -4,7 +4,7 @@
 /// and is not part of `ddpm.hpp`.
 ///
 /// Rules: an unknown `_class_name`, a key whose value the class does not support here (e.g.
-/// `algorithm_type: "sde-dpmsolver"`, `use_lu_lambdas: true`), or a value of the wrong JSON type
+/// `algorithm_type: "sde-dpmsolver"`, `use_flow_sigmas: true`), or a value of the wrong JSON type
 /// is an error naming the key, the value and the supported values. Keys this library does not
 /// read are never dropped silently: each is reported in `ignored_keys` with the reason (unknown,
 /// or known to have no effect on this class's math, such as `skip_prk_steps` or
@@ -116,13 +116,16 @@ inline parsed_scheduler_config parse_scheduler_config(std::string_view json_text
        {"KDPM2AncestralDiscreteScheduler", scheduler_kind::kdpm2_ancestral},
        {"DEISMultistepScheduler", scheduler_kind::deis_multistep},
        {"PNDMScheduler", scheduler_kind::pndm},
-       {"DPMSolverSinglestepScheduler", scheduler_kind::dpm_solver_singlestep}});
+       {"DPMSolverSinglestepScheduler", scheduler_kind::dpm_solver_singlestep},
+       {"IPNDMScheduler", scheduler_kind::ipndm},
+       {"DPMSolverSDEScheduler", scheduler_kind::dpm_solver_sde}});
   parsed_scheduler_config out{scheduler_config::defaults_for(kind), {}};
   scheduler_config& c = out.config;
   const bool discrete = kind == scheduler_kind::ddpm || kind == scheduler_kind::ddim;
   const bool sigma_space = kind == scheduler_kind::euler || kind == scheduler_kind::euler_ancestral ||
                            kind == scheduler_kind::heun || kind == scheduler_kind::lms_discrete ||
-                           kind == scheduler_kind::kdpm2 || kind == scheduler_kind::kdpm2_ancestral;
+                           kind == scheduler_kind::kdpm2 || kind == scheduler_kind::kdpm2_ancestral ||
+                           kind == scheduler_kind::dpm_solver_sde;
   const bool unipc = kind == scheduler_kind::unipc_multistep;
   const bool deis = kind == scheduler_kind::deis_multistep;
   const bool singlestep = kind == scheduler_kind::dpm_solver_singlestep;
@@ -130,6 +133,7 @@ inline parsed_scheduler_config parse_scheduler_config(std::string_view json_text
   const bool edm = kind == scheduler_kind::edm_euler || kind == scheduler_kind::edm_dpm_solver_multistep;
   const bool consistency = kind == scheduler_kind::lcm || kind == scheduler_kind::tcd;
   const bool flow = kind == scheduler_kind::flow_match_euler || kind == scheduler_kind::flow_match_heun;
+  const bool ipndm = kind == scheduler_kind::ipndm;
   auto ignore = [&](const std::string& key, std::string_view why) { out.ignored_keys.push_back(key + ": " + std::string(why)); };
   auto require_value = [](std::string_view key, const nlohmann::json& v, auto expected, std::string_view what) {
     if (v.is_null()) return;
@@ -144,6 +148,18 @@ inline parsed_scheduler_config parse_scheduler_config(std::string_view json_text
     if (key == "_class_name") continue;
     if (key == "_diffusers_version") {
       ignore(key, "the diffusers version that wrote the file");
+    } else if (ipndm && key == "trained_betas") {
+      // diffusers' IPNDMScheduler would replace its sin^2 levels by these (and take their count as N + 1).
+      if (!v.is_null()) detail::throw_config(key, detail::json_text(v) + " is not supported by IPNDMScheduler (supported: null)");
+    } else if (key == "noise_sampler_seed") {
+      // DPMSolverSDEScheduler seeds torchsde's Brownian tree with it; here the noise comes through step's argument.
+      ignore(key, kind == scheduler_kind::dpm_solver_sde
+                      ? "the seed of diffusers' torchsde Brownian tree; pass the noise to step() (e.g. a Philox step_stream)"
+                      : "not used by " + std::string(class_name(kind)));
+    } else if (ipndm && key != "num_train_timesteps") {
+      // IPNDMScheduler's keys are num_train_timesteps and trained_betas; diffusers drops any other (the model's
+      // output is read as v whatever prediction_type says).
+      ignore(key, "not a key of IPNDMScheduler (diffusers ignores it too)");
     } else if (key == "num_train_timesteps") {
       c.num_train_timesteps = detail::config_count(key, v);
     } else if (key == "beta_start") {
@@ -254,7 +270,11 @@ inline parsed_scheduler_config parse_scheduler_config(std::string_view json_text
             {{"dpmsolver++", dpm_algorithm::dpmsolver_pp}, {"sde-dpmsolver++", dpm_algorithm::sde_dpmsolver_pp}, {"dpmsolver", dpm_algorithm::dpmsolver}});
       else if (key == "solver_type")
         c.solver_type = detail::config_choice<dpm_solver_type>(key, v, {{"midpoint", dpm_solver_type::midpoint}, {"heun", dpm_solver_type::heun}});
-      else if (key == "use_lu_lambdas") require_value(key, v, false, "false");
+      else if (key == "use_lu_lambdas") {
+        // A key of DPMSolverMultistepScheduler only (diffusers' other DPM-Solver classes have none).
+        if (kind == scheduler_kind::dpm_solver_multistep) c.use_lu_lambdas = detail::config_bool(key, v);
+        else require_value(key, v, false, "false (use_lu_lambdas is DPMSolverMultistepScheduler's)");
+      }
       else if (!v.is_null())  // lambda_min_clipped: diffusers' default -inf is written as null or left out
         detail::throw_config(key, detail::json_text(v) + " is not supported (supported: null, i.e. -inf)");
     } else if (key == "interpolation_type") {

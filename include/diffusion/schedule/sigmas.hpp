@@ -151,6 +151,30 @@ inline std::vector<double> exponential_sigmas(std::size_t n, double sigma_min, d
                             [](double l) { return std::exp(l); });
 }
 
+/// @brief DPM-Solver's uniform-λ steps (Lu et al. 2022, "DPM-Solver", §3.3 and Appendix D.1: the
+/// "logSNR" step size schedule; diffusers `use_lu_lambdas`): n levels uniform in the half log-SNR
+/// λ = log(α/σ) from λ_min to λ_max, as σ-space ratios ρ = σ/α = e^{−λ} (the scheduler's σ),
+/// \f$\sigma_i = \exp\!\big(-\lambda_{\min} - \tfrac{i}{n-1}(\lambda_{\max} - \lambda_{\min})\big)\f$, followed by a final 0.
+/// Since −λ = log ρ, this is @ref diffusion::exponential_sigmas "exponential_sigmas" between
+/// \f$e^{-\lambda_{\max}}\f$ and \f$e^{-\lambda_{\min}}\f$ (which it calls): uniform in λ is uniform in log ρ.
+/// @param[in] n number of nonzero levels, n ≥ 2; @param[in] lambda_min λ of the noisiest level (finite);
+/// @param[in] lambda_max λ of the least noisy level, > λ_min (finite).
+/// @return n + 1 values: \f$e^{-\lambda_{\min}}\f$, …, \f$e^{-\lambda_{\max}}\f$, 0.
+/// @throws std::invalid_argument for n < 2, a non-finite λ, or λ_min ≥ λ_max (naming the argument).
+inline std::vector<double> logsnr_uniform_sigmas(std::size_t n, double lambda_min, double lambda_max) {
+  constexpr std::string_view where = "diffusion::logsnr_uniform_sigmas";
+  detail::check_finite(where, "lambda_min", lambda_min);
+  detail::check_finite(where, "lambda_max", lambda_max);
+  if (!(lambda_min < lambda_max))
+    detail::throw_invalid(where, "lambda_min = " + detail::to_text(lambda_min) + " must be < lambda_max = " + detail::to_text(lambda_max));
+  const double sigma_max = std::exp(-lambda_min), sigma_min = std::exp(-lambda_max);
+  if (!(sigma_min > 0.0 && std::isfinite(sigma_max)))
+    detail::throw_invalid(where, "lambda_min = " + detail::to_text(lambda_min) + ", lambda_max = " + detail::to_text(lambda_max) +
+                                     " give sigma = exp(-lambda) outside (0, inf) in double (|lambda| <= 708)");
+  if (n < 2) detail::throw_invalid(where, "n = " + detail::to_text(n) + " must be >= 2");
+  return exponential_sigmas(n, sigma_min, sigma_max);
+}
+
 /// @brief k-diffusion `get_sigmas_polyexponential` (ComfyUI "polyexponential"): log σ a power ρ
 /// of the ramp, \f$\sigma_i = \exp\!\big(\log\sigma_{\min} + (1 - \tfrac{i}{n-1})^\rho(\log\sigma_{\max} - \log\sigma_{\min})\big)\f$,
 /// followed by a final 0. ρ = 1 is @ref exponential_sigmas; ρ > 1 spends more steps at low σ.
