@@ -609,8 +609,10 @@ TEST_CASE("DPM++ SDE driven by a Brownian tree draws the exact law of its chain 
     WARN("DPM++ SDE eta " << eta << " with a Brownian tree (30 steps): law N(" << law.mean << ", " << law.var
                           << "), sampled N(" << em << ", " << ev << ")");
   }
-  // 50 and 100 steps: one Brownian path (RMS difference of the discretizations) against two nearly
-  // independent draws (~ sqrt(2) sd = 0.85) with the Philox step streams.
+  // Pathwise (strong) convergence along one Brownian path: d_N = RMS(x_N - x_2N) must fall by a factor
+  // <= 0.7 (strong order >= 0.5) as N doubles, N = 50 and 100 (additive noise on Gaussian data: order 1
+  // expected, Kloeden & Platen 1992 Thm. 10.2.2; measured in docs/accuracy.md). With independent Philox
+  // streams per step the 50- and 100-step samples are two nearly independent draws (~ sqrt(2) sd = 0.85).
   constexpr std::size_t small_rows = 500 / test::montecarlo_divisor, small_n = 8 * small_rows;
   diffusion::gaussian_data g8(std::vector<double>(8, mu), std::vector<double>(8, sd));
   gauss_model D8(g8);
@@ -629,14 +631,17 @@ TEST_CASE("DPM++ SDE driven by a Brownian tree draws the exact law of its chain 
     for (std::size_t k = 0; k < a.size(); ++k) s += (a[k] - b[k]) * (a[k] - b[k]);
     return std::sqrt(s / static_cast<double>(a.size()));
   };
-  const double with_tree = rms(run(50, true), run(100, true)), independent = rms(run(50, false), run(100, false));
-  INFO("RMS difference of 50 and 100 steps: tree " << with_tree << ", independent " << independent);
+  const auto x50 = run(50, true), x100 = run(100, true), x200 = run(200, true), x400 = run(400, true);
+  const double d50 = rms(x50, x100), d100 = rms(x100, x200), d200 = rms(x200, x400);
+  const double independent = rms(run(50, false), run(100, false));
+  INFO("DPM++ SDE with the tree: d50 " << d50 << ", d100 " << d100 << ", d200 " << d200 << "; independent " << independent);
   CHECK(independent > 0.5);
-  CHECK(with_tree < 0.2 * independent);  // at least 5 times closer (measured: docs/accuracy.md)
-  WARN("DPM++ SDE, 50 vs 100 Karras steps (sigma 0.002 to 80, data N(0.25, 0.36)): RMS difference " << with_tree
-                                                                                                    << " with a Brownian tree, "
-                                                                                                    << independent
-                                                                                                    << " with independent noise");
+  CHECK(d50 < 0.2 * independent);
+  CHECK(d100 <= 0.7 * d50);
+  CHECK(d200 <= 0.7 * d100);
+  WARN("DPM++ SDE, Karras sigma 0.002 to 80, data N(0.25, 0.36): d_N = RMS(x_N - x_2N) = " << d50 << ", " << d100 << ", "
+                                                                                            << d200 << " at N = 50, 100, 200; independent noise at N = 50: "
+                                                                                            << independent);
   // A list reaching outside the tree is refused before any model call.
   std::vector<double> x(2 * dims, 3.0);
   const diffusion::brownian_tree narrow(1, 0.02, 20.0);

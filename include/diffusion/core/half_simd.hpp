@@ -109,12 +109,14 @@ namespace diffusion {
 template <half_scalar S>
 void convert(std::span<const float> in, std::span<S> out) {
   detail::check_same_size("diffusion::convert", "in", in.size(), "out", out.size());
+  const std::size_t n = in.size();
   std::size_t k = 0;
   if constexpr (simd::has_batch<float>) {
     using B = xsimd::batch<float, simd::arch>;
-    for (; k + B::size <= in.size(); k += B::size) simd::store_narrowed(out.data() + k, B::load_unaligned(in.data() + k));
+    for (const std::size_t bulk = n - n % B::size; k < bulk; k += B::size)
+      simd::store_narrowed(out.data() + k, B::load_unaligned(in.data() + k));
   }
-  for (; k < in.size(); ++k) out[k] = S(in[k]);
+  for (; k < n; ++k) out.data()[k] = S(in.data()[k]);
 }
 
 /// @brief Widens an array of float16 or bfloat16 to float (exact), the bulk in SIMD.
@@ -123,12 +125,14 @@ void convert(std::span<const float> in, std::span<S> out) {
 template <half_scalar S>
 void convert(std::span<const S> in, std::span<float> out) {
   detail::check_same_size("diffusion::convert", "in", in.size(), "out", out.size());
+  const std::size_t n = in.size();
   std::size_t k = 0;
   if constexpr (simd::has_batch<float>) {
     using B = xsimd::batch<float, simd::arch>;
-    for (; k + B::size <= in.size(); k += B::size) simd::load_widened<B>(in.data() + k).store_unaligned(out.data() + k);
+    for (const std::size_t bulk = n - n % B::size; k < bulk; k += B::size)
+      simd::load_widened<B>(in.data() + k).store_unaligned(out.data() + k);
   }
-  for (; k < in.size(); ++k) out[k] = static_cast<float>(in[k]);
+  for (; k < n; ++k) out.data()[k] = static_cast<float>(in.data()[k]);
 }
 
 }  // namespace diffusion
