@@ -368,6 +368,24 @@ TEST_CASE("UniPC, KDPM2 and KDPM2-ancestral classes run the library's steps", "[
     CHECK(s.timesteps()[1] == 501.0);
     CHECK(s.timesteps()[2] == 501.0);
     CHECK(s.sigmas().back() == s.training_schedule()[0].sigma);
+    // PNDMScheduler's own defaults (steps_offset 0): the list ends at timestep 0 and the final level is
+    // timestep 0's, so the last call is diffusers' identity step (x' = x), not an error.
+    {
+      diffusion::scheduler s0(sd(scheduler_kind::pndm));
+      s0.set_timesteps(4);  // leading, offset 0: 750, 500, 500, 250, 0
+      REQUIRE(s0.timesteps().size() == 5);
+      REQUIRE(s0.timesteps().back() == 0.0);
+      REQUIRE(s0.sigmas().back() == s0.sigmas()[4]);
+      std::vector<T> x(rows * n), out(rows * n);
+      for (std::size_t k = 0; k < x.size(); ++k) {
+        x[k] = static_cast<T>(std::sin(0.3 * static_cast<double>(k)));
+        out[k] = static_cast<T>(std::cos(0.7 * static_cast<double>(k)));
+      }
+      for (std::size_t i = 0; i < 4; ++i) s0.step<T>(i, out, x, diffusion::kernels::no_noise{}, rows);
+      const auto before = x;
+      s0.step<T>(4, out, x, diffusion::kernels::no_noise{}, rows);
+      CHECK(x == before);
+    }
     pc.thresholding = true;
     CHECK_THROWS_WITH(diffusion::scheduler(pc), Catch::Matchers::Contains("thresholding is not supported by PNDMScheduler"));
   }

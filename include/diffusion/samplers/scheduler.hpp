@@ -1182,6 +1182,11 @@ class scheduler {
         break;
       }
       case scheduler_kind::pndm: {
+        // Leading spacing without steps_offset ends at timestep 0, and with set_alpha_to_one false the
+        // final level is that of timestep 0 too: diffusers then steps from alpha_bar_0 to alpha_bar_0,
+        // whose PLMS coefficients give x' = x exactly. The same here (plms_step itself refuses a
+        // step to its own level outside the start's correction call).
+        if (i + 1 == timesteps_.size() && sigmas_[i + 1] == sigmas_[i]) break;
         plms_state<T> st;
         for (std::size_t q = 0; q < 4; ++q) {
           b.hist[q].resize(x.size());
