@@ -62,7 +62,7 @@ std::vector<double> raw_increments(const diffusion::brownian_tree& tree, double 
 }  // namespace
 
 TEMPLATE_TEST_CASE("brownian_tree: standardized increments over disjoint intervals are independent N(0, 1)",
-                   "[noise][brownian]", float, double) {
+                   "[mc-law][noise][brownian]", float, double) {
   using T = TestType;
   const diffusion::brownian_tree tree(20261205, 0.03, 14.6);
   constexpr std::size_t rows = 1000, n = 100, N = rows * n;
@@ -90,7 +90,7 @@ TEMPLATE_TEST_CASE("brownian_tree: standardized increments over disjoint interva
 }
 
 TEMPLATE_TEST_CASE("brownian_tree: W(t) - W(t0) has variance t - t0, and at depth D the stated interpolated law",
-                   "[noise][brownian]", float, double) {
+                   "[mc-law][noise][brownian]", float, double) {
   using T = TestType;
   constexpr std::size_t rows = 1000, n = 100, N = rows * n;
   const double se_var = std::sqrt(2.0 / double(N - 1));

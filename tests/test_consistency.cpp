@@ -185,7 +185,7 @@ diffusion::scheduler_config sd_config(diffusion::scheduler_kind k) {
 }
 }  // namespace
 
-TEST_CASE("TCD draws the exact law of its Gaussian chain", "[consistency][montecarlo]") {
+TEST_CASE("TCD draws the exact law of its Gaussian chain", "[mc-law][consistency][montecarlo]") {
   // 1-D data N(mu, sd^2), the exact eps-prediction model at each VP level; every TCD step is
   // x' = A x + B + C z, so the law stays Gaussian with (mean, variance) followed exactly here from
   // diffusers' formulas in alpha_bar (independently of the library's level code).

@@ -146,7 +146,7 @@ TEST_CASE("DPM-Solver++(2M) with the heun correction converges at order 2 to the
 }
 
 TEST_CASE("DPM++ 2M SDE draws the exact law of its Gaussian chain, which tends to the data law",
-          "[samplers][dpmpp_sde][montecarlo]") {
+          "[mc-law][samplers][dpmpp_sde][montecarlo]") {
   const double mu = 0.25, sd = 0.6;
   diffusion::gaussian_data g({mu}, {sd});
   diffusion::sigma_space_model<diffusion::gaussian_data> D(g);
@@ -413,7 +413,7 @@ TEST_CASE("DPM++ 3M SDE draws the exact law of its Gaussian chain, which tends t
 // step count.
 
 TEST_CASE("DPM++ 2M and 3M SDE driven by a Brownian tree draw the exact law of their Gaussian chain",
-          "[samplers][dpmpp_sde][brownian][montecarlo]") {
+          "[mc-law][samplers][dpmpp_sde][brownian][montecarlo]") {
   // The tree's standardized increments over the disjoint steps are independent N(0, 1) (up to the
   // leaf deficit, below 1e-9 here), so the chain's law is the one with independent noise.
   const double mu = 0.25, sd = 0.6;
@@ -445,7 +445,7 @@ TEST_CASE("DPM++ 2M and 3M SDE driven by a Brownian tree draw the exact law of t
   }
 }
 
-TEST_CASE("DPM++ 2M and 3M SDE with a Brownian tree: samples converge pathwise as the steps double", "[samplers][dpmpp_sde][brownian]") {
+TEST_CASE("DPM++ 2M and 3M SDE with a Brownian tree: samples converge pathwise as the steps double", "[mc-law][samplers][dpmpp_sde][brownian]") {
   // With one Brownian path for every step count, the N-step samples of a row converge to the solution
   // of the reverse SDE along that path (strong convergence). On Gaussian data the reverse SDE has
   // additive noise, where Euler-Maruyama-type schemes have strong order 1 (Kloeden & Platen 1992,

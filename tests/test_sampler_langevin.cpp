@@ -123,7 +123,7 @@ struct recording_noise {
 }  // namespace
 
 TEST_CASE("one Langevin level: the ULA chain reaches N(m, v/(1 - alpha/(2v))), the exact discretization bias",
-          "[samplers][langevin][montecarlo]") {
+          "[mc-law][samplers][langevin][montecarlo]") {
   // Data N(0.3, 0.5^2) at sigma = 0.5: target N(0.3, v = 0.5). A single-level list makes
   // alpha = epsilon. Rows of 64 independent dimensions (each an independent chain of the same
   // 1-D law; the noise of a row's elements is independent), 1563 rows: 100032 samples. Seed 7.
@@ -157,7 +157,7 @@ TEST_CASE("one Langevin level: the ULA chain reaches N(m, v/(1 - alpha/(2v))), t
 }
 
 TEST_CASE("one Langevin level on a two-component Gaussian mixture keeps the exact noisy marginal",
-          "[samplers][langevin][montecarlo]") {
+          "[mc-law][samplers][langevin][montecarlo]") {
   // Data 0.3 N(-1, 0.3^2) + 0.7 N(1.5, 0.5^2) (gaussian_mixture_data, exact denoiser); at sigma = 1
   // the noisy marginal is 0.3 N(-1, 1.09) + 0.7 N(1.5, 1.25): mean 0.75, variance 2.5145,
   // P(x < 0) = 0.3 Phi(1/sqrt(1.09)) + 0.7 Phi(-1.5/sqrt(1.25)). 20000 chains start from the
@@ -193,7 +193,7 @@ TEST_CASE("one Langevin level on a two-component Gaussian mixture keeps the exac
 }
 
 TEST_CASE("annealed Langevin: the output law equals its exact recursion, and its bias against the data",
-          "[samplers][langevin][montecarlo]") {
+          "[mc-law][samplers][langevin][montecarlo]") {
   // 2-D data N((0.3, -0.5), diag(0.5^2, 1.0^2)) repeated 32 times per row (64 columns):
   // 3125 rows = 100000 samples of each of the two laws. NCSN's geometric levels 1 ... 0.01 (L = 10)
   // with epsilon = 1e-4 and 20 iterations per level (NCSN's 2e-5 x 100 needs 5x the work).
@@ -237,7 +237,7 @@ TEST_CASE("annealed Langevin: the output law equals its exact recursion, and its
 }
 
 TEST_CASE("predictor-corrector: predictor-only chains match their exact laws, and the PC bias against the data",
-          "[samplers][langevin][pc][montecarlo]") {
+          "[mc-law][samplers][langevin][pc][montecarlo]") {
   // Data N(0.3, 0.5^2) in rows of 1024 elements, 100 rows = 102400 samples. VE levels: 100
   // geometric from 50 (score_sde's sigma_max) to 0.01, then 0. Seeds 31, 32, 33.
   constexpr std::size_t n = 1024, rows = 100;

@@ -256,7 +256,7 @@ TEMPLATE_TEST_CASE("RES multistep steps in your own loop are the sample loops bi
 }
 
 TEST_CASE("ancestral RES multistep draws the exact law of its Gaussian chain, which tends to the data law",
-          "[samplers][res][montecarlo]") {
+          "[mc-law][samplers][res][montecarlo]") {
   const double mu = 0.25, sd = 0.6;
   diffusion::gaussian_data g({mu}, {sd});
   gauss_model D(g);
@@ -456,7 +456,7 @@ TEST_CASE("ER-SDE with phi(s) = s is an ODE solver of order 1, 2, 3 by stage; th
 }
 
 TEST_CASE("ER-SDE draws the exact law of its Gaussian chain, which tends to the data law",
-          "[samplers][er_sde][montecarlo]") {
+          "[mc-law][samplers][er_sde][montecarlo]") {
   const double mu = 0.25, sd = 0.6;
   diffusion::gaussian_data g({mu}, {sd});
   gauss_model D(g);

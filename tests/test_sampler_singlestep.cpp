@@ -582,7 +582,7 @@ TEST_CASE("DPM2 and DPM-Solver++(2S) on rectified-flow states converge at order 
 }
 
 TEST_CASE("DPM++ SDE driven by a Brownian tree draws the exact law of its chain and follows one path",
-          "[samplers][singlestep][brownian][montecarlo]") {
+          "[mc-law][samplers][singlestep][brownian][montecarlo]") {
   // The two reads of a step (over [sigma_m, sigma] and [sigma_next, sigma_m]) are independent
   // standardized increments, so the stages' noise has the joint law exact_chain assumes.
   const double mu = 0.25, sd = 0.6;
