@@ -74,9 +74,7 @@ bool supported(const std::string& config) {
   if (cls == "DPMSolverSinglestepScheduler")
     return j.value("algorithm_type", std::string("dpmsolver++")) == "dpmsolver++" && j.value("solver_order", 2) <= 3;
   if (cls == "DPMSolverMultistepScheduler")
-    return j.value("algorithm_type", std::string("dpmsolver++")) == "dpmsolver++" ? j.value("solver_order", 2) <= 3
-           : j.value("algorithm_type", std::string()) == "sde-dpmsolver++"        ? j.value("solver_order", 2) <= 2
-                                                                                 : false;
+    return j.value("solver_order", 2) <= 3;  // every algorithm_type
   for (const char* c : {"DDPMScheduler", "DDIMScheduler", "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler",
                         "HeunDiscreteScheduler", "FlowMatchEulerDiscreteScheduler", "LMSDiscreteScheduler",
                         "EDMEulerScheduler", "EDMDPMSolverMultistepScheduler", "LCMScheduler", "TCDScheduler",
@@ -113,7 +111,13 @@ TEST_CASE("the scheduler object reproduces diffusers' scheduler classes step by 
       sched.set_timesteps(N);
     }
     const auto& v = rc.values;
-    comparison table{1e-5}, state{1e-5};
+    // Budget: 1e-5 relative (diffusers' float32 tables). The cosine table is the exception: diffusers' float32
+    // 1 - alpha_bar_0 (alpha_bar_0 = 0.99996) puts its sigma_min 2.6e-4 above the exact 0.0064254, and every
+    // Karras sigma between sigma_min and sigma_max moves by at most that relative amount, so does the state.
+    const bool cosine = parsed.config.beta_schedule == diffusion::beta_family::squaredcos_cap_v2 &&
+                        (parsed.config.use_karras_sigmas || parsed.config.use_exponential_sigmas ||
+                         parsed.config.use_beta_sigmas || parsed.config.use_lu_lambdas);
+    comparison table{cosine ? 3e-4 : 1e-5}, state{cosine ? 3e-4 : 1e-5};
     // The lists (KDPM2's stage calls take the log-sigma map of the stage sigma, as diffusers; for the
     // ancestral class at eta = 1 the stage sigma sqrt(sigma sigma_down) is sigma_next itself).
     const bool sde = parsed.config.kind == diffusion::scheduler_kind::dpm_solver_sde;
@@ -186,10 +190,12 @@ TEST_CASE("the scheduler object reproduces diffusers' scheduler classes step by 
     }
     WARN(name << ": largest relative difference, lists " << table.worst << ", states " << state.worst);
   }
-  // DDPM ×2, DDIM ×5, Euler ×4, Euler-a, Heun, DPM-Solver++(2M) ×5 (one with use_lu_lambdas), its SDE form, (3M), FlowMatchEuler ×4, LMS,
-  // EDM Euler, EDM DPM-Solver++(2M), LCM, TCD, UniPC, KDPM2, KDPM2-ancestral, DEIS, PNDM, DPM-Solver++(2S) singlestep,
-  // IPNDM, DPM++ SDE (Karras).
-  CHECK(replayed == 37);
+  // DDPM ×2, DDIM ×5, Euler ×4, Euler-a, Heun, DPM-Solver++(2M) ×5 (one with use_lu_lambdas), its SDE form, (3M), the
+  // 3M SDE, the noise-form SDE (sde-dpmsolver, midpoint and heun), exponential and cosine-Karras lists (the
+  // model's timesteps truncated or rounded as diffusers stores them), FlowMatchEuler ×4, LMS,
+  // EDM Euler, EDM DPM-Solver++(2M), LCM, TCD, UniPC, KDPM2, KDPM2-ancestral, DEIS, PNDM, DPM-Solver++(2S) singlestep
+  // (and with beta sigmas), IPNDM, DPM++ SDE (Karras).
+  CHECK(replayed == 43);
 }
 
 TEST_CASE("flow classes: mu, custom sigmas and the parity switch", "[scheduler][flow]") {

@@ -2,13 +2,15 @@
 // - CFG++ (samplers/cfg_pp.hpp): with D_guided = D_uncond each step is its plain step to rounding
 //   (Euler on σ-space, VP and flow levels; Euler ancestral with the same noise; DPM++ 2M with its
 //   history); a full CFG++ Euler run on exact Gaussian models (two means) against a scalar
-//   re-implementation of the paper's Algorithm 1 written here; errors.
+//   re-implementation of the paper's Algorithm 1 written here; the loop cfgpp_sample (the same reference in
+//   σ-space, two model calls per step, the plain samplers at λ = 0); errors.
 // - APG (models/guidance.hpp): the split Δ = Δ∥ + Δ⊥ (orthogonal, Δ∥ along D_c), η = 1 without
 //   threshold or momentum is plain CFG, the threshold caps the norm, the momentum recursion.
 // - CFG-Zero*: s* against a brute-force scan, w = 1 gives v_c, zero-init, a zero unconditional row.
 // - The three-pass (perturbed-attention / skip-layer) combination.
 #include <catch2/catch.hpp>
 
+#include <diffusion/analytic.hpp>
 #include <diffusion/guidance.hpp>
 #include <diffusion/samplers.hpp>
 
@@ -484,4 +486,67 @@ TEMPLATE_TEST_CASE("apply_perturbed_guidance: D_u + w(D_c - D_u) + s(D_c - D_p)"
                                                          {.perturbed_scale = std::numeric_limits<double>::infinity()},
                                                          std::span<T>(out)),
                   std::invalid_argument);
+}
+
+TEST_CASE("cfgpp_sample: Algorithm 1 on exact Gaussian models, two calls per step, and the plain samplers at lambda = 0",
+          "[cfg_pp][gaussian]") {
+  // σ-space: data N(μ, s²) per element, exact denoisers D(x; σ) = μ + s²/(s² + σ²)(x − μ) with the means μ_c and
+  // μ_u; the reference is the paper's DDIM CFG++ written per element: x̂₀ = D_u + λ(D_c − D_u),
+  // x' = x̂₀ + σ'(x − D_u)/σ.
+  const std::size_t n = 6, rows = 2;
+  const double sd = 0.7, lambda = 0.6;
+  std::vector<double> mu_c(n), mu_u(n);
+  for (std::size_t k = 0; k < n; ++k) {
+    mu_c[k] = 0.5 + 0.1 * static_cast<double>(k);
+    mu_u[k] = -0.3 + 0.05 * static_cast<double>(k);
+  }
+  diffusion::gaussian_data gc(mu_c, std::vector<double>(n, sd)), gu(mu_u, std::vector<double>(n, sd));
+  diffusion::sigma_space_model<diffusion::gaussian_data> Dc(gc), Du(gu);
+  const diffusion::philox_normal noise(88);
+  const auto sig = diffusion::karras_sigmas(20, 0.03, 14.6);
+  const auto x0 = normals<double>(71, rows * n, sig[0]);
+  std::vector<double> x = x0;
+  std::size_t reported = 0;
+  diffusion::sampler_hooks<double> hooks;
+  hooks.on_step = [&](const diffusion::step_info<double>&) {
+    ++reported;
+    return true;
+  };
+  const auto r = diffusion::cfgpp_sample(Dc, Du, x, rows, noise, sig, {.guidance_scale = lambda, .draw_initial_noise = false}, hooks);
+  CHECK(r.model_calls == 2 * (sig.size() - 1));
+  CHECK(reported == sig.size() - 1);
+  std::vector<double> ref = x0;
+  for (std::size_t i = 0; i + 1 < sig.size(); ++i) {
+    const double s = sig[i], sn = sig[i + 1], g = sd * sd / (sd * sd + s * s);
+    for (std::size_t e = 0; e < rows * n; ++e) {
+      const std::size_t k = e % n;
+      const double dc = mu_c[k] + g * (ref[e] - mu_c[k]), du = mu_u[k] + g * (ref[e] - mu_u[k]);
+      ref[e] = du + lambda * (dc - du) + sn * (ref[e] - du) / s;
+    }
+  }
+  for (std::size_t e = 0; e < rows * n; ++e) CHECK(x[e] == Approx(ref[e]).epsilon(1e-12).margin(1e-13));
+  // λ = 0: the plain samplers on the unconditional model, the same noise streams.
+  const auto same = [](const std::vector<double>& a, const std::vector<double>& b) {
+    double most = 0.0;
+    for (std::size_t e = 0; e < a.size(); ++e) most = std::max(most, std::abs(a[e] - b[e]) / std::max(1.0, std::abs(b[e])));
+    return most;
+  };
+  for (const auto m : {diffusion::cfgpp_method::euler, diffusion::cfgpp_method::euler_ancestral, diffusion::cfgpp_method::dpmpp_2m}) {
+    std::vector<double> a = x0, b = x0;
+    diffusion::cfgpp_sample(Dc, Du, a, rows, noise, sig, {.method = m, .guidance_scale = 0.0, .draw_initial_noise = false});
+    if (m == diffusion::cfgpp_method::euler)
+      diffusion::euler_sample(Du, b, rows, noise, sig, {.draw_initial_noise = false});
+    else if (m == diffusion::cfgpp_method::euler_ancestral)
+      diffusion::euler_ancestral_sample(Du, b, rows, noise, sig, {.draw_initial_noise = false});
+    else
+      diffusion::dpmpp_2m_sample(Du, b, rows, noise, sig, {.draw_initial_noise = false});
+    INFO("method " << static_cast<int>(m));
+    CHECK(same(a, b) <= 1e-13);
+  }
+  // Errors.
+  std::vector<double> y = x0;
+  CHECK_THROWS_WITH(diffusion::cfgpp_sample(Dc, Du, y, rows, noise, sig, {.guidance_scale = std::nan("")}),
+                    Catch::Matchers::Contains("cfgpp_sample") && Catch::Matchers::Contains("guidance_scale"));
+  CHECK_THROWS_WITH(diffusion::cfgpp_sample(Dc, Du, y, rows, noise, sig, {.method = diffusion::cfgpp_method::euler_ancestral, .eta = 2.0}),
+                    Catch::Matchers::Contains("cfgpp_sample") && Catch::Matchers::Contains("eta"));
 }

@@ -54,13 +54,19 @@ std::vector<T> run_scheduler(diffusion::scheduler& s, Model& model, std::vector<
   return x;
 }
 
-}  // namespace
-
-TEST_CASE("scheduler timesteps and sigmas follow diffusers' classes", "[scheduler]") {
-  auto cfg = diffusion::scheduler_config::defaults_for(scheduler_kind::euler);
+// diffusers' defaults for a class with Stable Diffusion's scaled-linear table (0.00085 ... 0.012).
+diffusion::scheduler_config sd_config(diffusion::scheduler_kind kind) {
+  auto cfg = diffusion::scheduler_config::defaults_for(kind);
   cfg.beta_schedule = diffusion::beta_family::scaled_linear;
   cfg.beta_start = 0.00085;
   cfg.beta_end = 0.012;
+  return cfg;
+}
+
+}  // namespace
+
+TEST_CASE("scheduler timesteps and sigmas follow diffusers' classes", "[scheduler]") {
+  auto cfg = sd_config(scheduler_kind::euler);
   SECTION("Euler, SDXL: leading spacing with steps_offset 1") {
     cfg.spacing = diffusion::timestep_spacing::leading;
     cfg.steps_offset = 1;
@@ -115,7 +121,8 @@ TEST_CASE("scheduler timesteps and sigmas follow diffusers' classes", "[schedule
     const auto ed = diffusion::exponential_sigmas(8, tr[0].sigma, tr[999].sigma);
     for (std::size_t i = 0; i < 8; ++i) {
       CHECK(d.sigmas()[i] == ed[i]);
-      CHECK(d.timesteps()[i] == std::nearbyint(diffusion::sigma_to_t(tr, ed[i])));
+      // diffusers stores them in an int64 tensor without rounding: truncated (docs/conventions.md).
+      CHECK(d.timesteps()[i] == std::trunc(diffusion::sigma_to_t(tr, ed[i])));
     }
     cfg.use_karras_sigmas = true;  // both: refused, as diffusers does
     CHECK_THROWS_WITH(diffusion::scheduler(cfg), Catch::Matchers::Contains("use_karras_sigmas and use_exponential_sigmas"));
@@ -139,7 +146,8 @@ TEST_CASE("scheduler timesteps and sigmas follow diffusers' classes", "[schedule
     const auto bd = diffusion::beta_sigmas(8, tr[0].sigma, tr[999].sigma);
     for (std::size_t i = 0; i < 8; ++i) {
       CHECK(d.sigmas()[i] == bd[i]);
-      CHECK(d.timesteps()[i] == std::nearbyint(diffusion::sigma_to_t(tr, bd[i])));
+      // diffusers stores them in an int64 tensor without rounding: truncated (docs/conventions.md).
+      CHECK(d.timesteps()[i] == std::trunc(diffusion::sigma_to_t(tr, bd[i])));
     }
     cfg.use_exponential_sigmas = true;  // two of the three: refused, as diffusers does
     CHECK_THROWS_WITH(diffusion::scheduler(cfg), Catch::Matchers::Contains("use_exponential_sigmas and use_beta_sigmas are both true"));
@@ -179,10 +187,7 @@ TEST_CASE("the scheduler loop reproduces the library's samplers bit for bit", "[
   };
   SECTION("DDIM as Stable Diffusion 1.5 uses it, and with eta = 1") {
     for (double eta : {0.0, 1.0}) {
-      auto cfg = diffusion::scheduler_config::defaults_for(scheduler_kind::ddim);
-      cfg.beta_schedule = diffusion::beta_family::scaled_linear;
-      cfg.beta_start = 0.00085;
-      cfg.beta_end = 0.012;
+      auto cfg = sd_config(scheduler_kind::ddim);
       cfg.set_alpha_to_one = false;
       cfg.steps_offset = 1;
       cfg.clip_sample = false;
@@ -214,10 +219,7 @@ TEST_CASE("the scheduler loop reproduces the library's samplers bit for bit", "[
   SECTION("Euler, Euler ancestral, Heun and LMS against euler_sample, euler_ancestral_sample, heun_sample and lms_sample") {
     diffusion::sigma_space_model D(g);
     for (auto kind : {scheduler_kind::euler, scheduler_kind::euler_ancestral, scheduler_kind::heun, scheduler_kind::lms_discrete}) {
-      auto cfg = diffusion::scheduler_config::defaults_for(kind);
-      cfg.beta_schedule = diffusion::beta_family::scaled_linear;
-      cfg.beta_start = 0.00085;
-      cfg.beta_end = 0.012;
+      auto cfg = sd_config(kind);
       diffusion::scheduler s(cfg);
       s.set_timesteps(12);
       auto x0 = start<T>(rows * n);
@@ -237,48 +239,83 @@ TEST_CASE("the scheduler loop reproduces the library's samplers bit for bit", "[
       CHECK(a == b);
     }
   }
-  SECTION("DPM-Solver++(2M) in VP scale agrees with dpmpp_2m_sample in sigma-space") {
-    auto cfg = diffusion::scheduler_config::defaults_for(scheduler_kind::dpm_solver_multistep);
-    cfg.beta_schedule = diffusion::beta_family::scaled_linear;
-    cfg.beta_start = 0.00085;
-    cfg.beta_end = 0.012;
-    cfg.lower_order_final = false;
+  // The class in VP scale and a σ-space loop `run(D, x, sigmas)` from the same start (x_T / α_T): the same math
+  // in two scales, the difference the rounding of the per-step rescaling. Returns the class's final state.
+  const auto agree = [&](const diffusion::scheduler_config& cfg, std::size_t N, auto&& run) {
     diffusion::scheduler s(cfg);
-    s.set_timesteps(20);
+    s.set_timesteps(N);
     const auto x0 = start<T>(rows * n);
     const auto a = run_scheduler<T>(s, g, x0, rows, philox_step);
     diffusion::sigma_space_model D(g);
-    auto b = x0;  // the sigma-space start: x_T / alpha_T
+    auto b = x0;
     const double alpha0 = diffusion::noise_level::preserving(s.sigmas()[0]).alpha;
     for (auto& v : b) v /= alpha0;
-    diffusion::dpmpp_2m_sample(D, b, rows, noise, s.sigmas(), {.draw_initial_noise = false});
-    // Same math in two scales; the error is the rounding of the per-step rescaling.
+    run(D, b, s.sigmas());
     for (std::size_t k = 0; k < a.size(); ++k) CHECK(a[k] == Approx(b[k]).epsilon(1e-12).margin(1e-14));
+    return a;
+  };
+  SECTION("DPM-Solver++(2M) in VP scale agrees with dpmpp_2m_sample in sigma-space") {
+    auto cfg = sd_config(scheduler_kind::dpm_solver_multistep);
+    cfg.lower_order_final = false;
+    agree(cfg, 20, [&](auto& D, auto& b, auto sigmas) {
+      diffusion::dpmpp_2m_sample(D, b, rows, noise, sigmas, {.draw_initial_noise = false});
+    });
   }
   SECTION("sde-dpmsolver++ and the heun correction agree with dpmpp_2m_sde_sample in sigma-space") {
     for (const auto algorithm : {diffusion::dpm_algorithm::dpmsolver_pp, diffusion::dpm_algorithm::sde_dpmsolver_pp})
       for (const auto solver : {diffusion::dpm_solver_type::midpoint, diffusion::dpm_solver_type::heun}) {
-        auto cfg = diffusion::scheduler_config::defaults_for(scheduler_kind::dpm_solver_multistep);
-        cfg.beta_schedule = diffusion::beta_family::scaled_linear;
-        cfg.beta_start = 0.00085;
-        cfg.beta_end = 0.012;
+        auto cfg = sd_config(scheduler_kind::dpm_solver_multistep);
         cfg.lower_order_final = false;
         cfg.algorithm_type = algorithm;
         cfg.solver_type = solver;
-        diffusion::scheduler s(cfg);
-        s.set_timesteps(20);
-        const auto x0 = start<T>(rows * n);
-        const auto a = run_scheduler<T>(s, g, x0, rows, philox_step);
-        diffusion::sigma_space_model D(g);
-        auto b = x0;
-        const double alpha0 = diffusion::noise_level::preserving(s.sigmas()[0]).alpha;
-        for (auto& v : b) v /= alpha0;
         const double eta = algorithm == diffusion::dpm_algorithm::sde_dpmsolver_pp ? 1.0 : 0.0;
-        diffusion::dpmpp_2m_sde_sample(D, b, rows, noise, s.sigmas(),
-                                       {.eta = eta, .solver_type = solver, .draw_initial_noise = false});
         INFO("sde " << (eta == 1.0) << ", heun " << (solver == diffusion::dpm_solver_type::heun));
-        for (std::size_t k = 0; k < a.size(); ++k) CHECK(a[k] == Approx(b[k]).epsilon(1e-12).margin(1e-14));
+        agree(cfg, 20, [&](auto& D, auto& b, auto sigmas) {
+          diffusion::dpmpp_2m_sde_sample(D, b, rows, noise, sigmas, {.eta = eta, .solver_type = solver, .draw_initial_noise = false});
+        });
       }
+    // solver_order 3: the 3M step (the third-order term by default), ODE and SDE.
+    for (const auto algorithm : {diffusion::dpm_algorithm::dpmsolver_pp, diffusion::dpm_algorithm::sde_dpmsolver_pp}) {
+      auto cfg = sd_config(scheduler_kind::dpm_solver_multistep);
+      cfg.lower_order_final = false;
+      cfg.algorithm_type = algorithm;
+      cfg.solver_order = 3;
+      const double eta = algorithm == diffusion::dpm_algorithm::sde_dpmsolver_pp ? 1.0 : 0.0;
+      INFO("3M, sde " << (eta == 1.0));
+      const auto a = agree(cfg, 20, [&](auto& D, auto& b, auto sigmas) {
+        diffusion::dpmpp_3m_sde_sample(D, b, rows, noise, sigmas,
+                                       {.eta = eta, .solver_type = diffusion::dpm_solver_type::midpoint, .draw_initial_noise = false});
+      });
+      // diffusers' own third-order term differs (docs/conventions.md).
+      cfg.diffusers_dpm_3m = true;
+      diffusion::scheduler r(cfg);
+      r.set_timesteps(20);
+      const auto c = run_scheduler<T>(r, g, start<T>(rows * n), rows, philox_step);
+      double most = 0.0;
+      for (std::size_t k = 0; k < a.size(); ++k) most = std::max(most, std::abs(a[k] - c[k]));
+      CHECK(most > 1e-6);
+    }
+    // DPMSolverSinglestepScheduler and the singlestep loop (σ-space) take the same steps.
+    for (const std::size_t order : {1u, 2u, 3u})
+      for (const auto solver : {diffusion::dpm_solver_type::midpoint, diffusion::dpm_solver_type::heun}) {
+        auto cfg = sd_config(scheduler_kind::dpm_solver_singlestep);
+        cfg.solver_order = order;
+        cfg.solver_type = solver;
+        INFO("singlestep order " << order << ", heun " << (solver == diffusion::dpm_solver_type::heun));
+        agree(cfg, 12, [&](auto& D, auto& b, auto sigmas) {
+          diffusion::dpmpp_singlestep_sample(D, b, rows, noise, sigmas,
+                                             {.order = order, .solver_type = solver, .draw_initial_noise = false});
+        });
+      }
+    {
+      auto cfg = diffusion::scheduler_config::defaults_for(scheduler_kind::edm_dpm_solver_multistep);
+      cfg.algorithm_type = diffusion::dpm_algorithm::sde_dpmsolver_pp;
+      cfg.solver_order = 3;
+      CHECK_NOTHROW(diffusion::scheduler(cfg));
+      cfg.diffusers_dpm_3m = true;
+      CHECK_THROWS_WITH(diffusion::scheduler(cfg), Catch::Matchers::Contains("diffusers_dpm_3m") &&
+                                                       Catch::Matchers::Contains("EDMDPMSolverMultistepScheduler"));
+    }
     // Without noise the SDE form refuses, naming the option.
     auto cfg = diffusion::scheduler_config::defaults_for(scheduler_kind::dpm_solver_multistep);
     cfg.algorithm_type = diffusion::dpm_algorithm::sde_dpmsolver_pp;
@@ -623,7 +660,7 @@ TEST_CASE("scheduler misuse gets clear errors", "[scheduler][errors]") {
   CHECK_THROWS_WITH(diffusion::scheduler(bad), Contains("solver_order = 4") && Contains("supported: 1, 2, 3"));
   bad.solver_order = 3;
   bad.algorithm_type = diffusion::dpm_algorithm::sde_dpmsolver_pp;
-  CHECK_THROWS_WITH(diffusion::scheduler(bad), Contains("solver_order = 3 is supported with algorithm_type dpmsolver++ or dpmsolver only"));
+  CHECK_NOTHROW(diffusion::scheduler(bad));  // the 3M SDE (solver_order 3 with sde-dpmsolver++) is supported
   bad.algorithm_type = diffusion::dpm_algorithm::dpmsolver_pp;
   bad = diffusion::scheduler_config::defaults_for(scheduler_kind::ddim);
   bad.prediction_type = prediction::score;

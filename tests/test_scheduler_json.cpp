@@ -108,12 +108,15 @@ TEST_CASE("scheduler_config.json errors name the key and the supported values", 
   CHECK_THROWS_WITH(diffusion::parse_scheduler_config(R"({"_class_name": "DDIMScheduler", "steps_offset": "1"})"),
                     Contains("\"steps_offset\"") && Contains("non-negative integer"));
   CHECK_THROWS_WITH(
-      diffusion::parse_scheduler_config(R"({"_class_name": "DPMSolverMultistepScheduler", "algorithm_type": "sde-dpmsolver"})"),
-      Contains("\"algorithm_type\"") && Contains("\"sde-dpmsolver\" is not supported") && Contains("dpmsolver++") &&
-          Contains("sde-dpmsolver++") && Contains("dpmsolver"));
+      diffusion::parse_scheduler_config(R"({"_class_name": "DPMSolverMultistepScheduler", "algorithm_type": "dpm-solver"})"),
+      Contains("\"algorithm_type\"") && Contains("\"dpm-solver\" is not supported") && Contains("dpmsolver++") &&
+          Contains("sde-dpmsolver++") && Contains("sde-dpmsolver") && Contains("dpmsolver"));
   CHECK_THROWS_WITH(
-      diffusion::parse_scheduler_config(R"({"_class_name": "DPMSolverMultistepScheduler", "solver_type": "bh2"})"),
+      diffusion::parse_scheduler_config(R"({"_class_name": "DPMSolverMultistepScheduler", "solver_type": "rk4"})"),
       Contains("\"solver_type\"") && Contains("midpoint") && Contains("heun"));
+  CHECK(diffusion::parse_scheduler_config(R"({"_class_name": "DPMSolverMultistepScheduler", "algorithm_type": "sde-dpmsolver",
+                                              "final_sigmas_type": "sigma_min"})")
+            .config.algorithm_type == diffusion::dpm_algorithm::sde_dpmsolver);
   {
     const auto ns = diffusion::parse_scheduler_config(
         R"({"_class_name": "DPMSolverMultistepScheduler", "algorithm_type": "dpmsolver", "final_sigmas_type": "sigma_min"})");
@@ -237,7 +240,7 @@ TEST_CASE("scheduler_config.json of the EDM, LCM and TCD classes", "[consistency
   CHECK(uni.config.thresholding);
   CHECK_THROWS_WITH(diffusion::parse_scheduler_config(R"({"_class_name":"UniPCMultistepScheduler","predict_x0":false})"),
                     Contains("predict_x0") && Contains("true"));
-  CHECK_THROWS_WITH(diffusion::parse_scheduler_config(R"({"_class_name":"UniPCMultistepScheduler","solver_type":"midpoint"})"),
+  CHECK_THROWS_WITH(diffusion::parse_scheduler_config(R"({"_class_name":"UniPCMultistepScheduler","solver_type":"rk2"})"),
                     Contains("bh1, bh2"));
   CHECK_THROWS_WITH(diffusion::parse_scheduler_config(R"({"_class_name":"UniPCMultistepScheduler","disable_corrector":[-1]})"),
                     Contains("disable_corrector"));
@@ -251,11 +254,50 @@ TEST_CASE("scheduler_config.json of the EDM, LCM and TCD classes", "[consistency
       R"({"_class_name":"DEISMultistepScheduler","algorithm_type":"deis","solver_type":"logrho","solver_order":3})");
   CHECK(deis.config.kind == diffusion::scheduler_kind::deis_multistep);
   CHECK(deis.config.solver_order == 3);
-  CHECK_THROWS_WITH(diffusion::parse_scheduler_config(R"({"_class_name":"DEISMultistepScheduler","solver_type":"midpoint"})"),
+  CHECK_THROWS_WITH(diffusion::parse_scheduler_config(R"({"_class_name":"DEISMultistepScheduler","solver_type":"rk2"})"),
                     Contains("solver_type") && Contains("logrho"));
   const auto pndm = diffusion::parse_scheduler_config(R"({"_class_name":"PNDMScheduler","skip_prk_steps":true,"set_alpha_to_one":true})");
   CHECK(pndm.config.kind == diffusion::scheduler_kind::pndm);
   CHECK(pndm.config.set_alpha_to_one);
   CHECK_THROWS_WITH(diffusion::parse_scheduler_config(R"({"_class_name":"PNDMScheduler","skip_prk_steps":false})"),
                     Contains("skip_prk_steps") && Contains("Runge-Kutta"));
+}
+
+TEST_CASE("scheduler_config.json: the values diffusers' multistep classes replace are replaced the same way, and reported",
+          "[scheduler][json]") {
+  using Catch::Matchers::Contains;
+  const auto has = [](const std::vector<std::string>& notes, const std::string& key, const std::string& from, const std::string& to) {
+    for (const auto& n : notes)
+      if (n.rfind(key + ":", 0) == 0 && n.find("\"" + from + "\" is read as \"" + to + "\"") != std::string::npos) return true;
+    return false;
+  };
+  // A UniPC or DEIS model's config given to the DPM-Solver classes (diffusers' from_config between classes).
+  for (const char* cls : {"DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler", "EDMDPMSolverMultistepScheduler"}) {
+    INFO(cls);
+    for (const char* st : {"logrho", "bh1", "bh2"}) {
+      const auto p = diffusion::parse_scheduler_config(std::string(R"({"_class_name": ")") + cls + R"(", "solver_type": ")" + st +
+                                                       R"(", "algorithm_type": "deis"})");
+      CHECK(p.config.solver_type == diffusion::dpm_solver_type::midpoint);
+      CHECK(p.config.algorithm_type == diffusion::dpm_algorithm::dpmsolver_pp);
+      CHECK(has(p.ignored_keys, "solver_type", st, "midpoint"));
+      CHECK(has(p.ignored_keys, "algorithm_type", "deis", "dpmsolver++"));
+    }
+  }
+  for (const char* st : {"midpoint", "heun", "bh1", "bh2"}) {
+    const auto p = diffusion::parse_scheduler_config(std::string(R"({"_class_name": "DEISMultistepScheduler", "solver_type": ")") + st +
+                                                     R"(", "algorithm_type": "dpmsolver++"})");
+    CHECK(has(p.ignored_keys, "solver_type", st, "logrho"));
+    CHECK(has(p.ignored_keys, "algorithm_type", "dpmsolver++", "deis"));
+  }
+  for (const char* st : {"midpoint", "heun", "logrho"}) {
+    const auto p = diffusion::parse_scheduler_config(std::string(R"({"_class_name": "UniPCMultistepScheduler", "solver_type": ")") + st + "\"}");
+    CHECK(p.config.unipc_solver_type == diffusion::unipc_variant::bh2);
+    CHECK(has(p.ignored_keys, "solver_type", st, "bh2"));
+  }
+  // Values diffusers refuses stay refused; the supported ones are not reported.
+  CHECK_THROWS_WITH(diffusion::parse_scheduler_config(R"({"_class_name": "UniPCMultistepScheduler", "solver_type": "rk4"})"),
+                    Contains("\"solver_type\"") && Contains("bh1") && Contains("bh2"));
+  CHECK_THROWS_WITH(diffusion::parse_scheduler_config(R"({"_class_name": "DEISMultistepScheduler", "algorithm_type": "unipc"})"),
+                    Contains("\"algorithm_type\"") && Contains("deis"));
+  CHECK(diffusion::parse_scheduler_config(R"({"_class_name": "UniPCMultistepScheduler", "solver_type": "bh1"})").ignored_keys.empty());
 }

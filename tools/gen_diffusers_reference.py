@@ -510,6 +510,23 @@ def cases():
     add("kdpm2_a_10", "KDPM2AncestralDiscreteScheduler", kdpm, 10)
     add("dpmpp3m_20", "DPMSolverMultistepScheduler", {**dpm, "solver_order": 3}, 20)
     add("sde_dpmpp2m_20", "DPMSolverMultistepScheduler", {**dpm, "algorithm_type": "sde-dpmsolver++"}, 20)
+    # The third-order SDE update (whose D2 weight the C++ side reproduces only with diffusers_dpm_3m: it has
+    # the sign of its 1/2 flipped, docs/conventions.md), and the noise-prediction SDE form (sde-dpmsolver,
+    # which needs final_sigmas_type sigma_min), midpoint and heun.
+    add("sde_dpmpp3m_20", "DPMSolverMultistepScheduler", {**dpm, "algorithm_type": "sde-dpmsolver++", "solver_order": 3}, 20)
+    add("sde_dpm2m_20", "DPMSolverMultistepScheduler",
+        {**dpm, "algorithm_type": "sde-dpmsolver", "final_sigmas_type": "sigma_min"}, 20)
+    add("sde_dpm2m_heun_20", "DPMSolverMultistepScheduler",
+        {**dpm, "algorithm_type": "sde-dpmsolver", "solver_type": "heun", "final_sigmas_type": "sigma_min"}, 20)
+    # The model's timesteps of converted sigma lists: int64 tensors, rounded for Karras sigmas but not for
+    # squaredcos_cap_v2 in DPMSolverMultistepScheduler, and not for exponential or beta sigmas (the int64
+    # conversion truncates there).
+    add("dpmpp2m_exp_20", "DPMSolverMultistepScheduler", {**dpm, "use_exponential_sigmas": True}, 20)
+    add("dpmpp2m_karras_cos_20", "DPMSolverMultistepScheduler",
+        {**dpm, "beta_schedule": "squaredcos_cap_v2", "use_karras_sigmas": True}, 20)
+    add("dpmpp2s_beta_12", "DPMSolverSinglestepScheduler",
+        {**SD, "solver_order": 2, "algorithm_type": "dpmsolver++", "solver_type": "midpoint",
+         "prediction_type": "epsilon", "use_beta_sigmas": True}, 12)
     # IPNDMScheduler has its own levels (sin^2 of a uniform grid) and reads the model's output as v.
     add("ipndm_20", "IPNDMScheduler", {"num_train_timesteps": 1000}, 20)
     # DPMSolverSDEScheduler: its Brownian tree replaced by the recorded deterministic stream

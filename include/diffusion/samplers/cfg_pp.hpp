@@ -9,7 +9,10 @@
 /// that σ-space, variance-preserving and flow states are served by one body:
 /// - @ref diffusion::cfgpp_euler_step "cfgpp_euler_step": the paper's Algorithm 1 (DDIM with CFG++), ComfyUI `sample_euler_cfg_pp`;
 /// - @ref diffusion::cfgpp_euler_ancestral_step "cfgpp_euler_ancestral_step": ComfyUI `sample_euler_ancestral_cfg_pp`;
-/// - @ref diffusion::cfgpp_dpmpp_2m_step "cfgpp_dpmpp_2m_step": ComfyUI `sample_dpmpp_2m_cfg_pp`.
+/// - @ref diffusion::cfgpp_dpmpp_2m_step "cfgpp_dpmpp_2m_step": ComfyUI `sample_dpmpp_2m_cfg_pp`;
+///
+/// and their loop, @ref diffusion::cfgpp_sample "cfgpp_sample", over a conditional and an unconditional σ-space
+/// denoiser.
 ///
 /// With \f$D_\lambda = D_u\f$ (λ = 0, or a model that ignores its condition) each is its plain step
 /// (@ref diffusion::euler_step "euler_step", @ref diffusion::euler_ancestral_step "euler_ancestral_step",
@@ -27,6 +30,7 @@
 #include <array>
 #include <cmath>
 #include <cstddef>
+#include <cstdint>
 #include <limits>
 #include <span>
 #include <string_view>
@@ -37,6 +41,7 @@
 #include "../core/execution.hpp"
 #include "../core/tensor.hpp"
 #include "../kernels/elementwise.hpp"
+#include "../models/guidance.hpp"
 #include "common.hpp"
 #include "ode.hpp"
 #include "sde.hpp"
@@ -240,6 +245,87 @@ void cfgpp_dpmpp_2m_step(sigma_step s, std::span<const T> guided, std::span<cons
                          dpmpp_2m_state<T>& state, const P& policy = P{}) {
   detail::check_sigma_step("diffusion::cfgpp_dpmpp_2m_step", s);
   cfgpp_dpmpp_2m_step<T>(as_level_step(s), guided, unconditional, x, state, false, policy);
+}
+
+/// @brief The CFG++ step a @ref diffusion::cfgpp_sample "cfgpp_sample" run takes.
+enum class cfgpp_method {
+  euler,            ///< @ref diffusion::cfgpp_euler_step "cfgpp_euler_step" (ComfyUI `euler_cfg_pp`).
+  euler_ancestral,  ///< @ref diffusion::cfgpp_euler_ancestral_step "cfgpp_euler_ancestral_step" (`euler_ancestral_cfg_pp`).
+  dpmpp_2m,         ///< @ref diffusion::cfgpp_dpmpp_2m_step "cfgpp_dpmpp_2m_step" (`dpmpp_2m_cfg_pp`).
+};
+
+/// @brief Options of @ref diffusion::cfgpp_sample "cfgpp_sample".
+struct cfgpp_sample_options {
+  cfgpp_method method = cfgpp_method::euler;  ///< The step.
+  /// λ of \f$D_\lambda = D_u + \lambda(D_c - D_u)\f$ (the paper's scale, typically in [0, 1]; any finite value).
+  double guidance_scale = 0.6;
+  double eta = 1.0;                ///< η ∈ [0, 1] of the ancestral step (euler_ancestral only).
+  double s_noise = 1.0;            ///< S_noise ≥ 0 of the ancestral step (euler_ancestral only).
+  std::uint64_t first_sample = 0;  ///< Stream index of row 0.
+  bool draw_initial_noise = true;  ///< Set x = σ_0 z first; false: x holds it.
+  bool check_finite = true;        ///< Scan every model output.
+};
+
+/// @brief CFG++ sampling over a σ list (Chung et al. 2024; ComfyUI's `*_cfg_pp` samplers): per step the
+/// unconditional and the conditional σ-space denoisers at x, \f$D_\lambda = D_u + \lambda(D_c - D_u)\f$
+/// (@ref diffusion::apply_guidance "apply_guidance" at w = λ), and one CFG++ step of `opt.method` over the
+/// state's process (σ-space, or the models' rectified-flow levels). Two model calls per step (counted in
+/// `model_calls`; a model that batches its two passes can be given as both, with a context it reads); the
+/// ancestral step draws the Philox stream of step i; the callback reports \f$D_\lambda\f$ as x̂₀. At λ = 0
+/// the run is @ref euler_sample, @ref euler_ancestral_sample (σ-space) or @ref dpmpp_2m_sample on the
+/// unconditional model, to rounding.
+/// @param[in] conditional D_c (σ-space denoiser); @param[in] unconditional D_u (the same state process);
+/// @param[in,out] x rows × n: the state at σ_0 in (or drawn), the sample out; @param[in] rows batch size;
+/// @param[in] noise the noise source; @param[in] sigmas strictly decreasing, positive, the last may be 0;
+/// @param[in] opt method, λ, η, S_noise; @param[in] hooks callback, workspace, context (passed to both
+/// models), threads.
+/// @throws as @ref euler_sample; std::invalid_argument for a non-finite λ, η ∉ [0, 1], S_noise < 0, an unknown
+/// method, or models whose state processes differ.
+template <class Conditional, class Unconditional, mutable_tensor X, class Noise, class Context = no_context>
+  requires sigma_denoiser<Conditional, tensor_value_t<X>, Context> && sigma_denoiser<Unconditional, tensor_value_t<X>, Context> &&
+           noise_source_for<Noise, tensor_value_t<X>>
+sample_result cfgpp_sample(Conditional& conditional, Unconditional& unconditional, X&& x, std::size_t rows, Noise& noise,
+                           std::span<const double> sigmas, const cfgpp_sample_options& opt = {},
+                           const sampler_hooks<tensor_value_t<X>, Context>& hooks = {}) {
+  using T = tensor_value_t<X>;
+  constexpr std::string_view where = "diffusion::cfgpp_sample";
+  if (!std::isfinite(opt.guidance_scale))
+    detail::throw_invalid(where, "guidance_scale = " + detail::to_text(opt.guidance_scale) + " must be finite");
+  if (!(opt.method == cfgpp_method::euler || opt.method == cfgpp_method::euler_ancestral || opt.method == cfgpp_method::dpmpp_2m))
+    detail::throw_invalid(where, "method = " + detail::to_text(static_cast<int>(opt.method)) +
+                                     " is not euler, euler_ancestral or dpmpp_2m");
+  if (opt.method == cfgpp_method::euler_ancestral) detail::check_eta_and_s_noise(where, opt.eta, opt.s_noise);
+  detail::sigma_sampler<Conditional, T, Noise, Context> loop(where, conditional, as_mutable_span(x), rows, noise, sigmas,
+                                                             opt.first_sample, opt.draw_initial_noise, opt.check_finite,
+                                                             hooks);
+  sampler_hooks<T, Context> quiet = hooks;  // the unconditional pass: the same buffers and threads, no callback
+  quiet.on_step = {};
+  detail::sigma_sampler<Unconditional, T, Noise, Context> loop_u(where, unconditional, loop.x(), rows, noise, sigmas,
+                                                                 opt.first_sample, false, opt.check_finite, quiet);
+  if (loop.process() != loop_u.process())
+    detail::throw_invalid(where, "the conditional and the unconditional model have different state processes");
+  const auto xs = loop.x();
+  const std::span<T> dc = loop.buffer(0), du = loop.buffer(2), guided = loop.buffer(3), previous = loop.buffer(4);
+  dpmpp_2m_state<T> st{previous, 0.0, false};
+  const guidance_options g{.guidance_scale = opt.guidance_scale};
+  for (std::size_t i = 0; i < loop.steps(); ++i) {
+    const double sg = loop.sigma(i);
+    loop_u.denoise(xs, sg, du, i);
+    loop.denoise(xs, sg, dc, i);
+    apply_guidance<T>(dc, du, rows, g, guided);
+    const level_step l = loop.step_levels(sg, i);
+    const std::span<const T> gd(guided), ud(du);
+    switch (opt.method) {
+      case cfgpp_method::euler: cfgpp_euler_step<T>(l, gd, ud, xs, loop.policy()); break;
+      case cfgpp_method::euler_ancestral:
+        cfgpp_euler_ancestral_step<T>(l, gd, ud, xs, loop.noise(i), {opt.eta, opt.s_noise}, loop.policy());
+        break;
+      default: cfgpp_dpmpp_2m_step<T>(l, gd, ud, xs, st, false, loop.policy()); break;
+    }
+    loop.result().model_calls += 1;  // the unconditional call (loop_u counts its own)
+    if (!loop.report(loop.steps(), loop.time(sg), sg, loop.sigma(i + 1), gd)) break;
+  }
+  return loop.result();
 }
 
 }  // namespace diffusion

@@ -33,9 +33,11 @@
 #include <array>
 #include <cmath>
 #include <cstddef>
+#include <cstdint>
 #include <span>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -252,6 +254,65 @@ inline std::vector<std::size_t> singlestep_orders(std::size_t N, std::size_t k, 
   return o;
 }
 
+/// @brief Options of @ref dpmpp_singlestep_sample.
+struct dpmpp_singlestep_sample_options {
+  std::size_t order = 2;  ///< 1 … 3 (diffusers' `solver_order`, default 2).
+  dpm_solver_type solver_type = dpm_solver_type::midpoint;  ///< The order-2 and order-3 forms (`solver_type`).
+  /// diffusers' `lower_order_final` (default false in DPMSolverSinglestepScheduler): the last block shortened
+  /// as @ref diffusion::singlestep_orders "singlestep_orders" does. Where N is not a multiple of the order it is
+  /// switched on, as diffusers' `set_timesteps` does (with a warning there).
+  bool lower_order_final = false;
+  std::uint64_t first_sample = 0;  ///< Stream index of row 0.
+  bool draw_initial_noise = true;  ///< Set x = σ_0 z first; false: x holds it.
+  bool check_finite = true;        ///< Scan every model output.
+};
+
+/// @brief Singlestep DPM-Solver++ sampling over a σ list (Lu et al. 2022b, DPM-Solver++(2S) and its orders 1
+/// and 3; diffusers' DPMSolverSinglestepScheduler over the state's process: σ-space, or the model's
+/// rectified-flow levels): the N steps split into blocks of orders 1, 2, …, k
+/// (@ref diffusion::singlestep_orders "singlestep_orders"); call i of order o evaluates the model at σ_i and
+/// lands on σ_{i+1} with @ref diffusion::dpmpp_singlestep_update "dpmpp_singlestep_update" from the block's
+/// start σ_{i−o+1}, whose state it keeps. One model call per step; the callback reports every step (x̂₀ of its
+/// call). A list ending at σ = 0 ends with an order-1 call (x = α D there).
+/// @param[in] D the σ-space denoiser (@ref sigma_space_model); @param[in,out] x rows × n: the state at σ_0 in
+/// (or drawn), the sample out; @param[in] rows batch size; @param[in] noise the noise source (initial draw
+/// only); @param[in] sigmas strictly decreasing, positive, the last may be 0; @param[in] opt options;
+/// @param[in] hooks callback, workspace, context, threads.
+/// @throws as @ref euler_sample; std::invalid_argument for an order outside [1, 3], a solver type that is not
+/// midpoint or heun, or a flow list from σ = 1 with order ≥ 2 (α = 0: no finite log-SNR).
+template <class SigmaModel, mutable_tensor X, class Noise, class Context = no_context>
+  requires sigma_denoiser<SigmaModel, tensor_value_t<X>, Context> && noise_source_for<Noise, tensor_value_t<X>>
+sample_result dpmpp_singlestep_sample(SigmaModel& D, X&& x, std::size_t rows, Noise& noise, std::span<const double> sigmas,
+                                      const dpmpp_singlestep_sample_options& opt = {},
+                                      const sampler_hooks<tensor_value_t<X>, Context>& hooks = {}) {
+  using T = tensor_value_t<X>;
+  constexpr std::string_view where = "diffusion::dpmpp_singlestep_sample";
+  if (opt.order < 1 || opt.order > 3)
+    detail::throw_invalid(where, "order = " + detail::to_text(opt.order) + " is outside the allowed range [1, 3]");
+  if (!(opt.solver_type == dpm_solver_type::midpoint || opt.solver_type == dpm_solver_type::heun))
+    detail::throw_invalid(where, "solver_type = " + detail::to_text(static_cast<int>(opt.solver_type)) + " is not midpoint or heun");
+  detail::sigma_sampler<SigmaModel, T, Noise, Context> loop(where, D, as_mutable_span(x), rows, noise, sigmas,
+                                                            opt.first_sample, opt.draw_initial_noise, opt.check_finite,
+                                                            hooks);
+  const std::size_t N = loop.steps();
+  const std::vector<std::size_t> orders =
+      singlestep_orders(N, opt.order, opt.lower_order_final || N % opt.order != 0, sigmas[N] == 0.0);
+  const auto xs = loop.x();
+  const std::array<std::span<T>, 3> out{loop.buffer(0), loop.buffer(2), loop.buffer(3)};  // the block's outputs
+  const std::span<T> start = loop.buffer(4);                                               // the block's start state
+  for (std::size_t i = 0; i < N; ++i) {
+    const std::size_t o = orders[i];
+    loop.denoise(xs, loop.sigma(i), out[o - 1], i);
+    if (o == 1) std::copy(xs.begin(), xs.end(), start.begin());
+    singlestep_levels L{loop.level(loop.sigma(i + 1 - o)), {}, loop.level(loop.sigma(i + 1)), o};
+    for (std::size_t q = 1; q < o; ++q) L.stages[q - 1] = loop.level(loop.sigma(i + 1 - o + q));
+    dpmpp_singlestep_update<T>(L, {std::span<const T>(out[0]), std::span<const T>(out[1]), std::span<const T>(out[2])},
+                               std::span<const T>(start), xs, opt.solver_type, loop.policy());
+    if (!loop.report(N, loop.time(loop.sigma(i)), loop.sigma(i), loop.sigma(i + 1), out[o - 1])) break;
+  }
+  return loop.result();
+}
+
 // ---------------------------------------------------------------------------------------
 // DPM-Solver (noise prediction), multistep orders 1–3
 // ---------------------------------------------------------------------------------------
@@ -263,12 +324,61 @@ struct dpm_solver_options {
   /// Order 3 with diffusers' (and Lu et al.'s `dpm_solver_pytorch`) third-order term, half the Taylor
   /// term (the method is then second order; docs/conventions.md). Off: the exact quadratic interpolant.
   bool reference_3m = false;
+  /// The SDE solver in noise-prediction form (diffusers' `algorithm_type="sde-dpmsolver"`; Lu et al. 2022b,
+  /// arXiv 2211.01095, §4 and Appendix): every ε weight doubled and fresh noise
+  /// \f$\sigma_t\sqrt{\operatorname{expm1}(2h)}\,z\f$ added (the step then needs a noise operand).
+  bool sde = false;
 };
 
 /// @brief The history of @ref diffusion::dpm_solver_step "dpm_solver_step": the ε of the latest calls, newest first, with their λ, in
 /// caller-owned buffers (the same record as DEIS's; value-initialize it at the start of a run).
 template <real_scalar T>
 using dpm_solver_state = deis_state<T>;
+
+namespace detail {
+/// The body of both @ref diffusion::dpm_solver_step "dpm_solver_step" overloads.
+template <real_scalar T, class Z, execution_policy P>
+void dpm_solver_update(const level_step& s, std::span<const T> denoised, std::span<T> x, dpm_solver_state<T>& st, const Z& z,
+                       const dpm_solver_options& opt, std::size_t max_order, const P& policy) {
+  constexpr std::string_view where = "diffusion::dpm_solver_step";
+  if (!(opt.solver_type == dpm_solver_type::midpoint || opt.solver_type == dpm_solver_type::heun))
+    throw_invalid(where, "solver_type = " + to_text(static_cast<int>(opt.solver_type)) + " is not midpoint or heun");
+  const eps_step_plan plan = eps_step_prologue<T>(where, s, denoised, x, st, opt.order, max_order);
+  if constexpr (std::is_same_v<Z, kernels::no_noise>) {
+    if (opt.sde && !plan.lands_on_data)
+      throw_invalid(where, "opt.sde adds noise (sigma_next = " + to_text(s.to.sigma) +
+                               " > 0) but no noise was passed (use the overload taking a noise operand)");
+  } else {
+    check_noise_operand<T>(where, z, x.size());
+  }
+  std::array<double, 4> w{};  // weights of ε_0 … ε_{k−1}, −σ_t folded in
+  double noise_scale = 0.0;
+  if (plan.lands_on_data) {
+    w[0] = -s.to.alpha * (s.from.sigma / s.from.alpha);
+  } else {
+    const double h = plan.lambda_t - plan.lambda_s, f = opt.sde ? 2.0 : 1.0;
+    if (plan.k == 1) {
+      w[0] = -f * s.to.sigma * std::expm1(h);
+    } else if (plan.k == 2 && opt.solver_type == dpm_solver_type::midpoint) {
+      const double c = -f * s.to.sigma * std::expm1(h), half_over_r = 0.5 / -plan.nodes[1];
+      w[0] = c * (1.0 + half_over_r);
+      w[1] = -c * half_over_r;
+    } else {
+      const auto g = exp_integrator_weights(std::span<const double>(plan.nodes.data(), plan.k), h, opt.reference_3m ? 0.5 : 1.0);
+      for (std::size_t j = 0; j < plan.k; ++j) w[j] = -f * s.to.sigma * h * g[j];
+    }
+    if (opt.sde) noise_scale = s.to.sigma * std::sqrt(std::expm1(2.0 * h));
+  }
+  if constexpr (std::is_same_v<Z, kernels::no_noise>) {
+    eps_step_commit<T>(where, s, plan, w, denoised, x, st, opt.order, policy, "the DPM-Solver step");
+  } else {
+    if (noise_scale > 0.0)
+      eps_step_commit<T>(where, s, plan, w, denoised, x, st, opt.order, policy, "the DPM-Solver step", z, noise_scale);
+    else
+      eps_step_commit<T>(where, s, plan, w, denoised, x, st, opt.order, policy, "the DPM-Solver step");
+  }
+}
+}  // namespace detail
 
 /// @brief One multistep DPM-Solver step in noise-prediction form between two levels of the state's process
 /// (Lu et al. 2022a, arXiv 2206.00927, Eq. 3.4 with the multistep "DPM-Solver-2M/3M" of Appendix B;
@@ -281,39 +391,43 @@ using dpm_solver_state = deis_state<T>;
 ///   \f$g_j = \sum_m m!\,\varphi_{m+1}(h)[\theta^m]\ell_j\f$ (the same weights as DEIS's: Lu's D₁, D₂ terms
 ///   are this interpolant's derivatives; with `reference_3m` the θ² moment is halved, as diffusers).
 ///
-/// The order is k = min(stored + 1, opt.order, max_order), and 1 at σ_t = 0 (x_t = α_t D). The step takes x̂₀
-/// as every other step does and forms ε = (x − α_s D)/σ_s inside the pass (stored in the history); for an
-/// ε-predicting model pass x̂₀ = (x − σ_s ε)/α_s, which the pass inverts up to rounding.
+/// With `opt.sde` it is the SDE solver of the same form (diffusers' `algorithm_type="sde-dpmsolver"`): the
+/// exact solution of the reverse SDE \f$x_t = \frac{\alpha_t}{\alpha_s}x_s - 2\alpha_t\int_{\lambda_s}^{\lambda_t}
+/// e^{-\lambda}\hat\varepsilon\,d\lambda + \sigma_t\sqrt{e^{2h} - 1}\,z\f$ has twice the ODE's ε integral, so every
+/// weight above is doubled (order 1: \f$-2\sigma_t\operatorname{expm1}(h)\varepsilon_0\f$; order 2 midpoint and heun
+/// are diffusers' second-order `sde-dpmsolver` updates), and \f$\sigma_t\sqrt{\operatorname{expm1}(2h)}\,z\f$ is added.
+///
+/// The order is k = min(stored + 1, opt.order, max_order), and 1 at σ_t = 0, where the step is x_t = α_t D
+/// (no noise, with or without `sde`: the limit of the data-prediction forms; the ε form's weight is σ_t·∞
+/// there, which diffusers evaluates to NaN). The step takes x̂₀ as every other step does and forms
+/// ε = (x − α_s D)/σ_s inside the pass (stored in the history); for an ε-predicting model pass
+/// x̂₀ = (x − σ_s ε)/α_s, which the pass inverts up to rounding.
 /// @param[in] s the level step (α > 0 at the start; λ increasing, above the last stored output's);
 /// @param[in] denoised x̂₀ = D(x) at s.from; @param[in,out] x the state; @param[in,out] st the history (the
-/// first opt.order slots of x's size); @param[in] opt order, solver_type, reference_3m; @param[in] max_order
-/// 1 … 3, this call's cap (`lower_order_final`); @param[in] policy threads (bit-identical for any count).
+/// first opt.order slots of x's size); @param[in] opt order, solver_type, reference_3m, sde;
+/// @param[in] max_order 1 … 3, this call's cap (`lower_order_final`); @param[in] policy threads (bit-identical
+/// for any count).
 /// @throws std::invalid_argument for a bad step (α = 0 at the start, λ not increasing), order, max_order,
-///         solver_type, sizes, aliasing or history; std::domain_error for a coefficient or result not finite in T.
+///         solver_type, sizes, aliasing or history, or `opt.sde` without a noise operand (use the overload
+///         taking one); std::domain_error for a coefficient or result not finite in T.
 template <real_scalar T, execution_policy P = sequential_policy>
 void dpm_solver_step(const level_step& s, std::span<const T> denoised, std::span<T> x, dpm_solver_state<T>& st,
                      const dpm_solver_options& opt = {}, std::size_t max_order = 3, const P& policy = P{}) {
-  constexpr std::string_view where = "diffusion::dpm_solver_step";
-  if (!(opt.solver_type == dpm_solver_type::midpoint || opt.solver_type == dpm_solver_type::heun))
-    detail::throw_invalid(where, "solver_type = " + detail::to_text(static_cast<int>(opt.solver_type)) + " is not midpoint or heun");
-  const detail::eps_step_plan plan = detail::eps_step_prologue<T>(where, s, denoised, x, st, opt.order, max_order);
-  std::array<double, 4> w{};  // weights of ε_0 … ε_{k−1}, −σ_t folded in
-  if (plan.lands_on_data) {
-    w[0] = -s.to.alpha * (s.from.sigma / s.from.alpha);
-  } else {
-    const double h = plan.lambda_t - plan.lambda_s;
-    if (plan.k == 1) {
-      w[0] = -s.to.sigma * std::expm1(h);
-    } else if (plan.k == 2 && opt.solver_type == dpm_solver_type::midpoint) {
-      const double c = -s.to.sigma * std::expm1(h), half_over_r = 0.5 / -plan.nodes[1];
-      w[0] = c * (1.0 + half_over_r);
-      w[1] = -c * half_over_r;
-    } else {
-      const auto g = detail::exp_integrator_weights(std::span<const double>(plan.nodes.data(), plan.k), h, opt.reference_3m ? 0.5 : 1.0);
-      for (std::size_t j = 0; j < plan.k; ++j) w[j] = -s.to.sigma * h * g[j];
-    }
-  }
-  detail::eps_step_commit<T>(where, s, plan, w, denoised, x, st, opt.order, policy, "the DPM-Solver step");
+  detail::dpm_solver_update<T>(s, denoised, x, st, kernels::no_noise{}, opt, max_order, policy);
+}
+
+/// @brief @ref diffusion::dpm_solver_step "dpm_solver_step" with a noise operand, for `opt.sde` (diffusers'
+/// `sde-dpmsolver`): z holds x.size() standard normals (a buffer, or a kernels::philox_stream; checked even
+/// where the step adds none: without `sde`, or landing on σ_t = 0).
+/// @param[in] s the level step; @param[in] denoised x̂₀ at s.from; @param[in,out] x the state;
+/// @param[in,out] st the history; @param[in] z the normals; @param[in] opt the options (set `sde`);
+/// @param[in] max_order this call's cap; @param[in] policy threads (bit-identical for any count).
+/// @throws as the overload without noise, and std::invalid_argument for a noise operand of the wrong size.
+template <real_scalar T, class Z, execution_policy P = sequential_policy>
+  requires kernels::noise_operand<Z, T>
+void dpm_solver_step(const level_step& s, std::span<const T> denoised, std::span<T> x, dpm_solver_state<T>& st,
+                     const Z& z, const dpm_solver_options& opt, std::size_t max_order = 3, const P& policy = P{}) {
+  detail::dpm_solver_update<T>(s, denoised, x, st, z, opt, max_order, policy);
 }
 
 }  // namespace diffusion

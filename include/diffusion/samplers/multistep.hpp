@@ -87,34 +87,38 @@ inline void check_eps_form_start(std::string_view where, const level_step& s) {
 }
 
 /// One pass of an ε-form multistep update with M earlier outputs: \f$\varepsilon_0 = (x - \alpha_s D)/\sigma_s\f$ into
-/// slots[0], \f$x' = a\,x + w_0\varepsilon_0 + \sum_{j=1}^{M} w_j\varepsilon_j\f$ with ε_j from slots[j].
-template <std::size_t M, real_scalar T, execution_policy P>
-bool eps_multistep_pass(const P& policy, std::span<T> x, std::span<const T> denoised,
+/// slots[0], \f$x' = a\,x + w_0\varepsilon_0 + \sum_{j=1}^{M} w_j\varepsilon_j + c_z z\f$ with ε_j from slots[j] and z the
+/// normals of the noise operand (no term for kernels::no_noise).
+template <std::size_t M, real_scalar T, class Z, execution_policy P>
+bool eps_multistep_pass(const P& policy, const Z& z, std::span<T> x, std::span<const T> denoised,
                         const std::array<std::span<T>, 4>& slots, T alpha_s, T inv_sigma_s, T a,
-                        const std::array<T, 4>& w) {
+                        const std::array<T, 4>& w, T cz) {
   return [&]<std::size_t... I>(std::index_sequence<I...>) {
     using kernels::madd;
-    return kernels::map(policy, kernels::no_noise{}, kernels::outputs(x, slots[0]),
+    return kernels::map(policy, z, kernels::outputs(x, slots[0]),
                         kernels::inputs<T>(std::span<const T>(x), denoised, std::span<const T>(slots[I + 1])...),
-                        [=](auto xv, auto dv, auto... ev) {
+                        [=](auto xv, auto dv, auto... rest) {
                           using V = decltype(xv);
+                          const std::array<V, sizeof...(rest)> r{rest...};  // the M earlier ε, then z
                           const V e0 = madd(V(-alpha_s), dv, xv) * V(inv_sigma_s);
                           V xn = madd(V(w[0]), e0, V(a) * xv);
-                          ((xn = madd(V(w[I + 1]), ev, xn)), ...);
+                          ((xn = madd(V(w[I + 1]), r[I], xn)), ...);
+                          if constexpr (sizeof...(rest) > M) xn = madd(V(cz), r[M], xn);
                           return std::array<V, 2>{xn, e0};
                         });
   }(std::make_index_sequence<M>{});
 }
 
 /// Runs @ref eps_multistep_pass with M = k − 1 (k = 1 … 4).
-template <real_scalar T, execution_policy P>
-bool eps_multistep_pass(const P& policy, std::size_t k, std::span<T> x, std::span<const T> denoised,
-                        const std::array<std::span<T>, 4>& slots, T alpha_s, T inv_sigma_s, T a, const std::array<T, 4>& w) {
+template <real_scalar T, class Z, execution_policy P>
+bool eps_multistep_pass(const P& policy, const Z& z, std::size_t k, std::span<T> x, std::span<const T> denoised,
+                        const std::array<std::span<T>, 4>& slots, T alpha_s, T inv_sigma_s, T a, const std::array<T, 4>& w,
+                        T cz = T(0)) {
   switch (k) {
-    case 1: return eps_multistep_pass<0, T>(policy, x, denoised, slots, alpha_s, inv_sigma_s, a, w);
-    case 2: return eps_multistep_pass<1, T>(policy, x, denoised, slots, alpha_s, inv_sigma_s, a, w);
-    case 3: return eps_multistep_pass<2, T>(policy, x, denoised, slots, alpha_s, inv_sigma_s, a, w);
-    default: return eps_multistep_pass<3, T>(policy, x, denoised, slots, alpha_s, inv_sigma_s, a, w);
+    case 1: return eps_multistep_pass<0, T>(policy, z, x, denoised, slots, alpha_s, inv_sigma_s, a, w, cz);
+    case 2: return eps_multistep_pass<1, T>(policy, z, x, denoised, slots, alpha_s, inv_sigma_s, a, w, cz);
+    case 3: return eps_multistep_pass<2, T>(policy, z, x, denoised, slots, alpha_s, inv_sigma_s, a, w, cz);
+    default: return eps_multistep_pass<3, T>(policy, z, x, denoised, slots, alpha_s, inv_sigma_s, a, w, cz);
   }
 }
 
@@ -195,11 +199,12 @@ eps_step_plan eps_step_prologue(std::string_view where, const level_step& s, std
 
 /// Finishes an ε-history step from the weights w of ε_0 … ε_{k−1} (σ_t or α_t folded in): the weights
 /// as T, the history rotated (the oldest slot becomes slot 0, written by the pass), and the one pass
-/// x' = (α_t/α_s) x + Σ_j w_j ε_j with ε_0 = (x − α_s D)/σ_s.
-template <real_scalar T, execution_policy P>
+/// x' = (α_t/α_s) x + Σ_j w_j ε_j + c_z z with ε_0 = (x − α_s D)/σ_s (z: the noise operand, validated by
+/// the caller; c_z = noise_scale, 0 for kernels::no_noise).
+template <real_scalar T, execution_policy P, class Z = kernels::no_noise>
 void eps_step_commit(std::string_view where, const level_step& s, const eps_step_plan& plan, const std::array<double, 4>& w,
                      std::span<const T> denoised, std::span<T> x, deis_state<T>& st, std::size_t order, const P& policy,
-                     std::string_view what) {
+                     std::string_view what, const Z& z = kernels::no_noise{}, double noise_scale = 0.0) {
   std::array<T, 4> wt{};
   for (std::size_t j = 0; j < plan.k; ++j) wt[j] = coefficient<T>(where, indexed_name("the weight of eps_", j), w[j]);
   const T a = coefficient<T>(where, "alpha_t / alpha_s", s.to.alpha / s.from.alpha);
@@ -211,7 +216,8 @@ void eps_step_commit(std::string_view where, const level_step& s, const eps_step
               st.lambda.begin() + static_cast<std::ptrdiff_t>(order));
   st.lambda[0] = plan.lambda_s;
   st.count = std::min(st.count + 1, order);
-  require_finite_step(where, eps_multistep_pass<T>(policy, plan.k, x, denoised, st.eps, as, inv, a, wt), what);
+  const T cz = coefficient<T>(where, "the noise's scale", noise_scale);
+  require_finite_step(where, eps_multistep_pass<T>(policy, z, plan.k, x, denoised, st.eps, as, inv, a, wt, cz), what);
 }
 }  // namespace detail
 
@@ -441,7 +447,7 @@ void plms_step(const level_step& s, std::span<const T> denoised, std::span<T> x,
     st.landed = s.to;
     st.correction_pending = s.to.sigma > 0.0;  // a one-step run to the data has nothing to correct with
   } else {
-    ok = detail::eps_multistep_pass<T>(policy, k, x, denoised, st.eps, as, inv, a, w);
+    ok = detail::eps_multistep_pass<T>(policy, kernels::no_noise{}, k, x, denoised, st.eps, as, inv, a, w);
   }
   detail::require_finite_step(where, ok, "the PLMS step");
 }

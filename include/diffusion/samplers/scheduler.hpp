@@ -24,7 +24,7 @@
 /// | EulerAncestralDiscreteScheduler | @ref diffusion::euler_ancestral_step "euler_ancestral_step" | σ-space |
 /// | LMSDiscreteScheduler | @ref diffusion::lms_step "lms_step" (order `lms_order`, default 4) | σ-space (x₀ + σε) |
 /// | HeunDiscreteScheduler | @ref diffusion::heun_predict "heun_predict" / @ref diffusion::heun_correct "heun_correct" (two calls per step) | σ-space |
-/// | DPMSolverMultistepScheduler (dpmsolver++ orders 1–3 or sde-dpmsolver++ orders 1–2, midpoint or heun; order 3: @ref diffusion::dpmpp_3m_sde_step "dpmpp_3m_sde_step") | @ref diffusion::dpmpp_2m_step "dpmpp_2m_step" over VP levels; heun or sde-dpmsolver++: @ref diffusion::dpmpp_2m_sde_step "dpmpp_2m_sde_step" (η = 0 or 1) | variance preserving |
+/// | DPMSolverMultistepScheduler (dpmsolver++ or sde-dpmsolver++, orders 1–3, midpoint or heun; order 3: @ref diffusion::dpmpp_3m_sde_step "dpmpp_3m_sde_step", η = 0 or 1) | @ref diffusion::dpmpp_2m_step "dpmpp_2m_step" over VP levels; heun or sde-dpmsolver++: @ref diffusion::dpmpp_2m_sde_step "dpmpp_2m_sde_step" (η = 0 or 1) | variance preserving |
 /// | FlowMatchEulerDiscreteScheduler | @ref diffusion::flow_euler_step "flow_euler_step" (x + (σ' − σ)u, one pass) for a velocity model, @ref diffusion::euler_step "euler_step" on flow levels for another prediction type; `stochastic_sampling`: @ref diffusion::flow_stochastic_step "flow_stochastic_step" (x̂₀ renoised to σ') | rectified flow ((1 − σ)x₀ + σε) |
 /// | FlowMatchHeunDiscreteScheduler | @ref diffusion::heun_predict "heun_predict" / @ref diffusion::heun_correct "heun_correct" on flow levels | rectified flow |
 /// | EDMEulerScheduler | @ref diffusion::euler_step "euler_step"; the model's output is EDM's F (@ref diffusion::edm_preconditioning "edm_preconditioning") | σ-space |
@@ -34,7 +34,7 @@
 /// | UniPCMultistepScheduler (`predict_x0`, bh1/bh2, orders 1–3, `disable_corrector`) | @ref diffusion::unipc_step "unipc_step" over VP levels | variance preserving |
 /// | KDPM2DiscreteScheduler | @ref diffusion::dpm2_predict "dpm2_predict" / @ref diffusion::dpm2_correct "dpm2_correct" (two calls per step, the second at √(σσ')) | σ-space |
 /// | DEISMultistepScheduler (`deis`, `logrho`, orders 1–3) | @ref diffusion::deis_step "deis_step" over VP levels | variance preserving |
-/// | DPMSolverMultistepScheduler, `algorithm_type="dpmsolver"` (orders 1–3, midpoint or heun) | @ref diffusion::dpm_solver_step "dpm_solver_step" (the noise-prediction form) over VP levels | variance preserving |
+/// | DPMSolverMultistepScheduler, `algorithm_type="dpmsolver"` or `"sde-dpmsolver"` (orders 1–3, midpoint or heun) | @ref diffusion::dpm_solver_step "dpm_solver_step" (the noise-prediction form; `sde` for sde-dpmsolver) over VP levels | variance preserving |
 /// | DPMSolverSinglestepScheduler (dpmsolver++, orders 1–3, midpoint or heun, diffusers' blocks of @ref diffusion::singlestep_orders "singlestep_orders") | @ref diffusion::dpmpp_singlestep_update "dpmpp_singlestep_update" from the block's start over VP levels | variance preserving |
 /// | PNDMScheduler (`skip_prk_steps`) | @ref diffusion::plms_step "plms_step" over the training levels (diffusers' list with its repeated second timestep) | variance preserving |
 /// | KDPM2AncestralDiscreteScheduler | the same between σ and σ↓ with σ↑ noise at the second call (@ref diffusion::ancestral_midpoint_levels "ancestral_midpoint_levels") | σ-space |
@@ -109,7 +109,7 @@ enum class scheduler_kind {
   euler,                 ///< EulerDiscreteScheduler.
   euler_ancestral,       ///< EulerAncestralDiscreteScheduler.
   heun,                  ///< HeunDiscreteScheduler.
-  dpm_solver_multistep,  ///< DPMSolverMultistepScheduler (algorithm_type dpmsolver++ or sde-dpmsolver++, solver_order 1 or 2, solver_type midpoint or heun).
+  dpm_solver_multistep,  ///< DPMSolverMultistepScheduler (algorithm_type dpmsolver++, sde-dpmsolver++, dpmsolver or sde-dpmsolver, solver_order 1 … 3, solver_type midpoint or heun).
   flow_match_euler,      ///< FlowMatchEulerDiscreteScheduler (rectified flow; SD3, Flux).
   flow_match_heun,       ///< FlowMatchHeunDiscreteScheduler (rectified flow).
   lms_discrete,          ///< LMSDiscreteScheduler (the linear multistep method, order `lms_order`).
@@ -168,6 +168,7 @@ enum class dpm_algorithm {
   dpmsolver_pp,      ///< "dpmsolver++": the ODE solver (@ref diffusion::dpmpp_2m_step "dpmpp_2m_step").
   sde_dpmsolver_pp,  ///< "sde-dpmsolver++": the SDE solver, η = 1 (@ref diffusion::dpmpp_2m_sde_step "dpmpp_2m_sde_step"); `step` needs noise.
   dpmsolver,         ///< "dpmsolver": the noise-prediction form (@ref diffusion::dpm_solver_step "dpm_solver_step"; DPMSolverMultistepScheduler only).
+  sde_dpmsolver,     ///< "sde-dpmsolver": the SDE solver in noise-prediction form (@ref diffusion::dpm_solver_step "dpm_solver_step" with `sde`; DPMSolverMultistepScheduler only); `step` needs noise.
 };
 
 /// @brief The EDM classes' `sigma_schedule`: how N levels are placed between σ_max and σ_min.
@@ -238,7 +239,8 @@ struct scheduler_config {
   /// (diffusers #13243; @ref flow_schedule_options::diffusers_double_shift). Off: shifted once.
   bool diffusers_double_shift = false;
   /// Not a diffusers key: DPMSolverMultistepScheduler with solver_order 3 uses diffusers' own
-  /// third-order term, which is half the Taylor term (second order; @ref dpmpp_sde_options::reference_3m).
+  /// third-order term, which is half the Taylor term (second order; @ref dpmpp_sde_options::reference_3m),
+  /// and with sde-dpmsolver++ diffusers' D₂ weight with its sign error (@ref dpmpp_sde_options::diffusers_sde_3m).
   /// Off: the third-order form.
   bool diffusers_dpm_3m = false;
   /// Not a diffusers key: IPNDMScheduler's first call, from pure noise (α = 0), takes x̂₀ = 0 as diffusers does
@@ -401,9 +403,6 @@ class scheduler {
       case scheduler_kind::dpm_solver_multistep: set_dpm_timesteps(N); break;
       case scheduler_kind::dpm_solver_singlestep:
         set_dpm_timesteps(N);
-        // diffusers' singlestep class rounds the timesteps of Karras σ only (the multistep class all).
-        if (cfg_.use_exponential_sigmas || cfg_.use_beta_sigmas)
-          for (std::size_t k = 0; k < N; ++k) timesteps_[k] = timestep_of(sigmas_[k]);
         // diffusers switches lower_order_final on (with a warning) for N not a multiple of the order or a
         // final σ of 0; the order list follows the switched value.
         singlestep_orders_ = singlestep_orders(N, cfg_.solver_order,
@@ -669,13 +668,20 @@ class scheduler {
         !(cfg_.solver_order >= 1 && cfg_.solver_order <= 3))
       detail::throw_invalid(where, "solver_order = " + detail::to_text(cfg_.solver_order) + " is not supported by " +
                                        std::string(class_name(cfg_.kind)) + " here (supported: 1, 2, 3)");
-    if (dpm() && cfg_.solver_order == 3 && cfg_.algorithm_type == dpm_algorithm::sde_dpmsolver_pp)
-      detail::throw_invalid(where, "solver_order = 3 is supported with algorithm_type dpmsolver++ or dpmsolver only here "
-                                   "(the 3M SDE is dpmpp_3m_sde_step / dpmpp_3m_sde_sample)");
-    if (cfg_.algorithm_type == dpm_algorithm::dpmsolver && cfg_.kind != scheduler_kind::dpm_solver_multistep)
-      detail::throw_invalid(where, "algorithm_type = dpmsolver is supported by DPMSolverMultistepScheduler only here, not by " +
+    const bool eps_form = cfg_.algorithm_type == dpm_algorithm::dpmsolver || cfg_.algorithm_type == dpm_algorithm::sde_dpmsolver;
+    if (dpm() && eps_form && cfg_.kind != scheduler_kind::dpm_solver_multistep)
+      detail::throw_invalid(where, "algorithm_type = " +
+                                       std::string(cfg_.algorithm_type == dpm_algorithm::dpmsolver ? "dpmsolver" : "sde-dpmsolver") +
+                                       " is supported by DPMSolverMultistepScheduler only here, not by " +
                                        std::string(class_name(cfg_.kind)) + " (supported: dpmsolver++" +
                                        (cfg_.kind == scheduler_kind::dpm_solver_singlestep ? ")" : ", sde-dpmsolver++)"));
+    // diffusers' EDM class has no third-order sde-dpmsolver++ update (its step fails there), so there is
+    // nothing of diffusers' to reproduce; the default (exact) third order is available.
+    if (cfg_.kind == scheduler_kind::edm_dpm_solver_multistep && cfg_.solver_order == 3 && cfg_.diffusers_dpm_3m &&
+        cfg_.algorithm_type == dpm_algorithm::sde_dpmsolver_pp)
+      detail::throw_invalid(where, "diffusers_dpm_3m with solver_order = 3 and algorithm_type = sde-dpmsolver++ is not "
+                                   "supported by EDMDPMSolverMultistepScheduler (diffusers' class has no such update; "
+                                   "supported: diffusers_dpm_3m = false)");
     if (cfg_.kind == scheduler_kind::dpm_solver_singlestep && cfg_.algorithm_type == dpm_algorithm::sde_dpmsolver_pp)
       detail::throw_invalid(where, "algorithm_type = sde-dpmsolver++ is not supported by DPMSolverSinglestepScheduler here "
                                    "(supported: dpmsolver++)");
@@ -823,6 +829,40 @@ class scheduler {
     return s;
   }
 
+  // diffusers' DPMSolverMultistepScheduler order cap of call i for solver_order k: 1 at the last call with
+  // euler_at_final, or with lower_order_final in a run of fewer than 15 steps, where the second to last call
+  // takes at most 2; else k (the history caps it further at the start).
+  [[nodiscard]] std::size_t dpm_order_cap(std::size_t i, std::size_t k) const {
+    const std::size_t N = timesteps_.size();
+    const bool short_run = cfg_.lower_order_final && N < 15;
+    if (i + 1 == N && (cfg_.euler_at_final || short_run)) return 1;
+    if (i + 2 == N && short_run) return std::min<std::size_t>(k, 2);
+    return k;
+  }
+
+  // Calls step(noise) when the step adds noise (an error naming `what` when the caller passed none), else
+  // step(kernels::no_noise{}).
+  template <class Z, class F>
+  static void with_noise_if(bool adds_noise, const Z& noise, std::string_view what, F&& step) {
+    if (!adds_noise) {
+      step(kernels::no_noise{});
+    } else if constexpr (std::is_same_v<Z, kernels::no_noise>) {
+      detail::throw_invalid("diffusion::scheduler::step", std::string(what) + " adds noise at every step but no noise was passed");
+    } else {
+      step(noise);
+    }
+  }
+
+  // The model's timestep of a converted σ in the VP multistep classes, as diffusers stores it (an int64
+  // tensor): rounded half to even (np.round) for Karras σ and use_lu_lambdas, except where
+  // DPMSolverMultistepScheduler skips the rounding for squaredcos_cap_v2; otherwise (exponential and beta σ,
+  // and that exception) truncated by the int64 conversion (docs/conventions.md).
+  [[nodiscard]] double converted_timestep(double t) const {
+    const bool rounded = (cfg_.use_karras_sigmas || cfg_.use_lu_lambdas) &&
+                         !(cfg_.kind == scheduler_kind::dpm_solver_multistep && cfg_.beta_schedule == beta_family::squaredcos_cap_v2);
+    return rounded ? std::nearbyint(t) : std::trunc(t);
+  }
+
   void set_dpm_timesteps(std::size_t N) {
     const std::size_t T = cfg_.num_train_timesteps;
     constexpr std::string_view where = "diffusion::scheduler::set_timesteps";
@@ -845,7 +885,7 @@ class scheduler {
       if (N < 2) detail::throw_invalid(where, std::string(converted_sigmas_key()) + " needs num_inference_steps >= 2");
       const auto table = train_sigmas();
       s = converted_sigmas(N, table.front(), table.back());
-      for (std::size_t k = 0; k < N; ++k) t[k] = std::nearbyint(timestep_of(s[k]));
+      for (std::size_t k = 0; k < N; ++k) t[k] = converted_timestep(timestep_of(s[k]));
     }
     timesteps_ = t;
     sigmas_ = s;
@@ -1245,14 +1285,11 @@ class scheduler {
       }
       case scheduler_kind::dpm_solver_multistep:
       case scheduler_kind::edm_dpm_solver_multistep: {
-        if (cfg_.algorithm_type == dpm_algorithm::dpmsolver) {
+        if (cfg_.algorithm_type == dpm_algorithm::dpmsolver || cfg_.algorithm_type == dpm_algorithm::sde_dpmsolver) {
           // The noise-prediction form (validated: DPMSolverMultistepScheduler only, a VP state); diffusers'
           // order schedule: 1 at the first call and (lower_order_final, euler_at_final) at the last, at most 2
-          // at the second to last of a short run.
-          const std::size_t k = cfg_.solver_order, N = timesteps_.size();
-          const bool short_run = cfg_.lower_order_final && N < 15;
-          const bool last = i + 1 == N, second_last = i + 2 == N;
-          const std::size_t max_order = last && (cfg_.euler_at_final || short_run) ? 1 : (second_last && short_run ? std::min<std::size_t>(k, 2) : k);
+          // at the second to last of a short run. sde-dpmsolver adds noise wherever σ' > 0.
+          const std::size_t k = cfg_.solver_order, max_order = dpm_order_cap(i, k);
           dpm_solver_state<T> st;
           for (std::size_t q = 0; q < k; ++q) {
             b.hist[q].resize(x.size());
@@ -1260,8 +1297,11 @@ class scheduler {
           }
           st.lambda = dpm_eps_.lambda;
           st.count = dpm_eps_.count;
-          dpm_solver_step<T>(level_step{noise_level::preserving(s.sigma), noise_level::preserving(s.sigma_next)}, d, x, st,
-                             {k, cfg_.solver_type, cfg_.diffusers_dpm_3m}, max_order);
+          const bool sde = cfg_.algorithm_type == dpm_algorithm::sde_dpmsolver;
+          const level_step l{noise_level::preserving(s.sigma), noise_level::preserving(s.sigma_next)};
+          const dpm_solver_options o{k, cfg_.solver_type, cfg_.diffusers_dpm_3m, sde};
+          with_noise_if(sde && s.sigma_next > 0.0, noise, "algorithm_type sde-dpmsolver",
+                        [&](const auto& z) { dpm_solver_step<T>(l, d, x, st, z, o, max_order); });
           follow_rotation(b.hist, st.eps, k);
           dpm_eps_ = {st.lambda, st.count};
           break;
@@ -1271,20 +1311,21 @@ class scheduler {
           return cfg_.kind == scheduler_kind::edm_dpm_solver_multistep ? noise_level::exploding(sg) : noise_level::preserving(sg);
         };
         if (cfg_.solver_order == 3) {
-          // diffusers: order 1 at the first step and (lower_order_final) the last, 2 at the second
-          // and (lower_order_final, fewer than 15 steps) the second to last, else 3.
-          const std::size_t N = timesteps_.size();
-          const bool short_run = cfg_.lower_order_final && N < 15;
-          const bool last = i + 1 == N, second_last = i + 2 == N;
-          const std::size_t max_order = last && (cfg_.euler_at_final || short_run) ? 1 : (second_last && short_run ? 2 : 3);
+          // diffusers: order 1 at the first step (the history) and dpm_order_cap's at the last two.
+          const std::size_t max_order = dpm_order_cap(i, 3);
           b.aux.resize(x.size());
           b.aux2.resize(x.size());
           dpmpp_3m_state<T> st;
           st.previous_denoised = {std::span<T>(b.aux), std::span<T>(b.aux2)};
           st.previous_h = dpm3_previous_h_;
           st.count = dpm3_count_;
-          dpmpp_3m_sde_step<T>(level_step{level(s.sigma), level(s.sigma_next)}, d, x, st,
-                               kernels::no_noise{}, {0.0, 1.0, cfg_.solver_type, cfg_.diffusers_dpm_3m}, max_order);
+          const bool sde = cfg_.algorithm_type == dpm_algorithm::sde_dpmsolver_pp;
+          const level_step l{level(s.sigma), level(s.sigma_next)};
+          // diffusers' SDE third-order term (diffusers_dpm_3m) replaces the reference one.
+          const dpmpp_sde_options o{sde ? 1.0 : 0.0, 1.0, cfg_.solver_type, cfg_.diffusers_dpm_3m && !sde,
+                                    cfg_.diffusers_dpm_3m && sde};
+          with_noise_if(sde && s.sigma_next > 0.0, noise, "algorithm_type sde-dpmsolver++",
+                        [&](const auto& z) { dpmpp_3m_sde_step<T>(l, d, x, st, z, o, max_order); });
           std::swap(b.aux, b.aux2);  // the step swapped its two history views
           dpm3_previous_h_ = st.previous_h;
           dpm3_count_ = st.count;
@@ -1292,20 +1333,13 @@ class scheduler {
         }
         b.aux.resize(x.size());
         dpmpp_2m_state<T> st{std::span<T>(b.aux), dpm_previous_h_, dpm_state_has_previous_};
-        const bool last = i + 1 == timesteps_.size();
-        const bool first_order = cfg_.solver_order == 1 ||
-                                 (last && (cfg_.euler_at_final || (cfg_.lower_order_final && timesteps_.size() < 15)));
+        const bool first_order = dpm_order_cap(i, cfg_.solver_order) == 1;
         const level_step l{level(s.sigma), level(s.sigma_next)};
         const bool sde = cfg_.algorithm_type == dpm_algorithm::sde_dpmsolver_pp;
         const dpmpp_sde_options o{sde ? 1.0 : 0.0, 1.0, cfg_.solver_type};
-        if (sde && s.sigma_next > 0.0) {
-          if constexpr (std::is_same_v<Z, kernels::no_noise>)
-            detail::throw_invalid("diffusion::scheduler::step",
-                                  "algorithm_type sde-dpmsolver++ adds noise at every step but no noise was passed");
-          else
-            dpmpp_2m_sde_step<T>(l, d, x, st, noise, o, first_order);
-        } else if (sde || cfg_.solver_type != dpm_solver_type::midpoint) {
-          dpmpp_2m_sde_step<T>(l, d, x, st, kernels::no_noise{}, o, first_order);
+        if (sde || cfg_.solver_type != dpm_solver_type::midpoint) {
+          with_noise_if(sde && s.sigma_next > 0.0, noise, "algorithm_type sde-dpmsolver++",
+                        [&](const auto& z) { dpmpp_2m_sde_step<T>(l, d, x, st, z, o, first_order); });
         } else {
           dpmpp_2m_step<T>(l, d, x, st, first_order);
         }
@@ -1337,7 +1371,7 @@ class scheduler {
   struct deis_history {
     std::array<double, 4> lambda{};
     std::size_t count = 0;
-  } deis_, dpm_eps_;  // dpm_eps_: the ε history of algorithm_type dpmsolver
+  } deis_, dpm_eps_;  // dpm_eps_: the ε history of algorithm_type dpmsolver and sde-dpmsolver
   std::vector<std::size_t> singlestep_orders_;  // DPMSolverSinglestepScheduler's order of each call
   struct plms_history {
     std::size_t count = 0;

@@ -4,11 +4,17 @@
 /// and is not part of `ddpm.hpp`.
 ///
 /// Rules: an unknown `_class_name`, a key whose value the class does not support here (e.g.
-/// `algorithm_type: "sde-dpmsolver"`, `use_flow_sigmas: true`), or a value of the wrong JSON type
-/// is an error naming the key, the value and the supported values. Keys this library does not
-/// read are never dropped silently: each is reported in `ignored_keys` with the reason (unknown,
-/// or known to have no effect on this class's math, such as `skip_prk_steps` or
-/// `_diffusers_version`).
+/// `use_flow_sigmas: true`, `solver_p`), or a value of the wrong JSON type is an error naming the
+/// key, the value and the supported values. Keys this library does not read are never dropped
+/// silently: each is reported in `ignored_keys` with the reason (unknown, or known to have no
+/// effect on this class's math, such as `skip_prk_steps` or `_diffusers_version`). The values that
+/// diffusers' constructors themselves replace, so that a config moves between the multistep
+/// classes (`from_config` of a UniPC or DEIS model's config), are replaced the same way and
+/// reported there too: for the DPM-Solver classes `algorithm_type: "deis"` is read as
+/// "dpmsolver++" and `solver_type` "logrho", "bh1", "bh2" as "midpoint"; for DEISMultistepScheduler
+/// `algorithm_type` "dpmsolver", "dpmsolver++" as "deis" and `solver_type` "midpoint", "heun",
+/// "bh1", "bh2" as "logrho"; for UniPCMultistepScheduler `solver_type` "midpoint", "heun", "logrho"
+/// as "bh2".
 #pragma once
 
 #include <cmath>
@@ -135,6 +141,19 @@ inline parsed_scheduler_config parse_scheduler_config(std::string_view json_text
   const bool flow = kind == scheduler_kind::flow_match_euler || kind == scheduler_kind::flow_match_heun;
   const bool ipndm = kind == scheduler_kind::ipndm;
   auto ignore = [&](const std::string& key, std::string_view why) { out.ignored_keys.push_back(key + ": " + std::string(why)); };
+  // diffusers' constructor substitutions (register_to_config in the multistep classes): the value read as
+  // `to` when it is one of `from`, reported in ignored_keys.
+  auto substituted = [&](const std::string& key, const nlohmann::json& v, std::initializer_list<std::string_view> from,
+                         std::string_view to) -> nlohmann::json {
+    if (v.is_string())
+      for (const std::string_view f : from)
+        if (v.get<std::string>() == f) {
+          ignore(key, "\"" + std::string(f) + "\" is read as \"" + std::string(to) + "\", as diffusers' " +
+                          std::string(class_name(kind)) + " replaces it");
+          return nlohmann::json(std::string(to));
+        }
+    return v;
+  };
   auto require_value = [](std::string_view key, const nlohmann::json& v, auto expected, std::string_view what) {
     if (v.is_null()) return;
     using E = decltype(expected);
@@ -238,14 +257,17 @@ inline parsed_scheduler_config parse_scheduler_config(std::string_view json_text
     } else if (deis && (key == "solver_order" || key == "lower_order_final" || key == "algorithm_type" || key == "solver_type")) {
       if (key == "solver_order") c.solver_order = detail::config_count(key, v);
       else if (key == "lower_order_final") c.lower_order_final = detail::config_bool(key, v);
-      else if (key == "algorithm_type") require_value(key, v, std::string_view("deis"), "deis");
-      else require_value(key, v, std::string_view("logrho"), "logrho");
+      else if (key == "algorithm_type")
+        require_value(key, substituted(key, v, {"dpmsolver", "dpmsolver++"}, "deis"), std::string_view("deis"), "deis");
+      else
+        require_value(key, substituted(key, v, {"midpoint", "heun", "bh1", "bh2"}, "logrho"), std::string_view("logrho"), "logrho");
     } else if (unipc && (key == "solver_order" || key == "lower_order_final" || key == "solver_type" ||
                          key == "predict_x0" || key == "disable_corrector" || key == "solver_p")) {
       if (key == "solver_order") c.solver_order = detail::config_count(key, v);
       else if (key == "lower_order_final") c.lower_order_final = detail::config_bool(key, v);
       else if (key == "solver_type")
-        c.unipc_solver_type = detail::config_choice<unipc_variant>(key, v, {{"bh1", unipc_variant::bh1}, {"bh2", unipc_variant::bh2}});
+        c.unipc_solver_type = detail::config_choice<unipc_variant>(key, substituted(key, v, {"midpoint", "heun", "logrho"}, "bh2"),
+                                                                   {{"bh1", unipc_variant::bh1}, {"bh2", unipc_variant::bh2}});
       else if (key == "predict_x0") require_value(key, v, true, "true (the data-prediction form)");
       else if (key == "solver_p") {
         if (!v.is_null()) detail::throw_config(key, detail::json_text(v) + " is not supported (supported: null)");
@@ -266,10 +288,12 @@ inline parsed_scheduler_config parse_scheduler_config(std::string_view json_text
       else if (key == "euler_at_final") c.euler_at_final = detail::config_bool(key, v);
       else if (key == "algorithm_type")
         c.algorithm_type = detail::config_choice<dpm_algorithm>(
-            key, v,
-            {{"dpmsolver++", dpm_algorithm::dpmsolver_pp}, {"sde-dpmsolver++", dpm_algorithm::sde_dpmsolver_pp}, {"dpmsolver", dpm_algorithm::dpmsolver}});
+            key, substituted(key, v, {"deis"}, "dpmsolver++"),
+            {{"dpmsolver++", dpm_algorithm::dpmsolver_pp}, {"sde-dpmsolver++", dpm_algorithm::sde_dpmsolver_pp}, {"dpmsolver", dpm_algorithm::dpmsolver},
+             {"sde-dpmsolver", dpm_algorithm::sde_dpmsolver}});
       else if (key == "solver_type")
-        c.solver_type = detail::config_choice<dpm_solver_type>(key, v, {{"midpoint", dpm_solver_type::midpoint}, {"heun", dpm_solver_type::heun}});
+        c.solver_type = detail::config_choice<dpm_solver_type>(key, substituted(key, v, {"logrho", "bh1", "bh2"}, "midpoint"),
+                                                               {{"midpoint", dpm_solver_type::midpoint}, {"heun", dpm_solver_type::heun}});
       else if (key == "use_lu_lambdas") {
         // A key of DPMSolverMultistepScheduler only (diffusers' other DPM-Solver classes have none).
         if (kind == scheduler_kind::dpm_solver_multistep) c.use_lu_lambdas = detail::config_bool(key, v);

@@ -210,6 +210,13 @@ struct dpmpp_sde_options {
   /// `dpm_solver_pytorch`, diffusers, k-diffusion), which is half the Taylor term and so makes the
   /// method second order (docs/conventions.md); false (default): the third-order term.
   bool reference_3m = false;
+  /// DPM-Solver++(3M) with η = 1 only: diffusers' `sde-dpmsolver++` third-order update
+  /// (`multistep_dpm_solver_third_order_update`), whose D₂ weight
+  /// \f$\alpha'\left(\frac{1 - e^{-2h} - 2h}{(2h)^2} - \frac12\right) = -\alpha'(\varphi_3 + 1)\f$ has the sign of its ½
+  /// flipped: k-diffusion's `sample_dpmpp_3m_sde` has \f$-\alpha'\varphi_3\f$ and the Taylor term is
+  /// \f$-2\alpha'\varphi_3\f$ (φ₃ at h_η = 2h; docs/conventions.md). For replaying diffusers only; the step is then
+  /// first order in the drift. Not with `reference_3m`.
+  bool diffusers_sde_3m = false;
 };
 
 /// @brief One DPM-Solver++(2M) SDE step between two levels of the state's process (Lu et al. 2022b,
@@ -317,7 +324,8 @@ struct dpmpp_3m_state {
 ///          + \sigma'\sqrt{1 - e^{-2\eta h}}\,S_\text{noise}\,z. \f]
 /// D₂ ≈ h²D''/2 (D as a function of λ), and the exponential integrator's third term is
 /// \f$\int_0^{h} e^{-(h-u)}\tfrac{u^2}{2}du\,D'' = -h^2\varphi_3 D''\f$ (η = 0), hence the factor 2;
-/// the references write \f$-\varphi_3 D_2\f$, which is second order (`opt.reference_3m` reproduces it).
+/// the references write \f$-\varphi_3 D_2\f$, which is second order (`opt.reference_3m` reproduces it);
+/// diffusers' `sde-dpmsolver++` writes \f$-(\varphi_3 + 1)D_2\f$ (`opt.diffusers_sde_3m` reproduces it).
 /// The order is min(stored + 1, 3, `max_order`) — 1 at σ' = 0 —, and at order 2 the correction is
 /// `opt.solver_type`'s (@ref diffusion::dpm_solver_type "dpm_solver_type": diffusers' default midpoint; k-diffusion's 3M SDE uses
 /// heun). One pass; the history is updated in place.
@@ -336,6 +344,10 @@ void dpmpp_3m_sde_step(const level_step& s, std::span<const T> denoised, std::sp
   detail::check_eta_and_s_noise(where, opt.eta, opt.s_noise);
   if (!(opt.solver_type == dpm_solver_type::midpoint || opt.solver_type == dpm_solver_type::heun))
     detail::throw_invalid(where, "solver_type = " + detail::to_text(static_cast<int>(opt.solver_type)) + " is not midpoint or heun");
+  if (opt.diffusers_sde_3m && (opt.eta != 1.0 || opt.reference_3m))
+    detail::throw_invalid(where, "opt.diffusers_sde_3m (diffusers' sde-dpmsolver++ third-order term) needs eta = 1 and "
+                                 "reference_3m = false; got eta = " + detail::to_text(opt.eta) +
+                                     ", reference_3m = " + (opt.reference_3m ? "true" : "false"));
   if (max_order < 1 || max_order > 3)
     detail::throw_invalid(where, "max_order = " + detail::to_text(max_order) + " is outside the allowed range [1, 3]");
   detail::check_same_size(where, "denoised", denoised.size(), "x", x.size());
@@ -361,8 +373,10 @@ void dpmpp_3m_sde_step(const level_step& s, std::span<const T> denoised, std::sp
       a0 += c / r0;
       a1 -= c / r0;
     } else {
-      // The D₂ term: 2φ₃ (third order), or the references' φ₃.
-      const double r1 = state.previous_h[1] / h, phi3 = (opt.reference_3m ? 1.0 : 2.0) * (phi2 / h_eta - 0.5), sum = r0 + r1;
+      // The D₂ term: 2φ₃ (third order), the references' φ₃, or diffusers' SDE φ₃ + 1.
+      const double phi3_ref = phi2 / h_eta - 0.5;
+      const double phi3 = opt.diffusers_sde_3m ? phi3_ref + 1.0 : (opt.reference_3m ? 1.0 : 2.0) * phi3_ref;
+      const double r1 = state.previous_h[1] / h, sum = r0 + r1;
       const double A = phi2 * (1.0 + r0 / sum) - phi3 / sum;  // coefficient of D_{1,0}
       const double B = -phi2 * r0 / sum + phi3 / sum;         // coefficient of D_{1,1}
       a0 += A / r0;
