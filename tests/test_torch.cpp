@@ -13,6 +13,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <memory>
 #include <span>
 #include <vector>
@@ -85,6 +86,60 @@ TEST_CASE("torch_view and torch_from_span copy nothing: the pointers are the sam
   CHECK(static_cast<const void*>(diffusion::torch_view<const float>(w).data()) == w.data_ptr());
 }
 
+TEST_CASE("torch_view and torch_from_span of float16 and bfloat16 tensors: the same bits, no copy", "[torch][half]") {
+  // Values that are exact, rounded, subnormal, the largest finite, infinite and NaN in the 16-bit formats.
+  const std::vector<float> values = {0.0f, -0.0f, 1.0f, 0.1f, -2.5f, 65504.0f, 1e-7f, 3.0e38f, std::numeric_limits<float>::infinity(),
+                                     std::numeric_limits<float>::quiet_NaN()};
+  const torch::Tensor f = torch::tensor(values, torch::kFloat32);
+  for (const bool bf : {false, true}) {
+    INFO((bf ? "bfloat16" : "float16"));
+    const torch::Tensor h = f.to(bf ? torch::kBFloat16 : torch::kFloat16);
+    // The tensor's raw 16-bit patterns, read through LibTorch's own int16 view of the storage.
+    const torch::Tensor raw = h.view(torch::kInt16);
+    const auto check_view = [&](auto v) {
+      REQUIRE(v.size() == values.size());
+      CHECK(static_cast<const void*>(v.data()) == h.data_ptr());
+      for (std::size_t i = 0; i < v.size(); ++i) {
+        INFO("element " << i);
+        CHECK(v[i].bits() == static_cast<std::uint16_t>(raw[static_cast<std::int64_t>(i)].item<std::int16_t>()));
+        const float mine = static_cast<float>(v[i]), theirs = h[static_cast<std::int64_t>(i)].item<float>();
+        CHECK(((std::isnan(mine) && std::isnan(theirs)) || mine == theirs));
+      }
+    };
+    if (bf)
+      check_view(diffusion::torch_view<const diffusion::bfloat16>(h));
+    else
+      check_view(diffusion::torch_view<const diffusion::float16>(h));
+    // The other way: a tensor over a span of the library's 16-bit values, which LibTorch reads as its own.
+    std::vector<diffusion::float16> hs(values.size());
+    std::vector<diffusion::bfloat16> bs(values.size());
+    for (std::size_t i = 0; i < values.size(); ++i) {
+      hs[i] = diffusion::float16(values[i]);
+      bs[i] = diffusion::bfloat16(values[i]);
+    }
+    const torch::Tensor t = bf ? diffusion::torch_from_span(std::span<diffusion::bfloat16>(bs), {static_cast<std::int64_t>(values.size())})
+                               : diffusion::torch_from_span(std::span<diffusion::float16>(hs), {static_cast<std::int64_t>(values.size())});
+    CHECK(t.scalar_type() == (bf ? torch::kBFloat16 : torch::kFloat16));
+    CHECK(t.data_ptr() == (bf ? static_cast<void*>(bs.data()) : static_cast<void*>(hs.data())));
+    // The library's round-to-nearest-even conversion and LibTorch's agree on every value, bit for bit, but NaN:
+    // both give a NaN (LibTorch 1.13's float -> bfloat16 writes 0xFFFF, the library the quiet 0x7FC0).
+    const torch::Tensor mine = t.view(torch::kInt16);
+    for (std::size_t i = 0; i < values.size(); ++i) {
+      INFO("element " << i);
+      const auto k = static_cast<std::int64_t>(i);
+      if (std::isnan(values[i]))
+        CHECK((std::isnan(t[k].item<float>()) && std::isnan(h[k].item<float>())));
+      else
+        CHECK(mine[k].item<std::int16_t>() == raw[k].item<std::int16_t>());
+    }
+  }
+  // A writable view: a step on 16-bit storage writes the tensor.
+  torch::Tensor x = torch::full({4}, 2.0, torch::kFloat16);
+  const auto xv = diffusion::torch_view<diffusion::float16>(x);
+  xv[1] = diffusion::float16(0.5f);
+  CHECK(x[1].item<float>() == 0.5f);
+}
+
 TEST_CASE("torch_view errors: dtype, device, contiguity, requires grad", "[torch][errors]") {
   using Catch::Matchers::Contains;
   const torch::Tensor f64 = torch::zeros({4}, torch::kFloat64);
@@ -93,7 +148,12 @@ TEST_CASE("torch_view errors: dtype, device, contiguity, requires grad", "[torch
                     Contains("diffusion::torch_view: x has dtype Double; expected Float"));
   CHECK_THROWS_WITH(diffusion::torch_view<double>(torch::zeros({4}, torch::kFloat32)), Contains("has dtype Float; expected Double"));
   CHECK_THROWS_WITH(diffusion::torch_view<float>(torch::zeros({4}, torch::kFloat16), "x"),
-                    Contains("x has dtype Half; expected Float (float16/bfloat16 tensors are not supported yet"));
+                    Contains("x has dtype Half; expected Float (convert with .to(), or view the tensor with the matching "
+                             "element type: float, double, float16 or bfloat16)"));
+  CHECK_THROWS_WITH(diffusion::torch_view<diffusion::float16>(torch::zeros({4}, torch::kBFloat16), "x"),
+                    Contains("x has dtype BFloat16; expected Half"));
+  CHECK_THROWS_WITH(diffusion::torch_view<diffusion::bfloat16>(torch::zeros({4}, torch::kFloat32), "x"),
+                    Contains("x has dtype Float; expected BFloat16"));
   CHECK_THROWS_WITH(diffusion::torch_view<float>(torch::zeros({4}, torch::kBFloat16), "x"), Contains("dtype BFloat16"));
   // Non-contiguous: a transposed matrix and a strided slice.
   const torch::Tensor m = torch::zeros({3, 4}, torch::kFloat32);

@@ -20,9 +20,12 @@
 /// back. A GPU network can still be used: the caller's callable moves x to the device and the result
 /// back (one copy each way per model call — the caller's choice, visible in the caller's code).
 ///
-/// dtypes: float32 ↔ `float`, float64 ↔ `double`, checked at run time (the error names the expected and
-/// the actual dtype). float16 and bfloat16 are refused for now with an error that says so; their mapping
-/// goes in one place, `detail::torch_dtype_of` (marked below).
+/// dtypes: float32 ↔ `float`, float64 ↔ `double`, float16 ↔ @ref diffusion::float16 "float16" and
+/// bfloat16 ↔ @ref diffusion::bfloat16 "bfloat16" (the library's 16-bit storage types: the same IEEE
+/// binary16 and bfloat16 bit patterns as `at::Half` and `at::BFloat16`, so a view reinterprets no value),
+/// checked at run time (the error names the expected and the actual dtype); the mapping lives in one
+/// place, `detail::torch_dtype_of`. The views and @ref diffusion::torch_from_span "torch_from_span" take all
+/// four; the denoiser adapter and the gradient helper compute in float or double.
 #pragma once
 
 #include <cmath>
@@ -42,6 +45,7 @@
 
 #include "core/config.hpp"
 #include "core/errors.hpp"
+#include "core/half.hpp"
 #include "models/denoiser.hpp"
 #include "process/prediction.hpp"
 
@@ -53,18 +57,24 @@ namespace diffusion {
 
 namespace detail {
 
-/// THE mapping from the library's element types to LibTorch dtypes (the one place to extend: the
-/// float16/bfloat16 storage types map to c10::ScalarType::Half / BFloat16 here once they exist).
+/// THE mapping from the library's element types to LibTorch dtypes.
 template <class T>
 constexpr c10::ScalarType torch_dtype_of() {
   using U = std::remove_const_t<T>;
-  static_assert(std::is_same_v<U, float> || std::is_same_v<U, double>, "torch_dtype_of: float or double");
+  static_assert(storage_scalar<U>, "torch_dtype_of: float, double, float16 or bfloat16");
   if constexpr (std::is_same_v<U, float>)
     return c10::ScalarType::Float;
-  else
+  else if constexpr (std::is_same_v<U, double>)
     return c10::ScalarType::Double;
-  // HALF MAPPING GOES HERE (issue 13, item 4): float16 → c10::ScalarType::Half, bfloat16 → BFloat16.
+  else if constexpr (std::is_same_v<U, float16>)
+    return c10::ScalarType::Half;
+  else
+    return c10::ScalarType::BFloat16;
 }
+
+// The 16-bit storage types are the tensors' elements bit for bit.
+static_assert(sizeof(float16) == sizeof(c10::Half) && alignof(float16) <= alignof(c10::Half));
+static_assert(sizeof(bfloat16) == sizeof(c10::BFloat16) && alignof(bfloat16) <= alignof(c10::BFloat16));
 
 /// The name LibTorch prints for a dtype ("Float", "Double", "Half", …).
 inline std::string torch_dtype_name(c10::ScalarType d) { return std::string(c10::toString(d)); }
@@ -78,18 +88,13 @@ inline void check_torch_device(std::string_view where, std::string_view name, co
                              "copy per step is the caller's choice, never made silently here)");
 }
 
-/// Refuses a dtype other than `expected`, with a word on half precision.
+/// Refuses a dtype other than `expected`.
 inline void check_torch_dtype(std::string_view where, std::string_view name, c10::ScalarType got,
                               c10::ScalarType expected) {
   if (got == expected) return;
-  std::string what = std::string(name) + " has dtype " + torch_dtype_name(got) + "; expected " +
-                     torch_dtype_name(expected);
-  if (got == c10::ScalarType::Half || got == c10::ScalarType::BFloat16)
-    what += " (float16/bfloat16 tensors are not supported yet: the library's half-precision storage types are "
-            "pending; convert with .to(torch::kFloat32))";
-  else
-    what += " (convert with .to(), or view the tensor with the matching element type)";
-  throw_invalid(where, what);
+  throw_invalid(where, std::string(name) + " has dtype " + torch_dtype_name(got) + "; expected " + torch_dtype_name(expected) +
+                           " (convert with .to(), or view the tensor with the matching element type: float, double, "
+                           "float16 or bfloat16)");
 }
 
 /// The checks of a tensor the library reads or writes as a span of T.
@@ -107,18 +112,20 @@ void check_torch_tensor(std::string_view where, std::string_view name, const tor
 
 /// @brief A span over the elements of a CPU tensor, without a copy: `data() == t.data_ptr()`.
 ///
-/// `T` is `float` or `double` for a writable view, `const float` or `const double` for a read-only one.
+/// `T` is `float`, `double`, @ref diffusion::float16 "float16" or @ref diffusion::bfloat16 "bfloat16" for a
+/// writable view, the same type const for a read-only one.
 /// A tensor that requires grad is refused for writing (writes through the span would bypass autograd):
 /// view it as const, or `.detach()` it first (the detached tensor shares the storage).
 /// @tparam T the element type, optionally const.
-/// @param[in] t a defined, contiguous CPU tensor of dtype float32 (T = float) or float64 (T = double).
+/// @param[in] t a defined, contiguous CPU tensor of dtype float32 (T = float), float64 (T = double), float16
+///            (T = float16) or bfloat16 (T = bfloat16).
 /// @param[in] name what to call the tensor in error messages.
 /// @return the span over its `numel()` elements in row-major order.
 /// @throws std::invalid_argument for an undefined tensor, a tensor not on the CPU (the message says that the
 ///         math runs on host memory and that a copy per step is the caller's choice), a dtype other than T's
 ///         (naming both), a non-contiguous tensor, or a writable view of a tensor that requires grad.
 template <class T>
-  requires real_scalar<std::remove_const_t<T>>
+  requires storage_scalar<std::remove_const_t<T>>
 [[nodiscard]] std::span<T> torch_view(const torch::Tensor& t, std::string_view name = "tensor") {
   constexpr std::string_view where = "diffusion::torch_view";
   detail::check_torch_tensor<T>(where, name, t);
@@ -128,16 +135,17 @@ template <class T>
                                        " requires grad: a writable view would bypass autograd; view it as const "
                                        "(torch_view<const T>) or .detach() it");
   using U = std::remove_const_t<T>;
-  return {const_cast<U*>(t.data_ptr<U>()), static_cast<std::size_t>(t.numel())};
+  // float16/bfloat16: the tensor's at::Half/at::BFloat16 elements are these 16-bit patterns (static_asserts above).
+  return {static_cast<U*>(const_cast<void*>(t.data_ptr())), static_cast<std::size_t>(t.numel())};
 }
 
 /// @brief A CPU tensor over a span's memory, without a copy (`torch::from_blob`): the caller keeps the
 /// memory alive while the tensor is used. A read-only span gives a tensor that must not be written.
 /// @param[in] s the elements; @param[in] sizes the shape (its product must be `s.size()`).
-/// @return a tensor of dtype float32 or float64 with `data_ptr() == s.data()`.
+/// @return a tensor of dtype float32, float64, float16 or bfloat16 (T's) with `data_ptr() == s.data()`.
 /// @throws std::invalid_argument when a size is negative or the shape does not hold `s.size()` elements.
 template <class T>
-  requires real_scalar<std::remove_const_t<T>>
+  requires storage_scalar<std::remove_const_t<T>>
 [[nodiscard]] torch::Tensor torch_from_span(std::span<T> s, c10::IntArrayRef sizes) {
   constexpr std::string_view where = "diffusion::torch_from_span";
   std::int64_t count = 1;
