@@ -137,19 +137,22 @@ inline std::array<double, 4> phi_functions(double z) {
 /// λ = log(α/σ) of a level, written so that α = 1 gives −log σ exactly (−∞ at α = 0, +∞ at σ = 0).
 inline double log_snr_half(const noise_level& l) noexcept { return std::log(l.alpha) - std::log(l.sigma); }
 
-/// The weights of the UniPC order conditions \f$\sum_j g_j r_j^{k-1} = \gamma_k\f$, k = 1 … q, for q ≤ 3 distinct
-/// nodes r: \f$g_j = \sum_k \gamma_k\,[\tau^{k-1}]\,\ell_j(\tau)\f$ with \f$\ell_j\f$ the Lagrange basis on the nodes (the
-/// transposed Vandermonde system the references hand to a linear solver, solved in closed form).
-inline std::array<double, 3> unipc_weights(std::span<const double> r, const std::array<double, 3>& gamma) {
-  std::array<double, 3> g{};
+/// The weights \f$g_j = \sum_k \gamma_k\,[\tau^{k-1}]\,\ell_j(\tau)\f$ for q ≤ N distinct nodes r, \f$\ell_j\f$ the Lagrange
+/// basis on the nodes: with moments \f$\gamma_k = \int \tau^{k-1} w(\tau)\,d\tau\f$ of a weight w, \f$g_j = \int \ell_j w\f$
+/// (the exact integral of the interpolant), and the solution of the transposed Vandermonde system
+/// \f$\sum_j g_j r_j^{k-1} = \gamma_k\f$, k = 1 … q, in closed form.
+template <std::size_t N>
+std::array<double, N> lagrange_moment_weights(std::span<const double> r, const std::array<double, N>& gamma) {
+  std::array<double, N> g{};
   const std::size_t q = r.size();
   for (std::size_t j = 0; j < q; ++j) {
-    std::array<double, 3> poly{1.0, 0.0, 0.0};  // Π_{m≠j} (τ − r_m), lowest power first
+    std::array<double, N> poly{};  // Π_{m≠j} (τ − r_m), lowest power first
+    poly[0] = 1.0;
     double den = 1.0;
     std::size_t degree = 0;
     for (std::size_t m = 0; m < q; ++m) {
       if (m == j) continue;
-      ++degree;  // poly ← poly · (τ − r_m), highest power first (degree ≤ 2)
+      ++degree;  // poly ← poly · (τ − r_m), highest power first (degree ≤ N − 1)
       for (std::size_t k = degree; k >= 1; --k) poly[k] = poly[k - 1] - r[m] * poly[k];
       poly[0] *= -r[m];
       den *= r[j] - r[m];
@@ -159,6 +162,13 @@ inline std::array<double, 3> unipc_weights(std::span<const double> r, const std:
     g[j] = s / den;
   }
   return g;
+}
+
+/// The weights of the UniPC order conditions \f$\sum_j g_j r_j^{k-1} = \gamma_k\f$, k = 1 … q, for q ≤ 3 distinct
+/// nodes r (@ref diffusion::detail::lagrange_moment_weights "lagrange_moment_weights": the transposed Vandermonde
+/// system the references hand to a linear solver, solved in closed form).
+inline std::array<double, 3> unipc_weights(std::span<const double> r, const std::array<double, 3>& gamma) {
+  return lagrange_moment_weights<3>(r, gamma);
 }
 
 /// The coefficients of one UniPC update from level s to level t (the formula of the file comment):
