@@ -399,3 +399,100 @@ TEST_CASE("SA-Solver on fixed noise is the paper's chain: every order pair, corr
         CHECK(x[0] == Approx(expected).epsilon(1e-11).margin(1e-12));
       }
 }
+
+TEST_CASE("sa_solver_sample is sa_solver_step in a loop, with the tau window and lower_order_final", "[samplers][sa_solver]") {
+  const std::vector<double> mu = {0.3, -1.0}, sd = {0.8, 0.4};
+  diffusion::gaussian_data g(mu, sd);
+  diffusion::sigma_space_model<diffusion::gaussian_data> D(g);
+  test::test_noise noise{3};
+  const auto sig = diffusion::karras_sigmas(12, 0.03, 40.0);  // ends at 0
+  for (std::size_t p = 1; p <= 4; ++p)
+    for (std::size_t c = 1; c <= 4; ++c) {
+      std::vector<double> xa = {25.0, -31.0}, xb = xa, den(2), z(2), h0(2), h1(2), h2(2), h3(2), last(2), last_z(2);
+      const diffusion::sa_solver_sample_options opt{.solver = {.predictor_order = p, .corrector_order = c},
+                                                     .tau = 0.8,
+                                                     .tau_sigma_min = 0.5,
+                                                     .tau_sigma_max = 10.0,
+                                                     .draw_initial_noise = false};
+      const auto res = diffusion::sa_solver_sample(D, xa, 1, noise, sig, opt);
+      CHECK(res.model_calls == sig.size() - 1);
+      diffusion::sa_solver_state<double> st;
+      st.denoised = {std::span<double>(h0), std::span<double>(h1), std::span<double>(h2), std::span<double>(h3)};
+      st.last_sample = last;
+      st.last_noise = last_z;
+      for (std::size_t i = 0; i + 1 < sig.size(); ++i) {
+        D(std::span<const double>(xb), std::vector<double>{sig[i]}, std::span<double>(den));
+        const double tau = sig[i] >= 0.5 && sig[i] <= 10.0 ? 0.8 : 0.0;
+        noise.fill(0, i, 0, std::span<double>(z));
+        diffusion::sa_solver_step<double>(diffusion::sigma_step{sig[i], sig[i + 1]}, den, xb,
+                                          tau > 0.0 && sig[i + 1] > 0.0 ? std::span<const double>(z) : std::span<const double>(),
+                                          st, tau, opt.solver, sig.size() - 1 - i);
+      }
+      INFO("p " << p << ", c " << c);
+      CHECK(xa == xb);
+      CHECK(std::isfinite(xa[0]));
+    }
+}
+
+TEST_CASE("SA-Solver is batch-invariant: a row does not depend on the batch around it", "[samplers][sa_solver]") {
+  diffusion::gaussian_data g({0.1, -0.3, 0.7}, {0.4, 0.8, 0.2});
+  diffusion::sigma_space_model<diffusion::gaussian_data> D(g);
+  const diffusion::philox_normal noise(99);
+  const auto sig = diffusion::karras_sigmas(10, 0.03, 15.0);
+  const diffusion::sa_solver_sample_options opt{.solver = {.predictor_order = 3, .corrector_order = 3}};
+  std::vector<float> batch(7 * 3);
+  diffusion::sa_solver_sample(D, batch, 7, noise, sig, opt);
+  for (std::uint64_t r = 0; r < 7; ++r) {
+    std::vector<float> one(3);
+    auto o = opt;
+    o.first_sample = r;
+    diffusion::sa_solver_sample(D, one, 1, noise, sig, o);
+    INFO("row " << r);
+    CHECK(std::equal(one.begin(), one.end(), batch.begin() + static_cast<std::ptrdiff_t>(3 * r)));
+  }
+}
+
+TEST_CASE("SA-Solver validates its step, options, history and noise", "[samplers][sa_solver][errors]") {
+  using diffusion::sa_solver_step;
+  std::vector<double> x{1.0, 2.0}, d{0.5, 0.5}, z{0.1, -0.2}, h0(2), h1(2), last(2), last_z(2), short_buf(1);
+  const diffusion::sigma_step s{2.0, 1.0};
+  diffusion::sa_solver_state<double> st;
+  st.denoised = {std::span<double>(h0), std::span<double>(h1), {}, {}};
+  st.last_sample = last;
+  st.last_noise = last_z;
+  const std::span<const double> none{};
+  CHECK_THROWS_WITH(sa_solver_step<double>(s, d, x, z, st, 1.0, {.predictor_order = 0}),
+                    Contains("diffusion::sa_solver_step") && Contains("predictor_order = 0 is outside the allowed range [1, 4]"));
+  CHECK_THROWS_WITH(sa_solver_step<double>(s, d, x, z, st, 1.0, {.predictor_order = 5}),
+                    Contains("predictor_order = 5 is outside the allowed range [1, 4]"));
+  CHECK_THROWS_WITH(sa_solver_step<double>(s, d, x, z, st, 1.0, {.corrector_order = 0}),
+                    Contains("corrector_order = 0 is outside the allowed range [1, 4]"));
+  CHECK_THROWS_WITH(sa_solver_step<double>(s, d, x, z, st, -0.5), Contains("tau = -0.5 is outside the allowed range [0, inf)"));
+  CHECK_THROWS_WITH(sa_solver_step<double>(s, d, x, z, st, std::nan("")), Contains("tau = nan"));
+  CHECK_THROWS_WITH(sa_solver_step<double>(s, d, x, z, st, 1.0, {}, 0), Contains("max_order = 0"));
+  CHECK_THROWS_WITH(sa_solver_step<double>(s, d, x, none, st, 1.0), Contains("no noise was passed"));
+  CHECK_THROWS_WITH(sa_solver_step<double>(s, d, x, short_buf, st, 1.0), Contains("noise"));
+  CHECK_THROWS_WITH(sa_solver_step<double>(s, d, x, z, st, 1.0, {.predictor_order = 3}), Contains("state.denoised[2].size() = 0"));
+  CHECK_THROWS_WITH(sa_solver_step<double>(diffusion::sigma_step{1.0, 2.0}, d, x, z, st, 1.0), Contains("diffusion::sa_solver_step"));
+  {
+    auto bad = st;
+    bad.last_sample = {};
+    CHECK_THROWS_WITH(sa_solver_step<double>(s, d, x, z, bad, 1.0), Contains("state.last_sample is empty"));
+  }
+  CHECK(x == std::vector<double>{1.0, 2.0});  // nothing written
+  // A correction needs the last prediction's noise, and a start at the level it landed on.
+  sa_solver_step<double>(s, d, x, z, st, 1.0);
+  CHECK(st.last_order == 2);
+  CHECK(st.last_tau == 1.0);
+  CHECK(last_z == z);
+  CHECK_THROWS_WITH(sa_solver_step<double>(diffusion::sigma_step{0.9, 0.5}, d, x, z, st, 1.0),
+                    Contains("the corrector needs the same level"));
+  {
+    auto bad = st;
+    bad.last_noise = {};
+    CHECK_THROWS_WITH(sa_solver_step<double>(diffusion::sigma_step{1.0, 0.5}, d, x, z, bad, 1.0),
+                      Contains("state.last_noise is empty"));
+  }
+  std::vector<double> nan_d{std::nan(""), 0.0};
+  CHECK_THROWS_AS(sa_solver_step<double>(diffusion::sigma_step{1.0, 0.5}, nan_d, x, z, st, 1.0), std::domain_error);
+}

@@ -42,6 +42,7 @@
 #include <array>
 #include <cmath>
 #include <cstddef>
+#include <cstdint>
 #include <limits>
 #include <span>
 #include <string>
@@ -389,6 +390,75 @@ void sa_solver_step(sigma_step s, std::span<const T> denoised, std::span<T> x, s
   constexpr std::string_view where = "diffusion::sa_solver_step";
   detail::check_sigma_step(where, s);
   detail::sa_solver_update<T>(where, as_level_step(s), denoised, x, noise, st, tau, o, max_order, policy);
+}
+
+/// @brief Options of @ref sa_solver_sample.
+struct sa_solver_sample_options {
+  sa_solver_options solver{};  ///< Orders (default 2 and 2), corrector (default on).
+  /// τ where the step starts at σ_i ∈ [tau_sigma_min, tau_sigma_max], 0 elsewhere (diffusers' `tau_func`
+  /// is a function of the timestep; its default, τ = 1 for timesteps 200 … 800, is this window at the σ of
+  /// those timesteps on the model's schedule). τ = 0 everywhere is the ODE solver.
+  double tau = 1.0;
+  double tau_sigma_min = 0.0;                                       ///< Lower end of the τ window.
+  double tau_sigma_max = std::numeric_limits<double>::infinity();   ///< Upper end of the τ window.
+  /// Cap the predictor at min(p, N − i) and the corrector at min(c, N − i + 1) (diffusers' `lower_order_final`,
+  /// default true).
+  bool lower_order_final = true;
+  std::uint64_t first_sample = 0;  ///< Stream index of row 0.
+  bool draw_initial_noise = true;  ///< Set x = σ_0 z first; false: x holds it.
+  bool check_finite = true;        ///< Scan every model output.
+};
+
+/// @brief SA-Solver sampling over a σ list (Xue et al. 2023; diffusers' SASolverScheduler on its σ list): per
+/// step one model call at the predicted state and one @ref diffusion::sa_solver_step "sa_solver_step" over the
+/// state's process (σ-space, or the model's rectified-flow levels), with τ_i = `tau` inside the σ window, the
+/// normals of step i the stream (sample, i) of `noise` (the library's convention), the orders rising
+/// from 1 as the history fills and, with `lower_order_final`, falling at the end. The last step is not
+/// corrected (no model call follows it). Measured orders and laws in docs/accuracy.md.
+/// @param[in] D the σ-space denoiser (@ref sigma_space_model); @param[in,out] x rows × n: the state at σ_0 in
+/// (or drawn), the sample out; @param[in] rows batch size; @param[in] noise the noise source; @param[in] sigmas
+/// strictly decreasing, positive, the last may be 0; @param[in] opt options; @param[in] hooks callback,
+/// workspace, context, threads.
+/// @throws as @ref euler_sample; std::invalid_argument for an order outside [1, 4], a τ that is negative or not
+/// finite, or a τ window with tau_sigma_min > tau_sigma_max (or NaN).
+template <class SigmaModel, mutable_tensor X, class Noise, class Context = no_context>
+  requires sigma_denoiser<SigmaModel, tensor_value_t<X>, Context> && noise_source_for<Noise, tensor_value_t<X>>
+sample_result sa_solver_sample(SigmaModel& D, X&& x, std::size_t rows, Noise& noise, std::span<const double> sigmas,
+                               const sa_solver_sample_options& opt = {},
+                               const sampler_hooks<tensor_value_t<X>, Context>& hooks = {}) {
+  using T = tensor_value_t<X>;
+  constexpr std::string_view where = "diffusion::sa_solver_sample";
+  detail::check_sa_solver_options(where, opt.solver);
+  if (!(std::isfinite(opt.tau) && opt.tau >= 0.0))
+    detail::throw_invalid(where, "tau = " + detail::to_text(opt.tau) + " is outside the allowed range [0, inf)");
+  if (!(opt.tau_sigma_min <= opt.tau_sigma_max))
+    detail::throw_invalid(where, "the tau window [" + detail::to_text(opt.tau_sigma_min) + ", " +
+                                     detail::to_text(opt.tau_sigma_max) + "] is empty or not a number");
+  detail::sigma_sampler<SigmaModel, T, Noise, Context> loop(where, D, as_mutable_span(x), rows, noise, sigmas,
+                                                            opt.first_sample, opt.draw_initial_noise, opt.check_finite,
+                                                            hooks);
+  const auto xs = loop.x();
+  const auto den = loop.buffer(0);
+  const auto z = loop.buffer(1);
+  sa_solver_state<T> st;
+  for (std::size_t j = 0; j < sa_solver_history(opt.solver); ++j) st.denoised[j] = loop.buffer(2 + j);
+  if (opt.solver.use_corrector) st.last_sample = loop.buffer(6);
+  const bool noisy = opt.tau > 0.0;
+  if (noisy && opt.solver.use_corrector) st.last_noise = loop.buffer(7);
+  for (std::size_t i = 0; i < loop.steps(); ++i) {
+    loop.denoise(xs, loop.sigma(i), den, i);
+    const double s = loop.sigma(i);
+    const double tau = noisy && s >= opt.tau_sigma_min && s <= opt.tau_sigma_max ? opt.tau : 0.0;
+    std::span<const T> zi{};
+    if (tau > 0.0 && loop.sigma(i + 1) > 0.0) {
+      detail::fill_step_noise(noise, opt.first_sample, i, z, rows, loop.row_size());
+      zi = z;
+    }
+    const std::size_t cap = opt.lower_order_final ? loop.steps() - i : 4;
+    detail::sa_solver_update<T>(where, loop.step_levels(s, i), den, xs, zi, st, tau, opt.solver, cap, loop.policy());
+    if (!loop.report(loop.steps(), loop.time(s), s, loop.sigma(i + 1), den)) break;
+  }
+  return loop.result();
 }
 
 }  // namespace diffusion
