@@ -158,6 +158,7 @@ SCHEDULER_MODULES = [
     "scheduling_k_dpm_2_discrete",
     "scheduling_k_dpm_2_ancestral_discrete",
     "scheduling_ipndm",
+    "scheduling_sasolver",
     "scheduling_dpmsolver_sde",
 ]
 
@@ -533,6 +534,16 @@ def cases():
     # (RecordedNoiseSampler), one draw per step() call but the last. The σ list as KDPM2's case (linspace).
     add("dpmsde_10", "DPMSolverSDEScheduler",
         {**SD, "timestep_spacing": "linspace", "prediction_type": "epsilon", "noise_sampler_seed": 0}, 10)
+
+    # SASolverScheduler (data prediction) with its default tau_func (tau = 1 for timesteps 200..800, else 0):
+    # one noise draw per step(), reused by the next step's corrector. Predictor/corrector 2/2 (the default)
+    # and 3/4.
+    add("sasolver_20", "SASolverScheduler",
+        {**SD, "steps_offset": 1, "predictor_order": 2, "corrector_order": 2, "timestep_spacing": "linspace",
+         "prediction_type": "epsilon"}, 20)
+    add("sasolver_p3c4_20", "SASolverScheduler",
+        {**SD, "steps_offset": 1, "predictor_order": 3, "corrector_order": 4, "timestep_spacing": "linspace",
+         "prediction_type": "epsilon"}, 20)
 
     names = [c[0] for c in out]
     assert len(names) == len(set(names)), "case names must be unique"
