@@ -281,6 +281,7 @@ TEST_CASE("the multistep and SDE loops of issue 12 allocate nothing per step", "
   run("dpmpp_3m_sde", [&] { diffusion::dpmpp_3m_sde_sample(D, x, 16, noise, sig, {}, hooks); });
   run("dpmpp_2m_sde", [&] { diffusion::dpmpp_2m_sde_sample(D, x, 16, noise, sig, {}, hooks); });
   run("unipc", [&] { diffusion::unipc_sample(D, x, 16, noise, sig, {.solver = {.order = 3}}, hooks); });
+  run("sa_solver", [&] { diffusion::sa_solver_sample(D, x, 16, noise, sig, {.solver = {.predictor_order = 3, .corrector_order = 4}}, hooks); });
   run("deis", [&] { diffusion::deis_sample(D, x, 16, noise, sig, {}, hooks); });
   run("plms", [&] { diffusion::plms_sample(D, x, 16, noise, sig, {}, hooks); });
   run("ipndm", [&] { diffusion::ipndm_sample(D, x, 16, noise, sig, {}, hooks); });
@@ -292,7 +293,7 @@ TEST_CASE("The scheduler object's steps allocate nothing after the first call", 
   // Every class with its defaults: the first call sizes the state's buffers; later calls reuse them.
   const diffusion::philox_normal noise(11);
   constexpr std::size_t rows = 4, n = 8;
-  for (int k = 0; k <= static_cast<int>(diffusion::scheduler_kind::dpm_solver_sde); ++k) {  // the last kind
+  for (int k = 0; k <= static_cast<int>(diffusion::scheduler_kind::sa_solver); ++k) {  // the last kind
     const auto kind = static_cast<diffusion::scheduler_kind>(k);
     INFO(diffusion::class_name(kind));
     auto cfg = diffusion::scheduler_config::defaults_for(kind);

@@ -301,3 +301,38 @@ TEST_CASE("scheduler_config.json: the values diffusers' multistep classes replac
                     Contains("\"algorithm_type\"") && Contains("deis"));
   CHECK(diffusion::parse_scheduler_config(R"({"_class_name": "UniPCMultistepScheduler", "solver_type": "bh1"})").ignored_keys.empty());
 }
+
+TEST_CASE("scheduler_config.json of SASolverScheduler", "[scheduler][json][sa_solver]") {
+  using Catch::Matchers::Contains;
+  // diffusers' resolved config of SASolverScheduler (tests/data/diffusers_schedulers.ref, case sasolver_p3c4_20).
+  std::vector<std::string> ignored;
+  auto s = diffusion::scheduler_from_json(
+      R"({"_class_name":"SASolverScheduler","num_train_timesteps":1000,"beta_start":0.00085,"beta_end":0.012,"beta_schedule":"scaled_linear","trained_betas":null,"predictor_order":3,"corrector_order":4,"prediction_type":"epsilon","tau_func":null,"thresholding":false,"dynamic_thresholding_ratio":0.995,"sample_max_value":1.0,"algorithm_type":"data_prediction","lower_order_final":true,"use_karras_sigmas":false,"use_exponential_sigmas":false,"use_beta_sigmas":false,"use_flow_sigmas":false,"flow_shift":1.0,"lambda_min_clipped":null,"variance_type":null,"timestep_spacing":"linspace","steps_offset":1})",
+      &ignored);
+  CHECK(s.config().kind == scheduler_kind::sa_solver);
+  CHECK(s.config().predictor_order == 3);
+  CHECK(s.config().corrector_order == 4);
+  CHECK(s.config().lower_order_final);
+  CHECK(s.config().final_sigmas_type == diffusion::final_sigma::sigma_min);
+  CHECK(s.config().sa_tau == 1.0);
+  CHECK(s.config().sa_tau_t_min == 200.0);
+  CHECK(s.config().sa_tau_t_max == 800.0);
+  REQUIRE(ignored.size() == 1);
+  CHECK(has_key(ignored, "flow_shift"));
+  s.set_timesteps(20);
+  CHECK(s.timesteps().size() == 20);
+  CHECK_THROWS_WITH(diffusion::parse_scheduler_config(R"({"_class_name":"SASolverScheduler","algorithm_type":"noise_prediction"})"),
+                    Contains("algorithm_type") && Contains("data_prediction"));
+  CHECK_THROWS_WITH(diffusion::parse_scheduler_config(R"({"_class_name":"SASolverScheduler","tau_func":"lambda t: 0"})"),
+                    Contains("tau_func") && Contains("null"));
+  CHECK_THROWS_WITH(diffusion::parse_scheduler_config(R"({"_class_name":"SASolverScheduler","variance_type":"learned_range"})"),
+                    Contains("variance_type") && Contains("SASolverScheduler"));
+  CHECK_THROWS_WITH(diffusion::scheduler_from_json(R"({"_class_name":"SASolverScheduler","predictor_order":5})"),
+                    Contains("predictor_order = 5 is outside the allowed range [1, 4]"));
+  CHECK_THROWS_WITH(diffusion::scheduler_from_json(R"({"_class_name":"SASolverScheduler","corrector_order":0})"),
+                    Contains("corrector_order = 0 is outside the allowed range [1, 4]"));
+  CHECK_THROWS_WITH(diffusion::scheduler_from_json(R"({"_class_name":"SASolverScheduler","use_karras_sigmas":true})"),
+                    Contains("use_karras_sigmas") && Contains("SASolverScheduler"));
+  CHECK_THROWS_WITH(diffusion::scheduler_from_json(R"({"_class_name":"SASolverScheduler","use_flow_sigmas":true})"),
+                    Contains("use_flow_sigmas"));
+}

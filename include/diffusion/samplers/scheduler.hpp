@@ -95,6 +95,7 @@
 #include "sigma_common.hpp"
 #include "singlestep.hpp"
 #include "unipc.hpp"
+#include "sa_solver.hpp"
 
 /// @defgroup scheduler The scheduler object
 /// @brief diffusers' scheduler interface over the library's step functions, from a scheduler_config.json.
@@ -125,6 +126,7 @@ enum class scheduler_kind {
   dpm_solver_singlestep,  ///< DPMSolverSinglestepScheduler (DPM-Solver++ singlestep, orders 1–3, midpoint or heun).
   ipndm,                 ///< IPNDMScheduler (iPNDM, Zhang & Chen 2023: fourth-order Adams–Bashforth on ε, a v-prediction model).
   dpm_solver_sde,        ///< DPMSolverSDEScheduler (DPM++ SDE, two calls per step, noise at both).
+  sa_solver,             ///< SASolverScheduler (SA-Solver, Xue et al. 2023; data prediction, predictor and corrector orders 1–4).
 };
 
 /// @brief The diffusers `_class_name` of a kind ("DDIMScheduler", …).
@@ -151,6 +153,7 @@ inline std::string_view class_name(scheduler_kind k) noexcept {
     case scheduler_kind::dpm_solver_singlestep: return "DPMSolverSinglestepScheduler";
     case scheduler_kind::ipndm: return "IPNDMScheduler";
     case scheduler_kind::dpm_solver_sde: return "DPMSolverSDEScheduler";
+    case scheduler_kind::sa_solver: return "SASolverScheduler";
   }
   return "?";
 }
@@ -233,6 +236,13 @@ struct scheduler_config {
   double timestep_scaling = 10.0;                             ///< `timestep_scaling` (LCM's boundary condition).
   unipc_variant unipc_solver_type = unipc_variant::bh2;       ///< `solver_type` of UniPCMultistepScheduler ("bh1", "bh2").
   std::vector<std::size_t> disable_corrector{};               ///< `disable_corrector` (UniPC: no UniC at call i + 1 for each i listed).
+  std::size_t predictor_order = 2;                            ///< `predictor_order` (SASolverScheduler, 1 … 4).
+  std::size_t corrector_order = 2;                            ///< `corrector_order` (SASolverScheduler, 1 … 4).
+  /// SASolverScheduler's τ (diffusers' `tau_func`, here a window): τ = `sa_tau` at calls whose timestep t lies in
+  /// [`sa_tau_t_min`, `sa_tau_t_max`], else 0. The defaults are diffusers' default `tau_func` (1 for 200 ≤ t ≤ 800).
+  double sa_tau = 1.0;
+  double sa_tau_t_min = 200.0;  ///< Lower end of the τ window (timesteps).
+  double sa_tau_t_max = 800.0;  ///< Upper end of the τ window (timesteps).
   /// The order of LMSDiscreteScheduler, 1 … 4: diffusers' `step(…, order=4)` argument, not a config key.
   std::size_t lms_order = 4;
   /// Not a diffusers key: reproduce diffusers' second shift of the flow σ list's end points
@@ -259,6 +269,8 @@ struct scheduler_config {
     if (k == scheduler_kind::pndm) c.set_alpha_to_one = false;  // PNDMScheduler's default
     // DEISMultistepScheduler ends on timestep 0's level (it has no final_sigmas_type key).
     if (k == scheduler_kind::deis_multistep) c.final_sigmas_type = final_sigma::sigma_min;
+    // SASolverScheduler ends on timestep 0's level too (it has no final_sigmas_type key).
+    if (k == scheduler_kind::sa_solver) c.final_sigmas_type = final_sigma::sigma_min;
     c.clip_sample = discrete;
     if (k == scheduler_kind::flow_match_euler || k == scheduler_kind::flow_match_heun)
       c.prediction_type = prediction::flow_velocity;
@@ -400,6 +412,7 @@ class scheduler {
         break;
       case scheduler_kind::unipc_multistep:
       case scheduler_kind::deis_multistep:
+      case scheduler_kind::sa_solver:
       case scheduler_kind::dpm_solver_multistep: set_dpm_timesteps(N); break;
       case scheduler_kind::dpm_solver_singlestep:
         set_dpm_timesteps(N);
@@ -464,6 +477,7 @@ class scheduler {
     dpm3_count_ = 0;
     dpm_eps_ = {};
     unipc_ = {};
+    sa_ = {};
     deis_ = {};
     plms_ = {};
   }
@@ -588,7 +602,8 @@ class scheduler {
     std::vector<T> denoised, aux, aux2, scratch;
     std::array<std::vector<T>, 4> lms;  // LMS slopes, newest first
     std::array<std::vector<T>, 3> unipc;  // UniPC outputs, newest first
-    std::array<std::vector<T>, 4> hist;   // DEIS / PLMS ε history, newest first
+    std::array<std::vector<T>, 4> hist;   // DEIS / PLMS ε history, SA-Solver x̂₀ history, newest first
+    std::vector<T> sa_noise, sa_last_noise;  // SA-Solver: this call's normals, the last prediction's
   };
   template <class T>
   state_buffers<T>& buffers() noexcept {
@@ -704,6 +719,18 @@ class scheduler {
     if (kdpm2() && cfg_.final_sigmas_type != final_sigma::zero)
       detail::throw_invalid(where, "final_sigmas_type = sigma_min is not supported by " + std::string(class_name(cfg_.kind)) +
                                        " (its last step lands on 0)");
+    if (cfg_.kind == scheduler_kind::sa_solver) {
+      detail::check_sa_solver_options(where, {cfg_.predictor_order, cfg_.corrector_order, true});
+      if (!(std::isfinite(cfg_.sa_tau) && cfg_.sa_tau >= 0.0))
+        detail::throw_invalid(where, "sa_tau = " + detail::to_text(cfg_.sa_tau) + " is outside the allowed range [0, inf)");
+      if (!(cfg_.sa_tau_t_min <= cfg_.sa_tau_t_max))
+        detail::throw_invalid(where, "the tau window [" + detail::to_text(cfg_.sa_tau_t_min) + ", " +
+                                         detail::to_text(cfg_.sa_tau_t_max) + "] is empty or not a number");
+      // diffusers' converted lists repeat their last sigma (a final step of length 0, which sa_solver_step refuses).
+      if (converted_sigmas_on())
+        detail::throw_invalid(where, std::string(converted_sigmas_key()) + " = true is not supported by SASolverScheduler here "
+                                     "(diffusers repeats the list's last sigma, a step of length 0)");
+    }
     if (cfg_.kind == scheduler_kind::unipc_multistep && cfg_.unipc_solver_type != unipc_variant::bh1 &&
         cfg_.unipc_solver_type != unipc_variant::bh2)
       detail::throw_invalid(where, "solver_type = " + detail::to_text(static_cast<int>(cfg_.unipc_solver_type)) + " is not bh1 or bh2");
@@ -1068,7 +1095,9 @@ class scheduler {
     const std::span<T> d = x0.empty() ? std::span<T>(b.denoised) : x0;
     if (!x0.empty()) detail::check_same_size("diffusion::scheduler::step", "x0", x0.size(), "x", x.size());
     denoise<T>(i, model_output, std::span<const T>(x), d);
-    if (dpm() || cfg_.kind == scheduler_kind::unipc_multistep || cfg_.kind == scheduler_kind::deis_multistep) process_x0(d, rows);
+    if (dpm() || cfg_.kind == scheduler_kind::unipc_multistep || cfg_.kind == scheduler_kind::deis_multistep ||
+        cfg_.kind == scheduler_kind::sa_solver)
+      process_x0(d, rows);
     const sigma_step s{sigmas_[i], sigmas_[i + 1]};
     switch (cfg_.kind) {
       case scheduler_kind::euler: euler_step<T>(s, d, x); break;
@@ -1269,6 +1298,52 @@ class scheduler {
         unipc_ = {st.lambda, st.count, st.last_sigma, st.last_to, st.last_order};
         break;
       }
+      case scheduler_kind::sa_solver: {
+        // diffusers' SASolverScheduler.step: the corrector (the last prediction's tau and normals), then the
+        // predictor with tau = tau_func(timestep) and this call's normals; the x̂₀ history in b.hist (rotated as
+        // the step rotates its views), the last prediction's start in aux, its normals in sa_last_noise.
+        constexpr std::string_view where = "diffusion::scheduler::step";
+        const sa_solver_options o{cfg_.predictor_order, cfg_.corrector_order, true};
+        const std::size_t H = sa_solver_history(o), N = timesteps_.size();
+        sa_solver_state<T> st;
+        for (std::size_t q = 0; q < H; ++q) {
+          b.hist[q].resize(x.size());
+          st.denoised[q] = b.hist[q];
+        }
+        b.aux.resize(x.size());
+        b.sa_last_noise.resize(x.size());
+        b.sa_noise.resize(x.size());  // sized at the first call, whatever its tau (no allocation later)
+        st.last_sample = b.aux;
+        st.last_noise = b.sa_last_noise;
+        st.lambda = sa_.lambda;
+        st.count = sa_.count;
+        st.last_from = sa_.last_from;
+        st.last_to = sa_.last_to;
+        st.last_tau = sa_.last_tau;
+        st.last_order = sa_.last_order;
+        const double t = timesteps_[i];
+        const double tau = t >= cfg_.sa_tau_t_min && t <= cfg_.sa_tau_t_max ? cfg_.sa_tau : 0.0;
+        const level_step l{noise_level::preserving(s.sigma), noise_level::preserving(s.sigma_next)};
+        const std::size_t max_order = cfg_.lower_order_final ? N - i : 4;
+        std::span<const T> z{};
+        if (tau > 0.0 && s.sigma_next > 0.0) {
+          if constexpr (std::is_same_v<Z, kernels::no_noise>) {
+            detail::throw_invalid(where, "SASolverScheduler adds noise where tau > 0 (timestep " + detail::to_text(t) +
+                                             ", tau = " + detail::to_text(tau) + ") and no noise was passed");
+          } else {
+            const std::span<T> zb(b.sa_noise);
+            // The normals as an array (the corrector of the next call reuses them): zb = 0·zb + 1·z.
+            std::fill(zb.begin(), zb.end(), T(0));
+            detail::require_finite_step(where, kernels::affine_noise(T(0), std::span<const T>(zb), T(1), noise, zb),
+                                        "drawing the normals");
+            z = zb;
+          }
+        }
+        sa_solver_step<T>(l, d, x, z, st, tau, o, max_order);
+        follow_rotation(b.hist, st.denoised, H);
+        sa_ = {st.lambda, st.count, st.last_from, st.last_to, st.last_tau, st.last_order};
+        break;
+      }
       case scheduler_kind::dpm_solver_singlestep: {
         // Call i of order o lands on level i + 1 from the state at level i − o + 1 (the block's start, kept in
         // aux), with the outputs of calls i − o + 1 … i (hist[0 … o − 1]: a block's j-th call writes slot j).
@@ -1368,6 +1443,14 @@ class scheduler {
     noise_level last_to{};
     std::size_t last_order = 0;
   } unipc_;
+  // SA-Solver's history apart from its buffers (sa_solver_state without the views).
+  struct sa_history {
+    std::array<double, 4> lambda{};
+    std::size_t count = 0;
+    noise_level last_from{}, last_to{};
+    double last_tau = 0.0;
+    std::size_t last_order = 0;
+  } sa_;
   struct deis_history {
     std::array<double, 4> lambda{};
     std::size_t count = 0;

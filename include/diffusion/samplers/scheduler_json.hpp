@@ -124,7 +124,8 @@ inline parsed_scheduler_config parse_scheduler_config(std::string_view json_text
        {"PNDMScheduler", scheduler_kind::pndm},
        {"DPMSolverSinglestepScheduler", scheduler_kind::dpm_solver_singlestep},
        {"IPNDMScheduler", scheduler_kind::ipndm},
-       {"DPMSolverSDEScheduler", scheduler_kind::dpm_solver_sde}});
+       {"DPMSolverSDEScheduler", scheduler_kind::dpm_solver_sde},
+       {"SASolverScheduler", scheduler_kind::sa_solver}});
   parsed_scheduler_config out{scheduler_config::defaults_for(kind), {}};
   scheduler_config& c = out.config;
   const bool discrete = kind == scheduler_kind::ddpm || kind == scheduler_kind::ddim;
@@ -134,6 +135,7 @@ inline parsed_scheduler_config parse_scheduler_config(std::string_view json_text
                            kind == scheduler_kind::dpm_solver_sde;
   const bool unipc = kind == scheduler_kind::unipc_multistep;
   const bool deis = kind == scheduler_kind::deis_multistep;
+  const bool sa = kind == scheduler_kind::sa_solver;
   const bool singlestep = kind == scheduler_kind::dpm_solver_singlestep;
   const bool dpm = kind == scheduler_kind::dpm_solver_multistep || kind == scheduler_kind::edm_dpm_solver_multistep || singlestep;
   const bool edm = kind == scheduler_kind::edm_euler || kind == scheduler_kind::edm_dpm_solver_multistep;
@@ -218,7 +220,7 @@ inline parsed_scheduler_config parse_scheduler_config(std::string_view json_text
       const bool lcm = kind == scheduler_kind::lcm;
       const bool used = key == "set_alpha_to_one" ? (kind == scheduler_kind::ddim || kind == scheduler_kind::pndm)
                         : (key == "clip_sample" || key == "clip_sample_range") ? (discrete || lcm)
-                                                                               : (discrete || dpm || lcm || unipc || deis);
+                                                                               : (discrete || dpm || lcm || unipc || deis || sa);
       if (!used) {
         ignore(key, "not used by " + std::string(class_name(kind)));
         continue;
@@ -229,6 +231,24 @@ inline parsed_scheduler_config parse_scheduler_config(std::string_view json_text
       else if (key == "thresholding") c.thresholding = detail::config_bool(key, v);
       else if (key == "dynamic_thresholding_ratio") c.dynamic_thresholding_ratio = detail::config_number(key, v);
       else c.sample_max_value = detail::config_number(key, v);
+    } else if (sa && (key == "predictor_order" || key == "corrector_order" || key == "tau_func" || key == "algorithm_type" ||
+                      key == "lower_order_final" || key == "lambda_min_clipped" || key == "variance_type")) {
+      if (key == "predictor_order") c.predictor_order = detail::config_count(key, v);
+      else if (key == "corrector_order") c.corrector_order = detail::config_count(key, v);
+      else if (key == "lower_order_final") c.lower_order_final = detail::config_bool(key, v);
+      else if (key == "algorithm_type")
+        require_value(key, v, std::string_view("data_prediction"), "data_prediction");
+      else if (key == "tau_func") {
+        // A Python callable; a saved config holds null (diffusers' default, tau = 1 for timesteps 200 ... 800).
+        if (!v.is_null())
+          detail::throw_config(key, detail::json_text(v) + " is not supported (supported: null; set sa_tau and its "
+                                    "timestep window in scheduler_config)");
+      } else if (key == "lambda_min_clipped") {
+        if (!v.is_null() && !(v.is_number() && std::isinf(v.get<double>()) && v.get<double>() < 0.0))
+          detail::throw_config(key, detail::json_text(v) + " is not supported (supported: null, i.e. -inf)");
+      } else if (!v.is_null()) {  // variance_type: diffusers would slice a learned variance off the output
+        detail::throw_config(key, detail::json_text(v) + " is not supported by SASolverScheduler (supported: null)");
+      }
     } else if (key == "variance_type") {
       if (v.is_null()) continue;
       if (kind != scheduler_kind::ddpm) {
