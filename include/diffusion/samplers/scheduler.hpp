@@ -32,6 +32,7 @@
 /// | LCMScheduler | @ref diffusion::lcm_step "lcm_step" on @ref diffusion::consistency_timesteps "consistency_timesteps" | variance preserving |
 /// | TCDScheduler | @ref diffusion::tcd_step "tcd_step" (γ is the config's `eta`, default 0.3) | variance preserving |
 /// | UniPCMultistepScheduler (`predict_x0`, bh1/bh2, orders 1–3, `disable_corrector`) | @ref diffusion::unipc_step "unipc_step" over VP levels | variance preserving |
+/// | SASolverScheduler (`data_prediction`, predictor and corrector orders 1–4, τ = `sa_tau` on a timestep window: diffusers' default `tau_func`; `step` needs noise where τ > 0) | @ref diffusion::sa_solver_step "sa_solver_step" over VP levels | variance preserving |
 /// | KDPM2DiscreteScheduler | @ref diffusion::dpm2_predict "dpm2_predict" / @ref diffusion::dpm2_correct "dpm2_correct" (two calls per step, the second at √(σσ')) | σ-space |
 /// | DEISMultistepScheduler (`deis`, `logrho`, orders 1–3) | @ref diffusion::deis_step "deis_step" over VP levels | variance preserving |
 /// | DPMSolverMultistepScheduler, `algorithm_type="dpmsolver"` or `"sde-dpmsolver"` (orders 1–3, midpoint or heun) | @ref diffusion::dpm_solver_step "dpm_solver_step" (the noise-prediction form; `sde` for sde-dpmsolver) over VP levels | variance preserving |
