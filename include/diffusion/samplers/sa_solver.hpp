@@ -19,7 +19,7 @@
 /// exactly: with \f$\ell_j\f$ the Lagrange basis on the nodes and \f$z = -kh\f$,
 /// \f[ x_t = \frac{\sigma_t}{\sigma_s}e^{-\tau^2 h}x_s + \alpha_t k h\sum_j g_j D_j + \sigma_t\sqrt{-\operatorname{expm1}(-2\tau^2h)}\,\xi,
 ///     \qquad g_j = \int_0^1 e^{z(1-\theta)}\ell_j(\theta)\,d\theta = \sum_m m!\,\varphi_{m+1}(z)\,[\theta^m]\ell_j, \f]
-/// \f$\varphi_k\f$ the exponential-integrator functions (@ref diffusion::detail::phi_functions "phi_functions"). The
+/// \f$\varphi_k\f$ the exponential-integrator functions (`detail::phi_functions`). The
 /// predictor of order p uses the newest output (θ = 0) and the p − 1 before it (θ < 0); the corrector of order
 /// c recomputes the same step from the same start with the same ξ, using the output at the predicted state
 /// (θ = 1), the output at the start (θ = 0) and the c − 2 before it. With exactly two nodes the first moment
@@ -392,7 +392,7 @@ void sa_solver_step(sigma_step s, std::span<const T> denoised, std::span<T> x, s
   detail::sa_solver_update<T>(where, as_level_step(s), denoised, x, noise, st, tau, o, max_order, policy);
 }
 
-/// @brief Options of @ref sa_solver_sample.
+/// @brief Options of @ref diffusion::sa_solver_sample "sa_solver_sample".
 struct sa_solver_sample_options {
   sa_solver_options solver{};  ///< Orders (default 2 and 2), corrector (default on).
   /// τ where the step starts at σ_i ∈ [tau_sigma_min, tau_sigma_max], 0 elsewhere (diffusers' `tau_func`
@@ -415,11 +415,11 @@ struct sa_solver_sample_options {
 /// normals of step i the stream (sample, i) of `noise` (the library's convention), the orders rising
 /// from 1 as the history fills and, with `lower_order_final`, falling at the end. The last step is not
 /// corrected (no model call follows it). Measured orders and laws in docs/accuracy.md.
-/// @param[in] D the σ-space denoiser (@ref sigma_space_model); @param[in,out] x rows × n: the state at σ_0 in
+/// @param[in] D the σ-space denoiser (@ref diffusion::sigma_space_model "sigma_space_model"); @param[in,out] x rows × n: the state at σ_0 in
 /// (or drawn), the sample out; @param[in] rows batch size; @param[in] noise the noise source; @param[in] sigmas
 /// strictly decreasing, positive, the last may be 0; @param[in] opt options; @param[in] hooks callback,
 /// workspace, context, threads.
-/// @throws as @ref euler_sample; std::invalid_argument for an order outside [1, 4], a τ that is negative or not
+/// @throws as @ref diffusion::euler_sample "euler_sample"; std::invalid_argument for an order outside [1, 4], a τ that is negative or not
 /// finite, or a τ window with tau_sigma_min > tau_sigma_max (or NaN).
 template <class SigmaModel, mutable_tensor X, class Noise, class Context = no_context>
   requires sigma_denoiser<SigmaModel, tensor_value_t<X>, Context> && noise_source_for<Noise, tensor_value_t<X>>

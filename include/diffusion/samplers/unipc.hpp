@@ -165,7 +165,7 @@ std::array<double, N> lagrange_moment_weights(std::span<const double> r, const s
 }
 
 /// The weights of the UniPC order conditions \f$\sum_j g_j r_j^{k-1} = \gamma_k\f$, k = 1 … q, for q ≤ 3 distinct
-/// nodes r (@ref diffusion::detail::lagrange_moment_weights "lagrange_moment_weights": the transposed Vandermonde
+/// nodes r (`lagrange_moment_weights`: the transposed Vandermonde
 /// system the references hand to a linear solver, solved in closed form).
 inline std::array<double, 3> unipc_weights(std::span<const double> r, const std::array<double, 3>& gamma) {
   return lagrange_moment_weights<3>(r, gamma);
