@@ -586,3 +586,25 @@ TEST_CASE("sa_solver_step reproduces diffusers' SASolverScheduler step by step, 
   CHECK(replay_sa(ref22, {.predictor_order = 2, .corrector_order = 2, .use_corrector = false}) > 1e-3);
   CHECK(replay_sa(ref22, {.predictor_order = 2, .corrector_order = 2}, 0.0) > 1e-3);
 }
+
+TEST_CASE("SA-Solver from a flow's pure-noise end (alpha = 0) and onto the data takes the limits of its update",
+          "[samplers][sa_solver]") {
+  // h = infinity: e^{-h} = 0 and e^{-tau^2 h} = 0 for tau > 0, so x_t = alpha_t D + (sigma_t / sigma_s) x (tau = 0)
+  // or alpha_t D + sigma_t xi (tau > 0), written out; onto sigma_t = 0: x_t = alpha_t D, no noise.
+  const auto from = diffusion::noise_level::general(0.0, 1.0), to = diffusion::noise_level::general(0.25, 0.75);
+  for (const double tau : {0.0, 0.5}) {
+    std::vector<double> x{0.3, -1.1}, d{0.1, -0.4}, z{0.7, -0.2}, h0(2), h1(2), last(2), last_z(2);
+    diffusion::sa_solver_state<double> st;
+    st.denoised = {std::span<double>(h0), std::span<double>(h1), {}, {}};
+    st.last_sample = last;
+    st.last_noise = last_z;
+    const std::vector<double> x0 = x;
+    diffusion::sa_solver_step<double>({from, to}, d, x, z, st, tau);
+    for (std::size_t k = 0; k < 2; ++k)
+      CHECK(x[k] == Approx(0.25 * d[k] + (tau > 0.0 ? 0.75 * z[k] : 0.75 * x0[k])).epsilon(1e-15));
+    CHECK(st.last_order == 0);  // no correction follows a step from alpha = 0
+    // The next step is first order (the output at alpha = 0 is never an earlier output) and lands on the data.
+    diffusion::sa_solver_step<double>({to, diffusion::noise_level::general(1.0, 0.0)}, d, x, z, st, tau);
+    for (std::size_t k = 0; k < 2; ++k) CHECK(x[k] == Approx(d[k]).epsilon(1e-15));
+  }
+}

@@ -107,14 +107,16 @@ struct sa_solver_coefficients {
   double noise = 0.0;           ///< \f$\sigma_t\sqrt{1 - e^{-2\tau^2 h}}\f$.
 };
 
-/// The coefficients of the file comment for h = λ_t − λ_s (finite and > 0, or +∞ with one node: then
-/// x_t = α_t D₀), τ ≥ 0, the nodes θ_j (distinct, at most 4), σ_t/σ_s, σ_t and α_t. With two nodes the first
+/// The coefficients of the file comment for h = λ_t − λ_s (finite and > 0, or +∞ with one node: the limit
+/// x_t = α_t D₀ + (σ_t/σ_s)x_s at τ = 0, α_t D₀ + σ_t ξ at τ > 0), τ ≥ 0, the nodes θ_j (distinct, at most 4), σ_t/σ_s, σ_t and α_t. With two nodes the first
 /// moment is ½ (diffusers' order-2 modification, the paper's code).
 inline sa_solver_coefficients sa_solver_update_coefficients(double sigma_ratio, double sigma_t, double alpha_t, double h,
                                                             double tau, std::span<const double> nodes) {
   sa_solver_coefficients c;
-  if (std::isinf(h)) {
+  if (std::isinf(h)) {  // e^{-h} = 0: x_t = α_t D₀ + (σ_t/σ_s)x_s at τ = 0, α_t D₀ + σ_t ξ at τ > 0
     c.w[0] = alpha_t;
+    c.ratio = tau > 0.0 ? 0.0 : sigma_ratio;
+    c.noise = tau > 0.0 ? sigma_t : 0.0;
     return c;
   }
   const double tau2 = tau * tau, k = 1.0 + tau2;
