@@ -8,9 +8,10 @@
 // DDIM η = 0 (Song et al. 2021) with 10 and 50 steps, annealed Langevin (Song & Ermon 2019,
 // Algorithm 1), VE predictor–corrector (Song et al. 2021, Algorithms 2 and 4), and on the Karras
 // et al. 2022 σ list: Euler, Heun (Algorithm 2), DPM-Solver++(2M) and (3M) (Lu et al. 2022; 3M is
-// dpmpp_3m_sde_sample with η = 0), LMS, UniPC (bh2, order 3), DEIS (order 3), iPNDM, DPM2, and the
-// stochastic Euler ancestral, DPM++ 2M SDE, DPM++ 3M SDE, DPM2 ancestral, DPM++ 2S ancestral and
-// DPM++ SDE (η = 1), each through its own *_sample loop.
+// dpmpp_3m_sde_sample with η = 0), LMS, UniPC (bh2, order 3), DEIS (order 3), iPNDM, DPM2, PLMS,
+// RES multistep, singlestep DPM-Solver++ (order 3), SA-Solver at τ = 0, and the stochastic Euler
+// ancestral, DPM++ 2M SDE, DPM++ 3M SDE, DPM2 ancestral, DPM++ 2S ancestral, DPM++ SDE (η = 1),
+// RES multistep ancestral, ER-SDE and SA-Solver (τ = 1), each through its own *_sample loop.
 //
 // Checks, each with false-failure probability α (--alpha, 1e-5) for a sampler that draws exactly
 // from the data:
@@ -23,8 +24,8 @@
 //  * χ², the mass balance: Pearson χ² of the counts of points by most likely component against
 //    N/J (by symmetry P(argmax = j) = 1/J exactly), J − 1 degrees of freedom; pass below the
 //    1 − α quantile.
-// With 18 checked samplers × 2 statistics × 2 data sets, a false failure of the run has
-// probability ≤ 72 α = 7.2e-4 (Bonferroni). The null laws are checked on the run's own exact
+// With 25 checked samplers × 2 statistics × 2 data sets, a false failure of the run has
+// probability ≤ 100 α = 1e-3 (Bonferroni). The null laws are checked on the run's own exact
 // samples (2R of them: mean and sd of z, mean of χ²). Exit status 1 when a check fails.
 //
 // What is checked is a sampler at default steps where it is accurate at this resolution: the
@@ -439,6 +440,29 @@ std::vector<sampler> make_samplers(const settings& cfg, const noise_schedule& tr
                    return ipndm_sample(D, x, rows, nz, sig, o, h);
                  })});
   out.push_back({"DPM2", "DPM2", true, 35, {5, 10, 18, 50}, with_karras_options([](auto&&... a) { return dpm2_sample(a...); }), 2, -1});
+  out.push_back({"PLMS", "PLMS (PNDM, order 4)", true, 50, {5, 10, 20, 100},
+                 sigma_row([](auto& D, auto x, std::size_t rows, auto& nz, auto sig, std::uint64_t first, const auto& h) {
+                   plms_sample_options o;
+                   o.first_sample = first;
+                   return plms_sample(D, x, rows, nz, sig, o, h);
+                 })});
+  out.push_back({"RES multistep", "RES multistep", true, 50, {5, 10, 20, 100},
+                 with_karras_options([](auto&&... a) { return res_multistep_sample(a...); })});
+  out.push_back({"DPM-Solver++ 3S", "DPM-Solver++ singlestep (order 3, heun)", true, 51, {6, 12, 21, 99},
+                 sigma_row([](auto& D, auto x, std::size_t rows, auto& nz, auto sig, std::uint64_t first, const auto& h) {
+                   dpmpp_singlestep_sample_options o;
+                   o.order = 3;
+                   o.solver_type = dpm_solver_type::heun;
+                   o.first_sample = first;
+                   return dpmpp_singlestep_sample(D, x, rows, nz, sig, o, h);
+                 })});
+  out.push_back({"SA-Solver 0", "SA-Solver (tau = 0, 2/2)", true, 50, {5, 10, 20, 100},
+                 sigma_row([](auto& D, auto x, std::size_t rows, auto& nz, auto sig, std::uint64_t first, const auto& h) {
+                   sa_solver_sample_options o;
+                   o.tau = 0.0;
+                   o.first_sample = first;
+                   return sa_solver_sample(D, x, rows, nz, sig, o, h);
+                 })});
   // Stochastic σ-space samplers (η = 1).
   out.push_back({"Euler ancestral", "Euler ancestral", true, 400, {25, 50, 100, 200},
                  with_karras_options([](auto&&... a) { return euler_ancestral_sample(a...); })});
@@ -452,6 +476,20 @@ std::vector<sampler> make_samplers(const settings& cfg, const noise_schedule& tr
                  with_karras_options([](auto&&... a) { return dpmpp_2s_ancestral_sample(a...); }), 2, -1});
   out.push_back({"DPM++ SDE", "DPM++ SDE", true, 100, {10, 25, 50},
                  with_karras_options([](auto&&... a) { return dpmpp_sde_sample(a...); }), 2, -1});
+  out.push_back({"RES ancestral", "RES multistep ancestral", true, 100, {10, 25, 50},
+                 with_karras_options([](auto&&... a) { return res_multistep_ancestral_sample(a...); })});
+  out.push_back({"ER-SDE", "ER-SDE (stage 3)", true, 100, {10, 25, 50},
+                 sigma_row([](auto& D, auto x, std::size_t rows, auto& nz, auto sig, std::uint64_t first, const auto& h) {
+                   er_sde_options<> o;
+                   o.first_sample = first;
+                   return er_sde_sample(D, x, rows, nz, sig, o, h);
+                 })});
+  out.push_back({"SA-Solver", "SA-Solver (tau = 1, 2/2)", true, 100, {10, 25, 50},
+                 sigma_row([](auto& D, auto x, std::size_t rows, auto& nz, auto sig, std::uint64_t first, const auto& h) {
+                   sa_solver_sample_options o;
+                   o.first_sample = first;
+                   return sa_solver_sample(D, x, rows, nz, sig, o, h);
+                 })});
   return out;
 }
 
