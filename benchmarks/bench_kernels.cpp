@@ -13,7 +13,9 @@
 //                    step function in its steady state (see "The sampler steps with a history"):
 //                    dpmpp_2m, dpmpp_2m_sde, dpmpp_3m_sde, lms (order 4), unipc (order 2 with the
 //                    corrector), deis (order 3), plms (order 4), dpm2 and dpmpp_2s_ancestral and
-//                    dpmpp_sde (both stages: the cost per pair of model calls), lcm, tcd, cfgpp_euler;
+//                    dpmpp_sde (both stages: the cost per pair of model calls), lcm, tcd, cfgpp_euler,
+//                    res_multistep (η = 0), er_sde (stage 3), sa_solver (τ = 1, orders 3 and 3, the
+//                    noise drawn into a buffer first), sde_dpmsolver (order 2), ipndm (order 4);
 //                    implementations ours, ours_2t (no bit_identical: the steps run in place) and plain
 //   implementations  ours       the library's fused single-pass kernel (kernels.hpp), noise
 //                               generated inside it (kernels::philox_stream)
@@ -678,6 +680,10 @@ constexpr diffusion::sigma_step ks{euler_sigma, euler_sigma_to};
 constexpr std::size_t tcd_mid_t = 336;  // TCD's intermediate timestep floor((1 − γ)·480), γ = 0.3
 constexpr double tcd_gamma = 0.3;
 
+constexpr diffusion::sa_solver_options sa_options{.predictor_order = 3, .corrector_order = 3, .use_corrector = true};
+constexpr diffusion::dpm_solver_options sde_dpm_options{.order = 2, .solver_type = diffusion::dpm_solver_type::midpoint,
+                                                        .reference_3m = false, .sde = true};
+
 diffusion::noise_level vp(std::size_t t) { return diffusion::noise_level::from_step(sched()[t]); }
 diffusion::level_step vp_step(std::size_t from, std::size_t to) { return {vp(from), vp(to)}; }
 
@@ -687,23 +693,29 @@ struct sampler_buffers {
   // first normals; last = UniPC's last_sample; h = history slots.
   buffer x, d2, mid, keep, z1, last;
   std::array<buffer, 4> h;
+  buffer sa_noise, sa_last, sa_last_noise;  // SA-Solver's noise operand and its corrector's records
   diffusion::dpmpp_2m_state<float> dpm2m;  // not reset: a repeated step is a valid steady state
   diffusion::dpmpp_3m_state<float> dpm3m;  // not reset (no ordering check)
   diffusion::lms_state<float> lms;         // steady states copied before each call
   diffusion::unipc_state<float> unipc;
   diffusion::deis_state<float> deis;
   diffusion::plms_state<float> plms;
+  diffusion::res_multistep_state<float> res;   // steady states copied before each call
+  diffusion::er_sde_state<float> er;
+  diffusion::sa_solver_state<float> sa;
+  diffusion::dpm_solver_state<float> sde_dpm;
   diffusion::level_step vp_now;  // 500 → 480
 
   sampler_buffers(const buffers& b)
       : x(b.n), d2(b.n), mid(b.n), keep(b.n), z1(b.n), last(b.n), h{buffer(b.n), buffer(b.n), buffer(b.n), buffer(b.n)},
-        vp_now(vp_step(500, 480)) {
+        sa_noise(b.n), sa_last(b.n), sa_last_noise(b.n), vp_now(vp_step(500, 480)) {
     const diffusion::philox_normal init(0xB3C5ull);
     init.fill(2, 0, 0, x.span());
     init.fill(3, 0, 0, d2.span());
     init.fill(4, 0, 0, last.span());
     for (std::size_t j = 0; j < 4; ++j) init.fill(5 + j, 0, 0, h[j].span());
     for (auto* p : {&mid, &keep, &z1}) std::fill_n(p->data(), b.n, 0.0f);
+    init.fill(9, 0, 0, sa_noise.span());
     const span_c d = b.e.cspan();
     dpm2m = {h[0].span(), std::log(hist_sigmas[0] / euler_sigma), true};
     dpm3m.previous_denoised = {h[0].span(), h[1].span()};
@@ -723,6 +735,23 @@ struct sampler_buffers {
     plms.eps = {h[0].span(), h[1].span(), h[2].span(), h[3].span()};
     for (const auto& [f, t] : {std::pair<std::size_t, std::size_t>{560, 540}, std::pair<std::size_t, std::size_t>{540, 520}, std::pair<std::size_t, std::size_t>{520, 500}})
       diffusion::plms_step<float>(vp_step(f, t), d, x.span(), plms, 4);
+    res = {h[0].span(), std::log(hist_sigmas[0] / euler_sigma), true};
+    er.previous_denoised = {h[0].span(), h[1].span()};
+    er.previous_ratio = {hist_sigmas[0], hist_sigmas[1]};
+    er.count = 2;
+    // SA-Solver (τ = 1, predictor and corrector of order 3) over σ 4.7 → 3.9 → 3.2 → 2.5 → 2: a full
+    // history and a pending third-order correction at σ = 2.
+    sa.denoised = {h[0].span(), h[1].span(), h[2].span(), {}};
+    sa.last_sample = sa_last.span();
+    sa.last_noise = sa_last_noise.span();
+    for (std::size_t j = 0; j < 4; ++j) {
+      const double from = hist_sigmas[3 - j], to = j == 3 ? euler_sigma : hist_sigmas[2 - j];
+      diffusion::sa_solver_step<float>(diffusion::sigma_step{from, to}, d, x.span(), sa_noise.cspan(), sa, 1.0, sa_options);
+    }
+    sde_dpm.eps = {h[0].span(), h[1].span(), {}, {}};
+    for (const auto& [f, t] : {std::pair<std::size_t, std::size_t>{540, 520}, std::pair<std::size_t, std::size_t>{520, 500}})
+      diffusion::dpm_solver_step<float>(vp_step(f, t), d, x.span(), sde_dpm, diffusion::kernels::philox_stream{&init, 0, t},
+                                        sde_dpm_options);
     init.fill(2, 0, 0, x.span());  // back to normals
   }
 };
@@ -1061,6 +1090,146 @@ void cfgpp_euler_plain(buffers& b, std::uint64_t) {
   for (std::size_t i = 0; i < b.n; ++i) x[i] = gd[i] + c * (x[i] - u[i]) * inv;
 }
 
+// RES multistep, η = 0 (ComfyUI sample_res_multistep, second-order branch; x = state, e = D,
+// h[0] = D_prev at σ = 2.5) -------------------------------------------------------------------
+template <class P>
+void res_multistep_ours(const P& pol, buffers& b, std::uint64_t) {
+  auto& s = samp(b);
+  diffusion::res_multistep_state<float> st = s.res;
+  diffusion::res_multistep_step<float>(diffusion::as_level_step(ks), b.e.cspan(), s.x.span(), st, pol);
+}
+void res_multistep_plain(buffers& b, std::uint64_t) {
+  auto& s = samp(b);
+  const double h = std::log(euler_sigma / euler_sigma_to), h_prev = std::log(hist_sigmas[0] / euler_sigma);
+  const double phi1 = -std::expm1(-h) / h, phi2 = (phi1 - 1.0) / (-h);  // φ₁(−h), φ₂(−h)
+  const double w = h * h * phi2 / h_prev;
+  const auto cx = static_cast<float>(euler_sigma_to / euler_sigma), c0 = static_cast<float>(-std::expm1(-h) + w),
+             c1 = static_cast<float>(-w);
+  const float* d = b.e.data();
+  float *x = s.x.data(), *p = s.h[0].data();
+  for (std::size_t i = 0; i < b.n; ++i) {
+    x[i] = cx * x[i] + c0 * d[i] + c1 * p[i];
+    p[i] = d[i];
+  }
+}
+
+// ER-SDE, stage 3, the default noise scale (ComfyUI sample_er_sde; x = state, e = D, h[0] = D₋₁ at
+// σ = 2.5, h[1] = D₋₂ at 3.2; Philox noise in-kernel) ------------------------------------------------
+template <class P>
+void er_sde_ours(const P& pol, buffers& b, std::uint64_t step) {
+  auto& s = samp(b);
+  diffusion::er_sde_state<float> st = s.er;
+  diffusion::er_sde_step<float>(diffusion::as_level_step(ks), b.e.cspan(), s.x.span(), st, stream(step),
+                                diffusion::er_sde_options<>{}, pol);
+}
+void er_sde_plain(buffers& b, std_normal& g) {
+  auto& s = samp(b);
+  // The stage integrals by ComfyUI's rule (200 points in ς), then the Newton form of the library's step.
+  const auto phi = [](double v) { return v * (std::exp(std::pow(v, 0.3)) + 10.0); };
+  const double rs = euler_sigma, rt = euler_sigma_to, r = phi(rt) / phi(rs);
+  double c2 = 0.0, c3 = 0.0;
+  const double du = (rs - rt) / 200.0;
+  for (int k = 0; k < 200; ++k) {
+    const double u = rt + (k + 0.5) * du, W = phi(rt) / phi(u) - 1.0;
+    c2 += W * du;
+    c3 += W * (u - rs) * du;
+  }
+  const double d1 = rs - hist_sigmas[0], d2 = hist_sigmas[0] - hist_sigmas[1];
+  const double e = (2.0 * c3 + d1 * c2) / (rs - hist_sigmas[1]);
+  const auto cx = static_cast<float>(r), a0 = static_cast<float>(1.0 - r + c2 / d1 + e / d1),
+             a1 = static_cast<float>(-c2 / d1 - e / d1 - e / d2), a2 = static_cast<float>(e / d2),
+             cz = static_cast<float>(std::sqrt(rt * rt - rs * rs * r * r));
+  const float *d = b.e.data(), *p2 = s.h[1].data();
+  float *x = s.x.data(), *p1 = s.h[0].data();
+  for (std::size_t i = 0; i < b.n; ++i) {
+    x[i] = cx * x[i] + a0 * d[i] + a1 * p1[i] + a2 * p2[i] + cz * g();
+    p1[i] = d[i];  // the newest slot (the library rotates views instead)
+  }
+}
+
+// SA-Solver, τ = 1, predictor and corrector of order 3 (diffusers SASolverScheduler.step: the
+// corrector to σ = 2, then the predictor to 1.6). The step takes its noise as a buffer (the corrector
+// reuses it), so ours draws it first, as sa_solver_sample does; the pass then reads x's base, D,
+// three earlier outputs, the new and the last noise, and writes x, last_sample, last_noise and a slot.
+template <class P>
+void sa_solver_ours(const P& pol, buffers& b, std::uint64_t step) {
+  auto& s = samp(b);
+  split(pol, b.n, [&](std::size_t lo, std::size_t hi) { philox().fill(0, step, lo, s.sa_noise.span().subspan(lo, hi - lo)); });
+  diffusion::sa_solver_state<float> st = s.sa;
+  diffusion::sa_solver_step<float>(ks, b.e.cspan(), s.x.span(), s.sa_noise.cspan(), st, 1.0, sa_options, 4, pol);
+}
+void sa_solver_plain(buffers& b, std_normal& g) {
+  auto& s = samp(b);
+  // Coefficients with the same rule as the library's (τ = 1: h doubles in the exponentials); the
+  // timing needs the pass, so they are formed here from the library's detail function.
+  const double lam_new = -std::log(euler_sigma), lam[] = {-std::log(hist_sigmas[0]), -std::log(hist_sigmas[1]),
+                                                          -std::log(hist_sigmas[2])};
+  const double hc = lam_new - lam[0];
+  const double rc[] = {1.0, 0.0, (lam[1] - lam[0]) / hc};
+  const auto cc = diffusion::detail::sa_solver_update_coefficients(euler_sigma / hist_sigmas[0], euler_sigma, 1.0, hc, 1.0, rc);
+  const double hp = -std::log(euler_sigma_to) - lam_new;
+  const double rp[] = {0.0, (lam[0] - lam_new) / hp, (lam[1] - lam_new) / hp};
+  const auto pc = diffusion::detail::sa_solver_update_coefficients(euler_sigma_to / euler_sigma, euler_sigma_to, 1.0, hp, 1.0, rp);
+  const auto f = [](double v) { return static_cast<float>(v); };
+  const float rcf = f(cc.ratio), kc0 = f(cc.w[0]), kc1 = f(cc.w[1]), kc2 = f(cc.w[2]), kcz = f(cc.noise);
+  const float rpf = f(pc.ratio), kp0 = f(pc.w[0]), kp1 = f(pc.w[1]), kp2 = f(pc.w[2]), kpz = f(pc.noise);
+  const float *d = b.e.data(), *o1 = s.h[0].data(), *o2 = s.h[1].data();
+  float *x = s.x.data(), *last = s.sa_last.data(), *lz = s.sa_last_noise.data(), *slot = s.h[2].data();
+  for (std::size_t i = 0; i < b.n; ++i) {
+    const float xc = rcf * last[i] + kc0 * d[i] + kc1 * o1[i] + kc2 * o2[i] + kcz * lz[i];
+    const float z = g();
+    x[i] = rpf * xc + kp0 * d[i] + kp1 * o1[i] + kp2 * o2[i] + kpz * z;
+    last[i] = xc;
+    lz[i] = z;
+    slot[i] = d[i];
+  }
+}
+
+// DPM-Solver (noise form) SDE, order 2, midpoint (diffusers DPMSolverMultistepScheduler,
+// algorithm_type "sde-dpmsolver"), 500 → 480 with ε at 520 stored; Philox noise in-kernel -------------
+template <class P>
+void sde_dpmsolver_ours(const P& pol, buffers& b, std::uint64_t step) {
+  auto& s = samp(b);
+  diffusion::dpm_solver_state<float> st = s.sde_dpm;
+  diffusion::dpm_solver_step<float>(s.vp_now, b.e.cspan(), s.x.span(), st, stream(step), sde_dpm_options, 3, pol);
+}
+void sde_dpmsolver_plain(buffers& b, std_normal& g) {
+  auto& s = samp(b);
+  const auto lam = [](std::size_t t) { return std::log(vp(t).alpha) - std::log(vp(t).sigma); };
+  const double h = lam(480) - lam(500), r0 = (lam(500) - lam(520)) / h, em = std::expm1(h);
+  const auto at_as = static_cast<float>(vp(480).alpha / vp(500).alpha), as = static_cast<float>(vp(500).alpha),
+             inv_ss = static_cast<float>(1.0 / vp(500).sigma), c0 = static_cast<float>(-2.0 * vp(480).sigma * em),
+             c1 = static_cast<float>(-vp(480).sigma * em / r0), cz = static_cast<float>(vp(480).sigma * std::sqrt(std::expm1(2.0 * h)));
+  const float *d = b.e.data(), *e1 = s.sde_dpm.eps[0].data();
+  float *x = s.x.data(), *e0 = s.sde_dpm.eps[1].data();
+  for (std::size_t i = 0; i < b.n; ++i) {
+    const float eps = (x[i] - as * d[i]) * inv_ss;
+    x[i] = at_as * x[i] + c0 * eps + c1 * (eps - e1[i]) + cz * g();
+    e0[i] = eps;
+  }
+}
+
+// iPNDM, order 4 (ComfyUI sample_ipndm: Adams–Bashforth weights of an equal grid on the slope) --------
+template <class P>
+void ipndm_ours(const P& pol, buffers& b, std::uint64_t) {
+  auto& s = samp(b);
+  diffusion::lms_state<float> st = s.lms;
+  diffusion::ipndm_step<float>(ks, b.e.cspan(), s.x.span(), st, diffusion::ipndm_options{}, pol);
+}
+void ipndm_plain(buffers& b, std::uint64_t) {
+  auto& s = samp(b);
+  const double dt = (euler_sigma_to - euler_sigma) / 24.0;
+  const auto c0 = static_cast<float>(55.0 * dt), c1 = static_cast<float>(-59.0 * dt), c2 = static_cast<float>(37.0 * dt),
+             c3 = static_cast<float>(-9.0 * dt), inv = static_cast<float>(1.0 / euler_sigma);
+  const float *d = b.e.data(), *s1 = s.lms.slopes[0].data(), *s2 = s.lms.slopes[1].data(), *s3 = s.lms.slopes[2].data();
+  float *x = s.x.data(), *s0 = s.lms.slopes[3].data();
+  for (std::size_t i = 0; i < b.n; ++i) {
+    const float d0 = (x[i] - d[i]) * inv;
+    x[i] = x[i] + c0 * d0 + c1 * s1[i] + c2 * s2[i] + c3 * s3[i];
+    s0[i] = d0;
+  }
+}
+
 // ---------------------------------------------------------------------------------------
 // Bandwidth baselines.
 
@@ -1248,6 +1417,17 @@ void register_all() {
   add_std_normal("tcd/plain", {12, true}, tcd_plain);
   add_sampler<cfgpp_euler_ours<sequential_policy>, cfgpp_euler_ours<parallel_policy>>("cfgpp_euler", {16, false});
   add_plain("cfgpp_euler/plain", {16, false}, cfgpp_euler_plain);
+  add_sampler<res_multistep_ours<sequential_policy>, res_multistep_ours<parallel_policy>>("res_multistep", {20, false});
+  add_plain("res_multistep/plain", {20, false}, res_multistep_plain);
+  add_sampler<er_sde_ours<sequential_policy>, er_sde_ours<parallel_policy>>("er_sde", {24, true});
+  add_std_normal("er_sde/plain", {24, true}, er_sde_plain);
+  // SA-Solver: x, D, 2 outputs, last_sample, last_noise read; x, last_sample, last_noise, a slot written.
+  add_sampler<sa_solver_ours<sequential_policy>, sa_solver_ours<parallel_policy>>("sa_solver", {40, true});
+  add_std_normal("sa_solver/plain", {40, true}, sa_solver_plain);
+  add_sampler<sde_dpmsolver_ours<sequential_policy>, sde_dpmsolver_ours<parallel_policy>>("sde_dpmsolver", {20, true});
+  add_std_normal("sde_dpmsolver/plain", {20, true}, sde_dpmsolver_plain);
+  add_sampler<ipndm_ours<sequential_policy>, ipndm_ours<parallel_policy>>("ipndm", {28, false});
+  add_plain("ipndm/plain", {28, false}, ipndm_plain);
 }
 
 /// --pin_caller (removed from argv): pins this thread to the first CPU of its affinity mask,

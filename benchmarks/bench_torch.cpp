@@ -29,6 +29,10 @@
 //   plms        PNDMScheduler.step_plms, four stored ε
 //   lcm, tcd    LCMScheduler.step, TCDScheduler.step (γ = 0.3)
 //   cfgpp_euler ComfyUI sample_euler_cfg_pp
+//   res_multistep, er_sde, ipndm  ComfyUI sample_res_multistep (η = 0), sample_er_sde (stage 3), sample_ipndm
+//   sa_solver   SASolverScheduler.step: stochastic_adams_moulton_update then stochastic_adams_bashforth_update
+//               (τ = 1, orders 3 and 3; coefficients from the library's formula, as doubles)
+//   sde_dpmsolver  DPMSolverMultistepScheduler, sde-dpmsolver, second order (midpoint)
 // Their deterministic rows agree with the library's step to float rounding on the same inputs, and
 // the noisy ones in their noise-free part (checked once by hand when they were written).
 #include <benchmark/benchmark.h>
@@ -40,6 +44,7 @@
 #include <diffusion/betas.hpp>
 #include <diffusion/sampler_karras.hpp>
 #include <diffusion/samplers/consistency.hpp>
+#include <diffusion/samplers/sa_solver.hpp>
 
 #include <cmath>
 #include <cstddef>
@@ -361,6 +366,71 @@ torch::Tensor cfgpp_euler(const tensors& in) {  // ComfyUI sample_euler_cfg_pp: 
   return in.e + d * euler_sigma_to;
 }
 
+torch::Tensor res_multistep(const tensors& in) {  // ComfyUI sample_res_multistep, eta = 0, second-order branch
+  const double t = -std::log(euler_sigma), t_next = -std::log(euler_sigma_to), t_prev = -std::log(hist_sigmas[0]);
+  const double h = t_next - t, c2 = (t_prev - t) / h;
+  const double phi1 = std::expm1(-h) / -h, phi2 = (phi1 - 1.0) / -h;
+  const double b1 = phi1 - phi2 / c2, b2 = phi2 / c2;
+  return (std::exp(-t_next) / std::exp(-t)) * in.x + h * (b1 * in.e + b2 * in.h0);
+}
+
+torch::Tensor er_sde(const tensors& in) {  // ComfyUI sample_er_sde, stage 3, default noise scaler (h1 = old_denoised_d)
+  const auto scaler = [](double v) { return v * (std::exp(std::pow(v, 0.3)) + 10.0); };
+  const double ls = euler_sigma, lt = euler_sigma_to, l1 = hist_sigmas[0], l2 = hist_sigmas[1];  // ς = σ (α = 1)
+  const double r = scaler(lt) / scaler(ls);
+  auto x = r * in.x + (1 - r) * in.e;
+  const double dt = lt - ls, step = -dt / 200.0;
+  double s = 0.0, s_u = 0.0;  // ComfyUI's 200-point sums (tensors there)
+  for (int k = 0; k < 200; ++k) {
+    const double pos = lt + k * step, sc = scaler(pos);
+    s += step / sc;
+    s_u += (pos - ls) / sc * step;
+  }
+  const auto denoised_d = (in.e - in.h0) / (ls - l1);
+  x = x + (dt + s * scaler(lt)) * denoised_d;
+  const auto denoised_u = (denoised_d - in.h1) / ((ls - l2) / 2);
+  x = x + ((dt * dt) / 2 + s_u * scaler(lt)) * denoised_u;
+  return x + torch::randn_like(x) * std::sqrt(lt * lt - ls * ls * r * r);
+}
+
+torch::Tensor sa_solver(const tensors& in) {  // diffusers SASolverScheduler.step: corrector then predictor, tau = 1, orders 3
+  // x = this_sample (unused by the update: the corrector starts from last_sample = h2), e = x̂₀,
+  // h0, h1 = the earlier outputs, h3 = last_noise. The coefficients (0-dim tensors there) as doubles.
+  const double lam_new = -std::log(euler_sigma), lam0 = -std::log(hist_sigmas[0]), lam1 = -std::log(hist_sigmas[1]);
+  const double hc = lam_new - lam0, rc[] = {1.0, 0.0, (lam1 - lam0) / hc};
+  const auto cc = diffusion::detail::sa_solver_update_coefficients(euler_sigma / hist_sigmas[0], euler_sigma, 1.0, hc, 1.0, rc);
+  auto corr = torch::zeros_like(in.x);  // stochastic_adams_moulton_update's gradient_part
+  corr += cc.w[2] * in.h1;
+  corr += cc.w[1] * in.h0;
+  corr += cc.w[0] * in.e;
+  const auto x_c = cc.ratio * in.h2 + corr + cc.noise * in.h3;
+  const double hp = -std::log(euler_sigma_to) - lam_new;
+  const double rp[] = {0.0, (lam0 - lam_new) / hp, (lam1 - lam_new) / hp};
+  const auto pc = diffusion::detail::sa_solver_update_coefficients(euler_sigma_to / euler_sigma, euler_sigma_to, 1.0, hp, 1.0, rp);
+  const auto noise = torch::randn(in.x.sizes());  // randn_tensor
+  auto pred = torch::zeros_like(x_c);  // stochastic_adams_bashforth_update's gradient_part
+  pred += pc.w[0] * in.e;
+  pred += pc.w[1] * in.h0;
+  pred += pc.w[2] * in.h1;
+  return pc.ratio * x_c + pred + pc.noise * noise;
+}
+
+torch::Tensor sde_dpmsolver(const tensors& in) {  // diffusers multistep_dpm_solver_second_order_update, sde-dpmsolver, midpoint
+  const auto alpha = [](std::int64_t t) { return std::sqrt(ac_d(t)); };
+  const auto sigma = [](std::int64_t t) { return std::sqrt(1 - ac_d(t)); };
+  const auto m0 = (in.x - alpha(500) * in.e) / sigma(500);  // ε from D
+  const double h = lam_vp(480) - lam_vp(500), r0 = (lam_vp(500) - lam_vp(520)) / h;
+  const auto D1 = (1.0 / r0) * (m0 - in.h0);
+  const auto noise = torch::randn(in.x.sizes());
+  return (alpha(480) / alpha(500)) * in.x - 2.0 * (sigma(480) * std::expm1(h)) * m0 - (sigma(480) * std::expm1(h)) * D1 +
+         sigma(480) * std::sqrt(std::expm1(2 * h)) * noise;
+}
+
+torch::Tensor ipndm(const tensors& in) {  // ComfyUI sample_ipndm, order 4
+  const auto d_cur = (in.x - in.e) / euler_sigma;
+  return in.x + (euler_sigma_to - euler_sigma) * (55 * d_cur - 59 * in.h0 + 37 * in.h1 - 9 * in.h2) / 24;
+}
+
 torch::Tensor normals(const tensors& in) { return torch::randn(in.x.sizes()); }
 
 void run(benchmark::State& state, int threads, std::size_t bytes_per_element, bool noisy, const step_fn& f) {
@@ -428,6 +498,11 @@ int main(int argc, char** argv) {
   add("lcm", 12, true, lcm, four_m);
   add("tcd", 12, true, tcd, four_m);
   add("cfgpp_euler", 16, false, cfgpp_euler, four_m);
+  add("res_multistep", 20, false, res_multistep, four_m);
+  add("er_sde", 24, true, er_sde, four_m);
+  add("sa_solver", 40, true, sa_solver, four_m);
+  add("sde_dpmsolver", 20, true, sde_dpmsolver, four_m);
+  add("ipndm", 28, false, ipndm, four_m);
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   benchmark::AddCustomContext("torch_version", TORCH_VERSION);
