@@ -336,3 +336,58 @@ TEST_CASE("item 15: the sampler row check names rows and x", "[defects]") {
   CHECK_THROWS_WITH(diffusion::karras_sample(diffusion::karras_method::euler, D, x, 0, noise, sig),
                     Contains("rows = 0 must be >= 1"));
 }
+
+// A count that sizes a table (timesteps, betas, levels) is an argument like any other: one that cannot
+// be had is an std::invalid_argument naming the function and the count, never std::bad_alloc,
+// std::length_error, a wrapped n + 1 (an empty vector then written past its end) or a division by 0.
+TEST_CASE("counts that size a table: too large is a clear error, never an allocation failure or a wrap", "[defects][overflow]") {
+  constexpr std::size_t max = std::numeric_limits<std::size_t>::max();
+  // 2^61 doubles exceed max_size(); SIZE_MAX + 1 levels wrap to 0. (Counts that fit in address space
+  // but not in memory are left out: with AddressSanitizer or overcommit they abort or succeed instead of
+  // throwing; the test of loss_second_moment_sampler covers the std::bad_alloc path where it can.)
+  for (const std::size_t n : {max, max - 1, std::size_t{1} << 61}) {
+    INFO("n = " << n);
+    CHECK_THROWS_WITH(diffusion::linear_betas(n), Contains("diffusion::linear_betas") && Contains("num_timesteps = ") &&
+                                                      Contains("more than can be allocated"));
+    CHECK_THROWS_AS(diffusion::cosine_betas(n), std::invalid_argument);
+    CHECK_THROWS_AS(diffusion::scaled_linear_betas(n), std::invalid_argument);
+    CHECK_THROWS_AS(diffusion::sigmoid_betas(n), std::invalid_argument);
+    CHECK_THROWS_AS(diffusion::constant_betas(n, 0.01), std::invalid_argument);
+    CHECK_THROWS_AS(diffusion::jsd_betas(n), std::invalid_argument);
+    CHECK_THROWS_AS(diffusion::iddpm_linear_betas(n), std::invalid_argument);
+    CHECK_THROWS_WITH(diffusion::karras_sigmas(n, 0.002, 80.0),
+                      Contains("diffusion::karras_sigmas") && Contains("n = ") && Contains("levels"));
+    CHECK_THROWS_AS(diffusion::exponential_sigmas(n, 0.002, 80.0), std::invalid_argument);
+    CHECK_THROWS_AS(diffusion::geometric_sigmas(n, 0.002, 80.0), std::invalid_argument);
+    CHECK_THROWS_AS(diffusion::polyexponential_sigmas(n, 0.002, 80.0), std::invalid_argument);
+    CHECK_THROWS_AS(diffusion::kl_optimal_sigmas(n, 0.002, 80.0), std::invalid_argument);
+    CHECK_THROWS_AS(diffusion::logsnr_uniform_sigmas(n, -5.0, 5.0), std::invalid_argument);
+    CHECK_THROWS_AS(diffusion::vp_sigmas(n), std::invalid_argument);
+    CHECK_THROWS_AS(diffusion::beta_sigmas(n, 0.002, 80.0), std::invalid_argument);
+    CHECK_THROWS_AS(diffusion::ays_sigmas(diffusion::ays_model::sd15, n), std::invalid_argument);
+    CHECK_THROWS_AS(diffusion::linear_quadratic_sigmas(n), std::invalid_argument);
+    CHECK_THROWS_WITH(diffusion::flow_sigmas(n), Contains("diffusion::flow_sigmas") && Contains("n = "));
+    const diffusion::noise_schedule s(diffusion::scaled_linear_betas(1000));
+    CHECK_THROWS_AS(diffusion::simple_sigmas(s, n), std::invalid_argument);
+    CHECK_THROWS_AS(diffusion::normal_sigmas(s, n, true), std::invalid_argument);
+  }
+  // ddim_uniform's stride ⌊T/(n + 1)⌋ (where σ_1 ≈ 0) divided by n + 1 = 0 at n = SIZE_MAX; any n ≥ T
+  // gives stride 1, every table step.
+  const diffusion::noise_schedule s(diffusion::scaled_linear_betas(1000));
+  CHECK(diffusion::ddim_uniform_sigmas(s, max).size() == 1000);  // t = 1 … 999 and the final 0
+  std::vector<double> tiny(1000, 1e-12);  // σ_1 ≈ 0: the branch that adds 1 to n
+  tiny[999] = 0.5;
+  const diffusion::noise_schedule flat(tiny);
+  CHECK(diffusion::ddim_uniform_sigmas(flat, max).size() == 999);
+  CHECK(diffusion::ddim_uniform_sigmas(flat, 999).size() == 999);
+  // The scheduler classes with their own list (IPNDM, flow, EDM): N is not bounded by T there.
+  for (const auto k : {diffusion::scheduler_kind::ipndm, diffusion::scheduler_kind::flow_match_euler,
+                       diffusion::scheduler_kind::edm_euler}) {
+    diffusion::scheduler sched(diffusion::scheduler_config::defaults_for(k));
+    CHECK_THROWS_WITH(sched.set_timesteps(max), Contains("diffusion::scheduler::set_timesteps") &&
+                                                    Contains("num_inference_steps = 18446744073709551615") &&
+                                                    Contains("more than can be allocated"));
+    sched.set_timesteps(4);  // and it still works
+    CHECK(sched.timesteps().size() == 4);
+  }
+}

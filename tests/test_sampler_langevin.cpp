@@ -330,6 +330,47 @@ TEST_CASE("step functions: Langevin, predictors and the SNR step size", "[sample
   CHECK(std::isinf(diffusion::langevin_snr_step_size<double>(0.16, 0.5, xx, xx, zz)));
 }
 
+TEST_CASE("step functions: bad arguments are errors, nothing is returned silently non-finite", "[samplers][langevin]") {
+  using Catch::Matchers::Contains;
+  const double nan = std::numeric_limits<double>::quiet_NaN(), inf = std::numeric_limits<double>::infinity();
+  const std::vector<double> x = {1.0, -2.0, 0.5}, d = {0.2, -1.0, 0.4}, z = {0.3, -0.7, 1.1}, short2 = {0.1, 0.2};
+  std::vector<double> out(3);
+  // Langevin: the step size and sigma must be finite and > 0 (a zero sigma divided by zero before).
+  for (const double bad : {0.0, -1.0, nan, inf}) {
+    CHECK_THROWS_WITH(diffusion::langevin_step<double>(bad, 0.5, x, d, z, out),
+                      Contains("diffusion::langevin_step") && Contains("step_size"));
+    CHECK_THROWS_WITH(diffusion::langevin_step<double>(0.02, bad, x, d, z, out),
+                      Contains("diffusion::langevin_step") && Contains("sigma"));
+  }
+  CHECK_THROWS_WITH(diffusion::langevin_step<double>(0.02, 0.5, x, d, short2, out), Contains("z"));
+  CHECK_THROWS_WITH(diffusion::langevin_step<double>(0.02, 0.5, x, short2, z, out), Contains("denoised"));
+  // A coefficient beyond float: step_size / sigma^2 = 1e40.
+  std::vector<float> xf = {1.0f, 2.0f}, df = {0.5f, 0.5f}, zf = {0.1f, 0.2f}, of(2);
+  CHECK_THROWS_AS(diffusion::langevin_step<float>(1.0, 1e-20, xf, df, zf, of), std::domain_error);
+  // A result that overflows: x = 3e38 moved further out.
+  const std::vector<float> big = {3e38f, 3e38f}, lo = {-3e38f, -3e38f};
+  CHECK_THROWS_AS(diffusion::langevin_step<float>(0.5, 0.5, big, lo, zf, of), std::domain_error);
+  // Predictors: sigma > 0, 0 <= sigma_next < sigma, finite.
+  for (const auto& [s, sn] : {std::pair{0.0, 0.0}, std::pair{-1.0, -2.0}, std::pair{nan, 0.5}, std::pair{inf, 1.0},
+                              std::pair{1.0, 1.0}, std::pair{1.0, 2.0}, std::pair{1.0, -0.5}, std::pair{1.0, nan}}) {
+    CHECK_THROWS_WITH(diffusion::reverse_diffusion_predictor_step<double>(s, sn, x, d, z, out),
+                      Contains("diffusion::reverse_diffusion_predictor_step") && Contains("sigma"));
+    CHECK_THROWS_WITH(diffusion::ve_ancestral_predictor_step<double>(s, sn, x, d, z, out),
+                      Contains("diffusion::ve_ancestral_predictor_step") && Contains("sigma"));
+  }
+  // The noise is needed (and size-checked) only where sigma_next > 0.
+  CHECK_THROWS_WITH(diffusion::reverse_diffusion_predictor_step<double>(2.0, 1.0, x, d, short2, out), Contains("z"));
+  CHECK_NOTHROW(diffusion::reverse_diffusion_predictor_step<double>(2.0, 0.0, x, d, short2, out));
+  // SNR step size: bad snr or sigma; never NaN (z = 0 with a vanishing score gives +inf, as D = x does).
+  CHECK_THROWS_WITH(diffusion::langevin_snr_step_size<double>(0.0, 0.5, x, d, z), Contains("snr"));
+  CHECK_THROWS_WITH(diffusion::langevin_snr_step_size<double>(0.16, nan, x, d, z), Contains("sigma"));
+  CHECK_THROWS_WITH(diffusion::langevin_snr_step_size<double>(0.16, 0.5, x, d, short2), Contains("z"));
+  const std::vector<double> zero(3, 0.0);
+  CHECK(std::isinf(diffusion::langevin_snr_step_size<double>(0.16, 0.5, x, x, zero)));
+  const std::vector<double> with_nan = {1.0, nan, 0.5};
+  CHECK(std::isinf(diffusion::langevin_snr_step_size<double>(0.16, 0.5, x, with_nan, z)));
+}
+
 TEST_CASE("the SNR norms are accumulated accurately", "[samplers][langevin]") {
   // 2^20 equal float terms t = 0.1f: the exact sum of squares is 2^20 * t^2; rounded to double it
   // is 2^20 * fl(t*t) (scaling by a power of 2 is exact). Naive float accumulation loses ~5

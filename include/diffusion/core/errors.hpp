@@ -20,6 +20,8 @@
 #include <string>
 #include <string_view>
 #include <system_error>
+#include <new>
+#include <vector>
 
 #include "config.hpp"
 
@@ -105,6 +107,40 @@ class indexed_name {
   char buf_[96] = {};
   std::size_t len_ = 0;
 };
+
+/// Reserves room for count + extra elements in v, a table whose length the caller chose (a number of
+/// timesteps, of levels, of steps), or throws std::invalid_argument naming `where`, the request (`what`,
+/// e.g. "num_timesteps = 5000000000") and the unit when it cannot be had: count + extra overflows size_t,
+/// exceeds the vector's max_size(), or the allocation fails (std::bad_alloc, std::length_error). A request
+/// that fits in address space but not in memory may still meet the operating system's out-of-memory
+/// handling: the library cannot see that limit.
+template <class T>
+void reserve_table(std::string_view where, std::string_view what, std::vector<T>& v, std::size_t count,
+                   std::string_view unit, std::size_t extra = 0) {
+  const auto refuse = [&] {
+    throw_invalid(where, std::string(what) + " asks for " + to_text(count) + (extra ? " + " + to_text(extra) : "") +
+                             " " + std::string(unit) + ", more than can be allocated (" + to_text(v.max_size()) +
+                             " at most, and only as far as memory allows)");
+  };
+  if (count > v.max_size() || extra > v.max_size() - count) refuse();
+  try {
+    v.reserve(count + extra);
+  } catch (const std::bad_alloc&) {
+    refuse();
+  } catch (const std::length_error&) {
+    refuse();
+  }
+}
+
+/// count + extra copies of value (reserve_table's checks and message, then the fill).
+template <class T>
+std::vector<T> allocate_table(std::string_view where, std::string_view what, std::size_t count, std::string_view unit,
+                              std::size_t extra = 0, const T& value = T{}) {
+  std::vector<T> v;
+  reserve_table(where, what, v, count, unit, extra);
+  v.assign(count + extra, value);
+  return v;
+}
 
 /// A coefficient computed in double, as T; throws std::domain_error (naming it) when it is not
 /// finite in T (a σ of 1e39 is +∞ in float).

@@ -206,13 +206,15 @@ void check_noise_operand(std::string_view where, const Z& z, std::size_t n) {
   }
 }
 
-/// Throws std::domain_error when a step's kernel reported a non-finite result: the model's
-/// output and the state were finite, so the library's own arithmetic overflowed.
+/// Throws std::domain_error when a step's kernel reported a non-finite result: the step's arithmetic
+/// overflowed, or (where the caller did not scan them: the public step functions do not) an input
+/// array held a non-finite value. The loops scan every model output first, so there it is the former.
 inline void require_finite_step(std::string_view where, bool finite, std::string_view what) {
   if (!finite)
     throw_domain(where, std::string(what) +
-                            " produced a non-finite value although its inputs were finite: the step's arithmetic "
-                            "overflows the element type (values or coefficients too large for float?)");
+                            " produced a non-finite value: its arithmetic overflows the element type (values or "
+                            "coefficients too large for float?), or an input array (state, model output, history, "
+                            "noise) holds a non-finite value");
 }
 /// The same with the step's description built only on failure (no allocation on the way).
 template <class What>

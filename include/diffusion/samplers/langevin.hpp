@@ -26,6 +26,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <span>
 #include <string>
 #include <string_view>
@@ -52,13 +53,27 @@ namespace diffusion {
 // ---------------------------------------------------------------------------------------
 
 namespace detail {
-/// langevin_step for any noise operand: kernels::langevin with c = α/σ², g = √(2α) in T.
+/// langevin_step for any noise operand: kernels::langevin with c = α/σ², g = √(2α) in T; throws
+/// std::domain_error (naming `where`) when a coefficient or the result is not finite in T.
 template <real_scalar T, class Z, class P>
-void langevin_step_impl(double step_size, double sigma, std::span<const T> x, std::span<const T> denoised, const Z& z,
-                        std::span<T> x_next, const P& policy) noexcept {
-  const T c = static_cast<T>(step_size / (sigma * sigma));
-  const T g = static_cast<T>(std::sqrt(2.0 * step_size));
-  kernels::langevin(c, g, x, denoised, z, x_next, policy);
+void langevin_step_impl(std::string_view where, double step_size, double sigma, std::span<const T> x,
+                        std::span<const T> denoised, const Z& z, std::span<T> x_next, const P& policy) {
+  const T c = coefficient<T>(where, "step_size / sigma^2", step_size / (sigma * sigma));
+  const T g = coefficient<T>(where, "sqrt(2 step_size)", std::sqrt(2.0 * step_size));
+  require_finite_step(where, kernels::langevin(c, g, x, denoised, z, x_next, policy), "the Langevin step");
+}
+
+/// The argument checks of the public predictor and Langevin steps: sizes, partial overlaps.
+template <real_scalar T>
+void check_move_arrays(std::string_view where, std::span<const T> x, std::span<const T> denoised, std::span<const T> z,
+                       bool needs_noise, std::span<T> x_next) {
+  check_same_size(where, "denoised", denoised.size(), "x", x.size());
+  check_same_size(where, "x_next", x_next.size(), "x", x.size());
+  if (needs_noise) check_same_size(where, "z", z.size(), "x", x.size());
+  const std::span<const T> out(x_next);
+  check_no_partial_overlap(where, "x", x, "x_next", out);
+  check_no_partial_overlap(where, "denoised", denoised, "x_next", out);
+  if (needs_noise) check_no_partial_overlap(where, "z", z, "x_next", out);
 }
 }  // namespace detail
 
@@ -81,32 +96,49 @@ void langevin_step_impl(double step_size, double sigma, std::span<const T> x, st
 /// @param[in] x the state (any number of rows).
 /// @param[in] denoised D(x; σ), same size.
 /// @param[in] z standard normal noise, same size.
-/// @param[out] x_next the new state; may alias x.
+/// @param[out] x_next the new state; may alias x or denoised (the same array, not a partial overlap).
 /// @param[in] policy threads of the kernel (bit-identical for any count).
-/// @pre equal sizes (asserted).
+/// @throws std::invalid_argument for a step size or σ that is not finite and > 0, or arrays of different
+///         sizes or partially overlapping; std::domain_error when a coefficient or the result is not finite
+///         in T (nothing is returned silently non-finite).
 ///
 /// Runs on kernels::langevin (error bound there); annealed_langevin_sample generates z inside
 /// that kernel for philox_normal.
 template <real_scalar T, execution_policy P = sequential_policy>
 void langevin_step(double step_size, double sigma, std::span<const T> x, std::span<const T> denoised,
-                   std::span<const T> z, std::span<T> x_next, const P& policy = P{}) noexcept {
-  DIFFUSION_ASSERT(denoised.size() == x.size() && z.size() == x.size() && x_next.size() == x.size());
-  detail::langevin_step_impl<T>(step_size, sigma, x, denoised, z, x_next, policy);
+                   std::span<const T> z, std::span<T> x_next, const P& policy = P{}) {
+  constexpr std::string_view where = "diffusion::langevin_step";
+  detail::check_positive(where, "step_size", step_size);
+  detail::check_positive(where, "sigma", sigma);
+  detail::check_move_arrays(where, x, denoised, z, true, x_next);
+  detail::langevin_step_impl<T>(where, step_size, sigma, x, denoised, z, x_next, policy);
 }
 
 namespace detail {
 /// The VE predictor move shared by both predictors: x' = r²x + (1 − r²)D + (noise_scale·√(1 − r²)) z,
 /// r = σ_next/σ, with no noise at σ_next = 0 (kernels::affine2_noise / kernels::affine2).
+/// Throws std::domain_error (naming `where`) when the result is not finite.
 template <real_scalar T, class Z, class P = sequential_policy>
-void ve_predictor_move(double sigma, double sigma_next, double noise_scale, std::span<const T> x,
-                       std::span<const T> denoised, const Z& z, std::span<T> x_next, const P& policy = P{}) noexcept {
+void ve_predictor_move(std::string_view where, double sigma, double sigma_next, double noise_scale, std::span<const T> x,
+                       std::span<const T> denoised, const Z& z, std::span<T> x_next, const P& policy = P{}) {
   DIFFUSION_ASSERT(denoised.size() == x.size() && x_next.size() == x.size());
   const double r = sigma_next / sigma, q = (1.0 - r) * (1.0 + r);
-  const T a = static_cast<T>(r * r), b = static_cast<T>(q), g = static_cast<T>(noise_scale * std::sqrt(q));
-  if (sigma_next > 0.0)
-    kernels::affine2_noise(a, x, b, denoised, g, z, x_next, policy);
-  else
-    kernels::affine2(a, x, b, denoised, x_next, policy);
+  const T a = static_cast<T>(r * r), b = static_cast<T>(q);
+  const T g = coefficient<T>(where, "the predictor's noise scale", noise_scale * std::sqrt(q));
+  const bool ok = sigma_next > 0.0 ? kernels::affine2_noise(a, x, b, denoised, g, z, x_next, policy)
+                                   : kernels::affine2(a, x, b, denoised, x_next, policy);
+  require_finite_step(where, ok, "the predictor step");
+}
+
+/// The checks of the public VE predictors: 0 ≤ σ_next < σ, both finite; the arrays.
+template <real_scalar T>
+void check_ve_predictor(std::string_view where, double sigma, double sigma_next, std::span<const T> x,
+                        std::span<const T> denoised, std::span<const T> z, std::span<T> x_next) {
+  check_positive(where, "sigma", sigma);
+  if (!(sigma_next >= 0.0 && sigma_next < sigma))
+    throw_invalid(where, "sigma_next = " + to_text(sigma_next) + " is outside the allowed range [0, sigma = " +
+                             to_text(sigma) + ")");
+  check_move_arrays(where, x, denoised, z, sigma_next > 0.0, x_next);
 }
 }  // namespace detail
 
@@ -123,11 +155,14 @@ void ve_predictor_move(double sigma, double sigma_next, double noise_scale, std:
 /// @param[in] x the state; @param[in] denoised D(x; σ);
 /// @param[in] z standard normal noise (not read when σ_next = 0).
 /// @param[out] x_next the new state; may alias x or denoised.
-/// @pre equal sizes (asserted).
+/// @throws std::invalid_argument for σ not finite and > 0, σ_next outside [0, σ), arrays of different sizes
+///         (z only where σ_next > 0) or partially overlapping; std::domain_error for a non-finite result.
 template <real_scalar T>
 void reverse_diffusion_predictor_step(double sigma, double sigma_next, std::span<const T> x, std::span<const T> denoised,
-                                      std::span<const T> z, std::span<T> x_next) noexcept {
-  detail::ve_predictor_move(sigma, sigma_next, sigma, x, denoised, z, x_next);
+                                      std::span<const T> z, std::span<T> x_next) {
+  constexpr std::string_view where = "diffusion::reverse_diffusion_predictor_step";
+  detail::check_ve_predictor(where, sigma, sigma_next, x, denoised, z, x_next);
+  detail::ve_predictor_move(where, sigma, sigma_next, sigma, x, denoised, z, x_next);
 }
 
 /// @brief The ancestral-sampling predictor of the VE SDE (Song et al. 2021, Appendix F, Eq. 46;
@@ -141,11 +176,13 @@ void reverse_diffusion_predictor_step(double sigma, double sigma_next, std::span
 /// @param[in] x the state; @param[in] denoised D(x; σ);
 /// @param[in] z standard normal noise (not read when σ_next = 0).
 /// @param[out] x_next the new state; may alias x or denoised.
-/// @pre equal sizes (asserted).
+/// @throws as @ref diffusion::reverse_diffusion_predictor_step "reverse_diffusion_predictor_step".
 template <real_scalar T>
 void ve_ancestral_predictor_step(double sigma, double sigma_next, std::span<const T> x, std::span<const T> denoised,
-                                 std::span<const T> z, std::span<T> x_next) noexcept {
-  detail::ve_predictor_move(sigma, sigma_next, sigma_next, x, denoised, z, x_next);
+                                 std::span<const T> z, std::span<T> x_next) {
+  constexpr std::string_view where = "diffusion::ve_ancestral_predictor_step";
+  detail::check_ve_predictor(where, sigma, sigma_next, x, denoised, z, x_next);
+  detail::ve_predictor_move(where, sigma, sigma_next, sigma_next, x, denoised, z, x_next);
 }
 
 namespace detail {
@@ -173,15 +210,22 @@ inline void langevin_check_stream_steps(std::string_view where, std::size_t leve
 /// @param[in] x one row of the state.
 /// @param[in] denoised D(x; σ) for that row.
 /// @param[in] z the row's noise.
-/// @return ε; +∞ when D(x; σ) = x (a vanishing score: the rule is undefined there).
-/// @pre equal sizes (asserted).
+/// @return ε; +∞ when D(x; σ) = x (a vanishing score: the rule is undefined there, also for z = 0) or when
+///         ε overflows; never NaN.
+/// @throws std::invalid_argument for snr or σ not finite and > 0, or arrays of different sizes.
 template <real_scalar T>
 [[nodiscard]] double langevin_snr_step_size(double snr, double sigma, std::span<const T> x, std::span<const T> denoised,
-                                            std::span<const T> z) noexcept {
-  DIFFUSION_ASSERT(denoised.size() == x.size() && z.size() == x.size());
+                                            std::span<const T> z) {
+  constexpr std::string_view where = "diffusion::langevin_snr_step_size";
+  detail::check_positive(where, "snr", snr);
+  detail::check_positive(where, "sigma", sigma);
+  detail::check_same_size(where, "denoised", denoised.size(), "x", x.size());
+  detail::check_same_size(where, "z", z.size(), "x", x.size());
   const double zz = sum_of_squares(z), dd = squared_distance(denoised, x);
+  if (!(dd > 0.0)) return std::numeric_limits<double>::infinity();  // also dd NaN from a non-finite input
   const double rs2 = snr * sigma * sigma;
-  return 2.0 * rs2 * rs2 * (zz / dd);
+  const double eps = 2.0 * rs2 * rs2 * (zz / dd);
+  return eps == eps ? eps : std::numeric_limits<double>::infinity();
 }
 
 // ---------------------------------------------------------------------------------------
@@ -262,7 +306,7 @@ sample_result annealed_langevin_sample(SigmaModel& D, X&& x, std::size_t rows, N
     for (std::size_t j = 0; j < K; ++j) {
       const std::size_t k = i * K + j;
       loop.denoise(xs, sigma, den, k);
-      detail::langevin_step_impl<T>(alpha, sigma, xs, den, loop.noise(k), xs, loop.policy());
+      detail::langevin_step_impl<T>(where, alpha, sigma, xs, den, loop.noise(k), xs, loop.policy());
       if (!loop.report(L * K, loop.time(sigma), sigma, sigma, den)) return loop.result();
     }
   }
@@ -427,9 +471,9 @@ sample_result predictor_corrector_sample(SigmaModel& D, X&& x, std::size_t rows,
       loop.denoise(xs, sigma, den, k);
       const double scale = opt.predictor == pc_predictor::reverse_diffusion ? sigma : sigma_next;
       if (sigma_next > 0.0)  // the noise generated inside the kernel for philox_normal
-        detail::ve_predictor_move<T>(sigma, sigma_next, scale, xs, den, loop.noise(k), xs, loop.policy());
+        detail::ve_predictor_move<T>(where, sigma, sigma_next, scale, xs, den, loop.noise(k), xs, loop.policy());
       else
-        detail::ve_predictor_move<T>(sigma, sigma_next, scale, xs, den, kernels::no_noise{}, xs, loop.policy());
+        detail::ve_predictor_move<T>(where, sigma, sigma_next, scale, xs, den, kernels::no_noise{}, xs, loop.policy());
       if (!loop.report(count, loop.time(sigma), sigma, sigma_next, den)) return loop.result();
     }
   }

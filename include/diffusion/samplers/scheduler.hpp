@@ -376,9 +376,16 @@ class scheduler {
     if (!mu && is_flow() && cfg_.use_dynamic_shifting)
       detail::throw_invalid(where, "use_dynamic_shifting needs mu: call set_timesteps(n, mu) with mu = mu_for(image_seq_len)");
     const std::size_t T = cfg_.num_train_timesteps, N = num_inference_steps;
-    n_steps_ = N;
     timesteps_.clear();
     sigmas_.clear();
+    if (own_list(cfg_.kind)) {
+      // These lists are not bounded by T: N calls and a final level that cannot be allocated are refused
+      // here, as an argument, before the list is built (the other classes' list functions check N ≤ T).
+      const std::string asked = "num_inference_steps = " + detail::to_text(N);
+      detail::reserve_table(where, asked, timesteps_, N, "timesteps");
+      detail::reserve_table(where, asked, sigmas_, N, "levels", 1);
+    }
+    n_steps_ = N;
     resp_.reset();
     seq_.reset();
     switch (cfg_.kind) {

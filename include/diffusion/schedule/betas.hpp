@@ -33,6 +33,11 @@ inline void check_timesteps(std::string_view where, std::size_t num_timesteps) {
   if (num_timesteps == 0) throw_invalid(where, "num_timesteps = 0 must be >= 1");
 }
 
+/// T betas, all `value`, or std::invalid_argument naming `where` when T of them cannot be allocated.
+inline std::vector<double> beta_table(std::string_view where, std::size_t num_timesteps, double value = 0.0) {
+  return allocate_table<double>(where, "num_timesteps = " + to_text(num_timesteps), num_timesteps, "betas", 0, value);
+}
+
 inline void check_ramp(std::string_view where, double beta_start, double beta_end) {
   check_open(where, "beta_start", beta_start, 0.0, 1.0);
   check_open(where, "beta_end", beta_end, 0.0, 1.0);
@@ -66,7 +71,7 @@ inline std::vector<double> linear_betas(std::size_t num_timesteps, double beta_s
   constexpr std::string_view where = "diffusion::linear_betas";
   detail::check_timesteps(where, num_timesteps);
   detail::check_ramp(where, beta_start, beta_end);
-  std::vector<double> b(num_timesteps);
+  std::vector<double> b = detail::beta_table(where, num_timesteps);
   for (std::size_t i = 0; i < num_timesteps; ++i) b[i] = detail::ramp(i, num_timesteps, beta_start, beta_end);
   return b;
 }
@@ -95,7 +100,7 @@ inline std::vector<double> scaled_linear_betas(std::size_t num_timesteps, double
   detail::check_timesteps(where, num_timesteps);
   detail::check_ramp(where, beta_start, beta_end);
   const double a = std::sqrt(beta_start), b = std::sqrt(beta_end);
-  std::vector<double> out(num_timesteps);
+  std::vector<double> out = detail::beta_table(where, num_timesteps);
   for (std::size_t i = 0; i < num_timesteps; ++i) {
     const double r = detail::ramp(i, num_timesteps, a, b);
     out[i] = r * r;
@@ -120,7 +125,7 @@ std::vector<double> betas_from_alpha_bar(std::size_t num_timesteps, AlphaBar&& a
   detail::check_timesteps(where, num_timesteps);
   detail::check_open_closed(where, "max_beta", max_beta, 0.0, 1.0);
   const double n = static_cast<double>(num_timesteps);
-  std::vector<double> b(num_timesteps);
+  std::vector<double> b = detail::beta_table(where, num_timesteps);
   for (std::size_t i = 0; i < num_timesteps; ++i) {
     const double t1 = static_cast<double>(i) / n, t2 = static_cast<double>(i + 1) / n;
     const double a1 = static_cast<double>(alpha_bar(t1)), a2 = static_cast<double>(alpha_bar(t2));
@@ -158,7 +163,7 @@ inline std::vector<double> cosine_betas(std::size_t num_timesteps, double s = 0.
   const double n = static_cast<double>(num_timesteps);
   const double scale = std::numbers::pi / 2.0 / (n * (1.0 + s));
   const double sin_delta = std::sin(scale);
-  std::vector<double> b(num_timesteps);
+  std::vector<double> b = detail::beta_table(where, num_timesteps);
   for (std::size_t i = 0; i < num_timesteps; ++i) {
     const double k = static_cast<double>(num_timesteps - i);  // T - i
     const double su = std::sin(scale * k);
@@ -184,7 +189,7 @@ inline std::vector<double> sigmoid_betas(std::size_t num_timesteps, double beta_
   constexpr std::string_view where = "diffusion::sigmoid_betas";
   detail::check_timesteps(where, num_timesteps);
   detail::check_ramp(where, beta_start, beta_end);
-  std::vector<double> b(num_timesteps);
+  std::vector<double> b = detail::beta_table(where, num_timesteps);
   const double m = num_timesteps > 1 ? static_cast<double>(num_timesteps - 1) : 1.0;
   for (std::size_t i = 0; i < num_timesteps; ++i) {
     // x = 6 (2i - (T-1)) / (T-1): the numerator is an exact integer.
@@ -212,7 +217,7 @@ inline std::vector<double> warmup_betas(std::size_t num_timesteps, double beta_s
     detail::throw_invalid(where, "warmup_fraction = " + detail::to_text(warmup_fraction) +
                                      " is outside the allowed range [0, 1]");
   const auto w = static_cast<std::size_t>(static_cast<double>(num_timesteps) * warmup_fraction);
-  std::vector<double> b(num_timesteps, beta_end);
+  std::vector<double> b = detail::beta_table(where, num_timesteps, beta_end);
   for (std::size_t i = 0; i < w; ++i) b[i] = detail::ramp(i, w, beta_start, beta_end);
   return b;
 }
@@ -224,7 +229,7 @@ inline std::vector<double> constant_betas(std::size_t num_timesteps, double beta
   constexpr std::string_view where = "diffusion::constant_betas";
   detail::check_timesteps(where, num_timesteps);
   detail::check_open(where, "beta", beta, 0.0, 1.0);
-  return std::vector<double>(num_timesteps, beta);
+  return detail::beta_table(where, num_timesteps, beta);
 }
 
 /// @brief DDPM-TF's "jsd" schedule: \f$\beta_i = 1/(T - i)\f$, i.e. 1/T, 1/(T−1), …, 1.
@@ -233,8 +238,9 @@ inline std::vector<double> constant_betas(std::size_t num_timesteps, double beta
 /// see @ref noise_schedule for what that implies). Each β is correctly rounded.
 /// @param[in] num_timesteps T ≥ 1.
 inline std::vector<double> jsd_betas(std::size_t num_timesteps) {
-  detail::check_timesteps("diffusion::jsd_betas", num_timesteps);
-  std::vector<double> b(num_timesteps);
+  constexpr std::string_view where = "diffusion::jsd_betas";
+  detail::check_timesteps(where, num_timesteps);
+  std::vector<double> b = detail::beta_table(where, num_timesteps);
   for (std::size_t i = 0; i < num_timesteps; ++i) b[i] = 1.0 / static_cast<double>(num_timesteps - i);
   return b;
 }

@@ -232,7 +232,8 @@ inline flow_timesteps flow_sigmas(std::size_t n, const flow_schedule_options& op
   if (opt.diffusers_double_shift && !opt.dynamic) lo = detail::apply_flow_shift(opt, lo);
   // numpy.linspace(N, lo·N, n)/N: σ_i = ((n − 1 − i) + i·lo)/(n − 1) and 1 − σ_i = i·(1 − lo)/(n − 1), each
   // in two or three roundings (numpy's 1 + i·(lo − 1)/(n − 1) loses up to ~n ulp near lo); the last is lo.
-  std::vector<detail::sigma_pair> s(n);
+  std::vector<detail::sigma_pair> s =
+      detail::allocate_table<detail::sigma_pair>(where, "n = " + detail::to_text(n), n, "levels");
   const double m = static_cast<double>(n - 1);
   for (std::size_t i = 0; i < n; ++i) {
     const double k = static_cast<double>(i);

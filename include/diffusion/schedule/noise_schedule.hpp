@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <limits>
 #include <span>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -73,7 +74,8 @@ class noise_schedule {
  public:
   /// @brief Builds the tables from betas (copied).
   /// @param[in] betas β_0 … β_{T−1}, T ≥ 1, each in (0, 1); the last may be 1.
-  /// @throws std::invalid_argument naming the first offending index and value.
+  /// @throws std::invalid_argument naming the first offending index and value, or when the tables of T
+  ///         steps cannot be allocated.
   explicit noise_schedule(std::span<const double> betas) : betas_(betas.begin(), betas.end()) {
     detail::check_betas("diffusion::noise_schedule", betas);
     build();
@@ -179,9 +181,12 @@ class noise_schedule {
   void build() {
     using detail::dd;
     const std::size_t n = betas_.size();
-    steps_.resize(n);
-    ab_.resize(n);
-    omab_.resize(n);
+    // The tables are about 20 doubles per step: a T that the caller's betas fit in may still not fit here.
+    constexpr std::string_view where = "diffusion::noise_schedule";
+    const std::string what = "T = " + detail::to_text(n);
+    steps_ = detail::allocate_table<schedule_step>(where, what, n, "schedule steps");
+    ab_ = detail::allocate_table<scaled_dd>(where, what, n, "schedule steps");
+    omab_ = detail::allocate_table<detail::dd>(where, what, n, "schedule steps");
     constexpr double inf = std::numeric_limits<double>::infinity();
     const dd one{1.0, 0.0}, zero{0.0, 0.0};
     // ᾱ_t = ᾱ_{t−1}(1 − β_t) in scaled form; 1 − ᾱ_t = (1 − ᾱ_{t−1}) + β_t ᾱ_{t−1} (positive terms).

@@ -86,6 +86,12 @@ inline void check_sigma_range(std::string_view where, double sigma_min, double s
   if (!(sigma_min < sigma_max))
     throw_invalid(where, "sigma_min = " + to_text(sigma_min) + " must be < sigma_max = " + to_text(sigma_max));
 }
+
+/// n + extra levels (zeros), or std::invalid_argument naming `where` when they cannot be allocated
+/// (n + 1 for a list with its final 0 cannot wrap around).
+inline std::vector<double> level_table(std::string_view where, std::size_t n, std::size_t extra) {
+  return allocate_table<double>(where, "n = " + to_text(n), n, "levels", extra);
+}
 }  // namespace detail
 
 /// @brief Karras et al. 2022 (Eq. 5) noise levels, descending, followed by a final 0
@@ -102,7 +108,7 @@ inline std::vector<double> karras_sigmas(std::size_t n, double sigma_min, double
   detail::check_sigma_range(where, sigma_min, sigma_max);
   detail::check_positive(where, "rho", rho);
   const double a = std::pow(sigma_max, 1.0 / rho), b = std::pow(sigma_min, 1.0 / rho);
-  std::vector<double> s(n + 1, 0.0);
+  std::vector<double> s = detail::level_table(where, n, 1);
   for (std::size_t i = 0; i < n; ++i) s[i] = std::pow(detail::ramp(i, n, a, b), rho);
   s[0] = sigma_max;
   s[n - 1] = sigma_min;
@@ -117,7 +123,7 @@ std::vector<double> sigma_list(std::string_view where, std::size_t n, double sig
                                double b, bool final_zero, F f) {
   if (n < 2) throw_invalid(where, "n = " + to_text(n) + " must be >= 2");
   check_sigma_range(where, sigma_min, sigma_max);
-  std::vector<double> s(final_zero ? n + 1 : n, 0.0);
+  std::vector<double> s = level_table(where, n, final_zero ? 1 : 0);
   for (std::size_t i = 1; i + 1 < n; ++i) s[i] = f(ramp(i, n, a, b));
   s[0] = sigma_max;
   s[n - 1] = sigma_min;
@@ -326,7 +332,7 @@ inline std::vector<double> simple_sigmas(const noise_schedule& s, std::size_t n)
   detail::check_table_list(where, s, n);
   const std::size_t T = s.size();
   if (n > T) detail::throw_invalid(where, "n = " + detail::to_text(n) + " is outside the allowed range [1, " + detail::to_text(T) + "]");
-  std::vector<double> out(n + 1, 0.0);
+  std::vector<double> out = detail::level_table(where, n, 1);
   for (std::size_t k = 0; k < n; ++k) {
     // ⌊kT/n⌋ = k⌊T/n⌋ + ⌊k (T mod n)/n⌋, exact for every size_t (k < n).
     const std::size_t t = k * (T / n) + detail::mul_div(k, T % n, n).quotient;
@@ -347,8 +353,8 @@ inline std::vector<double> ddim_uniform_sigmas(const noise_schedule& s, std::siz
   const std::size_t T = s.size();
   if (T < 2) detail::throw_invalid(where, "the schedule has T = 1 step; ddim_uniform starts at t = 1");
   const bool first_is_zero = std::abs(s[1].sigma) <= 1e-5;
-  const std::size_t steps = first_is_zero ? n + 1 : n;
-  const std::size_t stride = std::max<std::size_t>(T / steps, 1);
+  // ⌊T/(n + 1)⌋ where σ_1 ≈ 0, written so that n + 1 cannot wrap (n ≥ T gives 0 either way).
+  const std::size_t stride = std::max<std::size_t>(first_is_zero ? (n >= T ? 0 : T / (n + 1)) : T / n, 1);
   std::vector<double> out;
   for (std::size_t t = 1; t < T; t += stride) out.push_back(s[t].sigma);
   std::reverse(out.begin(), out.end());
@@ -373,7 +379,7 @@ inline std::vector<double> normal_sigmas(const noise_schedule& s, std::size_t n,
   if (!sgm && n < 2) detail::throw_invalid(where, "n = 1 must be >= 2 for \"normal\" (its timesteps include both ends)");
   const std::size_t points = sgm ? n + 1 : n;
   const double top = static_cast<double>(T - 1);
-  std::vector<double> out(n + 1, 0.0);
+  std::vector<double> out = detail::level_table(where, n, 1);
   for (std::size_t k = 0; k < n; ++k) out[k] = t_to_sigma(s, detail::ramp(k, points, top, 0.0));
   return out;
 }
@@ -405,7 +411,7 @@ inline std::vector<double> ays_sigmas(ays_model m, std::size_t n) {
   if (idx > 3) detail::throw_invalid(where, "model = " + detail::to_text(idx) + " is not one of the published tables");
   if (n < 2) detail::throw_invalid(where, "n = " + detail::to_text(n) + " must be >= 2");
   const double* tau = tables[idx];
-  std::vector<double> out(n + 1, 0.0);
+  std::vector<double> out = detail::level_table(where, n, 1);
   for (std::size_t k = 0; k < n; ++k) {
     // Position in table units, p = 10k/(n − 1) = j + w; exact when the division is.
     const std::size_t num = 10 * k, den = n - 1;
@@ -451,7 +457,7 @@ inline std::vector<double> beta_sigmas(std::size_t n, double sigma_min, double s
   if (n < 2) detail::throw_invalid(where, "n = " + detail::to_text(n) + " must be >= 2");
   detail::check_sigma_range(where, sigma_min, sigma_max);
   detail::check_beta_shape(where, alpha, beta);
-  std::vector<double> s(n + 1, 0.0);
+  std::vector<double> s = detail::level_table(where, n, 1);
   const double den = static_cast<double>(n - 1), span = sigma_max - sigma_min;
   for (std::size_t i = 1; i + 1 < n; ++i) {
     const double p = static_cast<double>(n - 1 - i) / den, q = static_cast<double>(i) / den;
@@ -537,7 +543,7 @@ inline std::vector<double> linear_quadratic_sigmas(std::size_t n, double thresho
                                      " makes the quadratic part turn back (the list would not decrease strictly); "
                                      "allowed: threshold_noise (q^2 - n(2q - 1)) + linear_steps (2q - 1) > 0, q = n - linear_steps");
   using detail::dd;
-  std::vector<double> s(n + 1, 0.0);
+  std::vector<double> s = detail::level_table(where, n, 1);
   for (std::size_t i = 0; i < L; ++i)
     s[i] = detail::to_double((dd{Ld, 0.0} - detail::two_prod(static_cast<double>(i), tau)) / dd{Ld, 0.0});
   const dd den = detail::two_prod(Ld * q, q);

@@ -145,22 +145,11 @@ inline bool product_below_pow2(std::size_t a, std::size_t b, int bits) noexcept 
   return a < limit && b <= (limit - 1) / a;
 }
 
-/// A vector of n timesteps, or std::invalid_argument naming the request when n cannot be allocated.
+/// An empty vector with room for n timesteps, or std::invalid_argument naming the request when n cannot
+/// be allocated (detail::reserve_table).
 inline std::vector<std::size_t> allocate_timesteps(std::string_view where, std::string_view what, std::size_t n) {
   std::vector<std::size_t> v;
-  const auto refuse = [&] {
-    throw_invalid(where, std::string(what) + " asks for " + to_text(n) +
-                             " timesteps, more than can be allocated (" + to_text(v.max_size()) +
-                             " at most, and only as far as memory allows)");
-  };
-  if (n > v.max_size()) refuse();
-  try {
-    v.reserve(n);
-  } catch (const std::bad_alloc&) {
-    refuse();
-  } catch (const std::length_error&) {
-    refuse();
-  }
+  reserve_table(where, what, v, n, "timesteps");
   return v;
 }
 
