@@ -849,13 +849,12 @@ void lms_ours(const P& pol, buffers& b, std::uint64_t) {
   diffusion::lms_state<float> st = s.lms;
   diffusion::lms_step<float>(ks, b.e.cspan(), s.x.span(), st, 4, pol);
 }
-void lms_plain(buffers& b, std::uint64_t) {
+/// The plain pass of the slope multistep steps (LMS, iPNDM): d₀ = (x − D)/σ, x += Σ c_j d_j, d₀ stored in
+/// the slot the steady state's views make the newest (slot 3).
+void slope_multistep_plain(buffers& b, const std::array<double, 4>& c) {
   auto& s = samp(b);
-  const double nodes[] = {euler_sigma, hist_sigmas[0], hist_sigmas[1], hist_sigmas[2]};
-  const auto c = diffusion::lms_coefficients(nodes, euler_sigma_to);
   const auto c0 = static_cast<float>(c[0]), c1 = static_cast<float>(c[1]), c2 = static_cast<float>(c[2]),
              c3 = static_cast<float>(c[3]), inv = static_cast<float>(1.0 / euler_sigma);
-  // The slots ours reads and writes (the steady state's views: slot 3 becomes the newest).
   const float *d = b.e.data(), *s1 = s.lms.slopes[0].data(), *s2 = s.lms.slopes[1].data(), *s3 = s.lms.slopes[2].data();
   float *x = s.x.data(), *s0 = s.lms.slopes[3].data();
   for (std::size_t i = 0; i < b.n; ++i) {
@@ -863,6 +862,11 @@ void lms_plain(buffers& b, std::uint64_t) {
     x[i] = x[i] + c0 * d0 + c1 * s1[i] + c2 * s2[i] + c3 * s3[i];
     s0[i] = d0;
   }
+}
+void lms_plain(buffers& b, std::uint64_t) {
+  const double nodes[] = {euler_sigma, hist_sigmas[0], hist_sigmas[1], hist_sigmas[2]};
+  const auto c = diffusion::lms_coefficients(nodes, euler_sigma_to);
+  slope_multistep_plain(b, c);
 }
 
 // UniPC, order 2, bh2, with the corrector (diffusers UniPCMultistepScheduler.step) ----------------
@@ -1216,18 +1220,9 @@ void ipndm_ours(const P& pol, buffers& b, std::uint64_t) {
   diffusion::lms_state<float> st = s.lms;
   diffusion::ipndm_step<float>(ks, b.e.cspan(), s.x.span(), st, diffusion::ipndm_options{}, pol);
 }
-void ipndm_plain(buffers& b, std::uint64_t) {
-  auto& s = samp(b);
+void ipndm_plain(buffers& b, std::uint64_t) {  // Adams–Bashforth (55, −59, 37, −9)/24 times σ' − σ
   const double dt = (euler_sigma_to - euler_sigma) / 24.0;
-  const auto c0 = static_cast<float>(55.0 * dt), c1 = static_cast<float>(-59.0 * dt), c2 = static_cast<float>(37.0 * dt),
-             c3 = static_cast<float>(-9.0 * dt), inv = static_cast<float>(1.0 / euler_sigma);
-  const float *d = b.e.data(), *s1 = s.lms.slopes[0].data(), *s2 = s.lms.slopes[1].data(), *s3 = s.lms.slopes[2].data();
-  float *x = s.x.data(), *s0 = s.lms.slopes[3].data();
-  for (std::size_t i = 0; i < b.n; ++i) {
-    const float d0 = (x[i] - d[i]) * inv;
-    x[i] = x[i] + c0 * d0 + c1 * s1[i] + c2 * s2[i] + c3 * s3[i];
-    s0[i] = d0;
-  }
+  slope_multistep_plain(b, {55.0 * dt, -59.0 * dt, 37.0 * dt, -9.0 * dt});
 }
 
 // ---------------------------------------------------------------------------------------
