@@ -15,7 +15,8 @@
 //                    corrector), deis (order 3), plms (order 4), dpm2 and dpmpp_2s_ancestral and
 //                    dpmpp_sde (both stages: the cost per pair of model calls), lcm, tcd, cfgpp_euler,
 //                    res_multistep (η = 0), er_sde (stage 3), sa_solver (τ = 1, orders 3 and 3, the
-//                    noise drawn into a buffer first), sde_dpmsolver (order 2), ipndm (order 4);
+//                    noise drawn into a buffer first), sde_dpmsolver (order 2), ipndm (order 4), dpmpp_3s
+//                    (the singlestep DPM-Solver++ update of order 3, midpoint);
 //                    implementations ours, ours_2t (no bit_identical: the steps run in place) and plain
 //   implementations  ours       the library's fused single-pass kernel (kernels.hpp), noise
 //                               generated inside it (kernels::philox_stream)
@@ -1225,6 +1226,30 @@ void ipndm_plain(buffers& b, std::uint64_t) {  // Adams–Bashforth (55, −59, 
   slope_multistep_plain(b, {55.0 * dt, -59.0 * dt, 37.0 * dt, -9.0 * dt});
 }
 
+// Singlestep DPM-Solver++ of order 3, midpoint (diffusers DPMSolverSinglestepScheduler's third-order
+// update): the block starts at timestep 540 (x = b.x, D₀ = e), its later outputs at 520 (d2) and 500
+// (h[0]); the update lands on 480 and writes b.out ---------------------------------------------------
+diffusion::singlestep_levels singlestep3() { return {vp(540), {vp(520), vp(500)}, vp(480), 3}; }
+template <class P>
+void dpmpp_3s_ours(const P& pol, buffers& b, std::uint64_t) {
+  auto& s = samp(b);
+  diffusion::dpmpp_singlestep_update<float>(singlestep3(), {b.e.cspan(), s.d2.cspan(), s.h[0].cspan()}, b.x.cspan(),
+                                            b.out.span(), diffusion::dpm_solver_type::midpoint, pol);
+}
+void dpmpp_3s_plain(buffers& b, std::uint64_t) {
+  auto& s = samp(b);
+  // x' = (σ_t/σ_s) x + E D₀ + α_t h φ₂(−h) (D₂ − D₀)/r₂, E = α_t(1 − e^{−h}), r₂ = (λ_{s₂} − λ_s)/h.
+  const auto lam = [](std::size_t t) { return std::log(vp(t).alpha) - std::log(vp(t).sigma); };
+  const double h = lam(480) - lam(540), r2 = (lam(500) - lam(540)) / h;
+  const double phi1 = -std::expm1(-h) / h, phi2 = (phi1 - 1.0) / (-h);
+  const double at = vp(480).alpha, E = -at * std::expm1(-h), c2 = at * h * phi2 / r2;
+  const auto cx = static_cast<float>(vp(480).sigma / vp(540).sigma), c0 = static_cast<float>(E - c2),
+             cd2 = static_cast<float>(c2);
+  const float *x = b.x.data(), *d0 = b.e.data(), *d2 = s.h[0].data();
+  float* o = b.out.data();
+  for (std::size_t i = 0; i < b.n; ++i) o[i] = cx * x[i] + c0 * d0[i] + cd2 * d2[i];
+}
+
 // ---------------------------------------------------------------------------------------
 // Bandwidth baselines.
 
@@ -1423,6 +1448,8 @@ void register_all() {
   add_std_normal("sde_dpmsolver/plain", {20, true}, sde_dpmsolver_plain);
   add_sampler<ipndm_ours<sequential_policy>, ipndm_ours<parallel_policy>>("ipndm", {28, false});
   add_plain("ipndm/plain", {28, false}, ipndm_plain);
+  add_sampler<dpmpp_3s_ours<sequential_policy>, dpmpp_3s_ours<parallel_policy>>("dpmpp_3s", {20, false});
+  add_plain("dpmpp_3s/plain", {20, false}, dpmpp_3s_plain);
 }
 
 /// --pin_caller (removed from argv): pins this thread to the first CPU of its affinity mask,

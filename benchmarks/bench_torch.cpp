@@ -33,6 +33,7 @@
 //   sa_solver   SASolverScheduler.step: stochastic_adams_moulton_update then stochastic_adams_bashforth_update
 //               (τ = 1, orders 3 and 3; coefficients from the library's formula, as doubles)
 //   sde_dpmsolver  DPMSolverMultistepScheduler, sde-dpmsolver, second order (midpoint)
+//   dpmpp_3s    DPMSolverSinglestepScheduler.singlestep_dpm_solver_third_order_update (dpmsolver++, midpoint)
 // Their deterministic rows agree with the library's step to float rounding on the same inputs, and
 // the noisy ones in their noise-free part (checked once by hand when they were written).
 #include <benchmark/benchmark.h>
@@ -431,6 +432,23 @@ torch::Tensor ipndm(const tensors& in) {  // ComfyUI sample_ipndm, order 4
   return in.x + (euler_sigma_to - euler_sigma) * (55 * d_cur - 59 * in.h0 + 37 * in.h1 - 9 * in.h2) / 24;
 }
 
+torch::Tensor dpmpp_3s(const tensors& in) {  // diffusers singlestep_dpm_solver_third_order_update, dpmsolver++, midpoint
+  // The block starts at 540 (x, m2 = e), its later outputs at 520 (m1 = d2) and 500 (m0 = h0); target 480.
+  const auto alpha = [](std::int64_t t) { return std::sqrt(ac_d(t)); };
+  const auto sigma = [](std::int64_t t) { return std::sqrt(1 - ac_d(t)); };
+  const auto &m0 = in.h0, &m1 = in.d2, &m2 = in.e;
+  const double h = lam_vp(480) - lam_vp(540), h_0 = lam_vp(500) - lam_vp(540), h_1 = lam_vp(520) - lam_vp(540);
+  const double r0 = h_0 / h, r1 = h_1 / h;
+  const auto& D0 = m2;
+  const auto D1_0 = (1.0 / r1) * (m1 - m2), D1_1 = (1.0 / r0) * (m0 - m2);
+  const auto D1 = (r0 * D1_0 - r1 * D1_1) / (r0 - r1);  // computed by diffusers before it picks the form
+  const auto D2 = 2.0 * (D1_1 - D1_0) / (r0 - r1);
+  benchmark::DoNotOptimize(D1.data_ptr());
+  benchmark::DoNotOptimize(D2.data_ptr());
+  return (sigma(480) / sigma(540)) * in.x - (alpha(480) * std::expm1(-h)) * D0 +
+         (alpha(480) * (std::expm1(-h) / h + 1.0)) * D1_1;
+}
+
 torch::Tensor normals(const tensors& in) { return torch::randn(in.x.sizes()); }
 
 void run(benchmark::State& state, int threads, std::size_t bytes_per_element, bool noisy, const step_fn& f) {
@@ -503,6 +521,7 @@ int main(int argc, char** argv) {
   add("sa_solver", 40, true, sa_solver, four_m);
   add("sde_dpmsolver", 20, true, sde_dpmsolver, four_m);
   add("ipndm", 28, false, ipndm, four_m);
+  add("dpmpp_3s", 20, false, dpmpp_3s, four_m);
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   benchmark::AddCustomContext("torch_version", TORCH_VERSION);

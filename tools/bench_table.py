@@ -52,6 +52,7 @@ STEPS = [
     ("sa_solver", "SA-Solver, τ = 1, orders 3 and 3 (with noise)"),
     ("sde_dpmsolver", "DPM-Solver SDE (sde-dpmsolver), order 2 (with noise)"),
     ("ipndm", "iPNDM, order 4"),
+    ("dpmpp_3s", "singlestep DPM-Solver++, order 3 (midpoint)"),
 ]
 NOISE_FREE = ["ddim", "q_sample", "cfg", "euler", "flow_euler"]
 SIZE_NAMES = {16384: "16 K", 262144: "256 K", 4194304: "4 M", 67108864: "64 M"}
@@ -239,7 +240,7 @@ def main():
                  "DDIM which also write x̂₀, 8 B for q_sample_rng, 4 B for normals; the sampler steps count every array their "
                  "step reads or writes, history included: 20 B dpmpp_2m(_sde), 24 B dpmpp_3m_sde and deis, 28 B lms, unipc, "
                  "plms, dpm2 and ipndm, 32 B dpmpp_2s_ancestral, 40 B dpmpp_sde and sa_solver, 12 B lcm and tcd, 16 B "
-                 "cfgpp_euler, 20 B res_multistep and sde_dpmsolver, 24 B er_sde) over the "
+                 "cfgpp_euler, 20 B res_multistep, sde_dpmsolver and dpmpp_3s, 24 B er_sde) over the "
                  "measured 2-read-1-write limit at that size. "
                  "\"2 thr\" = 1-thread time / 2-thread time (parallel_policy{.threads = 2}: one thread below 128 K "
                  "elements), \"=\" when bit-identical to the 1-thread output.\n")
