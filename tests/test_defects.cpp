@@ -391,3 +391,33 @@ TEST_CASE("counts that size a table: too large is a clear error, never an alloca
     CHECK(sched.timesteps().size() == 4);
   }
 }
+
+// Scalar parameters at the edges of the double range: an error or a finite, right answer, never a silent
+// NaN or infinity (found by a sweep over NaN, ±inf, 0, subnormals, 1e±300 for every parameter).
+TEST_CASE("schedule parameters at the edges of the double range", "[defects][overflow]") {
+  constexpr double tiny = std::numeric_limits<double>::denorm_min();
+  // EDM's loss weight overflows where sigma * sigma_data underflowed first: an error, not +inf.
+  CHECK_THROWS_WITH(diffusion::edm_loss_weight(1e-300, 0.5), Contains("diffusion::edm_loss_weight") && Contains("exceeds"));
+  CHECK_THROWS_AS(diffusion::edm_loss_weight(0.5, tiny), std::domain_error);
+  CHECK(diffusion::edm_loss_weight(1e-150, 1.0) == Approx(1e300).epsilon(1e-15));  // finite, no underflow on the way
+  CHECK(diffusion::edm_loss_weight(2.0, 0.5) == Approx(4.25 / 0.25 / 4.0).epsilon(1e-15));
+  // Flux's time shift with mu far outside +-709 at a subnormal or near-1 sigma: r^p overflowed against
+  // e^-mu = 0 (NaN); the log form gives the limit.
+  CHECK(diffusion::time_shift(diffusion::time_shift_kind::exponential, 1e300, tiny) == 1.0);
+  CHECK(diffusion::time_shift(diffusion::time_shift_kind::exponential, -1e300, 1.0 - 1e-16, 40.0) == 0.0);
+  CHECK(diffusion::time_shift(diffusion::time_shift_kind::exponential, 2.0, 0.5) ==
+        Approx(1.0 / (1.0 + std::exp(-2.0))).epsilon(1e-15));
+  diffusion::flow_schedule_options o;
+  o.dynamic = true;
+  o.mu = 1e300;
+  for (const double v : diffusion::flow_sigmas(8, o).sigmas) CHECK(std::isfinite(v));
+  // Karras' rho so small that sigma^(1/rho) leaves the double range: refused, naming rho.
+  CHECK_THROWS_WITH(diffusion::karras_sigmas(10, 0.002, 80.0, 1e-8), Contains("diffusion::karras_sigmas") && Contains("rho"));
+  CHECK_THROWS_WITH(diffusion::karras_sigmas(10, 0.002, 80.0, 1e-3), Contains("rho"));
+  CHECK(std::isfinite(diffusion::karras_sigmas(10, 0.002, 80.0, 0.1)[5]));
+  // The cosine schedule with a huge offset s: the angles' squares underflowed (0/0); now its betas are
+  // finite where the ratios are representable, and an error where even the angles underflow.
+  for (const double b : diffusion::cosine_betas(10, 1e300)) CHECK((b > 0.0 && b <= 0.999));
+  CHECK(diffusion::cosine_betas(10, 1e300)[9] == Approx(diffusion::cosine_betas(10, 1e12)[9]).epsilon(1e-9));
+  CHECK_THROWS_WITH(diffusion::cosine_betas(10, 1.7e308), Contains("diffusion::cosine_betas") && Contains("s = "));
+}

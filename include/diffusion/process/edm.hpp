@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cmath>
+#include <limits>
 #include <string_view>
 
 #include "../core/config.hpp"
@@ -51,13 +52,21 @@ inline edm_coefficients edm_preconditioning(double sigma, double sigma_data = 0.
 /// @brief EDM's loss weight (Karras et al. 2022, Eq. 8 and Table 1):
 /// \f$\lambda(\sigma) = \frac{\sigma^2 + \sigma_d^2}{(\sigma\sigma_d)^2} = 1/c_\text{out}^2\f$, which makes the effective training
 /// target of F unit-variance at every σ.
-/// @throws std::invalid_argument for σ or σ_d not finite and > 0.
+/// @throws std::invalid_argument for σ or σ_d not finite and > 0; std::domain_error where λ exceeds the
+///         double range (σ or σ_d below about 1e-154).
 inline double edm_loss_weight(double sigma, double sigma_data = 0.5) {
   constexpr std::string_view where = "diffusion::edm_loss_weight";
   detail::check_positive(where, "sigma", sigma);
   detail::check_positive(where, "sigma_data", sigma_data);
-  const double r = std::hypot(sigma, sigma_data) / (sigma * sigma_data);
-  return r * r;
+  const double p = sigma * sigma_data;
+  // The product underflows to 0 (or a subnormal) before the weight itself overflows: divide in two steps there.
+  const double r = p >= std::numeric_limits<double>::min() ? std::hypot(sigma, sigma_data) / p
+                                                           : std::hypot(sigma, sigma_data) / sigma / sigma_data;
+  const double w = r * r;
+  if (!std::isfinite(w))
+    detail::throw_domain(where, "the weight (sigma^2 + sigma_data^2)/(sigma sigma_data)^2 at sigma = " + detail::to_text(sigma) +
+                                    ", sigma_data = " + detail::to_text(sigma_data) + " exceeds the double range");
+  return w;
 }
 
 }  // namespace diffusion

@@ -10,6 +10,7 @@
 #pragma once
 
 #include <cmath>
+#include <limits>
 #include <cstddef>
 #include <numbers>
 #include <span>
@@ -171,7 +172,12 @@ inline std::vector<double> cosine_betas(std::size_t num_timesteps, double s = 0.
     // sin(pi - x), where pi - x = scale (2 T s + 2 i + 1) is a sum of positive terms.
     const double m = 2.0 * k - 1.0;
     const double x = m <= n * (1.0 + s) ? scale * m : scale * (2.0 * n * s + 2.0 * static_cast<double>(i) + 1.0);
-    const double beta = std::sin(x) * sin_delta / (su * su);
+    // su² underflows for a very large s (scale below ~1e-150): the two ratios, each O(1), do not.
+    const double beta = su > 1e-150 ? std::sin(x) * sin_delta / (su * su) : (std::sin(x) / su) * (sin_delta / su);
+    if (!(beta > 0.0 && beta < std::numeric_limits<double>::infinity()))
+      detail::throw_invalid(where, "s = " + detail::to_text(s) + " is too large for T = " + detail::to_text(num_timesteps) +
+                                       ": beta[" + detail::to_text(i) + "] = " + detail::to_text(beta) +
+                                       " is not a positive double (the angles underflow)");
     b[i] = std::min(beta, max_beta);
   }
   return b;

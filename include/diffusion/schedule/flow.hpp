@@ -60,10 +60,15 @@ enum class time_shift_kind {
 };
 
 namespace detail {
-/// (1 − σ')/σ' of the time shift, from r = (1 − σ)/σ: \f$r^p e^{-\mu}\f$ or \f$r^p/\mu\f$.
-inline double time_shift_odds(time_shift_kind kind, double mu, double r, double power) {
+/// (1 − σ')/σ' of the time shift, from σ and 1 − σ (r = (1 − σ)/σ): \f$r^p e^{-\mu}\f$ or \f$r^p/\mu\f$. Where
+/// \f$r^p\f$ overflows against \f$e^{-\mu} = 0\f$ (or underflows against ∞) the product would be NaN; there
+/// it is \f$\exp(p(\log(1-\sigma) - \log\sigma) - \mu)\f$, which is not.
+inline double time_shift_odds(time_shift_kind kind, double mu, double sigma, double complement, double power) {
+  const double r = complement / sigma;
   const double q = power == 1.0 ? r : std::pow(r, power);
-  return kind == time_shift_kind::exponential ? q * std::exp(-mu) : q / mu;
+  if (kind != time_shift_kind::exponential) return q / mu;
+  const double odds = q * std::exp(-mu);
+  return odds == odds ? odds : std::exp(power * (std::log(complement) - std::log(sigma)) - mu);
 }
 }  // namespace detail
 
@@ -89,7 +94,7 @@ inline double time_shift(time_shift_kind kind, double mu, double sigma, double p
     detail::throw_invalid(where, "sigma = " + detail::to_text(sigma) + " is outside the allowed range [0, 1]");
   if (sigma == 0.0) return 0.0;
   if (sigma == 1.0) return 1.0;  // 0 · e^−μ would be NaN where e^−μ overflows (μ < −709.78)
-  return 1.0 / (1.0 + detail::time_shift_odds(kind, mu, (1.0 - sigma) / sigma, power));
+  return 1.0 / (1.0 + detail::time_shift_odds(kind, mu, sigma, 1.0 - sigma, power));
 }
 
 /// @brief Flux's resolution-dependent μ (diffusers `calculate_shift`): linear in the image's
@@ -171,7 +176,7 @@ inline sigma_pair apply_flow_shift(const flow_schedule_options& o, sigma_pair x)
   if (o.dynamic) {
     if (x.sigma == 0.0) return {0.0, 1.0};
     if (x.complement == 0.0) return {1.0, 0.0};
-    const double odds = time_shift_odds(o.kind, o.mu, x.complement / x.sigma, 1.0);
+    const double odds = time_shift_odds(o.kind, o.mu, x.sigma, x.complement, 1.0);
     return {1.0 / (1.0 + odds), std::isinf(odds) ? 1.0 : odds / (1.0 + odds)};
   }
   const double b = o.shift * x.sigma, d = x.complement + b;

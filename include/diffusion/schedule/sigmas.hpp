@@ -108,6 +108,11 @@ inline std::vector<double> karras_sigmas(std::size_t n, double sigma_min, double
   detail::check_sigma_range(where, sigma_min, sigma_max);
   detail::check_positive(where, "rho", rho);
   const double a = std::pow(sigma_max, 1.0 / rho), b = std::pow(sigma_min, 1.0 / rho);
+  if (!(b > 0.0 && a < std::numeric_limits<double>::infinity()))
+    detail::throw_invalid(where, "rho = " + detail::to_text(rho) + " is too small for sigma_min = " + detail::to_text(sigma_min) +
+                                     ", sigma_max = " + detail::to_text(sigma_max) +
+                                     ": sigma^(1/rho) leaves the double range (" + detail::to_text(b) + " to " +
+                                     detail::to_text(a) + ")");
   std::vector<double> s = detail::level_table(where, n, 1);
   for (std::size_t i = 0; i < n; ++i) s[i] = std::pow(detail::ramp(i, n, a, b), rho);
   s[0] = sigma_max;
