@@ -421,3 +421,45 @@ TEST_CASE("schedule parameters at the edges of the double range", "[defects][ove
   CHECK(diffusion::cosine_betas(10, 1e300)[9] == Approx(diffusion::cosine_betas(10, 1e12)[9]).epsilon(1e-9));
   CHECK_THROWS_WITH(diffusion::cosine_betas(10, 1.7e308), Contains("diffusion::cosine_betas") && Contains("s = "));
 }
+
+// An enum cast from an integer (a value read from a file, say) is an argument like any other: every
+// function that switches on one refuses a value outside its enumerators by name. Before, seven of them
+// fell through to a default silently (flow_loss_weight returned 1, flow_sigma_sampler the uniform draw, the
+// scheduler ran its default algorithm, final σ, time shift or EDM list).
+TEST_CASE("enumerators out of range are refused by name", "[defects][enums]") {
+  for (const int v : {-1, 2, 4, 99}) {
+    INFO("value " << v);
+    using diffusion::scheduler_kind;
+    auto refused = [](scheduler_kind k, auto&& set) {
+      auto c = diffusion::scheduler_config::defaults_for(k);
+      set(c);
+      return [c] { diffusion::scheduler s(c); };
+    };
+    if (v >= 4 || v < 0)
+      CHECK_THROWS_WITH(refused(scheduler_kind::dpm_solver_multistep,
+                                [v](auto& c) { c.algorithm_type = static_cast<diffusion::dpm_algorithm>(v); })(),
+                        Contains("algorithm_type = ") && Contains("is not one of"));
+    CHECK_THROWS_WITH(refused(scheduler_kind::dpm_solver_multistep,
+                              [v](auto& c) { c.final_sigmas_type = static_cast<diffusion::final_sigma>(v == 4 ? 2 : v); })(),
+                      Contains("final_sigmas_type"));
+    CHECK_THROWS_WITH(refused(scheduler_kind::flow_match_euler,
+                              [v](auto& c) { c.time_shift_type = static_cast<diffusion::time_shift_kind>(v == 4 ? 2 : v); })(),
+                      Contains("time_shift_type"));
+    CHECK_THROWS_WITH(refused(scheduler_kind::edm_euler,
+                              [v](auto& c) { c.sigma_schedule = static_cast<diffusion::edm_sigma_schedule>(v == 4 ? 2 : v); })(),
+                      Contains("sigma_schedule"));
+    CHECK_THROWS_WITH(diffusion::edm_preconditioning(1.0, 0.5, static_cast<diffusion::edm_variant>(v == 4 ? 2 : v)),
+                      Contains("diffusion::edm_preconditioning") && Contains("variant"));
+    CHECK_THROWS_WITH(diffusion::time_shift(static_cast<diffusion::time_shift_kind>(v == 4 ? 2 : v), 0.5, 0.5),
+                      Contains("diffusion::time_shift") && Contains("kind"));
+    diffusion::flow_schedule_options o;
+    o.kind = static_cast<diffusion::time_shift_kind>(v == 4 ? 2 : v);
+    CHECK_THROWS_WITH(diffusion::flow_sigmas(8, o), Contains("diffusion::flow_sigmas") && Contains("kind"));
+    if (v != 2)
+      CHECK_THROWS_WITH(diffusion::flow_loss_weight(static_cast<diffusion::flow_weighting>(v == 4 ? 3 : v), 0.5),
+                        Contains("diffusion::flow_loss_weight") && Contains("weighting"));
+    diffusion::flow_sigma_sampler f;
+    f.density = static_cast<diffusion::flow_density>(v == 2 ? 4 : v);
+    CHECK_THROWS_WITH(f(0, 0), Contains("diffusion::flow_sigma_sampler") && Contains("density"));
+  }
+}

@@ -21,6 +21,8 @@
 #include <string_view>
 #include <system_error>
 #include <new>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "config.hpp"
@@ -107,6 +109,17 @@ class indexed_name {
   char buf_[96] = {};
   std::size_t len_ = 0;
 };
+
+/// Requires an enumerator of E among its `count` declared values 0 … count − 1 (an enum cast from an integer,
+/// say read from a file, may hold any value): std::invalid_argument naming the argument and the allowed ones.
+template <class E>
+  requires std::is_enum_v<E>
+void check_enum(std::string_view where, std::string_view name, E value, std::size_t count, std::string_view allowed) {
+  const auto v = static_cast<std::underlying_type_t<E>>(value);
+  if (std::cmp_less(v, 0) || std::cmp_greater_equal(v, count))
+    throw_invalid(where, std::string(name) + " = " + to_text(static_cast<long long>(v)) + " is not one of " +
+                             std::string(allowed));
+}
 
 /// Reserves room for count + extra elements in v, a table whose length the caller chose (a number of
 /// timesteps, of levels, of steps), or throws std::invalid_argument naming `where`, the request (`what`,

@@ -107,8 +107,9 @@ enum class flow_weighting {
 };
 
 /// @brief The loss weight of a training σ ∈ (0, 1] (@ref flow_weighting).
-/// @throws std::invalid_argument for σ outside (0, 1].
+/// @throws std::invalid_argument for σ outside (0, 1] or a weighting that is not an enumerator.
 inline double flow_loss_weight(flow_weighting w, double sigma) {
+  detail::check_enum("diffusion::flow_loss_weight", "weighting", w, 3, "none, sigma_sqrt, cosmap");
   if (!(sigma > 0.0 && sigma <= 1.0))
     detail::throw_invalid("diffusion::flow_loss_weight",
                           "sigma = " + detail::to_text(sigma) + " is outside the allowed range (0, 1]");
@@ -216,6 +217,7 @@ struct flow_sigma_sampler {
   /// @throws std::invalid_argument for bad parameters.
   [[nodiscard]] double operator()(std::uint64_t step, std::uint64_t i) const {
     constexpr std::string_view where = "diffusion::flow_sigma_sampler";
+    detail::check_enum(where, "density", density, 4, "uniform, logit_normal, mode, cosmap");
     const auto [v, w] = detail::addressed_uniforms(seed, step, i);
     switch (density) {
       case flow_density::uniform: return v;

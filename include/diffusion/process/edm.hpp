@@ -37,9 +37,10 @@ struct edm_coefficients {
 /// \f$c_\text{in} = \frac{1}{\sqrt{\sigma^2+\sigma_d^2}}\f$, \f$c_\text{noise} = \tfrac14\ln\sigma\f$. The square root uses
 /// `hypot`, so no σ overflows.
 /// @param[in] sigma σ > 0 (finite); @param[in] sigma_data σ_d > 0; @param[in] variant F's convention.
-/// @throws std::invalid_argument for σ or σ_d not finite and > 0.
+/// @throws std::invalid_argument for σ or σ_d not finite and > 0, or a variant that is not an enumerator.
 inline edm_coefficients edm_preconditioning(double sigma, double sigma_data = 0.5, edm_variant variant = edm_variant::standard) {
   constexpr std::string_view where = "diffusion::edm_preconditioning";
+  detail::check_enum(where, "variant", variant, 2, "standard, v");
   detail::check_positive(where, "sigma", sigma);
   detail::check_positive(where, "sigma_data", sigma_data);
   const double r = std::hypot(sigma, sigma_data);  // √(σ² + σ_d²)

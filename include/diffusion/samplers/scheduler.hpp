@@ -654,6 +654,10 @@ class scheduler {
 
   void validate() const {
     constexpr std::string_view where = "diffusion::scheduler";
+    detail::check_enum(where, "algorithm_type", cfg_.algorithm_type, 4, "dpmsolver++, sde-dpmsolver++, dpmsolver, sde-dpmsolver");
+    detail::check_enum(where, "final_sigmas_type", cfg_.final_sigmas_type, 2, "zero, sigma_min");
+    detail::check_enum(where, "time_shift_type", cfg_.time_shift_type, 2, "exponential, linear");
+    detail::check_enum(where, "sigma_schedule", cfg_.sigma_schedule, 2, "karras, exponential");
     const prediction p = cfg_.prediction_type;
     if (edm(cfg_.kind)) {
       if (p != prediction::epsilon && p != prediction::v)

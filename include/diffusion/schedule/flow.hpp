@@ -87,6 +87,7 @@ inline double time_shift_odds(time_shift_kind kind, double mu, double sigma, dou
 /// @throws std::invalid_argument outside those ranges.
 inline double time_shift(time_shift_kind kind, double mu, double sigma, double power = 1.0) {
   constexpr std::string_view where = "diffusion::time_shift";
+  detail::check_enum(where, "kind", kind, 2, "exponential, linear");
   detail::check_finite(where, "mu", mu);
   if (kind == time_shift_kind::linear) detail::check_positive(where, "mu", mu);
   detail::check_positive(where, "power", power);
@@ -153,6 +154,7 @@ struct flow_timesteps {
 namespace detail {
 
 inline void check_flow_options(std::string_view where, const flow_schedule_options& o) {
+  check_enum(where, "kind", o.kind, 2, "exponential, linear");
   if (o.num_train_timesteps == 0) throw_invalid(where, "num_train_timesteps = 0 must be >= 1");
   if (!o.dynamic) check_positive(where, "shift", o.shift);
   if (o.dynamic) {
